@@ -1,0 +1,268 @@
+//! The admin API on its own listener: deploy (raw `application/wasm` or multipart with a
+//! `ferry.toml` manifest), list, get and delete functions, and `/healthz`. When an admin token
+//! is configured, every route but `/healthz` requires `Authorization: Bearer <token>`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::deploy::{DeployError, Deployer};
+use crate::engine::Runtime;
+use crate::manifest::{validate_name, Manifest};
+use crate::store::FunctionRecord;
+
+pub struct AdminState {
+    pub deployer: Arc<Deployer>,
+    pub runtime: Arc<Runtime>,
+    /// Base URL of the public listener, for the `url` of each function.
+    pub public_url: String,
+    pub token: Option<String>,
+    pub max_upload: u64,
+    pub started: Instant,
+}
+
+/// An error answer: `{"error": "..."}` with a status code.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        if let DeployError::Internal(inner) = &e {
+            tracing::error!(error = %format!("{inner:#}"), "deploy failed");
+        }
+        ApiError(e.status(), e.to_string())
+    }
+}
+
+/// A function as the API shows it.
+#[derive(Serialize)]
+pub struct FunctionView {
+    #[serde(flatten)]
+    pub record: FunctionRecord,
+    /// Where the function is served on the public listener.
+    pub url: String,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/functions", get(list))
+        .route("/v1/functions/{name}", get(show).put(deploy).delete(remove))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(v1)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such admin endpoint".into()) })
+        // Uploads are limited by --max-upload in `deploy`, with a message that says so.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token: send Authorization: Bearer <token> (ferry --token, FERRY_TOKEN)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "functions": state.deployer.registry().len(),
+        "compilations": state.runtime.compilations(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    }))
+}
+
+fn view(state: &AdminState, record: FunctionRecord) -> FunctionView {
+    let url = format!("{}/{}", state.public_url, record.name);
+    FunctionView { record, url }
+}
+
+async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<FunctionView>> {
+    Json(
+        state
+            .deployer
+            .registry()
+            .list()
+            .into_iter()
+            .map(|f| view(&state, f.record.clone()))
+            .collect(),
+    )
+}
+
+fn unknown(name: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no function named {name:?}"))
+}
+
+async fn show(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let f = state
+        .deployer
+        .registry()
+        .get(&name)
+        .ok_or_else(|| unknown(&name))?;
+    Ok(Json(view(&state, f.record.clone())))
+}
+
+async fn remove(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.deployer.remove(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(unknown(&name))
+    }
+}
+
+async fn deploy(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+    validate_name(&name).map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (manifest, component) = if content_type.starts_with("application/wasm") {
+        let bytes = read_limited(req, state.max_upload).await?;
+        (Manifest::with_name(&name, &[]), bytes)
+    } else if content_type.starts_with("multipart/form-data") {
+        read_multipart(req, &name, state.max_upload).await?
+    } else {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the component with Content-Type: application/wasm, or as multipart/form-data \
+             with parts `component` and `manifest` (ferry.toml)"
+                .into(),
+        ));
+    };
+    let deployment = state.deployer.deploy(&name, manifest, component).await?;
+    let status = if deployment.replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(view(&state, deployment.record))))
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the upload is larger than this host's limit of {} (ferry serve --max-upload)",
+            bytesize::ByteSize(max).display().iec()
+        ),
+    )
+}
+
+/// Reads a request body of at most `max` bytes (plus room for multipart framing).
+async fn read_limited(req: Request, max: u64) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(too_large(max));
+    }
+    axum::body::to_bytes(req.into_body(), max as usize)
+        .await
+        .map_err(|e| {
+            let limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if limit {
+                too_large(max)
+            } else {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("failed to read the upload: {e}"),
+                )
+            }
+        })
+}
+
+async fn read_multipart(req: Request, name: &str, max: u64) -> Result<(Manifest, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    // Framing and the manifest need a little room beyond the component itself.
+    let bytes = read_limited(Request::from_parts(parts.clone(), body), max + (64 << 10)).await?;
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let mut multipart = axum::extract::Multipart::from_request(req, &())
+        .await
+        .map_err(|e| bad(format!("malformed multipart upload: {e}")))?;
+    let mut manifest = None;
+    let mut component = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("malformed multipart upload: {e}")))?
+    {
+        let field_name = field.name().unwrap_or("").to_string();
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| bad(format!("malformed multipart part {field_name:?}: {e}")))?;
+        match field_name.as_str() {
+            "component" => component = Some(data),
+            "manifest" => {
+                let text = String::from_utf8(data.to_vec())
+                    .map_err(|_| bad("the manifest part is not UTF-8 text".into()))?;
+                manifest = Some(Manifest::parse(&text).map_err(|e| bad(e.to_string()))?);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unexpected multipart part {other:?}: send `component` and `manifest`"
+                )))
+            }
+        }
+    }
+    let component = component.ok_or_else(|| bad("the upload has no `component` part".into()))?;
+    if component.len() as u64 > max {
+        return Err(too_large(max));
+    }
+    Ok((
+        manifest.unwrap_or_else(|| Manifest::with_name(name, &[])),
+        component,
+    ))
+}

@@ -1,0 +1,105 @@
+//! A thin client of the admin API, used by the CLI (`ferry deploy`, `ferry list`, `ferry rm`).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use reqwest::blocking::{multipart, Client, RequestBuilder, Response};
+use serde_json::Value;
+
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: Client,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()
+                .context("failed to build an HTTP client")?,
+        })
+    }
+
+    fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        req.send().with_context(|| {
+            format!(
+                "failed to reach the Ferry admin API at {} (is `ferry serve` running? set --admin or FERRY_ADMIN)",
+                self.base
+            )
+        })
+    }
+
+    fn json(&self, resp: Response) -> anyhow::Result<Value> {
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
+                .unwrap_or(text);
+            bail!("{message} ({status})");
+        }
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).context("the admin API answered with invalid JSON")
+    }
+
+    fn function_url(&self, name: &str) -> String {
+        format!("{}/v1/functions/{name}", self.base)
+    }
+
+    /// Deploys raw component bytes with default settings.
+    pub fn deploy_raw(&self, name: &str, wasm: Vec<u8>) -> anyhow::Result<Value> {
+        let req = self
+            .http
+            .put(self.function_url(name))
+            .header("content-type", "application/wasm")
+            .body(wasm);
+        let resp = self.send(req)?;
+        self.json(resp)
+    }
+
+    /// Deploys a component with a `ferry.toml` manifest.
+    pub fn deploy_with_manifest(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        manifest: String,
+    ) -> anyhow::Result<Value> {
+        let form = multipart::Form::new()
+            .part(
+                "component",
+                multipart::Part::bytes(wasm).mime_str("application/wasm")?,
+            )
+            .part(
+                "manifest",
+                multipart::Part::text(manifest).mime_str("application/toml")?,
+            );
+        let resp = self.send(self.http.put(self.function_url(name)).multipart(form))?;
+        self.json(resp)
+    }
+
+    pub fn list(&self) -> anyhow::Result<Value> {
+        let resp = self.send(self.http.get(format!("{}/v1/functions", self.base)))?;
+        self.json(resp)
+    }
+
+    pub fn get(&self, name: &str) -> anyhow::Result<Value> {
+        let resp = self.send(self.http.get(self.function_url(name)))?;
+        self.json(resp)
+    }
+
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        let resp = self.send(self.http.delete(self.function_url(name)))?;
+        self.json(resp).map(drop)
+    }
+}

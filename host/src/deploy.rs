@@ -1,0 +1,279 @@
+//! Deploying, removing and restoring functions: validation, compilation (or the artifact cache),
+//! durable records, then an atomic swap in the registry. Nothing is stored unless every check
+//! passes, and a failed deploy leaves the running version untouched.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::StatusCode;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use crate::engine::{ComponentError, Runtime};
+use crate::manifest::{Ceilings, Manifest, ManifestError};
+use crate::registry::{Deployed, Registry};
+use crate::store::{artifact_key, FunctionRecord, Store};
+
+/// Why a deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    #[error("the manifest names function {manifest:?} but the request is for {url:?}")]
+    NameMismatch { manifest: String, url: String },
+    #[error("{0}")]
+    RouteConflict(String),
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl DeployError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            DeployError::Manifest(_) | DeployError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
+            DeployError::Component(ComponentError::NotWasm | ComponentError::Invalid(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            DeployError::Component(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::RouteConflict(_) => StatusCode::CONFLICT,
+            DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What a deploy did.
+pub struct Deployment {
+    pub record: FunctionRecord,
+    /// False when the name was new.
+    pub replaced: bool,
+}
+
+/// What a restart restored.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub functions: usize,
+    pub from_cache: usize,
+    pub compiled: usize,
+    pub failed: usize,
+}
+
+pub struct Deployer {
+    runtime: Arc<Runtime>,
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    ceilings: Ceilings,
+    /// Deploys and removals run one at a time, so versions and route checks never race.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        ceilings: Ceilings,
+    ) -> Self {
+        Self {
+            runtime,
+            store,
+            registry,
+            ceilings,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Deploys `bytes` as the function `url_name` described by `manifest`.
+    pub async fn deploy(
+        &self,
+        url_name: &str,
+        manifest: Manifest,
+        bytes: Bytes,
+    ) -> Result<Deployment, DeployError> {
+        if manifest.name != url_name {
+            return Err(DeployError::NameMismatch {
+                manifest: manifest.name,
+                url: url_name.to_string(),
+            });
+        }
+        let spec = manifest.resolve(&self.ceilings)?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let (component, artifact) = self.compile_cached(&digest, bytes.clone()).await?;
+        let prepared = self.runtime.prepare(&component)?;
+
+        let _guard = self.lock.lock().await;
+        let previous = self.registry.get(&spec.name);
+        let stored = {
+            let store = self.store.clone();
+            let name = spec.name.clone();
+            tokio::task::spawn_blocking(move || store.function(&name))
+                .await
+                .context("store task failed")??
+        };
+        let version = previous
+            .map(|p| p.record.version)
+            .into_iter()
+            .chain(stored.as_ref().map(|r| r.version))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let record = FunctionRecord {
+            name: spec.name,
+            version,
+            world: prepared.world(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            routes: spec.routes,
+            limits: spec.limits,
+            config: spec.config,
+            outbound: spec.outbound,
+            created: FunctionRecord::now(),
+        };
+        let deployed = Arc::new(Deployed::new(record.clone(), prepared));
+        let snapshot = self
+            .registry
+            .with(deployed)
+            .map_err(DeployError::RouteConflict)?;
+
+        let store = self.store.clone();
+        let key = artifact_key(&digest, self.runtime.compat_key());
+        let rec = record.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            store.put_component(&digest, &bytes)?;
+            if let Some(artifact) = artifact {
+                store.put_artifact(&key, &artifact)?;
+            }
+            store.put_function(&rec)?;
+            store.flush()
+        })
+        .await
+        .context("store task failed")??;
+        self.registry.commit(snapshot);
+        tracing::info!(function = %record.name, version = record.version, world = %record.world, "deployed");
+        Ok(Deployment {
+            record,
+            replaced: stored.is_some(),
+        })
+    }
+
+    /// Compiles `bytes`, or loads the artifact cached for the same bytes. Returns the artifact to
+    /// store when it was compiled now.
+    async fn compile_cached(
+        &self,
+        digest: &str,
+        bytes: Bytes,
+    ) -> Result<(Component, Option<Vec<u8>>), DeployError> {
+        let runtime = self.runtime.clone();
+        let store = self.store.clone();
+        let key = artifact_key(digest, runtime.compat_key());
+        tokio::task::spawn_blocking(move || {
+            if let Some(component) = cached(&runtime, &*store, &key) {
+                return Ok((component, None));
+            }
+            let component = runtime.compile(&bytes)?;
+            let artifact = component
+                .serialize()
+                .map_err(anyhow::Error::from)
+                .context("failed to serialize the compiled component")?;
+            Ok((component, Some(artifact)))
+        })
+        .await
+        .context("compile task failed")?
+    }
+
+    /// Removes a function; false when there was none.
+    pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
+        let _guard = self.lock.lock().await;
+        let store = self.store.clone();
+        let n = name.to_string();
+        let existed = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let existed = store.delete_function(&n)?;
+            store.flush()?;
+            Ok(existed)
+        })
+        .await
+        .context("store task failed")??;
+        let live = self.registry.get(name).is_some();
+        self.registry.commit(self.registry.without(name));
+        if existed || live {
+            tracing::info!(function = %name, "removed");
+        }
+        Ok(existed || live)
+    }
+
+    /// Loads every stored function at startup, from cached artifacts where possible. A function
+    /// that cannot be restored is logged and skipped; it never stops the host.
+    pub fn restore(&self) -> anyhow::Result<Restored> {
+        let mut stats = Restored::default();
+        for record in self.store.functions()? {
+            match self.restore_one(&record, &mut stats) {
+                Ok(deployed) => match self.registry.with(Arc::new(deployed)) {
+                    Ok(snapshot) => {
+                        self.registry.commit(snapshot);
+                        stats.functions += 1;
+                    }
+                    Err(e) => {
+                        stats.failed += 1;
+                        tracing::error!(function = %record.name, error = %e, "failed to restore function");
+                    }
+                },
+                Err(e) => {
+                    stats.failed += 1;
+                    tracing::error!(function = %record.name, error = %format!("{e:#}"), "failed to restore function");
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    fn restore_one(
+        &self,
+        record: &FunctionRecord,
+        stats: &mut Restored,
+    ) -> anyhow::Result<Deployed> {
+        let key = artifact_key(&record.digest, self.runtime.compat_key());
+        let component = match cached(&self.runtime, &*self.store, &key) {
+            Some(c) => {
+                stats.from_cache += 1;
+                c
+            }
+            None => {
+                let bytes = self.store.component(&record.digest)?.with_context(|| {
+                    format!("component {} is missing from the store", record.digest)
+                })?;
+                let c = self.runtime.compile(&bytes)?;
+                let artifact = c.serialize().map_err(anyhow::Error::from)?;
+                self.store.put_artifact(&key, &artifact)?;
+                self.store.flush()?;
+                stats.compiled += 1;
+                c
+            }
+        };
+        let prepared = self.runtime.prepare(&component)?;
+        Ok(Deployed::new(record.clone(), prepared))
+    }
+}
+
+/// The cached compiled component for `key`, if present and loadable.
+fn cached(runtime: &Runtime, store: &dyn Store, key: &str) -> Option<Component> {
+    let artifact = match store.artifact(key) {
+        Ok(a) => a?,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "failed to read a cached artifact; recompiling");
+            return None;
+        }
+    };
+    match runtime.load_artifact(&artifact) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cached artifact unusable; recompiling");
+            None
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The wasmtime engine: configuration (component model, async, pooling allocator, epoch
+//! interruption with one shared ticker), compiling and caching components, classifying them by
+//! the world they export, and the per-invocation store state with its limits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
+use wasmtime::{StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings::{EventFunctionPre, ProxyPre, EVENT_EXPORT, HTTP_EXPORT_PREFIX};
+
+/// How often the shared ticker advances the engine's epoch: the resolution of timeouts.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Host-wide engine settings (from `ferry serve` flags).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How many component instances may be alive at once across all functions.
+    pub max_instances: u32,
+    /// The largest linear memory any function may be given, in bytes.
+    pub max_memory: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            max_memory: 256 << 20,
+        }
+    }
+}
+
+/// The two kinds of function, told apart by what the component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// Exports `wasi:http/incoming-handler` (world `wasi:http/proxy`).
+    Http,
+    /// Exports `ferry:function/handler`.
+    Event,
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            World::Http => "http",
+            World::Event => "event",
+        })
+    }
+}
+
+/// A component linked against Ferry's imports, ready to instantiate many times.
+#[derive(Clone)]
+pub enum Prepared {
+    Http(ProxyPre<HostState>),
+    Event(EventFunctionPre<HostState>),
+}
+
+impl Prepared {
+    pub fn world(&self) -> World {
+        match self {
+            Prepared::Http(_) => World::Http,
+            Prepared::Event(_) => World::Event,
+        }
+    }
+}
+
+/// Why an upload cannot become a function. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("the upload is not WebAssembly (it does not start with the \\0asm magic bytes)")]
+    NotWasm,
+    #[error(
+        "the upload is a core WebAssembly module, not a component; build it with \
+         `cargo component build` or `cargo build --target wasm32-wasip2`"
+    )]
+    CoreModule,
+    #[error("the upload is not a valid component (is it truncated?): {0}")]
+    Invalid(String),
+    #[error(
+        "the component exports neither wasi:http/incoming-handler (an HTTP function) nor \
+         ferry:function/handler (an event function); it exports: {0}"
+    )]
+    UnknownWorld(String),
+    #[error("the component imports something Ferry does not provide: {0}")]
+    UnsatisfiedImport(String),
+}
+
+/// The wasmtime engine with Ferry's linker. One per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    compat_key: String,
+    compilations: AtomicU64,
+}
+
+impl Runtime {
+    pub fn new(opts: &EngineOptions) -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::new();
+        let instances = opts.max_instances;
+        pool.total_component_instances(instances)
+            // A Rust component is a handful of core instances (the program and wit-component's
+            // shims); each may have a memory and a table.
+            .total_core_instances(instances * 4)
+            .total_memories(instances)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size(opts.max_memory as usize)
+            .max_memories_per_component(4);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Reserve exactly the memory ceiling per slot instead of 4 GiB, so that 1,000 slots
+            // stay within a sane amount of virtual address space.
+            .memory_reservation(opts.max_memory)
+            .memory_guard_size(32 << 20)
+            .memory_reservation_for_growth(0);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("failed to configure the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link wasi:http")?;
+
+        let compat_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        spawn_epoch_ticker(&engine);
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            compat_key,
+            compilations: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Identifies the engine's compiled-code format: artifacts are cached under this key.
+    pub fn compat_key(&self) -> &str {
+        &self.compat_key
+    }
+
+    /// How many components this process has compiled from source bytes.
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// Validates and compiles an upload. CPU-heavy: call it off the async threads.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, ComponentError> {
+        match bytes.get(0..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(ComponentError::CoreModule),
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', ..]) => {
+                return Err(ComponentError::Invalid(
+                    "unknown WebAssembly version".into(),
+                ))
+            }
+            _ => return Err(ComponentError::NotWasm),
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        Ok(component)
+    }
+
+    /// Loads an artifact previously produced by [`Component::serialize`] on an engine with the
+    /// same [`Runtime::compat_key`].
+    pub fn load_artifact(&self, artifact: &[u8]) -> anyhow::Result<Component> {
+        // SAFETY: artifacts are written only by `Runtime::compile` + `serialize` of this program
+        // into Ferry's own data directory and keyed by the engine's compatibility hash; wasmtime
+        // additionally checks the header and rejects artifacts from an incompatible engine.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, artifact) };
+        component
+            .map_err(anyhow::Error::from)
+            .context("failed to load a precompiled artifact")
+    }
+
+    /// Links a component and decides which kind of function it is.
+    pub fn prepare(&self, component: &Component) -> Result<Prepared, ComponentError> {
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let world = if exports.iter().any(|e| e.starts_with(HTTP_EXPORT_PREFIX)) {
+            World::Http
+        } else if exports.iter().any(|e| e == EVENT_EXPORT) {
+            World::Event
+        } else {
+            let list = if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            };
+            return Err(ComponentError::UnknownWorld(list));
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| ComponentError::UnsatisfiedImport(format!("{e:#}")))?;
+        let link_err = |e: wasmtime::Error| ComponentError::UnknownWorld(format!("{e:#}"));
+        Ok(match world {
+            World::Http => Prepared::Http(ProxyPre::new(pre).map_err(link_err)?),
+            World::Event => Prepared::Event(EventFunctionPre::new(pre).map_err(link_err)?),
+        })
+    }
+}
+
+/// One thread for the whole engine advances the epoch; it ends when the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("ferry-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawning the epoch thread at startup");
+}
+
+/// Per-function sandbox limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Linear memory ceiling in bytes.
+    pub memory: u64,
+    /// Wall-clock time an invocation may take.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Instances of this function that may run at once.
+    pub concurrency: u32,
+    /// Largest request body accepted, in bytes.
+    pub max_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: 128 << 20,
+            timeout: Duration::from_secs(30),
+            concurrency: 64,
+            max_body: 16 << 20,
+        }
+    }
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Outbound HTTP policy of one invocation: only hosts on the function's allow-list are reached.
+struct OutboundPolicy {
+    allow: Arc<[String]>,
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<
+                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                                + Send,
+                        >,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        let host = request
+            .uri()
+            .host()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !self.allow.iter().any(|a| a.eq_ignore_ascii_case(&host)) {
+            tracing::warn!(%host, "outbound request denied: host not in [outbound] allow");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let default: &mut dyn wasmtime_wasi_http::WasiHttpHooks = Default::default();
+        default.send_request(request, options, fut)
+    }
+}
+
+/// The data of one invocation's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundPolicy,
+    pub(crate) limits: StoreLimits,
+    deadline: Instant,
+}
+
+impl HostState {
+    /// Creates the state of one invocation of a function with these limits and environment.
+    pub fn new(limits: &Limits, env: &[(String, String)], allow: Arc<[String]>) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(env).inherit_stdout().inherit_stderr();
+        Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundPolicy { allow },
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory as usize)
+                .instances(64)
+                .build(),
+            deadline: Instant::now() + limits.timeout,
+        }
+    }
+}
+
+/// Creates a store for one invocation: memory limit, and an epoch callback that yields to other
+/// tasks every tick and traps once the wall-clock deadline has passed.
+pub fn new_store(engine: &Engine, state: HostState) -> wasmtime::Store<HostState> {
+    let mut store = wasmtime::Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            Err(wasmtime::Error::new(crate::invoke::DeadlineExceeded))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Running one invocation: a fresh instance from the function's `InstancePre`, limits applied,
+//! failures told apart (a guest's error, a trap, a timeout) and turned into answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_triggers::http::{text_response, Body, BoxError};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::WasiHttpView;
+
+use crate::engine::{new_store, HostState, Prepared, Runtime};
+use crate::registry::Deployed;
+
+/// How an invocation failed, from the host's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function {function} is at its concurrency limit of {limit}")]
+    Busy { function: String, limit: u32 },
+    #[error("function {function} exceeded its timeout of {timeout}")]
+    Timeout { function: String, timeout: String },
+    #[error("function {function} trapped: {reason}")]
+    Trap { function: String, reason: String },
+    #[error("function {function} failed: {reason}")]
+    Failed { function: String, reason: String },
+}
+
+impl InvokeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InvokeError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Trap { .. } | InvokeError::Failed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn from_wasmtime(f: &Deployed, err: wasmtime::Error) -> Self {
+        let function = f.name().to_string();
+        if is_timeout(&err) {
+            return InvokeError::Timeout {
+                function,
+                timeout: humantime::format_duration(f.record.limits.timeout).to_string(),
+            };
+        }
+        match err.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => InvokeError::Trap {
+                function,
+                reason: trap.to_string(),
+            },
+            None => InvokeError::Failed {
+                function,
+                reason: format!("{err}"),
+            },
+        }
+    }
+}
+
+/// The marker error the epoch callback raises when a deadline passes.
+#[derive(Debug, thiserror::Error)]
+#[error("the function exceeded its timeout")]
+pub struct DeadlineExceeded;
+
+fn is_timeout(err: &wasmtime::Error) -> bool {
+    err.downcast_ref::<DeadlineExceeded>().is_some()
+}
+
+/// Waits for a free instance slot of the function, up to its timeout.
+async fn acquire(f: &Deployed) -> Result<OwnedSemaphorePermit, InvokeError> {
+    let busy = || InvokeError::Busy {
+        function: f.name().to_string(),
+        limit: f.record.limits.concurrency,
+    };
+    if let Ok(p) = f.permits.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    match tokio::time::timeout(f.record.limits.timeout, f.permits.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(busy()),
+    }
+}
+
+fn new_state(f: &Deployed) -> HostState {
+    HostState::new(&f.record.limits, &f.record.config, f.outbound.clone())
+}
+
+/// Serves one HTTP request with an HTTP function.
+pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
+    match try_http(runtime, &f, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(function = f.name(), error = %e, "invoke failed");
+            text_response(e.status(), e.to_string())
+        }
+    }
+}
+
+async fn try_http(
+    runtime: &Runtime,
+    f: &Arc<Deployed>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, InvokeError> {
+    let Prepared::Http(pre) = &f.prepared else {
+        return Ok(text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "function {} is an event function; send it a CloudEvent instead",
+                f.name()
+            ),
+        ));
+    };
+    let max_body = f.record.limits.max_body;
+    if let Some(len) = content_length(&req) {
+        if len > max_body {
+            return Ok(too_large(f, max_body));
+        }
+    }
+    let permit = acquire(f).await?;
+    let mut store = new_store(runtime.engine(), new_state(f));
+    let req = req.map(|body| LimitedBody::new(body, max_body));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut view = store.data_mut().http();
+    let (req, out) = match (
+        view.new_incoming_request(Scheme::Http, req),
+        view.new_response_outparam(tx),
+    ) {
+        (Ok(req), Ok(out)) => (req, out),
+        (Err(e), _) | (_, Err(e)) => {
+            return Ok(text_response(
+                StatusCode::BAD_REQUEST,
+                format!("bad request: {e}"),
+            ))
+        }
+    };
+    let pre = pre.clone();
+    let timeout = f.record.limits.timeout;
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        let run = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        // The epoch callback stops guests that compute; this also stops ones that wait.
+        match tokio::time::timeout(timeout + Duration::from_millis(50), run).await {
+            Ok(result) => result,
+            Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+        }
+    });
+    match rx.await {
+        Ok(Ok(resp)) => {
+            let name = f.name().to_string();
+            // The guest may still be writing the body: report late failures in the log.
+            tokio::spawn(async move {
+                match task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(function = %name, error = %format!("{e:?}"), "function failed after sending its response head")
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %name, error = %e, "invocation task panicked")
+                    }
+                }
+            });
+            Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        }
+        Ok(Err(code)) => Err(InvokeError::Failed {
+            function: f.name().to_string(),
+            reason: format!("the function answered with error {code:?}"),
+        }),
+        Err(_) => match task.await {
+            Ok(Err(e)) => {
+                tracing::debug!(function = f.name(), error = %format!("{e:?}"), "invocation error detail");
+                Err(InvokeError::from_wasmtime(f, e))
+            }
+            Ok(Ok(())) => Err(InvokeError::Failed {
+                function: f.name().to_string(),
+                reason: "the function returned without sending a response".into(),
+            }),
+            Err(e) => Err(InvokeError::Failed {
+                function: f.name().to_string(),
+                reason: format!("the invocation task failed: {e}"),
+            }),
+        },
+    }
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(f: &Deployed, max: u64) -> Response<Body> {
+    text_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "request body is larger than function {}'s limit of {} bytes (limits.max_body)",
+            f.name(),
+            max
+        ),
+    )
+}
+
+/// A request body that fails once more than `max` bytes have arrived (for bodies without a
+/// `content-length`, which is checked up front).
+struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+    max: u64,
+}
+
+impl LimitedBody {
+    fn new(inner: Incoming, max: u64) -> Self {
+        Self {
+            inner,
+            remaining: max,
+            max,
+        }
+    }
+}
+
+impl hyper::body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        return Poll::Ready(Some(Err(
+                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.max)),
+                        )));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,18 @@
+//! Ferry's runtime: the wasmtime engine and component cache ([`engine`]), the storage trait and its
+//! sled backend ([`store`]), function manifests ([`manifest`]), the set of deployed functions and
+//! their routes ([`registry`]), running one invocation ([`invoke`]), deployment ([`deploy`]), the
+//! admin HTTP API ([`api`]) and the `serve` wiring that joins triggers to the runtime ([`server`]).
+//!
+//! The `ferry` binary (`main.rs`) is a thin CLI over these modules and over the admin API
+//! ([`client`]).
+
+pub mod api;
+pub mod bindings;
+pub mod client;
+pub mod deploy;
+pub mod engine;
+pub mod invoke;
+pub mod manifest;
+pub mod registry;
+pub mod server;
+pub mod store;

@@ -1,0 +1,295 @@
+//! The `ferry` command: `ferry serve` runs a host; the other commands talk to a host's admin API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use ferry_host::client::AdminClient;
+use ferry_host::engine::EngineOptions;
+use ferry_host::manifest::Manifest;
+use ferry_host::server::{self, ServeOptions};
+use serde_json::Value;
+
+/// Ferry: a serverless WebAssembly function platform.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Admin API of the host to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_ADMIN",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    admin: String,
+    /// Admin token (sent as a bearer token; `serve` requires it when set).
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of human-readable output.
+    #[arg(long, global = true, env = "FERRY_JSON")]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Ferry host: public listener for functions, admin listener for management.
+    Serve(ServeArgs),
+    /// Deploy a component: `ferry deploy FILE.wasm`, or `ferry deploy` in a folder with ferry.toml.
+    Deploy(DeployArgs),
+    /// List deployed functions.
+    List,
+    /// Show one function.
+    Show {
+        /// Function name.
+        name: String,
+    },
+    /// Remove a function.
+    Rm {
+        /// Function name.
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Public listener: functions, webhooks, async invocations.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin listener: deploy and manage, /healthz.
+    #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./.ferry")]
+    data_dir: PathBuf,
+    /// Largest component upload accepted.
+    #[arg(long, env = "FERRY_MAX_UPLOAD", default_value = "64MiB", value_parser = parse_size)]
+    max_upload: u64,
+    /// Instances that may be alive at once across all functions (sizes the pooling allocator).
+    #[arg(long, env = "FERRY_MAX_INSTANCES", default_value_t = 1000)]
+    max_instances: u32,
+    /// Ceiling of any function's memory limit.
+    #[arg(long, env = "FERRY_MAX_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    max_memory: u64,
+    /// Ceiling of any function's timeout.
+    #[arg(long, env = "FERRY_MAX_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
+    max_timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// The component. Without it, the component named by ferry.toml is deployed.
+    file: Option<PathBuf>,
+    /// Function name (default: the file name without extension).
+    #[arg(long, env = "FERRY_NAME")]
+    name: Option<String>,
+    /// Extra HTTP route, like /api/... (repeatable).
+    #[arg(long = "route", env = "FERRY_ROUTE", value_delimiter = ',')]
+    routes: Vec<String>,
+    /// The manifest to deploy with (default: ./ferry.toml when no FILE is given).
+    #[arg(long, env = "FERRY_MANIFEST")]
+    manifest: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{s:?} is not a size like 64MiB"))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Deploy(args) => {
+            let client = AdminClient::new(&cli.admin, cli.token)?;
+            let out = deploy(&client, args)?;
+            print_function(&out, cli.json, "deployed");
+            Ok(())
+        }
+        Command::List => {
+            let client = AdminClient::new(&cli.admin, cli.token)?;
+            let list = client.list()?;
+            if cli.json {
+                println!("{list:#}");
+            } else {
+                print_list(&list);
+            }
+            Ok(())
+        }
+        Command::Show { name } => {
+            let client = AdminClient::new(&cli.admin, cli.token)?;
+            let f = client.get(&name)?;
+            print_function(&f, cli.json, "function");
+            Ok(())
+        }
+        Command::Rm { name } => {
+            let client = AdminClient::new(&cli.admin, cli.token)?;
+            client.remove(&name)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "removed": name }));
+            } else {
+                println!("removed {name}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(server::serve(ServeOptions {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        data_dir: args.data_dir,
+        admin_token: std::env::var("FERRY_TOKEN").ok().filter(|t| !t.is_empty()),
+        max_upload: args.max_upload,
+        engine: EngineOptions {
+            max_instances: args.max_instances,
+            max_memory: args.max_memory,
+        },
+        max_timeout: args.max_timeout,
+    }))
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))
+}
+
+fn deploy(client: &AdminClient, args: DeployArgs) -> anyhow::Result<Value> {
+    let manifest_path = match (&args.manifest, &args.file) {
+        (Some(m), _) => Some(m.clone()),
+        (None, None) => {
+            let p = PathBuf::from("ferry.toml");
+            if !p.exists() {
+                bail!("no component given and no ferry.toml in this folder: run `ferry deploy FILE.wasm` or write a ferry.toml");
+            }
+            Some(p)
+        }
+        (None, Some(_)) => None,
+    };
+    let Some(manifest_path) = manifest_path else {
+        let file = args
+            .file
+            .expect("checked above: no manifest means a file was given");
+        let name = match args.name {
+            Some(n) => n,
+            None => default_name(&file)?,
+        };
+        let wasm = read(&file)?;
+        return if args.routes.is_empty() {
+            client.deploy_raw(&name, wasm)
+        } else {
+            let manifest = manifest_for(&name, &args.routes)?;
+            client.deploy_with_manifest(&name, wasm, manifest)
+        };
+    };
+    if args.name.is_some() || !args.routes.is_empty() {
+        bail!("--name and --route apply to a bare .wasm; with a manifest, set `name` and [[trigger.http]] in {}", manifest_path.display());
+    }
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("failed to read {}", manifest_path.display()))?;
+    let manifest =
+        Manifest::parse(&text).with_context(|| format!("in {}", manifest_path.display()))?;
+    let file = match (args.file, &manifest.component) {
+        (Some(f), _) => f,
+        (None, Some(c)) => manifest_path.parent().unwrap_or(Path::new(".")).join(c),
+        (None, None) => bail!(
+            "{} has no `component = \"path/to/function.wasm\"`; add it or pass the file: ferry deploy FILE.wasm --manifest {}",
+            manifest_path.display(),
+            manifest_path.display()
+        ),
+    };
+    client.deploy_with_manifest(&manifest.name, read(&file)?, text)
+}
+
+/// `hello_http.wasm` deploys as `hello-http`.
+fn default_name(file: &Path) -> anyhow::Result<String> {
+    let stem = file.file_stem().and_then(|s| s.to_str()).with_context(|| {
+        format!(
+            "cannot derive a function name from {}; pass --name",
+            file.display()
+        )
+    })?;
+    Ok(stem.to_ascii_lowercase().replace('_', "-"))
+}
+
+fn manifest_for(name: &str, routes: &[String]) -> anyhow::Result<String> {
+    let mut table = toml::Table::new();
+    table.insert("name".into(), name.into());
+    let http: Vec<toml::Value> = routes
+        .iter()
+        .map(|r| {
+            let mut t = toml::Table::new();
+            t.insert("route".into(), r.as_str().into());
+            toml::Value::Table(t)
+        })
+        .collect();
+    let mut trigger = toml::Table::new();
+    trigger.insert("http".into(), toml::Value::Array(http));
+    table.insert("trigger".into(), toml::Value::Table(trigger));
+    Ok(toml::to_string(&table)?)
+}
+
+fn print_function(f: &Value, json: bool, verb: &str) {
+    if json {
+        println!("{f:#}");
+        return;
+    }
+    let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let version = f.get("version").and_then(Value::as_u64).unwrap_or(0);
+    println!(
+        "{verb} {} v{version} ({} function) at {}",
+        s("name"),
+        s("world"),
+        s("url")
+    );
+    if let Some(routes) = f.get("routes").and_then(Value::as_array) {
+        for r in routes.iter().filter_map(Value::as_str) {
+            println!("  route {r}");
+        }
+    }
+}
+
+fn print_list(list: &Value) {
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no functions deployed");
+        return;
+    }
+    println!("{:<24} {:>7} {:<6} URL", "NAME", "VERSION", "WORLD");
+    for f in items {
+        let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let version = f.get("version").and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "{:<24} {:>7} {:<6} {}",
+            s("name"),
+            version,
+            s("world"),
+            s("url")
+        );
+    }
+}
