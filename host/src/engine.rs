@@ -198,6 +198,11 @@ impl Runtime {
 
     /// Links a component and decides which kind of function it is.
     pub fn prepare(&self, component: &Component) -> Result<Prepared, ComponentError> {
+        // Link first: an import Ferry does not provide is the more useful thing to report.
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| ComponentError::UnsatisfiedImport(format!("{e:#}")))?;
         let ty = component.component_type();
         let exports: Vec<String> = ty
             .exports(&self.engine)
@@ -215,10 +220,6 @@ impl Runtime {
             };
             return Err(ComponentError::UnknownWorld(list));
         };
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| ComponentError::UnsatisfiedImport(format!("{e:#}")))?;
         let link_err = |e: wasmtime::Error| ComponentError::UnknownWorld(format!("{e:#}"));
         Ok(match world {
             World::Http => Prepared::Http(ProxyPre::new(pre).map_err(link_err)?),

@@ -24,7 +24,8 @@ struct Cli {
         default_value = "http://127.0.0.1:8081"
     )]
     admin: String,
-    /// Admin token (sent as a bearer token; `serve` requires it when set).
+    /// Admin API token: `serve` requires it on every admin request but /healthz; the other
+    /// commands send it.
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print JSON instead of human-readable output.
@@ -113,7 +114,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, cli.token),
         Command::Deploy(args) => {
             let client = AdminClient::new(&cli.admin, cli.token)?;
             let out = deploy(&client, args)?;
@@ -149,13 +150,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,7 +167,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         admin_listen: args.admin_listen,
         data_dir: args.data_dir,
-        admin_token: std::env::var("FERRY_TOKEN").ok().filter(|t| !t.is_empty()),
+        admin_token: token.filter(|t| !t.is_empty()),
         max_upload: args.max_upload,
         engine: EngineOptions {
             max_instances: args.max_instances,

@@ -1,1 +1,285 @@
-pub fn x() {}
+//! The end-to-end test harness: starts the real `ferry` binary on free loopback ports with a temp
+//! data directory, talks to it over real HTTP, and kills it when done. The guest examples are the
+//! fixtures; `build.rs` compiles them once.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use reqwest::blocking::Client;
+
+/// Paths of the compiled guest examples.
+pub mod guests {
+    pub const HELLO_HTTP: &str = env!("GUEST_HELLO_HTTP");
+    pub const ECHO_EVENT: &str = env!("GUEST_ECHO_EVENT");
+    pub const MISBEHAVE: &str = env!("GUEST_MISBEHAVE");
+    pub const EXAMPLES_DIR: &str = env!("GUEST_EXAMPLES_DIR");
+
+    pub fn bytes(path: &str) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    }
+}
+
+/// The `ferry` binary under test: `$FERRY_BIN`, or the one cargo built next to this test.
+pub fn ferry_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>  ->  target/<profile>/ferry
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .join("ferry");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p ferry-host` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `ferry serve`.
+pub struct Ferry {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub public: String,
+    pub admin: String,
+    log: PathBuf,
+    extra_args: Vec<String>,
+    pub http: Client,
+}
+
+impl Ferry {
+    /// Starts a host with a fresh data directory.
+    pub fn start() -> Ferry {
+        Self::start_with(&[])
+    }
+
+    /// Starts a host with extra `ferry serve` arguments.
+    pub fn start_with(args: &[&str]) -> Ferry {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut f = Ferry {
+            child: None,
+            data_dir: tmp.path().join("data"),
+            log: tmp.path().join("ferry.log"),
+            _tmp: Some(tmp),
+            public: String::new(),
+            admin: String::new(),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        };
+        f.spawn();
+        f
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(ferry_bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("FERRY_LOG", "info,ferry_host=debug")
+            .env_remove("FERRY_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("failed to start ferry");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("ferry: serving functions on ") {
+                        let (public, admin) = rest
+                            .split_once(" and the admin API on ")
+                            .expect("ready line names both listeners");
+                        self.public = public.to_string();
+                        self.admin = admin.to_string();
+                        return;
+                    }
+                }
+                Err(_) => panic!("ferry did not start within 60s; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    /// The host's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL (no graceful shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the host and starts it again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// Deploys raw component bytes; returns (status, JSON body).
+    pub fn deploy_raw(&self, name: &str, wasm: Vec<u8>) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .put(self.admin_url(&format!("/v1/functions/{name}")))
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()
+            .expect("deploy request");
+        json_of(resp)
+    }
+
+    /// Deploys with a manifest as multipart; returns (status, JSON body).
+    pub fn deploy_manifest(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        manifest: &str,
+    ) -> (u16, serde_json::Value) {
+        use reqwest::blocking::multipart::{Form, Part};
+        let form = Form::new()
+            .part("component", Part::bytes(wasm))
+            .part("manifest", Part::text(manifest.to_string()));
+        let resp = self
+            .http
+            .put(self.admin_url(&format!("/v1/functions/{name}")))
+            .multipart(form)
+            .send()
+            .expect("deploy request");
+        json_of(resp)
+    }
+
+    /// GET on the public listener; returns (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let resp = self.http.get(self.url(path)).send().expect("request");
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
+    }
+
+    /// GET on the admin listener as JSON.
+    pub fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        json_of(
+            self.http
+                .get(self.admin_url(path))
+                .send()
+                .expect("admin request"),
+        )
+    }
+
+    /// Runs the CLI against this host.
+    pub fn cli(&self, args: &[&str], dir: Option<&Path>) -> Output {
+        let mut cmd = Command::new(ferry_bin());
+        cmd.arg("--admin").arg(&self.admin).args(args);
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
+        cmd.env_remove("FERRY_TOKEN")
+            .output()
+            .expect("running the ferry CLI")
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn json_of(resp: reqwest::blocking::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, value)
+}
+
+/// The `error` message of an API error body.
+pub fn error_of(v: &serde_json::Value) -> String {
+    v.get("error")
+        .and_then(|e| e.as_str())
+        .unwrap_or_else(|| panic!("expected an error body, got {v}"))
+        .to_string()
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The same component with an extra custom section: different bytes and digest, same behaviour.
+pub fn with_custom_section(wasm: &[u8], payload: &str) -> Vec<u8> {
+    let name = b"ferry-test";
+    let mut content = Vec::new();
+    leb128(name.len() as u64, &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(payload.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb128(content.len() as u64, &mut out);
+    out.extend_from_slice(&content);
+    out
+}
+
+fn leb128(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Ferry's main job on a fresh machine: build the host and the example functions (release), start
+# `ferry serve` on the embedded sled store, deploy the examples, and print URLs to try.
+# Ctrl-C stops the host. FERRY_LISTEN / FERRY_ADMIN_LISTEN / FERRY_DATA_DIR move it elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip2
+cargo build --release -p ferry-host
+(cd guest-examples && cargo build --release --target wasm32-wasip2)
+
+export FERRY_LISTEN="${FERRY_LISTEN:-127.0.0.1:8080}"
+export FERRY_ADMIN_LISTEN="${FERRY_ADMIN_LISTEN:-127.0.0.1:8081}"
+export FERRY_ADMIN="http://${FERRY_ADMIN_LISTEN}"
+ferry=./target/release/ferry
+wasm=guest-examples/target/wasm32-wasip2/release
+
+$ferry serve &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
+for _ in $(seq 1 100); do
+    curl -fsS "$FERRY_ADMIN/healthz" >/dev/null 2>&1 && break
+    kill -0 $server 2>/dev/null || { echo "ferry serve exited; see the log above" >&2; exit 1; }
+    sleep 0.1
+done
+
+$ferry deploy "$wasm/hello_http.wasm" --name hello-http
+(cd guest-examples/hello-http && ../../$ferry deploy)
+$ferry deploy "$wasm/echo_event.wasm" --name echo-event
+$ferry list
+
+public="http://${FERRY_LISTEN}"
+cat <<MSG
+
+Ferry is running. Try:
+  curl $public/hello-http/world
+  curl $public/greet/you           # hello-http again, deployed from its ferry.toml as "greeter"
+  $ferry list
+Press Ctrl-C to stop.
+MSG
+wait $server

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, then builds and runs the whole test suite:
+# unit tests and the end-to-end tests (real `ferry` binary, real guest components, real HTTP).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip2 wasm32-wasip1
+if ! cargo component --version 2>/dev/null | grep -q '0\.21\.'; then
+    cargo install cargo-component --version 0.21.1 --locked
+fi
+
+# The end-to-end tests start the ferry binary, which `cargo test` alone does not build.
+cargo build --workspace --bins
+cargo test --workspace "$@"

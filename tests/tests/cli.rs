@@ -1,0 +1,170 @@
+//! The `ferry` CLI as a user drives it, against a real host.
+
+use std::path::Path;
+
+use ferry_tests::{ferry_bin, guests, Ferry};
+
+fn ok(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn failed(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn deploy_file_list_show_rm() {
+    let ferry = Ferry::start();
+    let out = ok(&ferry.cli(
+        &[
+            "deploy",
+            guests::HELLO_HTTP,
+            "--name",
+            "hello-http",
+            "--route",
+            "/hi/...",
+        ],
+        None,
+    ));
+    assert!(
+        out.contains("deployed hello-http v1 (http function)"),
+        "{out}"
+    );
+    assert!(out.contains("route /hi/..."), "{out}");
+    assert_eq!(
+        ferry.get("/hi/there").1,
+        "Hello from Ferry! path=/hi/there\n"
+    );
+
+    // The name defaults to the file name.
+    let out = ok(&ferry.cli(&["deploy", guests::MISBEHAVE], None));
+    assert!(out.contains("deployed misbehave v1"), "{out}");
+
+    let out = ok(&ferry.cli(&["list"], None));
+    assert!(
+        out.contains("hello-http") && out.contains("misbehave"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&ferry.cli(&["list", "--json"], None))).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&ferry.cli(&["show", "hello-http", "--json"], None))).unwrap();
+    assert_eq!(json["routes"][0], "/hi/...");
+
+    let out = ok(&ferry.cli(&["rm", "misbehave"], None));
+    assert!(out.contains("removed misbehave"), "{out}");
+    let err = failed(&ferry.cli(&["rm", "misbehave"], None));
+    assert!(
+        err.contains("no function named \"misbehave\"") && err.contains("404"),
+        "{err}"
+    );
+}
+
+#[test]
+fn deploy_from_a_folder_with_ferry_toml() {
+    let ferry = Ferry::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guests::HELLO_HTTP, dir.path().join("hello.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("ferry.toml"),
+        "name = \"greeter\"\ncomponent = \"hello.wasm\"\n[[trigger.http]]\nroute = \"/greeter-api/...\"\n[config]\nGREETING = \"Moin\"\n",
+    )
+    .unwrap();
+    let out = ok(&ferry.cli(&["deploy"], Some(dir.path())));
+    assert!(out.contains("deployed greeter v1"), "{out}");
+    assert_eq!(
+        ferry.get("/greeter-api/x").1,
+        "Moin from Ferry! path=/greeter-api/x\n"
+    );
+    let out = ok(&ferry.cli(&["deploy", "--json"], Some(dir.path())));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["version"], 2);
+
+    // A manifest error is reported with the key, and nothing changes.
+    std::fs::write(
+        dir.path().join("ferry.toml"),
+        "name = \"greeter\"\ncomponent = \"hello.wasm\"\n[limits]\ntimeout = \"forever\"\n",
+    )
+    .unwrap();
+    let err = failed(&ferry.cli(&["deploy"], Some(dir.path())));
+    assert!(
+        err.contains("limits.timeout") && err.contains("400"),
+        "{err}"
+    );
+    assert_eq!(ferry.admin_get("/v1/functions/greeter").1["version"], 2);
+
+    // No manifest and no file: say what to do.
+    let empty = tempfile::tempdir().unwrap();
+    let err = failed(&ferry.cli(&["deploy"], Some(empty.path())));
+    assert!(err.contains("no ferry.toml"), "{err}");
+}
+
+#[test]
+fn errors_reaching_the_host_and_help() {
+    let out = std::process::Command::new(ferry_bin())
+        .args(["--admin", "http://127.0.0.1:9", "list"])
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(err.contains("is `ferry serve` running?"), "{err}");
+
+    let out = std::process::Command::new(ferry_bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = ok(&out);
+    for want in [
+        "[default: 127.0.0.1:8080]",
+        "[env: FERRY_LISTEN=]",
+        "[default: ./.ferry]",
+        "[env: FERRY_DATA_DIR=]",
+        "[default: 64MiB]",
+    ] {
+        assert!(help.contains(want), "--help should show {want}: {help}");
+    }
+    let out = std::process::Command::new(ferry_bin())
+        .args(["deploy", "/definitely/missing.wasm"])
+        .output()
+        .unwrap();
+    assert!(failed(&out).contains("/definitely/missing.wasm"));
+}
+
+#[test]
+fn admin_token_is_required_when_set() {
+    let ferry = Ferry::start_with(&["--token", "s3cret"]);
+    let resp = ferry
+        .http
+        .get(ferry.admin_url("/v1/functions"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(resp.text().unwrap().contains("Authorization: Bearer"));
+    assert_eq!(ferry.admin_get("/healthz").0, 200);
+    let resp = ferry
+        .http
+        .get(ferry.admin_url("/v1/functions"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let err = failed(&ferry.cli(&["list"], None));
+    assert!(err.contains("401"), "{err}");
+    let out = ok(&ferry.cli(
+        &["--token", "s3cret", "deploy", guests::HELLO_HTTP],
+        Some(Path::new("/")),
+    ));
+    assert!(out.contains("deployed hello-http"), "{out}");
+}
