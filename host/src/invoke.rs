@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
+use crate::bindings::{GuestError, GuestEvent};
 use crate::engine::{new_store, HostState, Prepared, Runtime};
 use crate::registry::Deployed;
 
@@ -264,5 +265,66 @@ impl hyper::body::Body for LimitedBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How an event invocation failed: the function's own typed error, or a host-side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum EventFailure {
+    #[error("function {function} returned error {kind}: {message}")]
+    Guest {
+        function: String,
+        kind: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
+}
+
+/// Runs an event function on one event.
+pub async fn event(
+    runtime: &Runtime,
+    f: &Deployed,
+    event: &GuestEvent,
+) -> Result<Option<GuestEvent>, EventFailure> {
+    let Prepared::Event(pre) = &f.prepared else {
+        return Err(InvokeError::Failed {
+            function: f.name().to_string(),
+            reason: "it is an HTTP function, not an event function".into(),
+        }
+        .into());
+    };
+    let _permit = acquire(f).await?;
+    let mut store = new_store(runtime.engine(), new_state(f));
+    let run = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance
+            .ferry_function_handler()
+            .call_handle(&mut store, event)
+            .await
+    };
+    let timeout = f.record.limits.timeout + Duration::from_millis(50);
+    let result = match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+    };
+    match result {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => {
+            let (kind, message) = match e {
+                GuestError::InvalidEvent(m) => ("invalid-event", m),
+                GuestError::Retryable(m) => ("retryable", m),
+                GuestError::Internal(m) => ("internal", m),
+            };
+            Err(EventFailure::Guest {
+                function: f.name().to_string(),
+                kind,
+                message,
+            })
+        }
+        Err(e) => {
+            tracing::debug!(function = f.name(), error = %format!("{e:?}"), "invocation error detail");
+            Err(InvokeError::from_wasmtime(f, e).into())
+        }
     }
 }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Benchmarks (release builds only): Ferry against a native hyper server, and against
+# `wasmtime serve` on the same guest when WASMTIME_BIN points at a wasmtime binary.
+# Writes the results into docs/benchmarks.md. Extra arguments go to the harness
+# (--duration 10s --warmup 2s --connections 16).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2
+cargo build --release -p ferry-host -p ferry-tests --bins
+./target/release/ferry-bench "$@"

@@ -1,0 +1,416 @@
+//! The benchmark harness: HTTP hello requests/s and latency through Ferry, a native hyper server
+//! and (when `WASMTIME_BIN` is set) `wasmtime serve` on the same guest, measured side by side in
+//! one run on loopback, with the same load generator. Writes a table to `docs/benchmarks.md`.
+//!
+//! Run it with `scripts/bench.sh` (release builds only).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+
+#[derive(Parser)]
+struct Args {
+    /// Measured time per target.
+    #[arg(long, default_value = "10s", value_parser = humantime_parse)]
+    duration: Duration,
+    /// Warm-up time per target (not measured).
+    #[arg(long, default_value = "2s", value_parser = humantime_parse)]
+    warmup: Duration,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Where to write the results.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+    /// Internal: run the native hyper hello server and print its address.
+    #[arg(long, hide = true)]
+    native_server: bool,
+}
+
+fn humantime_parse(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("bad duration {s}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("bad duration {s}: use 500ms or 10s")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.native_server {
+        return native_server();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+
+    let mut results = Vec::new();
+
+    let native = Server::native()?;
+    results.push(rt.block_on(measure(
+        "native hyper (Rust, no wasm)",
+        native.addr,
+        "/hello-http/bench",
+        &args,
+    ))?);
+    drop(native);
+
+    let ferry = Server::ferry()?;
+    results.push(rt.block_on(measure(
+        "Ferry (hello-http guest)",
+        ferry.addr,
+        "/hello-http/bench",
+        &args,
+    ))?);
+    drop(ferry);
+
+    if let Some(wasmtime) = std::env::var_os("WASMTIME_BIN") {
+        let server = Server::wasmtime(PathBuf::from(wasmtime))?;
+        results.push(rt.block_on(measure(
+            "wasmtime serve -S cli (same guest)",
+            server.addr,
+            "/hello-http/bench",
+            &args,
+        ))?);
+        drop(server);
+    }
+
+    let table = render(&results, &args);
+    print!("{table}");
+    write_section(&args.out, &table)?;
+    println!("\nwrote {}", args.out.display());
+    Ok(())
+}
+
+struct Measured {
+    name: &'static str,
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Drives `connections` keep-alive connections as fast as they answer for warmup + duration.
+async fn measure(
+    name: &'static str,
+    addr: SocketAddr,
+    path: &str,
+    args: &Args,
+) -> anyhow::Result<Measured> {
+    eprintln!("measuring {name} at {addr} ...");
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            connection(addr, path, measure_from, end).await
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, err) = t.await??;
+        latencies.extend(lat);
+        errors += err;
+    }
+    if latencies.is_empty() {
+        bail!("{name}: no request succeeded");
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        Duration::from_nanos(
+            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)],
+        )
+    };
+    Ok(Measured {
+        name,
+        requests: latencies.len() as u64,
+        errors,
+        elapsed: args.duration,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    })
+}
+
+async fn connection(
+    addr: SocketAddr,
+    path: String,
+    measure_from: Instant,
+    end: Instant,
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    'reconnect: while Instant::now() < end {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .context("connect")?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        while Instant::now() < end {
+            let req = hyper::Request::get(path.as_str())
+                .header("host", "127.0.0.1")
+                .body(Empty::<Bytes>::new())?;
+            let t0 = Instant::now();
+            let ok = match sender.send_request(req).await {
+                Ok(resp) => {
+                    let ok = resp.status() == 200;
+                    ok && resp.into_body().collect().await.is_ok()
+                }
+                Err(_) => false,
+            };
+            let t1 = Instant::now();
+            if t0 >= measure_from && t1 <= end {
+                if ok {
+                    latencies.push((t1 - t0).as_nanos() as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            if !ok {
+                continue 'reconnect;
+            }
+        }
+    }
+    Ok((latencies, errors))
+}
+
+/// A server process under test, killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listened on {addr} within 30s")
+}
+
+impl Server {
+    fn native() -> anyhow::Result<Server> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--native-server")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        let addr = line.trim().parse().context("native server address")?;
+        Ok(Server {
+            child,
+            addr,
+            _tmp: None,
+        })
+    }
+
+    fn ferry() -> anyhow::Result<Server> {
+        let bin = std::env::var_os("FERRY_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("ferry"));
+        let tmp = tempfile::tempdir()?;
+        let port = free_port()?;
+        let admin_port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = Command::new(&bin)
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+            ])
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let server = Server {
+            child,
+            addr,
+            _tmp: Some(tmp),
+        };
+        wait_for_port(format!("127.0.0.1:{admin_port}").parse()?)?;
+        let wasm = std::fs::read(ferry_tests::guests::HELLO_HTTP)?;
+        let resp = reqwest::blocking::Client::new()
+            .put(format!(
+                "http://127.0.0.1:{admin_port}/v1/functions/hello-http"
+            ))
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()?;
+        if !resp.status().is_success() {
+            bail!("deploy failed: {}", resp.text()?);
+        }
+        Ok(server)
+    }
+
+    fn wasmtime(bin: PathBuf) -> anyhow::Result<Server> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let child = Command::new(&bin)
+            .args([
+                "serve",
+                "-S",
+                "cli",
+                "--addr",
+                &addr.to_string(),
+                ferry_tests::guests::HELLO_HTTP,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let server = Server {
+            child,
+            addr,
+            _tmp: None,
+        };
+        wait_for_port(addr)?;
+        Ok(server)
+    }
+}
+
+/// The baseline: a hyper hello server on the same tokio setup as Ferry (multi-thread runtime).
+fn native_server() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("Hello from Ferry! path={}\n", req.uri().path());
+                        Ok::<_, Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "text/plain; charset=utf-8")
+                                .header("content-length", body.len())
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn render(results: &[Measured], args: &Args) -> String {
+    let native = results[0].rps();
+    let ferry = results
+        .iter()
+        .find(|r| r.name.starts_with("Ferry"))
+        .map(Measured::rps);
+    let mut s = String::new();
+    s.push_str(&format!(
+        "### HTTP hello: requests/s and latency\n\n{} keep-alive connections, {}s measured after {}s warm-up, one load-generator thread, loopback, release builds.\n\n",
+        args.connections,
+        args.duration.as_secs(),
+        args.warmup.as_secs()
+    ));
+    s.push_str("| server | requests/s | p50 latency | p99 latency | errors | vs native | Ferry vs this |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in results {
+        let vs_ferry = match ferry {
+            Some(f) if !r.name.starts_with("Ferry") => format!("{:.2}x", f / r.rps()),
+            _ => "—".into(),
+        };
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} | {:.0}% | {} |\n",
+            r.name,
+            r.rps(),
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.errors,
+            100.0 * r.rps() / native,
+            vs_ferry
+        ));
+    }
+    s
+}
+
+/// Replaces the generated section of the benchmarks page, keeping the prose around it.
+fn write_section(path: &PathBuf, table: &str) -> anyhow::Result<()> {
+    const BEGIN: &str = "<!-- bench:http:begin -->";
+    const END: &str = "<!-- bench:http:end -->";
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let section = format!(
+        "{BEGIN}\n{table}\nMachine: {cores} cores, {cpu}. Generated by `scripts/bench.sh` at {}.\n{END}",
+        humantime_now()
+    );
+    let new = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(b), Some(e)) if b < e => format!(
+            "{}{}{}",
+            &existing[..b],
+            section,
+            &existing[e + END.len()..]
+        ),
+        _ => format!("{existing}\n{section}\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+fn humantime_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
