@@ -12,6 +12,7 @@ mod generated {
         world: "ferry:function/event-function",
         exports: { default: async },
         require_store_data_send: true,
+        additional_derives: [PartialEq],
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,

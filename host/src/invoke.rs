@@ -90,7 +90,8 @@ fn new_state(f: &Deployed) -> HostState {
     HostState::new(&f.record.limits, &f.record.config, f.outbound.clone())
 }
 
-/// Serves one HTTP request with an HTTP function.
+/// Serves one HTTP request: an HTTP function gets the request itself, an event function the
+/// CloudEvent the request carries.
 pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
     match try_http(runtime, &f, req).await {
         Ok(resp) => resp,
@@ -107,13 +108,7 @@ async fn try_http(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, InvokeError> {
     let Prepared::Http(pre) = &f.prepared else {
-        return Ok(text_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "function {} is an event function; send it a CloudEvent instead",
-                f.name()
-            ),
-        ));
+        return Ok(event_over_http(runtime, f, req).await);
     };
     let max_body = f.record.limits.max_body;
     if let Some(len) = content_length(&req) {
@@ -325,6 +320,87 @@ pub async fn event(
         Err(e) => {
             tracing::debug!(function = f.name(), error = %format!("{e:?}"), "invocation error detail");
             Err(InvokeError::from_wasmtime(f, e).into())
+        }
+    }
+}
+
+/// Serves a CloudEvent POSTed to an event function: the result event comes back in the request's
+/// mode (binary or structured), or 204 when the function returns none.
+async fn event_over_http(
+    runtime: &Runtime,
+    f: &Deployed,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if req.method() != http::Method::POST {
+        let mut resp = text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "function {} is an event function: POST it a CloudEvent (binary or structured mode)",
+                f.name()
+            ),
+        );
+        resp.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let max_body = f.record.limits.max_body;
+    if content_length(&req).is_some_and(|len| len > max_body) {
+        return too_large(f, max_body);
+    }
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, max_body as usize)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(f, max_body),
+        Err(e) => {
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                format!("failed to read the request body: {e}"),
+            )
+        }
+    };
+    let (event, mode) = match crate::cloudevent::from_http(&parts.headers, body) {
+        Ok(ok) => ok,
+        Err(e) => {
+            return text_response(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"))
+        }
+    };
+    let guest_event = crate::cloudevent::to_guest(&event);
+    match self::event(runtime, f, &guest_event).await {
+        Ok(None) => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(ferry_triggers::http::full_body(Bytes::new()))
+            .expect("static response is valid"),
+        Ok(Some(out)) => match crate::cloudevent::from_guest(out) {
+            Ok(out) => crate::cloudevent::to_http(&out, mode),
+            Err(e) => {
+                let msg = format!("function {} returned an invalid event: {e}", f.name());
+                tracing::warn!(function = f.name(), "{msg}");
+                text_response(StatusCode::INTERNAL_SERVER_ERROR, msg)
+            }
+        },
+        Err(EventFailure::Guest {
+            function,
+            kind,
+            message,
+        }) => {
+            let status = match kind {
+                "invalid-event" => StatusCode::UNPROCESSABLE_ENTITY,
+                "retryable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let body = serde_json::json!({ "error": message, "kind": kind, "function": function });
+            Response::builder()
+                .status(status)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(ferry_triggers::http::full_body(body.to_string()))
+                .expect("static response is valid")
+        }
+        Err(EventFailure::Invoke(e)) => {
+            tracing::warn!(function = f.name(), error = %e, "invoke failed");
+            text_response(e.status(), e.to_string())
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bindings;
 pub mod client;
+pub mod cloudevent;
 pub mod deploy;
 pub mod engine;
 pub mod invoke;

@@ -174,7 +174,18 @@ mod tests {
             assert!(!s.delete_function("a").unwrap());
             s.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        // sled's flusher thread may hold the lock for a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let s = loop {
+            match SledStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the store: {e:#}"),
+            }
+        };
         assert_eq!(s.component("ab").unwrap().unwrap(), b"bytes");
         assert_eq!(s.artifact("ab/k").unwrap().unwrap(), b"art");
         assert_eq!(s.functions().unwrap(), vec![record_eq(&s, "b")]);

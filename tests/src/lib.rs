@@ -283,3 +283,147 @@ fn leb128(mut v: u64, out: &mut Vec<u8>) {
         out.push(byte | 0x80);
     }
 }
+
+/// The CloudEvents conformance data in the `shared/` folder beside the checkout.
+pub mod conformance {
+    use std::path::PathBuf;
+
+    pub fn dir() -> PathBuf {
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cloudevents");
+        assert!(
+            dir.exists(),
+            "{} is missing: the shared/ folder must sit beside the checkout",
+            dir.display()
+        );
+        dir
+    }
+
+    /// `(test id, event JSON)` pairs of `valid-events.json` or `invalid-events.json`.
+    pub fn events(file: &str) -> Vec<(String, serde_json::Value)> {
+        let text = std::fs::read_to_string(dir().join(file)).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        doc["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["id"].as_str().unwrap().to_string(), t["event"].clone()))
+            .collect()
+    }
+
+    /// One concrete case of `http-protocol-binding.feature`.
+    #[derive(Debug)]
+    pub struct HttpCase {
+        pub name: String,
+        pub headers: Vec<(String, String)>,
+        pub body: String,
+        pub attributes: Vec<(String, String)>,
+        pub data: serde_json::Value,
+    }
+
+    fn table(lines: &[&str]) -> Vec<Vec<String>> {
+        lines
+            .iter()
+            .map(|l| l.trim())
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn docstring(lines: &[&str], from: usize) -> (String, usize) {
+        let start = lines[from..]
+            .iter()
+            .position(|l| l.trim() == "\"\"\"")
+            .unwrap()
+            + from
+            + 1;
+        let end = lines[start..]
+            .iter()
+            .position(|l| l.trim() == "\"\"\"")
+            .unwrap()
+            + start;
+        let indent = lines[start].len() - lines[start].trim_start().len();
+        let text = lines[start..end]
+            .iter()
+            .map(|l| {
+                if l.len() >= indent {
+                    &l[indent..]
+                } else {
+                    l.trim()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        (text, end + 1)
+    }
+
+    /// Every scenario outline, expanded over its examples.
+    pub fn http_cases() -> Vec<HttpCase> {
+        let text = std::fs::read_to_string(dir().join("http-protocol-binding.feature")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut cases = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let Some(title) = lines[i].trim().strip_prefix("Scenario Outline:") else {
+                i += 1;
+                continue;
+            };
+            let (request, next) = docstring(&lines, i);
+            let attrs_at = lines[next..]
+                .iter()
+                .position(|l| l.contains("the attributes are"))
+                .unwrap()
+                + next
+                + 1;
+            let attributes: Vec<(String, String)> = table(&lines[attrs_at..])
+                .into_iter()
+                .skip(1)
+                .map(|r| (r[0].clone(), r[1].clone()))
+                .collect();
+            let data_at = lines[attrs_at..]
+                .iter()
+                .position(|l| l.contains("the data is equal"))
+                .unwrap()
+                + attrs_at;
+            let (data, next) = docstring(&lines, data_at);
+            let examples_at = lines[next..]
+                .iter()
+                .position(|l| l.trim() == "Examples:")
+                .unwrap()
+                + next
+                + 1;
+            let examples = table(&lines[examples_at..]);
+            let param = &examples[0][0];
+            for row in &examples[1..] {
+                let fill = |s: &str| s.replace(&format!("<{param}>"), &row[0]);
+                let request = fill(&request);
+                let (head, body) = request.split_once("\n\n").unwrap_or((&request, ""));
+                let headers = head
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .filter(|(k, _)| k != "host" && k != "content-length")
+                    .collect();
+                cases.push(HttpCase {
+                    name: fill(title.trim()),
+                    headers,
+                    body: body.to_string(),
+                    attributes: attributes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), fill(v)))
+                        .collect(),
+                    data: serde_json::from_str(&data).unwrap(),
+                });
+            }
+            i = examples_at;
+        }
+        assert!(!cases.is_empty(), "no scenarios found in the feature file");
+        cases
+    }
+}

@@ -209,7 +209,7 @@ fn request_bodies_over_the_limit_are_refused() {
 }
 
 #[test]
-fn event_functions_are_detected_and_not_served_as_http() {
+fn event_functions_are_detected() {
     let ferry = Ferry::start();
     let (status, body) = ferry.deploy_raw("echo-event", guests::bytes(guests::ECHO_EVENT));
     assert_eq!(status, 201, "{body}");
