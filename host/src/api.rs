@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::delivery::Delivery;
 use crate::deploy::{DeployError, Deployer};
 use crate::engine::Runtime;
 use crate::manifest::{validate_name, Manifest};
@@ -29,6 +30,7 @@ pub struct AdminState {
     pub token: Option<String>,
     pub max_upload: u64,
     pub started: Instant,
+    pub delivery: Arc<Delivery>,
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -62,6 +64,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let v1 = Router::new()
         .route("/v1/functions", get(list))
         .route("/v1/functions/{name}", get(show).put(deploy).delete(remove))
+        .route("/v1/deadletters", get(dead_letters).delete(purge_all))
+        .route("/v1/deadletters/{id}", get(dead_letter).delete(purge_one))
+        .route("/v1/deadletters/{id}/replay", axum::routing::post(replay))
+        .route("/v1/callback-secret", get(callback_secret))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -108,7 +114,78 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value
     }))
 }
 
-fn view(state: &AdminState, record: FunctionRecord) -> FunctionView {
+fn internal(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "admin request failed");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e:#}"),
+    )
+}
+
+async fn dead_letters(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let list = state.delivery.dead_letters().map_err(internal)?;
+    Ok(Json(list.iter().map(|i| state.delivery.view(i)).collect()))
+}
+
+fn no_dead_letter(id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no dead letter {id:?}"))
+}
+
+async fn dead_letter(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = state.delivery.dead_letters().map_err(internal)?;
+    let inv = list
+        .iter()
+        .find(|i| i.id == id)
+        .ok_or_else(|| no_dead_letter(&id))?;
+    let mut v = state.delivery.view(inv);
+    v["payload"] = serde_json::to_value(&inv.payload).unwrap_or_default();
+    Ok(Json(v))
+}
+
+async fn replay(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    use crate::delivery::SubmitError;
+    match state.delivery.replay(&id).await {
+        Ok(Some(inv)) => Ok((StatusCode::ACCEPTED, Json(state.delivery.view(&inv)))),
+        Ok(None) => Err(no_dead_letter(&id)),
+        Err(e @ SubmitError::BadRequest(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+async fn purge_all(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let n = state.delivery.purge(None).map_err(internal)?;
+    Ok(Json(json!({ "purged": n })))
+}
+
+async fn purge_one(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.delivery.purge(Some(&id)).map_err(internal)? {
+        0 => Err(no_dead_letter(&id)),
+        n => Ok(Json(json!({ "purged": n }))),
+    }
+}
+
+async fn callback_secret(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    Json(json!({ "secret": state.delivery.callback_secret() }))
+}
+
+fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
+    if record.delivery.callback_secret.is_some() {
+        // Never echo a secret; say only that one is set.
+        record.delivery.callback_secret = Some("(set)".into());
+    }
     let url = format!("{}/{}", state.public_url, record.name);
     FunctionView { record, url }
 }

@@ -98,6 +98,33 @@ impl AdminClient {
         self.json(resp)
     }
 
+    pub fn dead_letters(&self) -> anyhow::Result<Value> {
+        let resp = self.send(self.http.get(format!("{}/v1/deadletters", self.base)))?;
+        self.json(resp)
+    }
+
+    pub fn dead_letter(&self, id: &str) -> anyhow::Result<Value> {
+        let resp = self.send(self.http.get(format!("{}/v1/deadletters/{id}", self.base)))?;
+        self.json(resp)
+    }
+
+    pub fn replay(&self, id: &str) -> anyhow::Result<Value> {
+        let resp = self.send(
+            self.http
+                .post(format!("{}/v1/deadletters/{id}/replay", self.base)),
+        )?;
+        self.json(resp)
+    }
+
+    pub fn purge(&self, id: Option<&str>) -> anyhow::Result<Value> {
+        let url = match id {
+            Some(id) => format!("{}/v1/deadletters/{id}", self.base),
+            None => format!("{}/v1/deadletters", self.base),
+        };
+        let resp = self.send(self.http.delete(url))?;
+        self.json(resp)
+    }
+
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
         let resp = self.send(self.http.delete(self.function_url(name)))?;
         self.json(resp).map(drop)

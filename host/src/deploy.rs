@@ -133,6 +133,7 @@ impl Deployer {
             limits: spec.limits,
             config: spec.config,
             outbound: spec.outbound,
+            delivery: spec.delivery,
             created: FunctionRecord::now(),
         };
         let deployed = Arc::new(Deployed::new(record.clone(), prepared));

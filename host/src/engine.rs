@@ -260,7 +260,7 @@ pub struct Limits {
     /// Linear memory ceiling in bytes.
     pub memory: u64,
     /// Wall-clock time an invocation may take.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_text")]
     pub timeout: Duration,
     /// Instances of this function that may run at once.
     pub concurrency: u32,
@@ -279,7 +279,8 @@ impl Default for Limits {
     }
 }
 
-mod humantime_serde_compat {
+/// Durations as human-readable text ("30s", "1m 30s") in JSON.
+pub mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

@@ -90,6 +90,42 @@ fn new_state(f: &Deployed) -> HostState {
     HostState::new(&f.record.limits, &f.record.config, f.outbound.clone())
 }
 
+/// A request body Ferry can hand to a function: a live one, or one replayed from the store.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<wasmtime_wasi_http::Error>> + Send + Unpin + 'static
+{
+}
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<wasmtime_wasi_http::Error>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// The body of a stored request.
+pub type StoredBody = http_body_util::combinators::MapErr<
+    http_body_util::Full<Bytes>,
+    fn(std::convert::Infallible) -> wasmtime_wasi_http::Error,
+>;
+
+pub fn stored_body(bytes: Bytes) -> StoredBody {
+    fn never(e: std::convert::Infallible) -> wasmtime_wasi_http::Error {
+        match e {}
+    }
+    http_body_util::Full::new(bytes).map_err(never as fn(_) -> _)
+}
+
+/// Runs an HTTP function on a request; a host-side failure is returned, not turned into a
+/// response.
+pub async fn http_result<B: RequestBody>(
+    runtime: &Runtime,
+    f: Arc<Deployed>,
+    req: Request<B>,
+) -> Result<Response<Body>, InvokeError> {
+    try_http(runtime, &f, req).await
+}
+
 /// Serves one HTTP request: an HTTP function gets the request itself, an event function the
 /// CloudEvent the request carries.
 pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
@@ -102,10 +138,10 @@ pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -
     }
 }
 
-async fn try_http(
+async fn try_http<B: RequestBody>(
     runtime: &Runtime,
     f: &Arc<Deployed>,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<Body>, InvokeError> {
     let Prepared::Http(pre) = &f.prepared else {
         return Ok(event_over_http(runtime, f, req).await);
@@ -210,14 +246,14 @@ fn too_large(f: &Deployed, max: u64) -> Response<Body> {
 
 /// A request body that fails once more than `max` bytes have arrived (for bodies without a
 /// `content-length`, which is checked up front).
-struct LimitedBody {
-    inner: Incoming,
+struct LimitedBody<B> {
+    inner: B,
     remaining: u64,
     max: u64,
 }
 
-impl LimitedBody {
-    fn new(inner: Incoming, max: u64) -> Self {
+impl<B> LimitedBody<B> {
+    fn new(inner: B, max: u64) -> Self {
         Self {
             inner,
             remaining: max,
@@ -226,7 +262,7 @@ impl LimitedBody {
     }
 }
 
-impl hyper::body::Body for LimitedBody {
+impl<B: RequestBody> hyper::body::Body for LimitedBody<B> {
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
 
@@ -326,10 +362,10 @@ pub async fn event(
 
 /// Serves a CloudEvent POSTed to an event function: the result event comes back in the request's
 /// mode (binary or structured), or 204 when the function returns none.
-async fn event_over_http(
+async fn event_over_http<B: RequestBody>(
     runtime: &Runtime,
     f: &Deployed,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Response<Body> {
     if req.method() != http::Method::POST {
         let mut resp = text_response(
@@ -348,16 +384,13 @@ async fn event_over_http(
         return too_large(f, max_body);
     }
     let (parts, body) = req.into_parts();
-    let body = match http_body_util::Limited::new(body, max_body as usize)
-        .collect()
-        .await
-    {
+    let body = match LimitedBody::new(body, max_body).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(f, max_body),
+        Err(wasmtime_wasi_http::Error::HttpRequestBodySize(_)) => return too_large(f, max_body),
         Err(e) => {
             return text_response(
                 StatusCode::BAD_REQUEST,
-                format!("failed to read the request body: {e}"),
+                format!("failed to read the request body: {e:?}"),
             )
         }
     };

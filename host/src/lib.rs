@@ -1,6 +1,7 @@
 //! Ferry's runtime: the wasmtime engine and component cache ([`engine`]), the storage trait and its
 //! sled backend ([`store`]), function manifests ([`manifest`]), the set of deployed functions and
-//! their routes ([`registry`]), running one invocation ([`invoke`]), deployment ([`deploy`]), the
+//! their routes ([`registry`]), running one invocation ([`invoke`]), asynchronous delivery with
+//! its guarantees ([`delivery`]), CloudEvents ([`cloudevent`]), deployment ([`deploy`]), the
 //! admin HTTP API ([`api`]) and the `serve` wiring that joins triggers to the runtime ([`server`]).
 //!
 //! The `ferry` binary (`main.rs`) is a thin CLI over these modules and over the admin API
@@ -10,6 +11,7 @@ pub mod api;
 pub mod bindings;
 pub mod client;
 pub mod cloudevent;
+pub mod delivery;
 pub mod deploy;
 pub mod engine;
 pub mod invoke;

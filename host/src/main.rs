@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use ferry_host::client::AdminClient;
+use ferry_host::delivery::retry::RetryPolicy;
+use ferry_host::delivery::DeliveryOptions;
 use ferry_host::engine::EngineOptions;
 use ferry_host::manifest::Manifest;
 use ferry_host::server::{self, ServeOptions};
@@ -53,6 +55,25 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// Dead letters: invocations (or callbacks) that failed for good.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    List,
+    /// Show one dead letter with its attempt history.
+    Show { id: String },
+    /// Submit a dead letter again.
+    Replay { id: String },
+    /// Remove one dead letter, or all with --all.
+    Purge {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -78,6 +99,38 @@ struct ServeArgs {
     /// Ceiling of any function's timeout.
     #[arg(long, env = "FERRY_MAX_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
     max_timeout: Duration,
+    /// Store-and-forward attempts (and fire-and-forget invocations) running at once.
+    #[arg(long, env = "FERRY_WORKERS", default_value_t = 32)]
+    workers: usize,
+    /// Capacity of the fire-and-forget queue; a full queue answers 503.
+    #[arg(long, env = "FERRY_QUEUE_SIZE", default_value_t = 10_000)]
+    queue_size: usize,
+    /// How long finished invocations and idempotency keys are kept.
+    #[arg(long, env = "FERRY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Callback host allowed even if it resolves to a loopback/private/link-local address (repeatable).
+    #[arg(
+        long = "allow-callback-host",
+        env = "FERRY_ALLOW_CALLBACK_HOST",
+        value_delimiter = ','
+    )]
+    allow_callback_hosts: Vec<String>,
+    /// Secret that signs callbacks (whsec_...); generated and kept in the data directory if unset.
+    #[arg(long, env = "FERRY_CALLBACK_SECRET", hide_env_values = true)]
+    callback_secret: Option<String>,
+    /// Attempts to deliver one callback.
+    #[arg(long, env = "FERRY_CALLBACK_MAX_ATTEMPTS", default_value_t = 8)]
+    callback_max_attempts: u32,
+    /// First callback retry delay ceiling.
+    #[arg(long, env = "FERRY_CALLBACK_BACKOFF_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    callback_backoff_initial: Duration,
+    /// Longest callback retry delay.
+    #[arg(long, env = "FERRY_CALLBACK_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    callback_backoff_max: Duration,
+    /// Flush the store once per store-and-forward submit instead of group commit (a benchmark
+    /// baseline; slower).
+    #[arg(long, env = "FERRY_FLUSH_PER_SUBMIT")]
+    flush_per_submit: bool,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +190,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_function(&f, cli.json, "function");
             Ok(())
         }
+        Command::Dlq(cmd) => {
+            let client = AdminClient::new(&cli.admin, cli.token)?;
+            dlq(&client, cmd, cli.json)
+        }
         Command::Rm { name } => {
             let client = AdminClient::new(&cli.admin, cli.token)?;
             client.remove(&name)?;
@@ -174,7 +231,78 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             max_memory: args.max_memory,
         },
         max_timeout: args.max_timeout,
+        callback_secret: args.callback_secret,
+        delivery: DeliveryOptions {
+            workers: args.workers.max(1),
+            queue_size: args.queue_size.max(1),
+            retention: args.retention,
+            flush_per_submit: args.flush_per_submit,
+            allow_callback_hosts: args.allow_callback_hosts,
+            callback_retry: RetryPolicy {
+                max_attempts: args.callback_max_attempts.max(1),
+                initial: args.callback_backoff_initial,
+                max: args.callback_backoff_max.max(args.callback_backoff_initial),
+                max_age: args.retention,
+            },
+            ..DeliveryOptions::default()
+        },
     }))
+}
+
+fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        DlqCommand::List => {
+            let list = client.dead_letters()?;
+            if json {
+                println!("{list:#}");
+                return Ok(());
+            }
+            let items = list.as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                println!("no dead letters");
+            }
+            for d in items {
+                let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let attempts = d.get("attempts").and_then(Value::as_u64).unwrap_or(0);
+                let error = d
+                    .get("callback")
+                    .filter(|c| c["status"] == "dead_lettered")
+                    .and_then(|c| c["last_error"].as_str())
+                    .map(|e| format!("callback: {e}"))
+                    .unwrap_or_else(|| s("error"));
+                println!(
+                    "{}  {:<20} {:>3} attempts  {}",
+                    s("id"),
+                    s("function"),
+                    attempts,
+                    error
+                );
+            }
+        }
+        DlqCommand::Show { id } => println!("{:#}", client.dead_letter(&id)?),
+        DlqCommand::Replay { id } => {
+            let out = client.replay(&id)?;
+            if json {
+                println!("{out:#}");
+            } else {
+                let s = |k: &str| out.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                println!("replayed {id} as {} ({})", s("id"), s("status_url"));
+            }
+        }
+        DlqCommand::Purge { id, all } => {
+            if id.is_none() && !all {
+                bail!("name a dead letter to purge, or pass --all");
+            }
+            let out = client.purge(id.as_deref())?;
+            let n = out.get("purged").and_then(Value::as_u64).unwrap_or(0);
+            if json {
+                println!("{out}");
+            } else {
+                println!("purged {n} dead letter(s)");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::delivery::record::Mode;
+use crate::delivery::retry::RetryPolicy;
 use crate::engine::Limits;
 
 /// A manifest as written by the user.
@@ -17,6 +19,8 @@ pub struct Manifest {
     pub component: Option<String>,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub delivery: DeliverySection,
     #[serde(default)]
     pub trigger: Triggers,
     #[serde(default)]
@@ -32,6 +36,24 @@ pub struct LimitsSection {
     pub timeout: Option<String>,
     pub concurrency: Option<u32>,
     pub max_body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    pub mode: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<BackoffSection>,
+    pub max_age: Option<String>,
+    /// `whsec_...`, or `env:NAME` to read it from the host's environment.
+    pub callback_secret: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSection {
+    pub initial: Option<String>,
+    pub max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +84,27 @@ pub struct FunctionSpec {
     pub limits: Limits,
     pub config: Vec<(String, String)>,
     pub outbound: Vec<String>,
+    pub delivery: DeliverySettings,
+}
+
+/// How asynchronous invocations of a function are delivered by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliverySettings {
+    pub mode: Mode,
+    pub retry: RetryPolicy,
+    /// Signs callbacks for this function instead of the host-wide secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_secret: Option<String>,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::StoreAndForward,
+            retry: RetryPolicy::default(),
+            callback_secret: None,
+        }
+    }
 }
 
 /// A manifest problem, naming the key at fault.
@@ -188,7 +231,9 @@ impl Manifest {
                 ));
             }
         }
+        let delivery = self.delivery.resolve()?;
         Ok(FunctionSpec {
+            delivery,
             name: self.name.clone(),
             routes,
             limits,
@@ -204,6 +249,59 @@ impl Manifest {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
         })
+    }
+}
+
+impl DeliverySection {
+    fn resolve(&self) -> Result<DeliverySettings, ManifestError> {
+        let mut out = DeliverySettings::default();
+        if let Some(m) = &self.mode {
+            out.mode = Mode::parse(m).ok_or_else(|| {
+                bad(
+                    "delivery.mode",
+                    format!("{m:?}: use \"store-and-forward\" or \"fire-and-forget\""),
+                )
+            })?;
+        }
+        if let Some(n) = self.max_attempts {
+            if n == 0 || n > 1000 {
+                return Err(bad("delivery.max_attempts", "must be between 1 and 1000"));
+            }
+            out.retry.max_attempts = n;
+        }
+        let duration = |key: &str, v: &str| {
+            humantime::parse_duration(v)
+                .map_err(|e| bad(key, format!("{v:?} is not a duration like \"30s\": {e}")))
+        };
+        if let Some(b) = &self.backoff {
+            if let Some(v) = &b.initial {
+                out.retry.initial = duration("delivery.backoff.initial", v)?;
+            }
+            if let Some(v) = &b.max {
+                out.retry.max = duration("delivery.backoff.max", v)?;
+            }
+        }
+        if out.retry.initial > out.retry.max {
+            return Err(bad("delivery.backoff", "`initial` must not exceed `max`"));
+        }
+        if let Some(v) = &self.max_age {
+            out.retry.max_age = duration("delivery.max_age", v)?;
+        }
+        if let Some(secret) = &self.callback_secret {
+            let value = match secret.strip_prefix("env:") {
+                Some(var) => std::env::var(var).map_err(|_| {
+                    bad(
+                        "delivery.callback_secret",
+                        format!("environment variable {var} is not set on the host"),
+                    )
+                })?,
+                None => secret.clone(),
+            };
+            crate::delivery::callback::decode_secret(&value)
+                .map_err(|e| bad("delivery.callback_secret", e))?;
+            out.callback_secret = Some(value);
+        }
+        Ok(out)
     }
 }
 
@@ -285,6 +383,11 @@ mod tests {
             route = "/orders/..."
             [[trigger.http]]
             route = "/status"
+            [delivery]
+            mode = "fire-and-forget"
+            max_attempts = 3
+            backoff = { initial = "50ms", max = "2s" }
+            max_age = "1h"
             [outbound]
             allow = ["API.example.com"]
             [config]
@@ -299,6 +402,11 @@ mod tests {
         assert_eq!(spec.limits.concurrency, 8);
         assert_eq!(spec.limits.max_body, 1 << 20);
         assert_eq!(spec.outbound, vec!["api.example.com"]);
+        assert_eq!(spec.delivery.mode, Mode::FireAndForget);
+        assert_eq!(spec.delivery.retry.max_attempts, 3);
+        assert_eq!(spec.delivery.retry.initial, Duration::from_millis(50));
+        assert_eq!(spec.delivery.retry.max, Duration::from_secs(2));
+        assert_eq!(spec.delivery.retry.max_age, Duration::from_secs(3600));
         assert_eq!(spec.config, vec![("GREETING".into(), "hello".into())]);
     }
 

@@ -7,19 +7,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ferry_triggers::http::{Body, HttpOptions, HttpPort, HttpTrigger};
+use ferry_triggers::http::{
+    full_body, text_response, AsyncOptions, Body, HttpOptions, HttpPort, HttpTrigger,
+};
 use ferry_triggers::{Shutdown, Trigger};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::api::{self, AdminState};
+use crate::cloudevent;
+use crate::delivery::callback;
+use crate::delivery::record::{Header, Mode, Payload};
+use crate::delivery::{Delivery, DeliveryOptions, SubmitError, SubmitRequest};
 use crate::deploy::Deployer;
-use crate::engine::{EngineOptions, Runtime};
+use crate::engine::{EngineOptions, Runtime, World};
 use crate::manifest::Ceilings;
 use crate::registry::{Deployed, Registry};
-use crate::store::SledStore;
+use crate::store::{SledStore, Store};
 
 /// Everything `ferry serve` can be told.
 #[derive(Debug, Clone)]
@@ -31,12 +38,71 @@ pub struct ServeOptions {
     pub max_upload: u64,
     pub engine: EngineOptions,
     pub max_timeout: Duration,
+    pub delivery: DeliveryOptions,
+    /// `--callback-secret`; generated and kept in the store when absent.
+    pub callback_secret: Option<String>,
 }
 
 /// The runtime side of the HTTP trigger.
 struct Gateway {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
+    delivery: Arc<Delivery>,
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full_body(value.to_string()))
+        .expect("static headers are valid")
+}
+
+impl Gateway {
+    /// Reads the request into what the delivery engine stores.
+    async fn payload(
+        &self,
+        f: &Deployed,
+        req: Request<Incoming>,
+    ) -> Result<Payload, Response<Body>> {
+        let max = f.record.limits.max_body;
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, max as usize).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(text_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than function {}'s limit of {max} bytes (limits.max_body)", f.name()),
+                ))
+            }
+            Err(e) => return Err(text_response(StatusCode::BAD_REQUEST, format!("failed to read the request body: {e}"))),
+        };
+        match f.record.world {
+            World::Http => Ok(Payload::Http {
+                method: parts.method.to_string(),
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "/".into()),
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| Header(k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+                body: body.to_vec(),
+            }),
+            World::Event => match cloudevent::from_http(&parts.headers, body) {
+                Ok((event, _)) => Ok(Payload::Event {
+                    event: serde_json::to_value(&event).unwrap_or_default(),
+                }),
+                Err(e) => Err(text_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid CloudEvent: {e}"),
+                )),
+            },
+        }
+    }
 }
 
 impl HttpPort for Gateway {
@@ -48,6 +114,95 @@ impl HttpPort for Gateway {
 
     async fn serve(&self, target: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
         crate::invoke::http(&self.runtime, target, req).await
+    }
+
+    async fn submit(
+        &self,
+        target: Arc<Deployed>,
+        req: Request<Incoming>,
+        options: AsyncOptions,
+    ) -> Response<Body> {
+        let mode = match options.delivery.as_deref().map(|m| (m, Mode::parse(m))) {
+            None => None,
+            Some((_, Some(mode))) => Some(mode),
+            Some((m, None)) => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "Ferry-Delivery: {m:?} is not a mode; use fire-and-forget or store-and-forward"
+                ),
+                )
+            }
+        };
+        let payload = match self.payload(&target, req).await {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        let submitted = self
+            .delivery
+            .submit(SubmitRequest {
+                function: target,
+                mode,
+                payload,
+                callback_url: options.callback_url,
+                idempotency_key: options.idempotency_key,
+            })
+            .await;
+        match submitted {
+            Ok((inv, new)) => {
+                let url = self.delivery.status_url(&inv.id);
+                let body = serde_json::json!({ "id": inv.id, "status_url": url, "status": inv.status, "mode": inv.mode });
+                let mut resp = json_response(StatusCode::ACCEPTED, &body);
+                if let Ok(v) = http::HeaderValue::from_str(&url) {
+                    resp.headers_mut().insert(http::header::LOCATION, v);
+                }
+                if !new {
+                    resp.headers_mut().insert(
+                        "ferry-idempotent-replay",
+                        http::HeaderValue::from_static("true"),
+                    );
+                }
+                resp
+            }
+            Err(e @ SubmitError::BadRequest(_)) => {
+                text_response(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            Err(e @ SubmitError::QueueFull) => {
+                let mut resp = text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                resp
+            }
+            Err(e @ SubmitError::Unavailable(_)) => {
+                tracing::error!(error = %e, "submit failed");
+                text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+
+    async fn status(&self, id: &str, wait: Option<Duration>) -> Response<Body> {
+        let found = match wait {
+            Some(w) => self.delivery.wait(id, w).await,
+            None => self.delivery.get(id),
+        };
+        match found {
+            Ok(Some(inv)) => json_response(StatusCode::OK, &self.delivery.view(&inv)),
+            Ok(None) => text_response(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no invocation {id:?} (finished invocations are kept for the retention window)"
+                ),
+            ),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reading an invocation failed");
+                text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the store failed; see the host log",
+                )
+            }
+        }
     }
 }
 
@@ -69,7 +224,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let deployer = Arc::new(Deployer::new(
         runtime.clone(),
-        store,
+        store.clone(),
         registry.clone(),
         ceilings,
     ));
@@ -89,6 +244,29 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let admin_addr = admin.local_addr()?;
     let public_url = format!("http://{public_addr}");
 
+    let callback_secret = match opts.callback_secret.clone() {
+        Some(s) => s,
+        None => match store.setting("callback_secret")? {
+            Some(s) => s,
+            None => {
+                let s = callback::generate_secret();
+                store.put_setting("callback_secret", &s)?;
+                store.flush()?;
+                s
+            }
+        },
+    };
+    let delivery = Delivery::start(
+        runtime.clone(),
+        registry.clone(),
+        store.clone(),
+        DeliveryOptions {
+            public_url: public_url.clone(),
+            callback_secret,
+            ..opts.delivery.clone()
+        },
+    )?;
+
     let admin_state = Arc::new(AdminState {
         deployer: deployer.clone(),
         runtime: runtime.clone(),
@@ -96,11 +274,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         token: opts.admin_token.clone(),
         max_upload: opts.max_upload,
         started,
+        delivery: delivery.clone(),
     });
 
     let (handle, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
-    let gateway = Arc::new(Gateway { runtime, registry });
+    let gateway = Arc::new(Gateway {
+        runtime,
+        registry,
+        delivery,
+    });
     let http = HttpTrigger::new(public, gateway, HttpOptions::default());
     {
         let shutdown = shutdown.clone();

@@ -8,7 +8,9 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::record::{DeliveryStore, Invocation, Op};
 use crate::engine::{Limits, World};
+use crate::manifest::DeliverySettings;
 
 /// What Ferry remembers about one deployed function version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -27,6 +29,9 @@ pub struct FunctionRecord {
     pub config: Vec<(String, String)>,
     /// Hosts the function may reach with outbound HTTP.
     pub outbound: Vec<String>,
+    /// Defaults for asynchronous invocations.
+    #[serde(default)]
+    pub delivery: DeliverySettings,
     /// RFC 3339 time of this version's deploy.
     pub created: String,
 }
@@ -47,6 +52,9 @@ pub trait Store: Send + Sync + 'static {
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>>;
     fn functions(&self) -> anyhow::Result<Vec<FunctionRecord>>;
     fn delete_function(&self, name: &str) -> anyhow::Result<bool>;
+    /// Host settings that must survive restarts (e.g. the generated callback secret).
+    fn setting(&self, key: &str) -> anyhow::Result<Option<String>>;
+    fn put_setting(&self, key: &str, value: &str) -> anyhow::Result<()>;
     /// Makes every write so far durable.
     fn flush(&self) -> anyhow::Result<()>;
 }
@@ -62,6 +70,8 @@ pub struct SledStore {
     components: sled::Tree,
     artifacts: sled::Tree,
     functions: sled::Tree,
+    delivery: sled::Tree,
+    settings: sled::Tree,
 }
 
 impl SledStore {
@@ -81,6 +91,8 @@ impl SledStore {
             components: db.open_tree("components")?,
             artifacts: db.open_tree("artifacts")?,
             functions: db.open_tree("functions")?,
+            delivery: db.open_tree("delivery")?,
+            settings: db.open_tree("settings")?,
             db,
         })
     }
@@ -136,9 +148,122 @@ impl Store for SledStore {
         Ok(self.functions.remove(name)?.is_some())
     }
 
+    fn setting(&self, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .settings
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn put_setting(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.settings.insert(key, value.as_bytes())?;
+        Ok(())
+    }
+
     fn flush(&self) -> anyhow::Result<()> {
         self.db.flush().context("failed to flush the store")?;
         Ok(())
+    }
+}
+
+// Keys of the delivery tree: one tree, so that a state change is one atomic batch.
+fn record_key(id: &str) -> Vec<u8> {
+    [b"i".as_slice(), id.as_bytes()].concat()
+}
+fn due_key(due_ms: u64, id: &str, callback: bool) -> Vec<u8> {
+    let prefix: &[u8] = if callback { b"c" } else { b"d" };
+    [prefix, &due_ms.to_be_bytes(), id.as_bytes()].concat()
+}
+fn idem_key(key: &str) -> Vec<u8> {
+    [b"k".as_slice(), key.as_bytes()].concat()
+}
+fn dead_key(id: &str) -> Vec<u8> {
+    [b"x".as_slice(), id.as_bytes()].concat()
+}
+
+impl DeliveryStore for SledStore {
+    fn apply(&self, ops: Vec<Op>) -> anyhow::Result<()> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::Put(inv) => batch.insert(record_key(&inv.id), serde_json::to_vec(&*inv)?),
+                Op::Delete(id) => batch.remove(record_key(&id)),
+                Op::Schedule {
+                    due_ms,
+                    id,
+                    callback,
+                } => batch.insert(due_key(due_ms, &id, callback), &[][..]),
+                Op::Unschedule {
+                    due_ms,
+                    id,
+                    callback,
+                } => batch.remove(due_key(due_ms, &id, callback)),
+                Op::PutKey { key, id } => batch.insert(idem_key(&key), id.as_bytes()),
+                Op::DeleteKey(key) => batch.remove(idem_key(&key)),
+                Op::MarkDead(id) => batch.insert(dead_key(&id), &[][..]),
+                Op::UnmarkDead(id) => batch.remove(dead_key(&id)),
+            }
+        }
+        self.delivery.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn invocation(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
+        match self.delivery.get(record_key(id))? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).with_context(|| format!("corrupt invocation {id}"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn due(&self, now_ms: u64, callback: bool, limit: usize) -> anyhow::Result<Vec<(u64, String)>> {
+        let start = due_key(0, "", callback);
+        let end = due_key(now_ms.saturating_add(1), "", callback);
+        self.delivery
+            .range(start..end)
+            .take(limit)
+            .map(|kv| {
+                let (k, _) = kv?;
+                let due = u64::from_be_bytes(k[1..9].try_into().expect("due keys hold 8 bytes"));
+                Ok((due, String::from_utf8_lossy(&k[9..]).into_owned()))
+            })
+            .collect()
+    }
+
+    fn next_due(&self, callback: bool) -> anyhow::Result<Option<u64>> {
+        let prefix: &[u8] = if callback { b"c" } else { b"d" };
+        Ok(self
+            .delivery
+            .scan_prefix(prefix)
+            .next()
+            .transpose()?
+            .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().expect("due keys hold 8 bytes"))))
+    }
+
+    fn key(&self, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .delivery
+            .get(idem_key(key))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn dead(&self) -> anyhow::Result<Vec<String>> {
+        self.delivery
+            .scan_prefix(b"x")
+            .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[1..]).into_owned()))
+            .collect()
+    }
+
+    fn invocations(&self) -> anyhow::Result<Vec<Invocation>> {
+        self.delivery
+            .scan_prefix(b"i")
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    fn flush_delivery(&self) -> anyhow::Result<()> {
+        self.flush()
     }
 }
 
@@ -157,6 +282,7 @@ mod tests {
             limits: Limits::default(),
             config: vec![("K".into(), "V".into())],
             outbound: vec![],
+            delivery: DeliverySettings::default(),
             created: FunctionRecord::now(),
         }
     }

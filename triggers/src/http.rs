@@ -56,6 +56,90 @@ pub trait HttpPort: Send + Sync + 'static {
         target: Self::Target,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Accepts `req` for asynchronous invocation (`Prefer: respond-async`): 202 with a status
+    /// URL, or an error response.
+    fn submit(
+        &self,
+        target: Self::Target,
+        req: Request<Incoming>,
+        options: AsyncOptions,
+    ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// The status document of invocation `id`, waiting up to `wait` for it to finish.
+    fn status(
+        &self,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// What the caller of an asynchronous invocation asked for, from the request headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AsyncOptions {
+    /// `Ferry-Delivery`: the delivery mode, unparsed.
+    pub delivery: Option<String>,
+    /// `X-Callback-Url`.
+    pub callback_url: Option<String>,
+    /// `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+}
+
+/// The path prefix of status URLs.
+pub const STATUS_PREFIX: &str = "/_ferry/invocations/";
+
+/// Longest long-poll a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether the request asks to be answered asynchronously (RFC 7240 `Prefer: respond-async`).
+pub fn prefers_async(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("respond-async")
+        })
+}
+
+fn header_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl AsyncOptions {
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        Self {
+            delivery: header_text(headers, "ferry-delivery"),
+            callback_url: header_text(headers, "x-callback-url"),
+            idempotency_key: header_text(headers, "idempotency-key"),
+        }
+    }
+}
+
+/// `?wait=30s` (or `wait=500ms`, `wait=10`) of a status URL, capped at [`MAX_WAIT`].
+pub fn wait_param(query: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(v) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait="))
+    else {
+        return Ok(None);
+    };
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(v)
+            .map_err(|_| format!("wait={v} is not a duration like 30s"))?,
+    };
+    Ok(Some(d.min(MAX_WAIT)))
 }
 
 /// Maps paths to values: exact routes (`/a/b`) and prefix routes (`/a/...`, which match `/a` and
@@ -206,7 +290,22 @@ impl<P: HttpPort> Trigger for HttpTrigger<P> {
 
 async fn handle<P: HttpPort>(port: &P, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
+    if let Some(id) = path.strip_prefix(STATUS_PREFIX) {
+        if req.method() != http::Method::GET {
+            return text_response(StatusCode::METHOD_NOT_ALLOWED, "status URLs answer GET");
+        }
+        return match wait_param(req.uri().query()) {
+            Ok(wait) => port.status(id, wait).await,
+            Err(e) => text_response(StatusCode::BAD_REQUEST, e),
+        };
+    }
     match port.route(path) {
+        Some(target) if prefers_async(req.headers()) => {
+            let span =
+                tracing::debug_span!("trigger.http.submit", method = %req.method(), path = %path);
+            let options = AsyncOptions::from_headers(req.headers());
+            port.submit(target, req, options).instrument(span).await
+        }
         Some(target) => {
             let span =
                 tracing::debug_span!("trigger.http.request", method = %req.method(), path = %path);
@@ -251,6 +350,39 @@ mod tests {
         assert_eq!(r.lookup("/"), Some(&"root"));
         assert_eq!(r.lookup("/nothing/here"), Some(&"root"));
         assert_eq!(r.lookup("/hello/x"), Some(&"hello"));
+    }
+
+    #[test]
+    fn async_headers() {
+        let mut h = http::HeaderMap::new();
+        assert!(!prefers_async(&h));
+        h.insert("prefer", "wait=10, Respond-Async".parse().unwrap());
+        assert!(prefers_async(&h));
+        h.insert("prefer", "respond-asyncx".parse().unwrap());
+        assert!(!prefers_async(&h));
+        h.insert("ferry-delivery", "fire-and-forget".parse().unwrap());
+        h.insert("idempotency-key", " k1 ".parse().unwrap());
+        let o = AsyncOptions::from_headers(&h);
+        assert_eq!(o.delivery.as_deref(), Some("fire-and-forget"));
+        assert_eq!(o.idempotency_key.as_deref(), Some("k1"));
+        assert_eq!(o.callback_url, None);
+    }
+
+    #[test]
+    fn wait_parameter() {
+        assert_eq!(wait_param(None), Ok(None));
+        assert_eq!(wait_param(Some("x=1")), Ok(None));
+        assert_eq!(
+            wait_param(Some("wait=30s")),
+            Ok(Some(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            wait_param(Some("a=b&wait=500ms")),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(wait_param(Some("wait=5")), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(wait_param(Some("wait=1h")), Ok(Some(MAX_WAIT)));
+        assert!(wait_param(Some("wait=soon")).is_err());
     }
 
     #[test]

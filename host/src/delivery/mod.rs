@@ -1,0 +1,493 @@
+//! The delivery engine: asynchronous invocations with the guarantee the caller picks.
+//!
+//! - fire-and-forget: a bounded in-memory queue; at most once; lost if the process dies;
+//! - store-and-forward: written and flushed (group commit) before the 202; workers run due
+//!   invocations, retry failures with exponential backoff and full jitter, and dead-letter what
+//!   still fails; at least once, across crashes;
+//! - callbacks: the final result is POSTed to the caller, signed (Standard Webhooks), itself
+//!   delivered store-and-forward;
+//! - status polling with long-poll, idempotency keys, dead-letter listing and replay.
+
+pub mod callback;
+pub mod commit;
+pub mod record;
+pub mod retry;
+mod run;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, Notify};
+
+use crate::engine::Runtime;
+use crate::registry::{Deployed, Registry};
+use callback::CallbackGuard;
+use commit::GroupCommit;
+use record::{now_ms, rfc3339, Callback, DeliveryStore, Invocation, Mode, Op, Payload, Status};
+use retry::RetryPolicy;
+
+/// Host-wide delivery settings (from `ferry serve` flags).
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// Store-and-forward attempts running at once.
+    pub workers: usize,
+    /// Capacity of the fire-and-forget queue.
+    pub queue_size: usize,
+    /// How long finished invocations (and their idempotency keys) are kept.
+    pub retention: Duration,
+    /// Flush once per submit instead of group commit (a benchmark baseline).
+    pub flush_per_submit: bool,
+    /// Callback hosts allowed even when they resolve to non-public addresses.
+    pub allow_callback_hosts: Vec<String>,
+    /// Host-wide callback signing secret (`whsec_...`).
+    pub callback_secret: String,
+    pub callback_retry: RetryPolicy,
+    /// Base URL of the public listener, for status URLs.
+    pub public_url: String,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self {
+            workers: 32,
+            queue_size: 10_000,
+            retention: Duration::from_secs(24 * 3600),
+            flush_per_submit: false,
+            allow_callback_hosts: Vec::new(),
+            callback_secret: callback::generate_secret(),
+            callback_retry: RetryPolicy {
+                max_attempts: 8,
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(300),
+                max_age: Duration::from_secs(24 * 3600),
+            },
+            public_url: String::new(),
+        }
+    }
+}
+
+/// An asynchronous submit.
+pub struct SubmitRequest {
+    pub function: Arc<Deployed>,
+    /// None: the function's default.
+    pub mode: Option<Mode>,
+    pub payload: Payload,
+    pub callback_url: Option<String>,
+    /// The caller's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the fire-and-forget queue is full; retry later")]
+    QueueFull,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The prefix of status URLs on the public listener.
+pub const STATUS_PATH: &str = "/_ferry/invocations/";
+
+pub struct Delivery {
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    store: Arc<dyn DeliveryStore>,
+    commit: Arc<GroupCommit>,
+    /// Ids queued or running in this process (attempts, and callbacks as "cb:" + id).
+    inflight: Mutex<HashSet<String>>,
+    ready: mpsc::Sender<String>,
+    ff: mpsc::Sender<String>,
+    callbacks: mpsc::Sender<String>,
+    done: broadcast::Sender<String>,
+    wake_scanner: Notify,
+    wake_callbacks: Notify,
+    idempotency: tokio::sync::Mutex<()>,
+    guard: CallbackGuard,
+    http: reqwest::Client,
+    options: DeliveryOptions,
+}
+
+impl Delivery {
+    /// Recovers what a previous process left, then starts workers, scanners and the janitor.
+    pub fn start(
+        runtime: Arc<Runtime>,
+        registry: Arc<Registry>,
+        store: Arc<dyn DeliveryStore>,
+        options: DeliveryOptions,
+    ) -> anyhow::Result<Arc<Self>> {
+        callback::decode_secret(&options.callback_secret)
+            .map_err(|e| anyhow::anyhow!("invalid --callback-secret: {e}"))?;
+        let guard = CallbackGuard::new(options.allow_callback_hosts.clone());
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .dns_resolver(Arc::new(guard.clone()))
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let (ready, ready_rx) = mpsc::channel(options.workers * 4);
+        let (ff, ff_rx) = mpsc::channel(options.queue_size.max(1));
+        let (callbacks, callbacks_rx) = mpsc::channel(256);
+        let commit = GroupCommit::start(store.clone(), options.flush_per_submit);
+        let this = Arc::new(Self {
+            runtime,
+            registry,
+            store,
+            commit,
+            inflight: Mutex::new(HashSet::new()),
+            ready,
+            ff,
+            callbacks,
+            done: broadcast::channel(4096).0,
+            wake_scanner: Notify::new(),
+            wake_callbacks: Notify::new(),
+            idempotency: tokio::sync::Mutex::new(()),
+            guard,
+            http,
+            options,
+        });
+        this.recover()?;
+        run::spawn_workers(&this, ready_rx, ff_rx, callbacks_rx);
+        Ok(this)
+    }
+
+    /// After a crash or restart: nothing runs any more, so every unfinished store-and-forward
+    /// invocation is due now (its "lease" ends with the process); fire-and-forget ones are lost.
+    fn recover(&self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let (mut resumed, mut lost) = (0, 0);
+        for mut inv in self.store.invocations()? {
+            let mut ops = Vec::new();
+            if !inv.status.is_final() {
+                match inv.mode {
+                    Mode::StoreAndForward => {
+                        if let Some(due) = inv.due_ms {
+                            ops.push(Op::Unschedule {
+                                due_ms: due,
+                                id: inv.id.clone(),
+                                callback: false,
+                            });
+                        }
+                        inv.status = Status::Pending;
+                        inv.due_ms = Some(now);
+                        ops.push(Op::Schedule {
+                            due_ms: now,
+                            id: inv.id.clone(),
+                            callback: false,
+                        });
+                        resumed += 1;
+                    }
+                    Mode::FireAndForget => {
+                        inv.status = Status::Failed;
+                        inv.error = Some("lost: the host stopped before this fire-and-forget invocation finished".into());
+                        inv.due_ms = None;
+                        lost += 1;
+                    }
+                }
+                ops.push(Op::Put(Box::new(inv)));
+            }
+            if !ops.is_empty() {
+                self.store.apply(ops)?;
+            }
+        }
+        self.store.flush_delivery()?;
+        if resumed + lost > 0 {
+            tracing::info!(resumed, lost, "recovered unfinished invocations");
+        }
+        Ok(())
+    }
+
+    /// The host-wide secret that signs callbacks.
+    pub fn callback_secret(&self) -> &str {
+        &self.options.callback_secret
+    }
+
+    pub fn status_url(&self, id: &str) -> String {
+        format!("{}{STATUS_PATH}{id}", self.options.public_url)
+    }
+
+    /// Claims an id for this process; false when it is already queued or running.
+    fn claim(&self, key: &str) -> bool {
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .insert(key.to_string())
+    }
+
+    fn release(&self, key: &str) {
+        self.inflight.lock().expect("inflight lock").remove(key);
+    }
+
+    /// Accepts an asynchronous invocation. Store-and-forward returns only once it is durable.
+    /// The bool is false when an idempotency key matched an earlier invocation.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<(Invocation, bool), SubmitError> {
+        let f = &req.function;
+        let mode = req.mode.unwrap_or(f.record.delivery.mode);
+        let callback = match &req.callback_url {
+            Some(url) => {
+                let parsed = self
+                    .guard
+                    .check(url)
+                    .await
+                    .map_err(SubmitError::BadRequest)?;
+                Some(Callback {
+                    url: parsed.to_string(),
+                    status: "pending".into(),
+                    attempts: 0,
+                    last_error: None,
+                    due_ms: None,
+                })
+            }
+            None => None,
+        };
+        let key = match (&req.idempotency_key, &req.payload) {
+            (Some(k), _) => Some(format!("{}\u{0}{k}", f.name())),
+            (None, Payload::Event { event }) => {
+                match (event["source"].as_str(), event["id"].as_str()) {
+                    (Some(s), Some(i)) => Some(format!("{}\u{0}ce\u{0}{s}\u{0}{i}", f.name())),
+                    _ => None,
+                }
+            }
+            (None, Payload::Http { .. }) => None,
+        };
+        let now = now_ms();
+        let inv = Invocation {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            function: f.name().to_string(),
+            mode,
+            status: Status::Pending,
+            attempts: 0,
+            created_ms: now,
+            updated_ms: now,
+            due_ms: (mode == Mode::StoreAndForward).then_some(now),
+            policy: match mode {
+                Mode::StoreAndForward => f.record.delivery.retry,
+                Mode::FireAndForget => RetryPolicy::once(),
+            },
+            payload: req.payload,
+            result: None,
+            error: None,
+            history: Vec::new(),
+            callback,
+            idempotency_key: key.clone(),
+        };
+        let internal =
+            |e: anyhow::Error| SubmitError::Unavailable(format!("the store failed: {e:#}"));
+        let mut ops = vec![Op::Put(Box::new(inv.clone()))];
+        if let Some(due) = inv.due_ms {
+            ops.push(Op::Schedule {
+                due_ms: due,
+                id: inv.id.clone(),
+                callback: false,
+            });
+        }
+        {
+            // Check and claim the key in one step, so two concurrent repeats make one invocation.
+            let _guard = match &key {
+                Some(_) => Some(self.idempotency.lock().await),
+                None => None,
+            };
+            if let Some(k) = &key {
+                if let Some(existing) = self
+                    .store
+                    .key(k)
+                    .map_err(internal)?
+                    .and_then(|id| self.store.invocation(&id).ok().flatten())
+                {
+                    drop(_guard);
+                    if existing.mode == Mode::StoreAndForward {
+                        self.durable().await?;
+                    }
+                    return Ok((existing, false));
+                }
+                ops.push(Op::PutKey {
+                    key: k.clone(),
+                    id: inv.id.clone(),
+                });
+            }
+            self.store.apply(ops).map_err(internal)?;
+        }
+        match mode {
+            Mode::StoreAndForward => {
+                self.durable().await?;
+                // Fast path: run it now if a worker slot is free; otherwise the scanner will.
+                if self.claim(&inv.id) && self.ready.try_send(inv.id.clone()).is_err() {
+                    self.release(&inv.id);
+                    self.wake_scanner.notify_one();
+                }
+            }
+            Mode::FireAndForget => {
+                self.claim(&inv.id);
+                if self.ff.try_send(inv.id.clone()).is_err() {
+                    self.release(&inv.id);
+                    let mut undo = vec![Op::Delete(inv.id.clone())];
+                    if let Some(k) = key {
+                        undo.push(Op::DeleteKey(k));
+                    }
+                    self.store.apply(undo).map_err(internal)?;
+                    return Err(SubmitError::QueueFull);
+                }
+            }
+        }
+        Ok((inv, true))
+    }
+
+    async fn durable(&self) -> Result<(), SubmitError> {
+        match tokio::time::timeout(Duration::from_secs(30), self.commit.durable()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SubmitError::Unavailable(format!(
+                "the store could not be flushed: {e:#}"
+            ))),
+            Err(_) => Err(SubmitError::Unavailable(
+                "the store did not flush within 30s".into(),
+            )),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
+        self.store.invocation(id)
+    }
+
+    /// The invocation once it has finished, or as it is when `max` has passed.
+    pub async fn wait(&self, id: &str, max: Duration) -> anyhow::Result<Option<Invocation>> {
+        let mut done = self.done.subscribe();
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let inv = self.store.invocation(id)?;
+            match &inv {
+                Some(i) if !i.status.is_final() => {}
+                _ => return Ok(inv),
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, done.recv()).await {
+                    Err(_) => return self.store.invocation(id),
+                    Ok(Ok(finished)) if finished != id => continue,
+                    // Ours finished, or we lagged behind: look again.
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    /// The status document of an invocation.
+    pub fn view(&self, inv: &Invocation) -> Value {
+        let mut v = json!({
+            "id": inv.id,
+            "function": inv.function,
+            "mode": inv.mode,
+            "status": inv.status,
+            "attempts": inv.attempts,
+            "result": inv.result,
+            "error": inv.error,
+            "created": rfc3339(inv.created_ms),
+            "updated": rfc3339(inv.updated_ms),
+            "status_url": self.status_url(&inv.id),
+            "history": inv.history.iter().map(|a| json!({
+                "attempt": a.number,
+                "started": rfc3339(a.started_ms),
+                "duration_ms": a.duration_ms,
+                "error": a.error,
+            })).collect::<Vec<_>>(),
+        });
+        if let (Some(due), Status::Pending) = (inv.due_ms, inv.status) {
+            v["next_attempt"] = json!(rfc3339(due));
+        }
+        if let Some(cb) = &inv.callback {
+            v["callback"] = json!({
+                "url": cb.url,
+                "status": cb.status,
+                "attempts": cb.attempts,
+                "last_error": cb.last_error,
+            });
+        }
+        v
+    }
+
+    /// Dead-lettered invocations (and invocations whose callback was dead-lettered).
+    pub fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
+        let mut out = Vec::new();
+        for id in self.store.dead()? {
+            if let Some(inv) = self.store.invocation(&id)? {
+                out.push(inv);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Submits a dead letter again. A dead invocation becomes a new store-and-forward
+    /// invocation (returned); a dead callback is scheduled again on the same invocation.
+    pub async fn replay(&self, id: &str) -> Result<Option<Invocation>, SubmitError> {
+        let internal =
+            |e: anyhow::Error| SubmitError::Unavailable(format!("the store failed: {e:#}"));
+        let Some(mut inv) = self.store.invocation(id).map_err(internal)? else {
+            return Ok(None);
+        };
+        if !self.store.dead().map_err(internal)?.contains(&inv.id) {
+            return Ok(None);
+        }
+        if inv.status == Status::DeadLettered {
+            let function = self.registry.get(&inv.function).ok_or_else(|| {
+                SubmitError::BadRequest(format!(
+                    "function {} no longer exists; deploy it before replaying",
+                    inv.function
+                ))
+            })?;
+            let (new, _) = self
+                .submit(SubmitRequest {
+                    function,
+                    mode: Some(Mode::StoreAndForward),
+                    payload: inv.payload.clone(),
+                    callback_url: inv.callback.as_ref().map(|c| c.url.clone()),
+                    idempotency_key: None,
+                })
+                .await?;
+            self.store
+                .apply(vec![Op::UnmarkDead(inv.id.clone())])
+                .map_err(internal)?;
+            return Ok(Some(new));
+        }
+        // The invocation finished; its callback was dead-lettered.
+        let now = now_ms();
+        if let Some(cb) = inv.callback.as_mut() {
+            cb.status = "pending".into();
+            cb.attempts = 0;
+            cb.due_ms = Some(now);
+        }
+        inv.updated_ms = now;
+        let id = inv.id.clone();
+        self.store
+            .apply(vec![
+                Op::Put(Box::new(inv.clone())),
+                Op::Schedule {
+                    due_ms: now,
+                    id: id.clone(),
+                    callback: true,
+                },
+                Op::UnmarkDead(id),
+            ])
+            .map_err(internal)?;
+        self.wake_callbacks.notify_one();
+        Ok(Some(inv))
+    }
+
+    /// Removes dead letters (all, or one); returns how many.
+    pub fn purge(&self, only: Option<&str>) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for inv in self.dead_letters()? {
+            if only.is_some_and(|id| id != inv.id) {
+                continue;
+            }
+            let mut ops = vec![Op::UnmarkDead(inv.id.clone()), Op::Delete(inv.id.clone())];
+            if let Some(k) = inv.idempotency_key {
+                ops.push(Op::DeleteKey(k));
+            }
+            self.store.apply(ops)?;
+            n += 1;
+        }
+        self.store.flush_delivery()?;
+        Ok(n)
+    }
+}

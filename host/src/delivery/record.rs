@@ -1,0 +1,183 @@
+//! What the delivery engine stores about an asynchronous invocation, and the storage port it
+//! needs. A state transition is one atomic batch of [`Op`]s.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::retry::RetryPolicy;
+
+/// The delivery guarantee of one invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Held in memory only; at most once.
+    FireAndForget,
+    /// Durable before the 202; retried; at least once.
+    StoreAndForward,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fire-and-forget" => Some(Mode::FireAndForget),
+            "store-and-forward" => Some(Mode::StoreAndForward),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    DeadLettered,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Succeeded | Status::Failed | Status::DeadLettered
+        )
+    }
+}
+
+/// Bytes as base64 in JSON.
+pub mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One header, its value as raw bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header(pub String, #[serde(with = "b64")] pub Vec<u8>);
+
+/// What to run: the stored request or event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// An HTTP request for an HTTP function, replayed into the component.
+    Http {
+        method: String,
+        path: String,
+        headers: Vec<Header>,
+        #[serde(with = "b64")]
+        body: Vec<u8>,
+    },
+    /// A CloudEvent (structured JSON) for an event function.
+    Event { event: serde_json::Value },
+}
+
+/// One attempt in an invocation's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// Delivery state of the result to a callback URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Callback {
+    pub url: String,
+    /// pending, delivered, failed (gave up on a 410) or dead_lettered.
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (ms since the epoch), while pending.
+    pub due_ms: Option<u64>,
+}
+
+/// An asynchronous invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub id: String,
+    pub function: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub attempts: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// When the next attempt is due (ms since the epoch), while pending or running.
+    pub due_ms: Option<u64>,
+    pub policy: RetryPolicy,
+    pub payload: Payload,
+    /// The result: for HTTP functions `{status, headers, body}`, for event functions the
+    /// result event (structured JSON) or null.
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub history: Vec<Attempt>,
+    pub callback: Option<Callback>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 text of a millisecond timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// One change of the delivery state; a batch of them is applied atomically.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Box<Invocation>),
+    Delete(String),
+    /// Index `id` as due at `due_ms` for attempts (`callback` false) or callbacks.
+    Schedule {
+        due_ms: u64,
+        id: String,
+        callback: bool,
+    },
+    Unschedule {
+        due_ms: u64,
+        id: String,
+        callback: bool,
+    },
+    PutKey {
+        key: String,
+        id: String,
+    },
+    DeleteKey(String),
+    MarkDead(String),
+    UnmarkDead(String),
+}
+
+/// The storage port of the delivery engine.
+pub trait DeliveryStore: Send + Sync + 'static {
+    /// Applies `ops` atomically (not yet durable: see [`DeliveryStore::flush`]).
+    fn apply(&self, ops: Vec<Op>) -> anyhow::Result<()>;
+    fn invocation(&self, id: &str) -> anyhow::Result<Option<Invocation>>;
+    /// Up to `limit` ids due at or before `now_ms`, earliest first.
+    fn due(&self, now_ms: u64, callback: bool, limit: usize) -> anyhow::Result<Vec<(u64, String)>>;
+    /// The earliest due time, if any.
+    fn next_due(&self, callback: bool) -> anyhow::Result<Option<u64>>;
+    fn key(&self, key: &str) -> anyhow::Result<Option<String>>;
+    fn dead(&self) -> anyhow::Result<Vec<String>>;
+    /// Every stored invocation (recovery and retention).
+    fn invocations(&self) -> anyhow::Result<Vec<Invocation>>;
+    /// Makes everything applied so far durable.
+    fn flush_delivery(&self) -> anyhow::Result<()>;
+}
