@@ -427,3 +427,207 @@ pub mod conformance {
         cases
     }
 }
+
+/// A real HTTP receiver on loopback for callbacks and recordings: it keeps every request and
+/// answers each with what `respond` says.
+pub mod receiver {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub method: String,
+        pub path: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+    }
+
+    impl Received {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Status and extra headers for a request (given how many came before it).
+    pub type Responder = dyn Fn(&Received, usize) -> (u16, Vec<(String, String)>) + Send + Sync;
+
+    pub struct Receiver {
+        pub addr: std::net::SocketAddr,
+        requests: Arc<Mutex<Vec<Received>>>,
+    }
+
+    impl Receiver {
+        /// Answers 200 to everything.
+        pub fn start() -> Receiver {
+            Self::with(|_, _| (200, vec![]))
+        }
+
+        pub fn with(
+            respond: impl Fn(&Received, usize) -> (u16, Vec<(String, String)>) + Send + Sync + 'static,
+        ) -> Receiver {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let respond: Arc<Responder> = Arc::new(respond);
+            let store = requests.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let (store, respond) = (store.clone(), respond.clone());
+                    std::thread::spawn(move || serve(stream, store, respond));
+                }
+            });
+            Receiver { addr, requests }
+        }
+
+        pub fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.addr)
+        }
+
+        pub fn requests(&self) -> Vec<Received> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    fn serve(
+        stream: std::net::TcpStream,
+        store: Arc<Mutex<Vec<Received>>>,
+        respond: Arc<Responder>,
+    ) {
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or("").to_string();
+            let path = parts.next().unwrap_or("").to_string();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                    return;
+                }
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let req = Received {
+                method,
+                path,
+                headers,
+                body,
+            };
+            let (status, extra) = {
+                let mut all = store.lock().unwrap();
+                let before = all.len();
+                all.push(req.clone());
+                respond(&req, before)
+            };
+            let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n");
+            for (k, v) in extra {
+                out.push_str(&format!("{k}: {v}\r\n"));
+            }
+            out.push_str("\r\n");
+            if writer.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Standard Webhooks signature verification, written here independently of Ferry's code.
+pub mod webhook {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+
+    pub fn verify(
+        secret: &str,
+        id: &str,
+        timestamp: &str,
+        body: &[u8],
+        signature_header: &str,
+    ) -> bool {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
+            .expect("base64 secret");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        signature_header
+            .split(' ')
+            .filter_map(|s| s.strip_prefix("v1,"))
+            .any(|sig| sig == expected)
+    }
+}
+
+impl Ferry {
+    /// POSTs `body` to a function path with `Prefer: respond-async` and extra headers.
+    pub fn submit(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> reqwest::blocking::Response {
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("prefer", "respond-async")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().expect("submit request")
+    }
+
+    /// Submits and returns the invocation id, asserting 202.
+    pub fn submit_ok(&self, path: &str, headers: &[(&str, &str)]) -> String {
+        let resp = self.submit(path, headers, "");
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().expect("JSON body");
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// The status document of an invocation, long-polling up to `wait_s` seconds.
+    pub fn invocation(&self, id: &str, wait_s: u64) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(self.url(&format!("/_ferry/invocations/{id}?wait={wait_s}s")))
+            .send()
+            .expect("status request");
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.json().unwrap()
+    }
+
+    /// Polls until the invocation has finished.
+    pub fn finished(&self, id: &str) -> serde_json::Value {
+        eventually("the invocation to finish", Duration::from_secs(60), || {
+            let v = self.invocation(id, 10);
+            let s = v["status"].as_str().unwrap_or("");
+            matches!(s, "succeeded" | "failed" | "dead_lettered").then_some(v)
+        })
+    }
+}

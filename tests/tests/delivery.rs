@@ -1,0 +1,447 @@
+//! The delivery engine end to end: store-and-forward and fire-and-forget submits, status URLs
+//! with long-poll, retries, dead letters and replay, idempotency, signed callbacks and refused
+//! callback addresses.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::receiver::Receiver;
+use ferry_tests::{eventually, guests, webhook, Ferry};
+use serde_json::Value;
+
+fn with_misbehave(args: &[&str], manifest_extra: &str) -> Ferry {
+    let ferry = Ferry::start_with(args);
+    let manifest = format!(
+        "name = \"misbehave\"\n[delivery]\nmax_attempts = 3\nbackoff = {{ initial = \"50ms\", max = \"200ms\" }}\n{manifest_extra}"
+    );
+    let (status, body) =
+        ferry.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), &manifest);
+    assert_eq!(status, 201, "{body}");
+    ferry
+}
+
+#[test]
+fn store_and_forward_runs_the_request_and_long_poll_returns_when_done() {
+    let ferry = Ferry::start();
+    assert_eq!(
+        ferry
+            .deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP))
+            .0,
+        201
+    );
+    let resp = ferry.submit("/hello-http/async?x=1", &[], "the body");
+    assert_eq!(resp.status().as_u16(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["status_url"], location);
+    assert_eq!(body["mode"], "store-and-forward");
+    assert!(location.starts_with(&ferry.url("/_ferry/invocations/")));
+
+    let done: Value = ferry
+        .http
+        .get(format!("{location}?wait=30s"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["function"], "hello-http");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["result"]["status"], 200);
+    assert_eq!(
+        done["result"]["body"],
+        "Hello from Ferry! path=/hello-http/async?x=1\n"
+    );
+
+    // A long-poll on a slow invocation answers as soon as it ends, not when the wait runs out.
+    let ferry2 = with_misbehave(&[], "");
+    let id = ferry2.submit_ok("/misbehave/sleep?ms=1500", &[]);
+    let started = Instant::now();
+    let v = ferry2.invocation(&id, 30);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "long-poll returned at completion"
+    );
+    // Without wait, the status is returned at once.
+    let id = ferry2.submit_ok("/misbehave/sleep?ms=3000", &[]);
+    let v: Value = ferry2
+        .http
+        .get(ferry2.url(&format!("/_ferry/invocations/{id}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        matches!(v["status"].as_str(), Some("pending" | "running")),
+        "{v}"
+    );
+}
+
+#[test]
+fn fire_and_forget_runs_and_a_full_queue_is_refused_not_dropped() {
+    let ferry = with_misbehave(&["--queue-size", "1", "--workers", "1"], "");
+    let id = ferry.submit_ok("/misbehave/ok", &[("ferry-delivery", "fire-and-forget")]);
+    let v = ferry.finished(&id);
+    assert_eq!(v["status"], "succeeded");
+    assert_eq!(v["mode"], "fire-and-forget");
+
+    // One worker busy, one slot queued: the next submits must be refused with 503.
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let resp = ferry.submit(
+            "/misbehave/sleep?ms=1500",
+            &[("ferry-delivery", "fire-and-forget")],
+            "",
+        );
+        match resp.status().as_u16() {
+            202 => accepted.push(
+                resp.json::<Value>().unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ),
+            503 => {
+                assert_eq!(resp.headers()["retry-after"], "1");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        refused >= 3,
+        "a full queue refuses (accepted {}, refused {refused})",
+        accepted.len()
+    );
+    for id in accepted {
+        assert_eq!(
+            ferry.finished(&id)["status"],
+            "succeeded",
+            "every accepted one runs"
+        );
+    }
+
+    let resp = ferry.submit("/misbehave/ok", &[("ferry-delivery", "sometimes")], "");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp
+        .text()
+        .unwrap()
+        .contains("fire-and-forget or store-and-forward"));
+}
+
+#[test]
+fn failures_are_retried_on_the_backoff_schedule() {
+    let ferry = with_misbehave(&[], "");
+    let id = ferry.submit_ok("/misbehave/flaky?fail=2", &[]);
+    let v = ferry.finished(&id);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["attempts"], 3);
+    let history = v["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    assert!(history[0]["error"].as_str().unwrap().contains("503"), "{v}");
+    assert!(history[1]["error"].as_str().unwrap().contains("503"));
+    assert!(history[2]["error"].is_null());
+    assert_eq!(v["result"]["body"], "attempt 3 succeeds\n");
+}
+
+#[test]
+fn exhausted_invocations_are_dead_lettered_then_replayed_and_purged() {
+    let ferry = with_misbehave(&[], "");
+    let id = ferry.submit_ok("/misbehave/fail-unless-fixed", &[]);
+    let v = ferry.finished(&id);
+    assert_eq!(v["status"], "dead_lettered", "{v}");
+    assert_eq!(v["attempts"], 3);
+    assert!(v["error"].as_str().unwrap().contains("500"));
+    assert_eq!(v["result"]["status"], 500, "the last response is kept");
+
+    let out = ferry.cli(&["dlq", "list", "--json"], None);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    let text = String::from_utf8(ferry.cli(&["dlq", "list"], None).stdout).unwrap();
+    assert!(
+        text.contains(&id) && text.contains("misbehave") && text.contains("3 attempts"),
+        "{text}"
+    );
+    let shown: Value =
+        serde_json::from_slice(&ferry.cli(&["dlq", "show", &id], None).stdout).unwrap();
+    assert_eq!(shown["payload"]["path"], "/misbehave/fail-unless-fixed");
+    assert_eq!(shown["history"].as_array().unwrap().len(), 3);
+
+    // Fix the function, then replay: the dead letter runs again and succeeds.
+    let fixed = "name = \"misbehave\"\n[config]\nFIXED = \"1\"\n";
+    assert_eq!(
+        ferry
+            .deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), fixed)
+            .0,
+        200
+    );
+    let out = ferry.cli(&["dlq", "replay", &id, "--json"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_id = replayed["id"].as_str().unwrap();
+    assert_ne!(new_id, id);
+    assert_eq!(ferry.finished(new_id)["status"], "succeeded");
+    assert!(ferry
+        .admin_get("/v1/deadletters")
+        .1
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let out = ferry.cli(&["dlq", "replay", &id], None);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no dead letter")
+    );
+
+    // Purge.
+    let again = "name = \"misbehave\"\n[delivery]\nmax_attempts = 1\n";
+    assert_eq!(
+        ferry
+            .deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), again)
+            .0,
+        200
+    );
+    for _ in 0..2 {
+        let id = ferry.submit_ok("/misbehave/status?code=500", &[]);
+        assert_eq!(ferry.finished(&id)["status"], "dead_lettered");
+    }
+    let out = ferry.cli(&["dlq", "purge", "--all"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("purged 2"));
+    assert!(ferry
+        .admin_get("/v1/deadletters")
+        .1
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn idempotency_keys_and_cloudevent_ids_return_the_first_invocation() {
+    let recv = Receiver::start();
+    let manifest = format!(
+        "[outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n",
+        recv.addr
+    );
+    let ferry = with_misbehave(&[], &manifest);
+    let a = ferry.submit_ok("/misbehave/record", &[("idempotency-key", "order-1")]);
+    let resp = ferry.submit("/misbehave/record", &[("idempotency-key", "order-1")], "");
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(resp.headers()["ferry-idempotent-replay"], "true");
+    let b: Value = resp.json().unwrap();
+    assert_eq!(b["id"], a.as_str());
+    let c = ferry.submit_ok("/misbehave/record", &[("idempotency-key", "order-2")]);
+    assert_ne!(a, c);
+    assert_eq!(ferry.finished(&a)["status"], "succeeded");
+    assert_eq!(ferry.finished(&c)["status"], "succeeded");
+    let hits: Vec<String> = recv.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        hits.iter().filter(|p| p.ends_with(&a)).count(),
+        1,
+        "ran once: {hits:?}"
+    );
+
+    // CloudEvents: source + id identify the event.
+    assert_eq!(
+        ferry
+            .deploy_raw("echo-event", guests::bytes(guests::ECHO_EVENT))
+            .0,
+        201
+    );
+    let ce = |id: &str| {
+        ferry.submit(
+            "/echo-event",
+            &[
+                ("ce-id", id),
+                ("ce-source", "/orders"),
+                ("ce-type", "t"),
+                ("ce-specversion", "1.0"),
+            ],
+            "",
+        )
+    };
+    let first: Value = ce("e-1").json().unwrap();
+    let again: Value = ce("e-1").json().unwrap();
+    let other: Value = ce("e-2").json().unwrap();
+    assert_eq!(first["id"], again["id"]);
+    assert_ne!(first["id"], other["id"]);
+    let done = ferry.finished(first["id"].as_str().unwrap());
+    assert_eq!(done["result"]["id"], "e-1-echo", "{done}");
+
+    let resp = ferry.submit("/echo-event", &[("ce-id", "x")], "");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().unwrap().contains("`source`"));
+    let resp = ferry.submit("/nothing-here", &[], "");
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "unknown functions fail at submit time"
+    );
+}
+
+#[test]
+fn callbacks_are_signed_and_retried() {
+    // 503 + Retry-After first, then 200.
+    let recv = Receiver::with(|_, n| {
+        if n == 0 {
+            (503, vec![("retry-after".into(), "1".into())])
+        } else {
+            (200, vec![])
+        }
+    });
+    let ferry = with_misbehave(
+        &[
+            "--allow-callback-host",
+            "127.0.0.1",
+            "--callback-backoff-initial",
+            "50ms",
+            "--callback-backoff-max",
+            "200ms",
+        ],
+        "",
+    );
+    let secret = ferry.admin_get("/v1/callback-secret").1["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cb = recv.url("/hooks/result");
+    let id = ferry.submit_ok("/misbehave/ok", &[("x-callback-url", &cb)]);
+    let v = eventually(
+        "the callback to be delivered",
+        Duration::from_secs(30),
+        || {
+            let v = ferry.invocation(&id, 1);
+            (v["callback"]["status"] == "delivered").then_some(v)
+        },
+    );
+    assert_eq!(v["callback"]["attempts"], 2);
+    let reqs = recv.requests();
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/hooks/result");
+        assert_eq!(r.header("webhook-id"), Some(id.as_str()));
+        let ts = r.header("webhook-timestamp").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(ts.parse().unwrap()) < 300);
+        assert!(
+            webhook::verify(
+                &secret,
+                &id,
+                ts,
+                &r.body,
+                r.header("webhook-signature").unwrap()
+            ),
+            "signature"
+        );
+        assert!(!webhook::verify(
+            &secret,
+            &id,
+            ts,
+            b"tampered",
+            r.header("webhook-signature").unwrap()
+        ));
+        assert_eq!(r.header("ferry-function"), Some("misbehave"));
+        assert_eq!(r.header("ferry-outcome"), Some("succeeded"));
+        assert_eq!(r.header("ferry-attempts"), Some("1"));
+        assert!(r.header("ferry-duration-ms").is_some());
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["id"], id.as_str());
+        assert_eq!(body["result"]["body"], "Hello from misbehave\n");
+    }
+    assert_eq!(
+        ferry.invocation(&id, 0)["status"],
+        "succeeded",
+        "the callback does not change the outcome"
+    );
+}
+
+#[test]
+fn callback_410_stops_and_redirects_are_failures_that_dead_letter() {
+    let gone = Receiver::with(|_, _| (410, vec![]));
+    let redirect =
+        Receiver::with(|_, _| (302, vec![("location".into(), "http://example.com/".into())]));
+    let ferry = with_misbehave(
+        &[
+            "--allow-callback-host",
+            "127.0.0.1",
+            "--callback-max-attempts",
+            "3",
+            "--callback-backoff-initial",
+            "20ms",
+            "--callback-backoff-max",
+            "50ms",
+        ],
+        "",
+    );
+    let a = ferry.submit_ok("/misbehave/ok", &[("x-callback-url", &gone.url("/gone"))]);
+    let v = eventually("410 to stop retries", Duration::from_secs(30), || {
+        let v = ferry.invocation(&a, 1);
+        (v["callback"]["status"] == "failed").then_some(v)
+    });
+    assert_eq!(v["callback"]["attempts"], 1);
+    assert!(v["callback"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("410"));
+
+    let b = ferry.submit_ok(
+        "/misbehave/status?code=500",
+        &[("x-callback-url", &redirect.url("/r"))],
+    );
+    let v = eventually(
+        "the callback to be dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let v = ferry.invocation(&b, 1);
+            (v["callback"]["status"] == "dead_lettered").then_some(v)
+        },
+    );
+    assert_eq!(
+        v["status"], "dead_lettered",
+        "the invocation failed too (500)"
+    );
+    assert_eq!(
+        redirect.requests().len(),
+        3,
+        "3xx is retried, never followed"
+    );
+    let outcome = redirect.requests()[0]
+        .header("ferry-outcome")
+        .map(String::from);
+    assert_eq!(outcome.as_deref(), Some("dead_lettered"));
+}
+
+#[test]
+fn callback_addresses_in_private_ranges_are_refused() {
+    let ferry = with_misbehave(&[], "");
+    for url in [
+        "http://127.0.0.1:9/cb",
+        "http://localhost/cb",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/cb",
+        "http://192.168.1.20/cb",
+        "http://[::1]/cb",
+        "http://[fe80::1]/cb",
+        "http://100.64.0.1/cb",
+        "ftp://example.com/cb",
+        "not a url",
+    ] {
+        let resp = ferry.submit("/misbehave/ok", &[("x-callback-url", url)], "");
+        assert_eq!(resp.status().as_u16(), 400, "{url}");
+        let text = resp.text().unwrap();
+        assert!(text.contains("X-Callback-Url"), "{url}: {text}");
+    }
+    assert!(ferry
+        .admin_get("/v1/deadletters")
+        .1
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
