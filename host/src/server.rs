@@ -263,6 +263,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         DeliveryOptions {
             public_url: public_url.clone(),
             callback_secret,
+            journal_dir: opts.data_dir.clone(),
             ..opts.delivery.clone()
         },
     )?;

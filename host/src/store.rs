@@ -80,6 +80,7 @@ impl SledStore {
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
         let db = sled::Config::new()
             .path(dir.join("db"))
+            .mode(sled::Mode::HighThroughput)
             .open()
             .with_context(|| {
                 format!(

@@ -110,5 +110,12 @@ fn acknowledged_submits_survive_sigkill() {
         refused.load(Ordering::SeqCst),
         acked.len(),
     );
+    for line in ferry
+        .log()
+        .lines()
+        .filter(|l| l.contains("submit journal") || l.contains("recovered unfinished"))
+    {
+        println!("host: {line}");
+    }
     assert!(ferry.is_running(), "the restarted host is still up");
 }

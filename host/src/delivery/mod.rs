@@ -9,7 +9,7 @@
 //! - status polling with long-poll, idempotency keys, dead-letter listing and replay.
 
 pub mod callback;
-pub mod commit;
+pub mod journal;
 pub mod record;
 pub mod retry;
 mod run;
@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use crate::engine::Runtime;
 use crate::registry::{Deployed, Registry};
 use callback::CallbackGuard;
-use commit::GroupCommit;
+use journal::Journal;
 use record::{now_ms, rfc3339, Callback, DeliveryStore, Invocation, Mode, Op, Payload, Status};
 use retry::RetryPolicy;
 
@@ -37,8 +37,10 @@ pub struct DeliveryOptions {
     pub queue_size: usize,
     /// How long finished invocations (and their idempotency keys) are kept.
     pub retention: Duration,
-    /// Flush once per submit instead of group commit (a benchmark baseline).
+    /// Sync the journal once per submit instead of group commit (a benchmark baseline).
     pub flush_per_submit: bool,
+    /// Where the submit journal lives (the data directory).
+    pub journal_dir: std::path::PathBuf,
     /// Callback hosts allowed even when they resolve to non-public addresses.
     pub allow_callback_hosts: Vec<String>,
     /// Host-wide callback signing secret (`whsec_...`).
@@ -55,6 +57,7 @@ impl Default for DeliveryOptions {
             queue_size: 10_000,
             retention: Duration::from_secs(24 * 3600),
             flush_per_submit: false,
+            journal_dir: std::path::PathBuf::from("."),
             allow_callback_hosts: Vec::new(),
             callback_secret: callback::generate_secret(),
             callback_retry: RetryPolicy {
@@ -96,9 +99,11 @@ pub struct Delivery {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
     store: Arc<dyn DeliveryStore>,
-    commit: Arc<GroupCommit>,
+    journal: Arc<Journal>,
     /// Ids queued or running in this process (attempts, and callbacks as "cb:" + id).
     inflight: Mutex<HashSet<String>>,
+    /// Ids whose attempt is running right now.
+    running: Mutex<HashSet<String>>,
     ready: mpsc::Sender<String>,
     ff: mpsc::Sender<String>,
     callbacks: mpsc::Sender<String>,
@@ -131,13 +136,20 @@ impl Delivery {
         let (ready, ready_rx) = mpsc::channel(options.workers * 4);
         let (ff, ff_rx) = mpsc::channel(options.queue_size.max(1));
         let (callbacks, callbacks_rx) = mpsc::channel(256);
-        let commit = GroupCommit::start(store.clone(), options.flush_per_submit);
+        let (journal, journaled) = Journal::open(
+            &options.journal_dir,
+            store.clone(),
+            options.flush_per_submit,
+        )?;
+        Self::restore_journaled(&*store, journaled)?;
+        journal.start();
         let this = Arc::new(Self {
             runtime,
             registry,
             store,
-            commit,
+            journal,
             inflight: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashSet::new()),
             ready,
             ff,
             callbacks,
@@ -152,6 +164,41 @@ impl Delivery {
         this.recover()?;
         run::spawn_workers(&this, ready_rx, ff_rx, callbacks_rx);
         Ok(this)
+    }
+
+    /// Writes back submits that a previous process journaled (and acknowledged) but had not yet
+    /// checkpointed into the store.
+    fn restore_journaled(
+        store: &dyn DeliveryStore,
+        journaled: Vec<Invocation>,
+    ) -> anyhow::Result<()> {
+        let n = journaled.len();
+        for inv in journaled {
+            if store.invocation(&inv.id)?.is_some() {
+                continue;
+            }
+            let mut ops = Vec::new();
+            if let Some(due) = inv.due_ms {
+                ops.push(Op::Schedule {
+                    due_ms: due,
+                    id: inv.id.clone(),
+                    callback: false,
+                });
+            }
+            if let Some(k) = &inv.idempotency_key {
+                ops.push(Op::PutKey {
+                    key: k.clone(),
+                    id: inv.id.clone(),
+                });
+            }
+            ops.push(Op::Put(Box::new(inv)));
+            store.apply(ops)?;
+        }
+        store.flush_delivery()?;
+        if n > 0 {
+            tracing::info!(records = n, "replayed the submit journal");
+        }
+        Ok(())
     }
 
     /// After a crash or restart: nothing runs any more, so every unfinished store-and-forward
@@ -299,7 +346,8 @@ impl Delivery {
                 {
                     drop(_guard);
                     if existing.mode == Mode::StoreAndForward {
-                        self.durable().await?;
+                        // It may still be on its way to disk: wait for what is journaled so far.
+                        self.durable(self.journal.latest()).await?;
                     }
                     return Ok((existing, false));
                 }
@@ -312,7 +360,7 @@ impl Delivery {
         }
         match mode {
             Mode::StoreAndForward => {
-                self.durable().await?;
+                self.commit(&inv).await?;
                 // Fast path: run it now if a worker slot is free; otherwise the scanner will.
                 if self.claim(&inv.id) && self.ready.try_send(inv.id.clone()).is_err() {
                     self.release(&inv.id);
@@ -335,8 +383,18 @@ impl Delivery {
         Ok((inv, true))
     }
 
-    async fn durable(&self) -> Result<(), SubmitError> {
-        match tokio::time::timeout(Duration::from_secs(30), self.commit.durable()).await {
+    async fn commit(&self, inv: &Invocation) -> Result<(), SubmitError> {
+        Self::within(self.journal.commit(inv)).await
+    }
+
+    async fn durable(&self, seq: u64) -> Result<(), SubmitError> {
+        Self::within(self.journal.durable(seq)).await
+    }
+
+    async fn within(
+        f: impl std::future::Future<Output = anyhow::Result<()>>,
+    ) -> Result<(), SubmitError> {
+        match tokio::time::timeout(Duration::from_secs(30), f).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(SubmitError::Unavailable(format!(
                 "the store could not be flushed: {e:#}"
@@ -374,11 +432,18 @@ impl Delivery {
 
     /// The status document of an invocation.
     pub fn view(&self, inv: &Invocation) -> Value {
+        let status = if inv.status == Status::Pending
+            && self.running.lock().expect("running lock").contains(&inv.id)
+        {
+            Status::Running
+        } else {
+            inv.status
+        };
         let mut v = json!({
             "id": inv.id,
             "function": inv.function,
             "mode": inv.mode,
-            "status": inv.status,
+            "status": status,
             "attempts": inv.attempts,
             "result": inv.result,
             "error": inv.error,
@@ -392,7 +457,7 @@ impl Delivery {
                 "error": a.error,
             })).collect::<Vec<_>>(),
         });
-        if let (Some(due), Status::Pending) = (inv.due_ms, inv.status) {
+        if let (Some(due), Status::Pending) = (inv.due_ms, status) {
             v["next_attempt"] = json!(rfc3339(due));
         }
         if let Some(cb) = &inv.callback {

@@ -188,14 +188,18 @@ impl Delivery {
             }
             return Ok(());
         }
-        inv.status = Status::Running;
+        // "running" is not written to the store: it would cost a write per attempt and mean
+        // nothing after a crash. The status view overlays it from the in-memory set.
         inv.attempts += 1;
-        inv.updated_ms = now_ms();
-        self.store.apply(vec![Op::Put(Box::new(inv.clone()))])?;
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(id.to_string());
 
         let started_ms = now_ms();
         let started = Instant::now();
         let outcome = self.execute(&inv).await;
+        self.running.lock().expect("running lock").remove(id);
         let duration_ms = started.elapsed().as_millis() as u64;
         let now = now_ms();
         inv.updated_ms = now;

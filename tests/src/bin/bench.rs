@@ -17,7 +17,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 struct Args {
     /// Measured time per target.
     #[arg(long, default_value = "10s", value_parser = humantime_parse)]
@@ -31,6 +31,12 @@ struct Args {
     /// Where to write the results.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
+    /// Which benchmarks to run: all, http or durable.
+    #[arg(long, default_value = "all")]
+    suite: String,
+    /// Concurrent connections for the durable-accept benchmark (many clients submitting).
+    #[arg(long, default_value_t = 64)]
+    durable_connections: usize,
     /// Internal: run the native hyper hello server and print its address.
     #[arg(long, hide = true)]
     native_server: bool,
@@ -56,22 +62,34 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
+    if args.suite == "all" || args.suite == "http" {
+        http_suite(&rt, &args)?;
+    }
+    if args.suite == "all" || args.suite == "durable" {
+        durable_suite(&rt, &args)?;
+    }
+    println!("\nwrote {}", args.out.display());
+    Ok(())
+}
+
+fn http_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Result<()> {
+    let args = args.clone();
     let mut results = Vec::new();
 
     let native = Server::native()?;
     results.push(rt.block_on(measure(
         "native hyper (Rust, no wasm)",
         native.addr,
-        "/hello-http/bench",
+        Load::Get,
         &args,
     ))?);
     drop(native);
 
-    let ferry = Server::ferry()?;
+    let ferry = Server::ferry(&[])?;
     results.push(rt.block_on(measure(
         "Ferry (hello-http guest)",
         ferry.addr,
-        "/hello-http/bench",
+        Load::Get,
         &args,
     ))?);
     drop(ferry);
@@ -81,17 +99,55 @@ fn main() -> anyhow::Result<()> {
         results.push(rt.block_on(measure(
             "wasmtime serve -S cli (same guest)",
             server.addr,
-            "/hello-http/bench",
+            Load::Get,
             &args,
         ))?);
         drop(server);
     }
-
     let table = render(&results, &args);
     print!("{table}");
-    write_section(&args.out, &table)?;
-    println!("\nwrote {}", args.out.display());
-    Ok(())
+    write_section(&args.out, "http", &table)
+}
+
+/// Durable accepts: store-and-forward submits answered 202 only after a flush.
+fn durable_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Result<()> {
+    let args = Args {
+        connections: args.durable_connections,
+        ..args.clone()
+    };
+    let mut durable = Vec::new();
+    let extra: Vec<String> = std::env::var("FERRY_BENCH_SERVE_ARGS")
+        .map(|a| a.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let ferry = Server::ferry(&extra)?;
+    durable.push(rt.block_on(measure(
+        "Ferry, group commit",
+        ferry.addr,
+        Load::DurableSubmit,
+        &args,
+    ))?);
+    drop(ferry);
+    let ferry = Server::ferry(&["--flush-per-submit"])?;
+    durable.push(rt.block_on(measure(
+        "Ferry, one flush per submit",
+        ferry.addr,
+        Load::DurableSubmit,
+        &args,
+    ))?);
+    drop(ferry);
+    let table = render_durable(&durable, &args);
+    print!("{table}");
+    write_section(&args.out, "durable", &table)
+}
+
+/// What the load generator sends.
+#[derive(Clone, Copy)]
+enum Load {
+    /// `GET /hello-http/bench`, expecting 200.
+    Get,
+    /// `POST /hello-http/bench` with `Prefer: respond-async`, expecting 202 (store-and-forward).
+    DurableSubmit,
 }
 
 struct Measured {
@@ -113,7 +169,7 @@ impl Measured {
 async fn measure(
     name: &'static str,
     addr: SocketAddr,
-    path: &str,
+    load: Load,
     args: &Args,
 ) -> anyhow::Result<Measured> {
     eprintln!("measuring {name} at {addr} ...");
@@ -122,9 +178,8 @@ async fn measure(
     let end = measure_from + args.duration;
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let path = path.to_string();
         tasks.push(tokio::spawn(async move {
-            connection(addr, path, measure_from, end).await
+            connection(addr, load, measure_from, end).await
         }));
     }
     let mut latencies = Vec::new();
@@ -155,7 +210,7 @@ async fn measure(
 
 async fn connection(
     addr: SocketAddr,
-    path: String,
+    load: Load,
     measure_from: Instant,
     end: Instant,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
@@ -170,13 +225,20 @@ async fn connection(
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         while Instant::now() < end {
-            let req = hyper::Request::get(path.as_str())
+            let (req, expect) = match load {
+                Load::Get => (hyper::Request::get("/hello-http/bench"), 200),
+                Load::DurableSubmit => (
+                    hyper::Request::post("/hello-http/bench").header("prefer", "respond-async"),
+                    202,
+                ),
+            };
+            let req = req
                 .header("host", "127.0.0.1")
                 .body(Empty::<Bytes>::new())?;
             let t0 = Instant::now();
             let ok = match sender.send_request(req).await {
                 Ok(resp) => {
-                    let ok = resp.status() == 200;
+                    let ok = resp.status() == expect;
                     ok && resp.into_body().collect().await.is_ok()
                 }
                 Err(_) => false,
@@ -244,7 +306,7 @@ impl Server {
         })
     }
 
-    fn ferry() -> anyhow::Result<Server> {
+    fn ferry(extra: &[&str]) -> anyhow::Result<Server> {
         let bin = std::env::var_os("FERRY_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("ferry"));
@@ -262,6 +324,7 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(tmp.path())
+            .args(extra)
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -375,10 +438,34 @@ fn render(results: &[Measured], args: &Args) -> String {
     s
 }
 
-/// Replaces the generated section of the benchmarks page, keeping the prose around it.
-fn write_section(path: &PathBuf, table: &str) -> anyhow::Result<()> {
-    const BEGIN: &str = "<!-- bench:http:begin -->";
-    const END: &str = "<!-- bench:http:end -->";
+fn render_durable(results: &[Measured], args: &Args) -> String {
+    let group = results[0].rps();
+    let mut s = format!(
+        "### Durable accepts: store-and-forward submits\n\n`POST` with `Prefer: respond-async` to hello-http; each 202 is sent only after the submit is flushed to disk. {} connections, {}s measured after {}s warm-up. The accepted invocations run meanwhile on the same cores.\n\n",
+        args.connections,
+        args.duration.as_secs(),
+        args.warmup.as_secs()
+    );
+    s.push_str("| durability | accepts/s | p50 submit latency | p99 submit latency | errors | group commit vs this |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in results {
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} | {:.1}x |\n",
+            r.name,
+            r.rps(),
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.errors,
+            group / r.rps()
+        ));
+    }
+    s
+}
+
+/// Replaces a generated section of the benchmarks page, keeping the prose around it.
+fn write_section(path: &PathBuf, key: &str, table: &str) -> anyhow::Result<()> {
+    let begin = format!("<!-- bench:{key}:begin -->");
+    let end = format!("<!-- bench:{key}:end -->");
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -392,15 +479,15 @@ fn write_section(path: &PathBuf, table: &str) -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(0);
     let section = format!(
-        "{BEGIN}\n{table}\nMachine: {cores} cores, {cpu}. Generated by `scripts/bench.sh` at {}.\n{END}",
+        "{begin}\n{table}\nMachine: {cores} cores, {cpu}. Generated by `scripts/bench.sh` at {}.\n{end}",
         humantime_now()
     );
-    let new = match (existing.find(BEGIN), existing.find(END)) {
+    let new = match (existing.find(begin.as_str()), existing.find(end.as_str())) {
         (Some(b), Some(e)) if b < e => format!(
             "{}{}{}",
             &existing[..b],
             section,
-            &existing[e + END.len()..]
+            &existing[e + end.len()..]
         ),
         _ => format!("{existing}\n{section}\n"),
     };
