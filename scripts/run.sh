@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
 cargo build --release -p ferry-host
-(cd guest-examples && cargo build --release --target wasm32-wasip2)
+# The examples' ferry.toml files point into guest-examples/target: build there.
+(cd guest-examples && cargo build --release --target wasm32-wasip2 --target-dir target)
 
 export FERRY_LISTEN="${FERRY_LISTEN:-127.0.0.1:8080}"
 export FERRY_ADMIN_LISTEN="${FERRY_ADMIN_LISTEN:-127.0.0.1:8081}"
 export FERRY_ADMIN="http://${FERRY_ADMIN_LISTEN}"
-ferry=./target/release/ferry
+ferry="$(pwd)/${CARGO_TARGET_DIR:-target}/release/ferry"
+[ -x "$ferry" ] || ferry="${CARGO_TARGET_DIR:-target}/release/ferry"
 wasm=guest-examples/target/wasm32-wasip2/release
 
 $ferry serve &
@@ -25,7 +27,7 @@ for _ in $(seq 1 100); do
 done
 
 $ferry deploy "$wasm/hello_http.wasm" --name hello-http
-(cd guest-examples/hello-http && ../../$ferry deploy)
+(cd guest-examples/hello-http && "$ferry" deploy)
 $ferry deploy "$wasm/echo_event.wasm" --name echo-event
 $ferry list
 
@@ -36,6 +38,7 @@ Ferry is running. Try:
   curl $public/hello-http/world
   curl $public/greet/you           # hello-http again, deployed from its ferry.toml as "greeter"
   $ferry list
+  curl -i -X POST $public/hello-http/later -H 'Prefer: respond-async'   # then GET the status_url
 Press Ctrl-C to stop.
 MSG
 wait $server
