@@ -445,3 +445,26 @@ fn callback_addresses_in_private_ranges_are_refused() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn finished_invocations_and_their_keys_expire_after_retention() {
+    let ferry = with_misbehave(&["--retention", "2s"], "");
+    let id = ferry.submit_ok("/misbehave/ok", &[("idempotency-key", "k")]);
+    assert_eq!(ferry.finished(&id)["status"], "succeeded");
+    eventually("the record to expire", Duration::from_secs(30), || {
+        let resp = ferry
+            .http
+            .get(ferry.url(&format!("/_ferry/invocations/{id}")))
+            .send()
+            .unwrap();
+        (resp.status().as_u16() == 404).then_some(())
+    });
+    // The key expired with it: the same key is a new invocation now.
+    let again = ferry.submit_ok("/misbehave/ok", &[("idempotency-key", "k")]);
+    assert_ne!(again, id);
+    // Dead letters are kept until replayed or purged, whatever the retention.
+    let dead = ferry.submit_ok("/misbehave/status?code=500", &[]);
+    assert_eq!(ferry.finished(&dead)["status"], "dead_lettered");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ferry.invocation(&dead, 0)["status"], "dead_lettered");
+}

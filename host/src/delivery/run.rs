@@ -486,7 +486,10 @@ impl Delivery {
     /// Removes finished invocations (and their idempotency keys) after the retention window.
     /// Dead letters stay until they are replayed or purged.
     async fn janitor(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        // Sweep often enough that nothing outlives the window by more than a tenth of it.
+        let every = (self.options.retention / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let cutoff = now_ms().saturating_sub(self.options.retention.as_millis() as u64);
