@@ -8,6 +8,18 @@ use ferry_tests::receiver::Receiver;
 use ferry_tests::{eventually, guests, webhook, Ferry};
 use serde_json::Value;
 
+/// Polls an invocation until its callback reaches `status`.
+fn callback_reaches(ferry: &Ferry, id: &str, status: &str) -> Value {
+    eventually(
+        &format!("the callback to be {status}"),
+        Duration::from_secs(30),
+        || {
+            let v = ferry.invocation(id, 1);
+            (v["callback"]["status"] == status).then_some(v)
+        },
+    )
+}
+
 fn with_misbehave(args: &[&str], manifest_extra: &str) -> Ferry {
     let ferry = Ferry::start_with(args);
     let manifest = format!(
@@ -309,14 +321,7 @@ fn callbacks_are_signed_and_retried() {
         .to_string();
     let cb = recv.url("/hooks/result");
     let id = ferry.submit_ok("/misbehave/ok", &[("x-callback-url", &cb)]);
-    let v = eventually(
-        "the callback to be delivered",
-        Duration::from_secs(30),
-        || {
-            let v = ferry.invocation(&id, 1);
-            (v["callback"]["status"] == "delivered").then_some(v)
-        },
-    );
+    let v = callback_reaches(&ferry, &id, "delivered");
     assert_eq!(v["callback"]["attempts"], 2);
     let reqs = recv.requests();
     assert_eq!(reqs.len(), 2);
@@ -381,10 +386,7 @@ fn callback_410_stops_and_redirects_are_failures_that_dead_letter() {
         "",
     );
     let a = ferry.submit_ok("/misbehave/ok", &[("x-callback-url", &gone.url("/gone"))]);
-    let v = eventually("410 to stop retries", Duration::from_secs(30), || {
-        let v = ferry.invocation(&a, 1);
-        (v["callback"]["status"] == "failed").then_some(v)
-    });
+    let v = callback_reaches(&ferry, &a, "failed");
     assert_eq!(v["callback"]["attempts"], 1);
     assert!(v["callback"]["last_error"]
         .as_str()
@@ -395,14 +397,7 @@ fn callback_410_stops_and_redirects_are_failures_that_dead_letter() {
         "/misbehave/status?code=500",
         &[("x-callback-url", &redirect.url("/r"))],
     );
-    let v = eventually(
-        "the callback to be dead-lettered",
-        Duration::from_secs(30),
-        || {
-            let v = ferry.invocation(&b, 1);
-            (v["callback"]["status"] == "dead_lettered").then_some(v)
-        },
-    );
+    let v = callback_reaches(&ferry, &b, "dead_lettered");
     assert_eq!(
         v["status"], "dead_lettered",
         "the invocation failed too (500)"

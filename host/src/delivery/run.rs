@@ -47,33 +47,24 @@ pub(super) fn spawn_workers(
     ff: mpsc::Receiver<String>,
     callbacks: mpsc::Receiver<String>,
 ) {
-    let ready = Arc::new(Mutex::new(ready));
-    for _ in 0..this.options.workers {
-        let (this, rx) = (this.clone(), ready.clone());
-        tokio::spawn(async move {
-            while let Some(id) = next(&rx).await {
-                this.attempt(&id).await;
-            }
-        });
-    }
-    let ff = Arc::new(Mutex::new(ff));
-    for _ in 0..this.options.workers {
-        let (this, rx) = (this.clone(), ff.clone());
-        tokio::spawn(async move {
-            while let Some(id) = next(&rx).await {
-                this.attempt(&id).await;
-            }
-        });
-    }
-    let callbacks = Arc::new(Mutex::new(callbacks));
-    for _ in 0..8 {
-        let (this, rx) = (this.clone(), callbacks.clone());
-        tokio::spawn(async move {
-            while let Some(id) = next(&rx).await {
-                this.deliver_callback(&id).await;
-            }
-        });
-    }
+    let pool = |rx: mpsc::Receiver<String>, size: usize, callbacks: bool| {
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..size {
+            let (this, rx) = (this.clone(), rx.clone());
+            tokio::spawn(async move {
+                while let Some(id) = next(&rx).await {
+                    if callbacks {
+                        this.deliver_callback(&id).await;
+                    } else {
+                        this.attempt(&id).await;
+                    }
+                }
+            });
+        }
+    };
+    pool(ready, this.options.workers, false);
+    pool(ff, this.options.workers, false);
+    pool(callbacks, 8, true);
     tokio::spawn(this.clone().scan(false));
     tokio::spawn(this.clone().scan(true));
     tokio::spawn(this.clone().janitor());
