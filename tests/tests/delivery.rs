@@ -463,3 +463,60 @@ fn finished_invocations_and_their_keys_expire_after_retention() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(ferry.invocation(&dead, 0)["status"], "dead_lettered");
 }
+
+#[test]
+fn event_function_failures_typed_errors_and_traps() {
+    let ferry = Ferry::start();
+    let manifest = "name = \"echo-event\"\n[delivery]\nmax_attempts = 2\nbackoff = { initial = \"20ms\", max = \"50ms\" }\n";
+    assert_eq!(
+        ferry
+            .deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), manifest)
+            .0,
+        201
+    );
+    let submit = |id: &str, ty: &str| {
+        let resp = ferry.submit(
+            "/echo-event",
+            &[
+                ("ce-id", id),
+                ("ce-source", "/t"),
+                ("ce-type", ty),
+                ("ce-specversion", "1.0"),
+            ],
+            "",
+        );
+        assert_eq!(resp.status().as_u16(), 202);
+        resp.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // invalid-event: the function says retrying will not help.
+    let v = ferry.finished(&submit("1", "ferry.test.reject"));
+    assert_eq!(v["status"], "dead_lettered", "{v}");
+    assert_eq!(v["attempts"], 1);
+    assert!(v["error"].as_str().unwrap().contains("invalid-event"));
+    // retryable: retried up to max_attempts.
+    let v = ferry.finished(&submit("2", "ferry.test.retry"));
+    assert_eq!(v["attempts"], 2, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("retryable"));
+    // A trap is a failure of its own kind, retried, and the host goes on.
+    let v = ferry.finished(&submit("3", "ferry.test.panic"));
+    assert_eq!(v["attempts"], 2, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("trapped"), "{v}");
+    let v = ferry.finished(&submit("4", "fine"));
+    assert_eq!(v["status"], "succeeded");
+    assert_eq!(v["result"]["type"], "fine.echo");
+    // Synchronously, a trap is a 500 naming the function.
+    let resp = ferry
+        .http
+        .post(ferry.url("/echo-event"))
+        .header("ce-id", "5")
+        .header("ce-source", "/t")
+        .header("ce-type", "ferry.test.panic")
+        .header("ce-specversion", "1.0")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 500);
+    assert!(resp.text().unwrap().contains("function echo-event trapped"));
+}

@@ -3,7 +3,8 @@
 //! It answers every CloudEvent with an event of type `<type>.echo`, id `<id>-echo` and source
 //! `/ferry/echo-event`, carrying the same data, content type, subject and extensions plus an
 //! `echoedfrom` extension naming the original source. An event of type `ferry.test.reject`
-//! gets the typed error `invalid-event` instead.
+//! gets the typed error `invalid-event` instead, `ferry.test.retry` the error `retryable`, and
+//! `ferry.test.panic` makes the function trap (for tests of failure handling).
 //!
 //! Build:  `cargo component build --release`   (or `cargo build --target wasm32-wasip2 --release`)
 //! Deploy: `ferry deploy target/wasm32-wasip2/release/echo_event.wasm --name echo-event`
@@ -29,6 +30,12 @@ impl Guest for Echo {
                 "echo-event refuses events of type {}",
                 event.type_
             )));
+        }
+        if event.type_ == "ferry.test.retry" {
+            return Err(Error::Retryable("echo-event asks to be retried".to_string()));
+        }
+        if event.type_ == "ferry.test.panic" {
+            panic!("echo-event was asked to panic");
         }
         let mut extensions = event.extensions;
         extensions.push(("echoedfrom".to_string(), event.source));
