@@ -296,13 +296,11 @@ fn idempotency_keys_and_cloudevent_ids_return_the_first_invocation() {
 
 #[test]
 fn callbacks_are_signed_and_retried() {
-    // 503 + Retry-After first, then 200.
-    let recv = Receiver::with(|_, n| {
-        if n == 0 {
-            (503, vec![("retry-after".into(), "1".into())])
-        } else {
-            (200, vec![])
-        }
+    // 429 and then 503, each with Retry-After, then 200.
+    let recv = Receiver::with(|_, n| match n {
+        0 => (429, vec![("retry-after".into(), "1".into())]),
+        1 => (503, vec![("retry-after".into(), "1".into())]),
+        _ => (200, vec![]),
     });
     let ferry = with_misbehave(
         &[
@@ -322,9 +320,9 @@ fn callbacks_are_signed_and_retried() {
     let cb = recv.url("/hooks/result");
     let id = ferry.submit_ok("/misbehave/ok", &[("x-callback-url", &cb)]);
     let v = callback_reaches(&ferry, &id, "delivered");
-    assert_eq!(v["callback"]["attempts"], 2);
+    assert_eq!(v["callback"]["attempts"], 3);
     let reqs = recv.requests();
-    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs.len(), 3);
     for r in &reqs {
         assert_eq!(r.method, "POST");
         assert_eq!(r.path, "/hooks/result");
