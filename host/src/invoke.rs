@@ -394,7 +394,7 @@ async fn event_over_http<B: RequestBody>(
             )
         }
     };
-    let (event, mode) = match crate::cloudevent::from_http(&parts.headers, body) {
+    let (event, mode) = match ferry_triggers::cloudevents::from_headers(&parts.headers, body) {
         Ok(ok) => ok,
         Err(e) => {
             return text_response(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"))
@@ -407,7 +407,7 @@ async fn event_over_http<B: RequestBody>(
             .body(ferry_triggers::http::full_body(Bytes::new()))
             .expect("static response is valid"),
         Ok(Some(out)) => match crate::cloudevent::from_guest(out) {
-            Ok(out) => crate::cloudevent::to_http(&out, mode),
+            Ok(out) => ferry_triggers::cloudevents::to_http(&out, mode),
             Err(e) => {
                 let msg = format!("function {} returned an invalid event: {e}", f.name());
                 tracing::warn!(function = f.name(), "{msg}");

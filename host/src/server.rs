@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::api::{self, AdminState};
-use crate::cloudevent;
 use crate::delivery::callback;
 use crate::delivery::record::{Header, Mode, Payload};
 use crate::delivery::{Delivery, DeliveryOptions, SubmitError, SubmitRequest};
@@ -92,7 +91,7 @@ impl Gateway {
                     .collect(),
                 body: body.to_vec(),
             }),
-            World::Event => match cloudevent::from_http(&parts.headers, body) {
+            World::Event => match ferry_triggers::cloudevents::from_headers(&parts.headers, body) {
                 Ok((event, _)) => Ok(Payload::Event {
                     event: serde_json::to_value(&event).unwrap_or_default(),
                 }),

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 
+pub mod cloudevents;
 pub mod http;
 
 /// A source of invocations that runs until shutdown.
