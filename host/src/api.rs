@@ -31,6 +31,8 @@ pub struct AdminState {
     pub max_upload: u64,
     pub started: Instant,
     pub delivery: Arc<Delivery>,
+    /// The NATS connection, when the host runs with `--nats`.
+    pub nats: Option<async_nats::Client>,
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -106,12 +108,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn healthz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    Json(json!({
+    let mut health = json!({
         "status": "ok",
         "functions": state.deployer.registry().len(),
         "compilations": state.runtime.compilations(),
         "uptime_seconds": state.started.elapsed().as_secs(),
-    }))
+    });
+    if let Some(client) = &state.nats {
+        health["nats"] = json!({ "state": ferry_triggers::nats::state(client) });
+    }
+    Json(health)
 }
 
 fn internal(e: anyhow::Error) -> ApiError {
@@ -273,6 +279,9 @@ fn too_large(max: u64) -> ApiError {
     )
 }
 
+/// How much of an oversized upload is read before answering 413.
+const LINGER: u64 = 1 << 20;
+
 /// Reads a request body of at most `max` bytes (plus room for multipart framing).
 async fn read_limited(req: Request, max: u64) -> Result<Bytes, ApiError> {
     let declared = req
@@ -280,7 +289,12 @@ async fn read_limited(req: Request, max: u64) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
+    if let Some(len) = declared.filter(|len| *len > max) {
+        // Read (and drop) a modest overage so the client gets to read the 413 instead of a
+        // connection reset while it is still sending; anything larger is cut off.
+        if len <= max + LINGER {
+            let _ = axum::body::to_bytes(req.into_body(), len as usize).await;
+        }
         return Err(too_large(max));
     }
     axum::body::to_bytes(req.into_body(), max as usize)

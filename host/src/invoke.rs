@@ -147,10 +147,9 @@ async fn try_http<B: RequestBody>(
         return Ok(event_over_http(runtime, f, req).await);
     };
     let max_body = f.record.limits.max_body;
-    if let Some(len) = content_length(&req) {
-        if len > max_body {
-            return Ok(too_large(f, max_body));
-        }
+    if let Some(len) = content_length(&req).filter(|len| *len > max_body) {
+        linger(req.into_body(), len, max_body).await;
+        return Ok(too_large(f, max_body));
     }
     let permit = acquire(f).await?;
     let mut store = new_store(runtime.engine(), new_state(f));
@@ -231,6 +230,14 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// Reads (and drops) a modest overage of a refused body, so that the client can read the 413
+/// instead of a connection reset while it is still sending; anything larger is cut off.
+async fn linger<B: RequestBody>(body: B, len: u64, max: u64) {
+    if len <= max + (1 << 20) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+    }
 }
 
 fn too_large(f: &Deployed, max: u64) -> Response<Body> {
@@ -380,7 +387,8 @@ async fn event_over_http<B: RequestBody>(
         return resp;
     }
     let max_body = f.record.limits.max_body;
-    if content_length(&req).is_some_and(|len| len > max_body) {
+    if let Some(len) = content_length(&req).filter(|len| *len > max_body) {
+        linger(req.into_body(), len, max_body).await;
         return too_large(f, max_body);
     }
     let (parts, body) = req.into_parts();
