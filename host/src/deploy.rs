@@ -26,6 +26,8 @@ pub enum DeployError {
     NameMismatch { manifest: String, url: String },
     #[error("{0}")]
     RouteConflict(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -39,6 +41,7 @@ impl DeployError {
             }
             DeployError::Component(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::RouteConflict(_) => StatusCode::CONFLICT,
+            DeployError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +68,8 @@ pub struct Deployer {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     ceilings: Ceilings,
+    /// Whether this host is connected to NATS (`ferry serve --nats`).
+    nats: bool,
     /// Deploys and removals run one at a time, so versions and route checks never race.
     lock: tokio::sync::Mutex<()>,
 }
@@ -75,12 +80,14 @@ impl Deployer {
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
         ceilings: Ceilings,
+        nats: bool,
     ) -> Self {
         Self {
             runtime,
             store,
             registry,
             ceilings,
+            nats,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -106,6 +113,20 @@ impl Deployer {
         let digest = hex::encode(Sha256::digest(&bytes));
         let (component, artifact) = self.compile_cached(&digest, bytes.clone()).await?;
         let prepared = self.runtime.prepare(&component)?;
+        if !spec.nats.is_empty() {
+            if prepared.world() != crate::engine::World::Event {
+                return Err(DeployError::Unsupported(format!(
+                    "function {} has [[trigger.nats]] but is an HTTP function; NATS triggers need an event function (ferry:function/handler)",
+                    spec.name
+                )));
+            }
+            if !self.nats {
+                return Err(DeployError::Unsupported(format!(
+                    "function {} has [[trigger.nats]] but this host runs without NATS: start it with --nats nats://HOST:4222 (or FERRY_NATS)",
+                    spec.name
+                )));
+            }
+        }
 
         let _guard = self.lock.lock().await;
         let previous = self.registry.get(&spec.name);
@@ -134,6 +155,7 @@ impl Deployer {
             config: spec.config,
             outbound: spec.outbound,
             delivery: spec.delivery,
+            nats: spec.nats,
             created: FunctionRecord::now(),
         };
         let deployed = Arc::new(Deployed::new(record.clone(), prepared));

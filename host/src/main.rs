@@ -127,6 +127,9 @@ struct ServeArgs {
     /// Longest callback retry delay.
     #[arg(long, env = "FERRY_CALLBACK_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     callback_backoff_max: Duration,
+    /// NATS server for NATS triggers, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "FERRY_NATS")]
+    nats: Option<String>,
     /// Flush the store once per store-and-forward submit instead of group commit (a benchmark
     /// baseline; slower).
     #[arg(long, env = "FERRY_FLUSH_PER_SUBMIT")]
@@ -232,6 +235,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         },
         max_timeout: args.max_timeout,
         callback_secret: args.callback_secret,
+        nats: args.nats,
         delivery: DeliveryOptions {
             workers: args.workers.max(1),
             queue_size: args.queue_size.max(1),

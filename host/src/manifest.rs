@@ -61,6 +61,31 @@ pub struct BackoffSection {
 pub struct Triggers {
     #[serde(default)]
     pub http: Vec<HttpTrigger>,
+    #[serde(default)]
+    pub nats: Vec<NatsTriggerSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTriggerSection {
+    pub subject: String,
+    pub queue: Option<String>,
+    pub reply: Option<String>,
+    pub stream: Option<String>,
+    pub dead_letter: Option<String>,
+    /// `binary` or `structured`: the mode of result events (default: the input's).
+    pub format: Option<String>,
+}
+
+/// One NATS trigger, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NatsTriggerSpec {
+    pub subject: String,
+    pub queue: String,
+    pub reply: Option<String>,
+    pub dead_letter: String,
+    /// `binary`, `structured`, or None for the input's mode.
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +110,7 @@ pub struct FunctionSpec {
     pub config: Vec<(String, String)>,
     pub outbound: Vec<String>,
     pub delivery: DeliverySettings,
+    pub nats: Vec<NatsTriggerSpec>,
 }
 
 /// How asynchronous invocations of a function are delivered by default.
@@ -145,6 +171,7 @@ impl Manifest {
                     .iter()
                     .map(|r| HttpTrigger { route: r.clone() })
                     .collect(),
+                nats: Vec::new(),
             },
             ..Default::default()
         }
@@ -232,7 +259,55 @@ impl Manifest {
             }
         }
         let delivery = self.delivery.resolve()?;
+        let mut nats = Vec::new();
+        for (i, t) in self.trigger.nats.iter().enumerate() {
+            let key = |k: &str| format!("trigger.nats[{i}].{k}");
+            ferry_triggers::nats::validate_subject(&t.subject, true)
+                .map_err(|m| bad(key("subject"), m))?;
+            if t.stream.is_some() {
+                return Err(bad(
+                    key("stream"),
+                    "JetStream triggers are not available yet; leave `stream` out for a core NATS subscription (at most once)",
+                ));
+            }
+            for (k, v) in [("reply", &t.reply), ("dead_letter", &t.dead_letter)] {
+                if let Some(v) = v {
+                    ferry_triggers::nats::validate_subject(v, false).map_err(|m| bad(key(k), m))?;
+                }
+            }
+            if let Some(reply) = &t.reply {
+                if ferry_triggers::nats::subject_matches(&t.subject, reply) {
+                    return Err(bad(
+                        key("reply"),
+                        format!("{reply:?} matches the trigger's own subject {:?}: results would feed back into the function", t.subject),
+                    ));
+                }
+            }
+            if let Some(f) = &t.format {
+                if f != "binary" && f != "structured" {
+                    return Err(bad(
+                        key("format"),
+                        format!("{f:?}: use \"binary\" or \"structured\""),
+                    ));
+                }
+            }
+            let queue = t.queue.clone().unwrap_or_else(|| self.name.clone());
+            if queue.is_empty() || queue.contains(char::is_whitespace) {
+                return Err(bad(key("queue"), "a queue group name has no spaces"));
+            }
+            nats.push(NatsTriggerSpec {
+                subject: t.subject.clone(),
+                queue,
+                reply: t.reply.clone(),
+                dead_letter: t
+                    .dead_letter
+                    .clone()
+                    .unwrap_or_else(|| format!("ferry.deadletter.{}", self.name)),
+                format: t.format.clone(),
+            });
+        }
         Ok(FunctionSpec {
+            nats,
             delivery,
             name: self.name.clone(),
             routes,

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use ferry_triggers::cloudevents::Mode;
 use ferry_triggers::http::Router;
-use tokio::sync::Semaphore;
+use ferry_triggers::nats::NatsBinding;
+use tokio::sync::{watch, Semaphore};
 
 use crate::engine::Prepared;
 use crate::store::FunctionRecord;
@@ -70,9 +72,19 @@ impl Snapshot {
 }
 
 /// The live set of functions.
-#[derive(Default)]
 pub struct Registry {
     current: ArcSwap<Snapshot>,
+    /// The NATS bindings of the live functions, for the NATS trigger.
+    nats: watch::Sender<Vec<NatsBinding>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            current: ArcSwap::default(),
+            nats: watch::Sender::new(Vec::new()),
+        }
+    }
 }
 
 impl Registry {
@@ -112,6 +124,34 @@ impl Registry {
     }
 
     pub fn commit(&self, snapshot: Snapshot) {
+        let bindings: Vec<NatsBinding> = snapshot
+            .functions
+            .values()
+            .flat_map(|f| {
+                f.record.nats.iter().map(|t| NatsBinding {
+                    function: f.record.name.clone(),
+                    subject: t.subject.clone(),
+                    queue: t.queue.clone(),
+                    reply: t.reply.clone(),
+                    dead_letter: t.dead_letter.clone(),
+                    output: match t.format.as_deref() {
+                        Some("binary") => Some(Mode::Binary),
+                        Some("structured") => Some(Mode::Structured),
+                        _ => None,
+                    },
+                })
+            })
+            .collect();
         self.current.store(Arc::new(snapshot));
+        self.nats.send_if_modified(|b| {
+            let changed = *b != bindings;
+            *b = bindings;
+            changed
+        });
+    }
+
+    /// Follows the NATS bindings of the live functions.
+    pub fn nats_bindings(&self) -> watch::Receiver<Vec<NatsBinding>> {
+        self.nats.subscribe()
     }
 }

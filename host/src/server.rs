@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use ferry_triggers::http::{
     full_body, text_response, AsyncOptions, Body, HttpOptions, HttpPort, HttpTrigger,
 };
+use ferry_triggers::nats::{EventFailure, EventPort, NatsBinding, NatsTrigger};
 use ferry_triggers::{Shutdown, Trigger};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -40,6 +41,8 @@ pub struct ServeOptions {
     pub delivery: DeliveryOptions,
     /// `--callback-secret`; generated and kept in the store when absent.
     pub callback_secret: Option<String>,
+    /// `--nats`: the NATS server for NATS triggers.
+    pub nats: Option<String>,
 }
 
 /// The runtime side of the HTTP trigger.
@@ -205,6 +208,42 @@ impl HttpPort for Gateway {
     }
 }
 
+impl EventPort for Gateway {
+    async fn handle(
+        &self,
+        function: &str,
+        event: cloudevents::Event,
+    ) -> Result<Option<cloudevents::Event>, EventFailure> {
+        let failure = |retryable, message: String| EventFailure { retryable, message };
+        let Some(f) = self.registry.get(function) else {
+            return Err(failure(
+                false,
+                format!("function {function} no longer exists"),
+            ));
+        };
+        match crate::invoke::event(&self.runtime, &f, &crate::cloudevent::to_guest(&event)).await {
+            Ok(None) => Ok(None),
+            Ok(Some(out)) => crate::cloudevent::from_guest(out).map(Some).map_err(|e| {
+                failure(
+                    false,
+                    format!("function {function} returned an invalid event: {e}"),
+                )
+            }),
+            Err(
+                e @ crate::invoke::EventFailure::Guest {
+                    kind: "invalid-event",
+                    ..
+                },
+            ) => Err(failure(false, e.to_string())),
+            Err(e) => Err(failure(true, e.to_string())),
+        }
+    }
+
+    fn bindings(&self) -> tokio::sync::watch::Receiver<Vec<NatsBinding>> {
+        self.registry.nats_bindings()
+    }
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -226,6 +265,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         store.clone(),
         registry.clone(),
         ceilings,
+        opts.nats.is_some(),
     ));
     let restored = tokio::task::block_in_place(|| deployer.restore())?;
     tracing::info!(
@@ -267,6 +307,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         },
     )?;
 
+    let nats = match &opts.nats {
+        Some(url) => Some(ferry_triggers::nats::connect(url).await?),
+        None => None,
+    };
+
     let admin_state = Arc::new(AdminState {
         deployer: deployer.clone(),
         runtime: runtime.clone(),
@@ -275,6 +320,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         max_upload: opts.max_upload,
         started,
         delivery: delivery.clone(),
+        nats: nats.clone(),
     });
 
     let (handle, shutdown) = Shutdown::new();
@@ -284,7 +330,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         registry,
         delivery,
     });
-    let http = HttpTrigger::new(public, gateway, HttpOptions::default());
+    let http = HttpTrigger::new(public, gateway.clone(), HttpOptions::default());
+    if let Some(client) = nats {
+        let trigger = NatsTrigger::new(client, gateway.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { (NatsTrigger::<Gateway>::KIND, trigger.run(shutdown).await) });
+    }
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move { (HttpTrigger::<Gateway>::KIND, http.run(shutdown).await) });

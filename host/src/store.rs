@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::delivery::record::{DeliveryStore, Invocation, Op};
 use crate::engine::{Limits, World};
-use crate::manifest::DeliverySettings;
+use crate::manifest::{DeliverySettings, NatsTriggerSpec};
 
 /// What Ferry remembers about one deployed function version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,6 +32,9 @@ pub struct FunctionRecord {
     /// Defaults for asynchronous invocations.
     #[serde(default)]
     pub delivery: DeliverySettings,
+    /// NATS triggers (event functions only).
+    #[serde(default)]
+    pub nats: Vec<NatsTriggerSpec>,
     /// RFC 3339 time of this version's deploy.
     pub created: String,
 }
@@ -284,6 +287,7 @@ mod tests {
             config: vec![("K".into(), "V".into())],
             outbound: vec![],
             delivery: DeliverySettings::default(),
+            nats: vec![],
             created: FunctionRecord::now(),
         }
     }

@@ -9,6 +9,7 @@ use std::future::Future;
 
 pub mod cloudevents;
 pub mod http;
+pub mod nats;
 
 /// A source of invocations that runs until shutdown.
 pub trait Trigger: Send + 'static {

@@ -1,0 +1,178 @@
+//! The NATS trigger against a real nats-server: CloudEvents in binary and structured mode to an
+//! event function, results on the reply subject and to requesters, malformed messages to the
+//! dead-letter subject while valid ones keep flowing, and a host without NATS refusing NATS
+//! triggers.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use ferry_tests::{error_of, eventually, guests, Ferry, NatsServer};
+use futures::StreamExt;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn binary_event(id: &str, ty: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("ce-id", id);
+    h.insert("ce-source", "/orders");
+    h.insert("ce-type", ty);
+    h.insert("ce-specversion", "1.0");
+    h.insert("content-type", "application/json");
+    h
+}
+
+fn deploy(ferry: &Ferry, extra: &str) {
+    let manifest = format!(
+        "name = \"echo-event\"\n[[trigger.nats]]\nsubject = \"orders.*\"\nreply = \"results.echoed\"\n{extra}"
+    );
+    let (status, body) =
+        ferry.deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), &manifest);
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Waits until the host has subscribed (a request gets an answer).
+async fn until_subscribed(client: &async_nats::Client) {
+    for _ in 0..100 {
+        let req = client.request_with_headers(
+            "orders.ping".to_string(),
+            binary_event("ping", "ping"),
+            Bytes::new(),
+        );
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), req).await {
+            return;
+        }
+    }
+    panic!("the NATS trigger never subscribed");
+}
+
+#[test]
+fn core_nats_events_run_the_function_in_both_modes() {
+    let nats = NatsServer::start();
+    let ferry = Ferry::start_with(&["--nats", &nats.url()]);
+    deploy(&ferry, "");
+    let health = eventually("nats to connect", Duration::from_secs(20), || {
+        let h = ferry.admin_get("/healthz").1;
+        (h["nats"]["state"] == "connected").then_some(h)
+    });
+    assert_eq!(health["functions"], 1);
+
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut out = client.subscribe("results.echoed").await.unwrap();
+        let mut dead = client.subscribe("ferry.deadletter.echo-event").await.unwrap();
+        client.flush().await.unwrap();
+        until_subscribed(&client).await;
+        // Drain the ping's result.
+        let _ = tokio::time::timeout(Duration::from_secs(5), out.next()).await;
+
+        // Binary mode in, binary mode out.
+        client
+            .publish_with_headers("orders.created", binary_event("o-1", "order.created"), Bytes::from_static(br#"{"n":1}"#))
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), out.next()).await.unwrap().unwrap();
+        let h = msg.headers.clone().unwrap();
+        assert_eq!(h.get("ce-id").unwrap().as_str(), "o-1-echo");
+        assert_eq!(h.get("ce-type").unwrap().as_str(), "order.created.echo");
+        assert_eq!(h.get("ce-echoedfrom").unwrap().as_str(), "/orders");
+        assert_eq!(&msg.payload[..], br#"{"n":1}"#);
+
+        // Structured mode in, structured mode out.
+        let structured = serde_json::json!({"specversion": "1.0", "id": "o-2", "source": "/orders", "type": "order.created", "datacontenttype": "application/json", "data": {"n": 2}});
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/cloudevents+json");
+        client.publish_with_headers("orders.created", h, structured.to_string().into()).await.unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), out.next()).await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(v["id"], "o-2-echo");
+        assert_eq!(v["data"]["n"], 2);
+
+        // Request-reply: the result comes back to the requester too.
+        let reply = client
+            .request_with_headers("orders.created".to_string(), binary_event("o-3", "order.created"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(reply.headers.unwrap().get("ce-id").unwrap().as_str(), "o-3-echo");
+
+        // A malformed message goes to the dead-letter subject with the reason; the next valid
+        // one still flows.
+        let mut bad = HeaderMap::new();
+        bad.insert("ce-id", "x");
+        client.publish_with_headers("orders.created", bad, Bytes::from_static(b"junk")).await.unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), dead.next()).await.unwrap().unwrap();
+        let h = msg.headers.unwrap();
+        assert!(h.get("Ferry-Error").unwrap().as_str().contains("`source`"), "{:?}", h.get("Ferry-Error"));
+        assert_eq!(h.get("Ferry-Subject").unwrap().as_str(), "orders.created");
+        assert_eq!(&msg.payload[..], b"junk");
+        client
+            .publish_with_headers("orders.created", binary_event("o-4", "order.created"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), out.next()).await.unwrap().unwrap();
+            if msg.headers.unwrap().get("ce-id").unwrap().as_str() == "o-4-echo" {
+                break;
+            }
+        }
+
+        // A typed error is answered to a requester.
+        let reply = client
+            .request_with_headers("orders.created".to_string(), binary_event("o-5", "ferry.test.reject"), Bytes::new())
+            .await
+            .unwrap();
+        assert!(reply.headers.unwrap().get("Ferry-Error").unwrap().as_str().contains("invalid-event"));
+    });
+
+    // Removing the function unsubscribes it.
+    let resp = ferry
+        .http
+        .delete(ferry.admin_url("/v1/functions/echo-event"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        for _ in 0..50 {
+            let req = client.request_with_headers(
+                "orders.created".to_string(),
+                binary_event("z", "t"),
+                Bytes::new(),
+            );
+            // With no subscriber left, the server answers "no responders" at once.
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(500), req).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the subscription outlived its function");
+    });
+}
+
+#[test]
+fn nats_triggers_need_a_nats_host_and_an_event_function() {
+    let ferry = Ferry::start();
+    let manifest = "name = \"echo-event\"\n[[trigger.nats]]\nsubject = \"orders.created\"\n";
+    let (status, body) =
+        ferry.deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), manifest);
+    assert_eq!(status, 422, "{body}");
+    assert!(error_of(&body).contains("--nats"), "{body}");
+
+    let nats = NatsServer::start();
+    let ferry = Ferry::start_with(&["--nats", &nats.url()]);
+    let manifest = "name = \"hello-http\"\n[[trigger.nats]]\nsubject = \"x\"\n";
+    let (status, body) =
+        ferry.deploy_manifest("hello-http", guests::bytes(guests::HELLO_HTTP), manifest);
+    assert_eq!(status, 422, "{body}");
+    assert!(error_of(&body).contains("event function"), "{body}");
+    let manifest = "name = \"echo-event\"\n[[trigger.nats]]\nsubject = \"x\"\nstream = \"S\"\n";
+    let (status, body) =
+        ferry.deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), manifest);
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("trigger.nats[0].stream"), "{body}");
+}

@@ -1,0 +1,392 @@
+//! The NATS trigger: CloudEvents on NATS subjects to event functions.
+//!
+//! Messages carry events in binary mode (`ce-` headers, `content-type`, data as payload) or
+//! structured mode (`content-type: application/cloudevents+json`, the event as JSON), per the
+//! CloudEvents NATS binding, decoded with [`crate::cloudevents`]. Each binding is a queue
+//! subscription (several hosts in one queue group share the work). A result event goes to the
+//! binding's `reply` subject and, for request-reply, to the message's reply inbox; results use the
+//! input's mode unless the binding says otherwise. Core NATS is at most once: a failed event is
+//! logged (and answered with an error to a requester), never redelivered. A message that is not a
+//! valid CloudEvent goes to the binding's dead-letter subject with the reason in `Ferry-Error`
+//! and never blocks the subject.
+//!
+//! The bindings come from the runtime through a watch channel: a deploy that adds, changes or
+//! removes NATS triggers is reconciled while running. async-nats reconnects with backoff and
+//! restores subscriptions by itself.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudevents::Event;
+use futures::StreamExt;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::cloudevents::{from_headers, to_headers, Mode};
+use crate::{Shutdown, Trigger};
+
+/// One `[[trigger.nats]]` of one function, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NatsBinding {
+    pub function: String,
+    /// Subject to subscribe to; wildcards allowed.
+    pub subject: String,
+    /// Queue group; hosts in the same group share the messages.
+    pub queue: String,
+    /// Where result events are published, if anywhere.
+    pub reply: Option<String>,
+    /// Where messages that are not valid CloudEvents go.
+    pub dead_letter: String,
+    /// The mode of result events; None: the input's.
+    pub output: Option<Mode>,
+}
+
+/// Why an event function did not produce a result.
+#[derive(Debug, Clone)]
+pub struct EventFailure {
+    /// Whether trying again may help (a retryable error, a trap, a timeout).
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// What the NATS trigger needs from the runtime.
+pub trait EventPort: Send + Sync + 'static {
+    /// Runs `function` on one event.
+    fn handle(
+        &self,
+        function: &str,
+        event: Event,
+    ) -> impl Future<Output = Result<Option<Event>, EventFailure>> + Send;
+
+    /// The current bindings; the receiver sees every change.
+    fn bindings(&self) -> watch::Receiver<Vec<NatsBinding>>;
+}
+
+/// Connects to NATS. The client retries the first connection and reconnects with backoff
+/// (doubling from 100 ms to 5 s) forever, logging each change of state.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let options = async_nats::ConnectOptions::new()
+        .name("ferry")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            let ms = 100u64.saturating_mul(1 << attempts.min(6));
+            Duration::from_millis(ms.min(5_000))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("nats disconnected; reconnecting")
+                }
+                other => tracing::info!(event = %other, "nats event"),
+            }
+        });
+    options
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to connect to NATS at {url}: {e}"))
+}
+
+/// The NATS trigger of one process.
+pub struct NatsTrigger<P> {
+    client: async_nats::Client,
+    port: Arc<P>,
+    /// Events handled at once per binding.
+    concurrency: usize,
+}
+
+impl<P: EventPort> NatsTrigger<P> {
+    pub fn new(client: async_nats::Client, port: Arc<P>) -> Self {
+        Self {
+            client,
+            port,
+            concurrency: 64,
+        }
+    }
+}
+
+impl<P: EventPort> Trigger for NatsTrigger<P> {
+    const KIND: &'static str = "nats";
+
+    async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut bindings = self.port.bindings();
+        let mut running: HashMap<NatsBinding, JoinHandle<()>> = HashMap::new();
+        loop {
+            let wanted: Vec<NatsBinding> = bindings.borrow_and_update().clone();
+            running.retain(|b, task| {
+                let keep = wanted.contains(b);
+                if !keep {
+                    tracing::info!(function = %b.function, subject = %b.subject, "trigger.nats unsubscribed");
+                    task.abort();
+                }
+                keep
+            });
+            for b in wanted {
+                if running.contains_key(&b) {
+                    continue;
+                }
+                let task = tokio::spawn(subscription(
+                    self.client.clone(),
+                    self.port.clone(),
+                    b.clone(),
+                    self.concurrency,
+                ));
+                running.insert(b, task);
+            }
+            tokio::select! {
+                changed = bindings.changed() => if changed.is_err() { break },
+                _ = shutdown.requested() => break,
+            }
+        }
+        for (_, task) in running {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// One binding: subscribe (retrying while NATS is unreachable) and handle messages.
+async fn subscription<P: EventPort>(
+    client: async_nats::Client,
+    port: Arc<P>,
+    b: NatsBinding,
+    concurrency: usize,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut sub = loop {
+        match client
+            .queue_subscribe(b.subject.clone(), b.queue.clone())
+            .await
+        {
+            Ok(sub) => break sub,
+            Err(e) => {
+                tracing::warn!(function = %b.function, subject = %b.subject, error = %e, "failed to subscribe; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    tracing::info!(function = %b.function, subject = %b.subject, queue = %b.queue, "trigger.nats subscribed");
+    let b = Arc::new(b);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    while let Some(msg) = sub.next().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, port, b) = (client.clone(), port.clone(), b.clone());
+        let span = tracing::info_span!("trigger.nats.message", messaging.system = "nats", function = %b.function, subject = %msg.subject);
+        tokio::spawn(
+            async move {
+                handle_message(&client, &*port, &b, msg).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// NATS headers as an `http::HeaderMap` (lower-case names), for the CloudEvents binding.
+pub fn http_headers(headers: Option<&async_nats::HeaderMap>) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
+        let Ok(name) =
+            http::HeaderName::from_bytes(name.to_string().to_ascii_lowercase().as_bytes())
+        else {
+            continue;
+        };
+        for v in values {
+            if let Ok(v) = http::HeaderValue::from_str(v.as_str()) {
+                out.append(name.clone(), v);
+            }
+        }
+    }
+    out
+}
+
+/// An `http::HeaderMap` as NATS headers.
+pub fn nats_headers(headers: &http::HeaderMap) -> async_nats::HeaderMap {
+    let mut out = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        if let Ok(v) = value.to_str() {
+            out.insert(name.as_str(), v);
+        }
+    }
+    out
+}
+
+async fn handle_message<P: EventPort>(
+    client: &async_nats::Client,
+    port: &P,
+    b: &NatsBinding,
+    msg: async_nats::Message,
+) {
+    let headers = http_headers(msg.headers.as_ref());
+    let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
+        Ok(ok) => ok,
+        Err(invalid) => {
+            tracing::warn!(error = %invalid, "malformed CloudEvent; dead-lettered");
+            let mut h = msg.headers.clone().unwrap_or_default();
+            h.insert(
+                "Ferry-Error",
+                format!("invalid CloudEvent: {invalid}").as_str(),
+            );
+            h.insert("Ferry-Subject", msg.subject.as_str());
+            h.insert("Ferry-Function", b.function.as_str());
+            publish(client, &b.dead_letter, h, msg.payload.clone()).await;
+            if let Some(inbox) = &msg.reply {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(
+                    "Ferry-Error",
+                    format!("invalid CloudEvent: {invalid}").as_str(),
+                );
+                publish(client, inbox, h, Bytes::new()).await;
+            }
+            return;
+        }
+    };
+    match port.handle(&b.function, event).await {
+        Ok(Some(out)) => {
+            let (h, body) = to_headers(&out, b.output.unwrap_or(mode));
+            let (h, body) = (nats_headers(&h), Bytes::from(body));
+            if let Some(reply) = &b.reply {
+                publish(client, reply, h.clone(), body.clone()).await;
+            }
+            if let Some(inbox) = &msg.reply {
+                publish(client, inbox, h, body).await;
+            }
+        }
+        Ok(None) => {
+            if let Some(inbox) = &msg.reply {
+                publish(client, inbox, async_nats::HeaderMap::new(), Bytes::new()).await;
+            }
+        }
+        Err(failure) => {
+            // Core NATS is at most once: the event is not redelivered.
+            tracing::warn!(error = %failure.message, "event function failed");
+            if let Some(inbox) = &msg.reply {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Ferry-Error", failure.message.as_str());
+                publish(client, inbox, h, Bytes::new()).await;
+            }
+        }
+    }
+}
+
+async fn publish(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+) {
+    if let Err(e) = client
+        .publish_with_headers(subject.to_string(), headers, payload)
+        .await
+    {
+        tracing::warn!(%subject, error = %e, "publishing failed");
+    }
+}
+
+/// Checks a subject (or a subscription pattern when `wildcards`): dot-separated non-empty
+/// tokens without spaces; `*` as a whole token and `>` as the last token only in patterns.
+pub fn validate_subject(subject: &str, wildcards: bool) -> Result<(), String> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_empty() || t.chars().any(|c| c.is_whitespace()) {
+            return Err(format!(
+                "{subject:?} is not a NATS subject: tokens are non-empty and have no spaces"
+            ));
+        }
+        let wild = *t == "*" || (*t == ">" && i == tokens.len() - 1);
+        if (t.contains('*') || t.contains('>')) && !(wildcards && wild) {
+            return Err(if wildcards {
+                format!("{subject:?}: `*` must be a whole token and `>` the last token")
+            } else {
+                format!("{subject:?}: wildcards are not allowed here")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The connection state for health reports: `connected`, `disconnected` or `pending`.
+pub fn state(client: &async_nats::Client) -> &'static str {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => "connected",
+        async_nats::connection::State::Disconnected => "disconnected",
+        async_nats::connection::State::Pending => "pending",
+    }
+}
+
+/// Whether `subject` matches the subscription `pattern` (`*` one token, `>` the rest).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching() {
+        assert!(subject_matches("orders.*", "orders.echoed"));
+        assert!(subject_matches("orders.>", "orders.a.b"));
+        assert!(subject_matches(">", "x"));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("orders.*", "orders.a.b"));
+        assert!(!subject_matches("orders.>", "orders"));
+        assert!(!subject_matches("a.b", "a.c"));
+        assert!(!subject_matches("a", "a.b"));
+    }
+
+    #[test]
+    fn subjects() {
+        for ok in [
+            "orders",
+            "orders.created",
+            "orders.*",
+            "orders.>",
+            "*.created",
+            ">",
+        ] {
+            assert!(validate_subject(ok, true).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "orders.",
+            ".orders",
+            "or ders",
+            "orders.>.x",
+            "ord*ers",
+            "orders.a>",
+        ] {
+            assert!(validate_subject(bad, true).is_err(), "{bad}");
+        }
+        assert!(validate_subject("orders.*", false).is_err());
+        assert!(validate_subject("orders.out", false).is_ok());
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let mut h = http::HeaderMap::new();
+        h.insert("ce-id", http::HeaderValue::from_static("1"));
+        h.insert("content-type", http::HeaderValue::from_static("text/plain"));
+        let back = http_headers(Some(&nats_headers(&h)));
+        assert_eq!(back.get("ce-id").unwrap(), "1");
+        assert_eq!(back.get("content-type").unwrap(), "text/plain");
+    }
+}
