@@ -86,6 +86,9 @@ pub struct NatsTriggerSpec {
     pub dead_letter: String,
     /// `binary`, `structured`, or None for the input's mode.
     pub format: Option<String>,
+    /// JetStream stream for a durable consumer (at least once); None: core NATS.
+    #[serde(default)]
+    pub stream: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,11 +267,14 @@ impl Manifest {
             let key = |k: &str| format!("trigger.nats[{i}].{k}");
             ferry_triggers::nats::validate_subject(&t.subject, true)
                 .map_err(|m| bad(key("subject"), m))?;
-            if t.stream.is_some() {
-                return Err(bad(
-                    key("stream"),
-                    "JetStream triggers are not available yet; leave `stream` out for a core NATS subscription (at most once)",
-                ));
+            if let Some(stream) = &t.stream {
+                let ok = !stream.is_empty() && !stream.contains(['.', '*', '>', ' ', '\t']);
+                if !ok {
+                    return Err(bad(
+                        key("stream"),
+                        format!("{stream:?} is not a stream name (no spaces, `.`, `*` or `>`)"),
+                    ));
+                }
             }
             for (k, v) in [("reply", &t.reply), ("dead_letter", &t.dead_letter)] {
                 if let Some(v) = v {
@@ -304,6 +310,7 @@ impl Manifest {
                     .clone()
                     .unwrap_or_else(|| format!("ferry.deadletter.{}", self.name)),
                 format: t.format.clone(),
+                stream: t.stream.clone(),
             });
         }
         Ok(FunctionSpec {

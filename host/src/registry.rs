@@ -139,6 +139,11 @@ impl Registry {
                         Some("structured") => Some(Mode::Structured),
                         _ => None,
                     },
+                    stream: t.stream.clone(),
+                    max_attempts: f.record.delivery.retry.max_attempts,
+                    backoff_initial: f.record.delivery.retry.initial,
+                    backoff_max: f.record.delivery.retry.max,
+                    ack_wait: f.record.limits.timeout + std::time::Duration::from_secs(5),
                 })
             })
             .collect();

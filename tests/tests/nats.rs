@@ -170,7 +170,7 @@ fn nats_triggers_need_a_nats_host_and_an_event_function() {
         ferry.deploy_manifest("hello-http", guests::bytes(guests::HELLO_HTTP), manifest);
     assert_eq!(status, 422, "{body}");
     assert!(error_of(&body).contains("event function"), "{body}");
-    let manifest = "name = \"echo-event\"\n[[trigger.nats]]\nsubject = \"x\"\nstream = \"S\"\n";
+    let manifest = "name = \"echo-event\"\n[[trigger.nats]]\nsubject = \"x\"\nstream = \"S.1\"\n";
     let (status, body) =
         ferry.deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), manifest);
     assert_eq!(status, 400, "{body}");

@@ -43,6 +43,36 @@ pub struct NatsBinding {
     pub dead_letter: String,
     /// The mode of result events; None: the input's.
     pub output: Option<Mode>,
+    /// JetStream stream: a durable consumer, at least once. None: core NATS, at most once.
+    pub stream: Option<String>,
+    /// Deliveries of one event before it is dead-lettered (JetStream).
+    pub max_attempts: u32,
+    /// Redelivery delay after the first failure, doubling up to `backoff_max` (JetStream).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// How long the server waits for an ack before redelivering (JetStream): longer than the
+    /// function's timeout.
+    pub ack_wait: Duration,
+}
+
+impl NatsBinding {
+    /// The durable consumer name: the same on every host, so they share the work.
+    pub fn durable_name(&self) -> String {
+        // FNV-1a of the subject: stable across hosts and builds.
+        let hash = self.subject.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        format!("ferry_{}_{:08x}", self.function, hash as u32)
+    }
+
+    /// The delay before redelivery after `failed` deliveries.
+    pub fn backoff(&self, failed: u32) -> Duration {
+        let exp = failed.saturating_sub(1).min(20);
+        self.backoff_initial
+            .checked_mul(1 << exp)
+            .unwrap_or(self.backoff_max)
+            .min(self.backoff_max)
+    }
 }
 
 /// Why an event function did not produce a result.
@@ -157,6 +187,9 @@ async fn subscription<P: EventPort>(
     b: NatsBinding,
     concurrency: usize,
 ) {
+    if b.stream.is_some() {
+        return jetstream_subscription(client, port, b, concurrency).await;
+    }
     let mut delay = Duration::from_millis(100);
     let mut sub = loop {
         match client
@@ -272,6 +305,188 @@ async fn handle_message<P: EventPort>(
                 let mut h = async_nats::HeaderMap::new();
                 h.insert("Ferry-Error", failure.message.as_str());
                 publish(client, inbox, h, Bytes::new()).await;
+            }
+        }
+    }
+}
+
+/// A JetStream binding: a durable pull consumer on the stream (created with the binding's subject
+/// if missing), recreated after errors such as a lost connection.
+async fn jetstream_subscription<P: EventPort>(
+    client: async_nats::Client,
+    port: Arc<P>,
+    b: NatsBinding,
+    concurrency: usize,
+) {
+    use async_nats::jetstream::{self, consumer};
+    let js = jetstream::new(client.clone());
+    let stream_name = b.stream.clone().unwrap_or_default();
+    let durable = b.durable_name();
+    let b = Arc::new(b);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let consumer: Result<consumer::PullConsumer, String> = async {
+            let stream = js
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: stream_name.clone(),
+                    subjects: vec![b.subject.clone()],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("stream {stream_name}: {e}"))?;
+            stream
+                .get_or_create_consumer(
+                    &durable,
+                    consumer::pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: b.subject.clone(),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: b.ack_wait,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("consumer {durable}: {e}"))
+        }
+        .await;
+        let messages = match consumer {
+            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match messages {
+            Ok(mut messages) => {
+                tracing::info!(function = %b.function, subject = %b.subject, stream = %stream_name, consumer = %durable, "trigger.nats consuming");
+                delay = Duration::from_millis(100);
+                while let Some(next) = messages.next().await {
+                    match next {
+                        Ok(msg) => {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let (client, port, b) = (client.clone(), port.clone(), b.clone());
+                            let span = tracing::info_span!("trigger.nats.jetstream", messaging.system = "nats", function = %b.function, subject = %msg.subject);
+                            tokio::spawn(
+                                async move {
+                                    handle_jetstream(&client, &*port, &b, msg).await;
+                                    drop(permit);
+                                }
+                                .instrument(span),
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(function = %b.function, error = %e, "jetstream consumer failed; recreating");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(function = %b.function, error = %e, "jetstream consumer unavailable; retrying")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// At least once: ack (confirmed by the server) after success; nak with backoff after a
+/// retryable failure; after the last attempt, publish the event with the error to the
+/// dead-letter subject and terminate it. A malformed message is dead-lettered at once.
+async fn handle_jetstream<P: EventPort>(
+    client: &async_nats::Client,
+    port: &P,
+    b: &NatsBinding,
+    msg: async_nats::jetstream::Message,
+) {
+    use async_nats::jetstream::AckKind;
+    let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+    let headers = http_headers(msg.headers.as_ref());
+    let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
+        Ok(ok) => ok,
+        Err(invalid) => {
+            tracing::warn!(error = %invalid, "malformed CloudEvent; dead-lettered");
+            let mut h = msg.headers.clone().unwrap_or_default();
+            h.insert(
+                "Ferry-Error",
+                format!("invalid CloudEvent: {invalid}").as_str(),
+            );
+            h.insert("Ferry-Subject", msg.subject.as_str());
+            h.insert("Ferry-Function", b.function.as_str());
+            publish(client, &b.dead_letter, h, msg.payload.clone()).await;
+            settle(&msg, true).await;
+            return;
+        }
+    };
+    match port.handle(&b.function, event.clone()).await {
+        Ok(out) => {
+            if let (Some(out), Some(reply)) = (out, &b.reply) {
+                let (h, body) = to_headers(&out, b.output.unwrap_or(mode));
+                if let Err(e) =
+                    publish_result(client, reply, nats_headers(&h), Bytes::from(body)).await
+                {
+                    // The result is part of success: redeliver rather than lose it.
+                    tracing::warn!(%reply, error = %e, "publishing the result failed; redelivering");
+                    let _ = msg.ack_with(AckKind::Nak(Some(b.backoff(delivered)))).await;
+                    return;
+                }
+            }
+            settle(&msg, false).await;
+        }
+        Err(failure) if failure.retryable && delivered < b.max_attempts => {
+            let delay = b.backoff(delivered);
+            tracing::info!(attempt = delivered, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "event failed; redelivering");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %e, "nak failed; the server redelivers after ack_wait");
+            }
+        }
+        Err(failure) => {
+            let mut dead = event;
+            dead.set_extension("ferryerror", failure.message.clone());
+            dead.set_extension("ferryattempts", delivered as i64);
+            dead.set_extension("ferrysubject", msg.subject.to_string());
+            dead.set_extension("ferryfunction", b.function.clone());
+            let (h, body) = to_headers(&dead, mode);
+            publish(client, &b.dead_letter, nats_headers(&h), Bytes::from(body)).await;
+            tracing::warn!(attempts = delivered, error = %failure.message, "event dead-lettered");
+            settle(&msg, true).await;
+        }
+    }
+}
+
+/// Publishes a result of a JetStream trigger. When a stream captures the subject, waits for the
+/// stream's acknowledgement, so that an acked event never loses its result; otherwise it is a
+/// plain publish to the subject's subscribers.
+async fn publish_result(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+) -> Result<(), String> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let js = async_nats::jetstream::new(client.clone());
+    let ack = js
+        .publish_with_headers(subject.to_string(), headers, payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    match ack.await {
+        Ok(_) => Ok(()),
+        // No stream on the subject: subscribers got it as a plain message.
+        Err(e) if e.kind() == PublishErrorKind::StreamNotFound => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Acks (or, with `term`, terminates) and waits for the server to confirm; retries a few times.
+async fn settle(msg: &async_nats::jetstream::Message, term: bool) {
+    use async_nats::jetstream::AckKind;
+    for attempt in 1..=3u64 {
+        let kind = if term { AckKind::Term } else { AckKind::Ack };
+        match msg.double_ack_with(kind).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "ack not confirmed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
             }
         }
     }

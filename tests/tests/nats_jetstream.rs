@@ -1,0 +1,276 @@
+//! JetStream triggers against a real nats-server: at least once. 1,000 events with none missing;
+//! failures redelivered with backoff and then dead-lettered with the error, attempts and subject
+//! as extension attributes; malformed messages dead-lettered while valid ones keep flowing; the
+//! nats-server killed and restarted mid-stream with no acknowledged event lost.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use ferry_tests::{eventually, guests, Ferry, NatsServer};
+use futures::StreamExt;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn event(id: &str, ty: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("ce-id", id);
+    h.insert("ce-source", "/orders");
+    h.insert("ce-type", ty);
+    h.insert("ce-specversion", "1.0");
+    h.insert("content-type", "application/json");
+    h
+}
+
+fn start(nats: &NatsServer) -> Ferry {
+    let ferry = Ferry::start_with(&["--nats", &nats.url()]);
+    let manifest = "name = \"echo-event\"\n[limits]\ntimeout = \"2s\"\n\
+        [delivery]\nmax_attempts = 3\nbackoff = { initial = \"50ms\", max = \"200ms\" }\n\
+        [[trigger.nats]]\nsubject = \"orders.created\"\nstream = \"ORDERS\"\nreply = \"results.echoed\"\n";
+    let (status, body) =
+        ferry.deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), manifest);
+    assert_eq!(status, 201, "{body}");
+    ferry
+}
+
+/// Streams that keep the results and dead letters, so that the test misses none of them.
+async fn capture(js: &jetstream::Context) {
+    for (name, subject) in [("RESULTS", "results.>"), ("DEAD", "ferry.deadletter.>")] {
+        js.get_or_create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream("ORDERS").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry never created the ORDERS stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message of a capture stream so far.
+async fn read_all(js: &jetstream::Context, name: &str) -> Vec<async_nats::Message> {
+    let stream = js.get_stream(name).await.unwrap();
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(5_000)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = batch.next().await {
+        out.push(m.message);
+    }
+    out
+}
+
+fn ids(messages: &[async_nats::Message]) -> HashSet<String> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            m.headers
+                .as_ref()?
+                .get("ce-id")
+                .map(|v| v.as_str().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_thousand_events_none_missing_failures_retried_then_dead_lettered() {
+    let nats = NatsServer::start();
+    let _ferry = start(&nats);
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        capture(&js).await;
+        for i in 0..1000 {
+            js.publish_with_headers(
+                "orders.created",
+                event(&format!("e-{i}"), "order.created"),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        let want: HashSet<String> = (0..1000).map(|i| format!("e-{i}-echo")).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let got = ids(&read_all(&js, "RESULTS").await);
+            if want.is_subset(&got) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "missing {} results",
+                want.difference(&got).count()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // A retryable failure: three deliveries, then the dead-letter subject with the reason.
+        js.publish_with_headers(
+            "orders.created",
+            event("r-1", "ferry.test.retry"),
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        // A trap too.
+        js.publish_with_headers(
+            "orders.created",
+            event("p-1", "ferry.test.panic"),
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        // A malformed message, then a valid one that must still flow.
+        let mut bad = HeaderMap::new();
+        bad.insert("ce-id", "m-1");
+        js.publish_with_headers("orders.created", bad, Bytes::from_static(b"junk"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        js.publish_with_headers(
+            "orders.created",
+            event("after-bad", "order.created"),
+            Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let dead = loop {
+            let dead = read_all(&js, "DEAD").await;
+            let results = ids(&read_all(&js, "RESULTS").await);
+            if dead.len() >= 3 && results.contains("after-bad-echo") {
+                break dead;
+            }
+            assert!(Instant::now() < deadline, "dead letters: {}", dead.len());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let header = |m: &async_nats::Message, k: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(k))
+                .map(|v| v.as_str().to_string())
+        };
+        let retried = dead
+            .iter()
+            .find(|m| header(m, "ce-id").as_deref() == Some("r-1"))
+            .expect("r-1 dead-lettered");
+        assert_eq!(header(retried, "ce-ferryattempts").as_deref(), Some("3"));
+        assert!(header(retried, "ce-ferryerror")
+            .unwrap()
+            .contains("retryable"));
+        assert_eq!(
+            header(retried, "ce-ferrysubject").as_deref(),
+            Some("orders.created")
+        );
+        let trapped = dead
+            .iter()
+            .find(|m| header(m, "ce-id").as_deref() == Some("p-1"))
+            .expect("p-1 dead-lettered");
+        assert!(header(trapped, "ce-ferryerror")
+            .unwrap()
+            .contains("trapped"));
+        let malformed = dead
+            .iter()
+            .find(|m| header(m, "Ferry-Error").is_some())
+            .expect("malformed dead-lettered");
+        assert!(header(malformed, "Ferry-Error")
+            .unwrap()
+            .contains("`source`"));
+        assert_eq!(&malformed.payload[..], b"junk");
+    });
+}
+
+#[test]
+fn no_acknowledged_event_is_lost_when_nats_server_restarts_mid_stream() {
+    let mut nats = NatsServer::start();
+    let ferry = start(&nats);
+    let rt = runtime();
+    let mut published = 0;
+    let burst = |js: jetstream::Context, from: usize, to: usize| async move {
+        // Publish without waiting for each acknowledgement, then require every one.
+        let mut acks = Vec::new();
+        for i in from..to {
+            acks.push(
+                js.publish_with_headers(
+                    "orders.created",
+                    event(&format!("k-{i}"), "order.created"),
+                    Bytes::new(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("JetStream acknowledged the publish");
+        }
+    };
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        capture(&js).await;
+        burst(js.clone(), 0, 1000).await;
+        published = 1000;
+        let done = ids(&read_all(&js, "RESULTS").await).len();
+        println!("results before the kill: {done} of {published}");
+    });
+    // SIGKILL the server mid-stream and bring it back on the same port and store.
+    nats.restart();
+    eventually("ferry to reconnect", Duration::from_secs(30), || {
+        (ferry.admin_get("/healthz").1["nats"]["state"] == "connected").then_some(())
+    });
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        burst(js.clone(), 1000, 2000).await;
+        published = 2000;
+        let want: HashSet<String> = (0..published).map(|i| format!("k-{i}-echo")).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let got = ids(&read_all(&js, "RESULTS").await);
+            if want.is_subset(&got) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "missing {} of {published} results after the restart",
+                want.difference(&got).count()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+}
