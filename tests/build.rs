@@ -5,7 +5,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: &[&str] = &["hello-http", "echo-event", "misbehave"];
+const GUESTS: &[&str] = &[
+    "hello-http",
+    "echo-event",
+    "misbehave",
+    "enrich-order",
+    "flaky",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -15,6 +15,8 @@ pub mod guests {
     pub const HELLO_HTTP: &str = env!("GUEST_HELLO_HTTP");
     pub const ECHO_EVENT: &str = env!("GUEST_ECHO_EVENT");
     pub const MISBEHAVE: &str = env!("GUEST_MISBEHAVE");
+    pub const ENRICH_ORDER: &str = env!("GUEST_ENRICH_ORDER");
+    pub const FLAKY: &str = env!("GUEST_FLAKY");
     pub const EXAMPLES_DIR: &str = env!("GUEST_EXAMPLES_DIR");
 
     pub fn bytes(path: &str) -> Vec<u8> {

@@ -176,3 +176,75 @@ fn nats_triggers_need_a_nats_host_and_an_event_function() {
     assert_eq!(status, 400, "{body}");
     assert!(error_of(&body).contains("trigger.nats[0].stream"), "{body}");
 }
+
+#[test]
+fn enrich_order_over_core_nats_and_the_conformance_events() {
+    let nats = NatsServer::start();
+    let ferry = Ferry::start_with(&["--nats", &nats.url()]);
+    let manifest = "name = \"enrich-order\"\n[[trigger.nats]]\nsubject = \"shop.orders\"\n";
+    let (status, body) = ferry.deploy_manifest(
+        "enrich-order",
+        guests::bytes(guests::ENRICH_ORDER),
+        manifest,
+    );
+    assert_eq!(status, 201, "{body}");
+    let manifest = "name = \"echo-event\"\n[[trigger.nats]]\nsubject = \"conformance\"\n";
+    let (status, body) =
+        ferry.deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), manifest);
+    assert_eq!(status, 201, "{body}");
+
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let ask = |subject: &'static str, h: HeaderMap, body: Bytes| {
+            let client = client.clone();
+            async move {
+                for _ in 0..100 {
+                    match tokio::time::timeout(Duration::from_millis(300), client.request_with_headers(subject.to_string(), h.clone(), body.clone())).await {
+                        Ok(Ok(m)) => return m,
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                panic!("no answer on {subject}");
+            }
+        };
+        let order = br#"{"id":"A7","items":[{"sku":"x","qty":2,"price":1.25},{"sku":"y","qty":1,"price":10}]}"#;
+        let reply = ask("shop.orders", binary_event("A7", "com.example.order.created"), Bytes::from_static(order)).await;
+        let h = reply.headers.unwrap();
+        assert_eq!(h.get("ce-type").unwrap().as_str(), "com.example.order.enriched");
+        assert_eq!(h.get("ce-id").unwrap().as_str(), "A7-enriched");
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(v["total"], 12.5);
+        assert_eq!(v["item_count"], 3);
+        let reply = ask("shop.orders", binary_event("B1", "com.example.order.created"), Bytes::from_static(b"not json")).await;
+        assert!(reply.headers.unwrap().get("Ferry-Error").unwrap().as_str().contains("invalid-event"));
+
+        // The same event in binary and in structured mode gives the same result.
+        let structured = serde_json::json!({"specversion": "1.0", "id": "A7", "source": "/orders", "type": "com.example.order.created",
+            "datacontenttype": "application/json", "data": serde_json::from_slice::<serde_json::Value>(order).unwrap()});
+        let mut sh = HeaderMap::new();
+        sh.insert("content-type", "application/cloudevents+json");
+        let reply = ask("shop.orders", sh, structured.to_string().into()).await;
+        let s: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(s["id"], "A7-enriched");
+        assert_eq!(s["data"], v, "same result in both modes");
+
+        // Every valid conformance event round-trips through the guest over NATS; every invalid
+        // one is refused naming what is wrong.
+        for (id, ev) in ferry_tests::conformance::events("valid-events.json") {
+            let mut sh = HeaderMap::new();
+            sh.insert("content-type", "application/cloudevents+json");
+            let reply = ask("conformance", sh, ev.to_string().into()).await;
+            let out: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert_eq!(out["id"], format!("{}-echo", ev["id"].as_str().unwrap()), "{id}");
+            assert_eq!(out["echoedfrom"], ev["source"], "{id}");
+        }
+        for (id, ev) in ferry_tests::conformance::events("invalid-events.json") {
+            let mut sh = HeaderMap::new();
+            sh.insert("content-type", "application/cloudevents+json");
+            let reply = ask("conformance", sh, ev.to_string().into()).await;
+            let err = reply.headers.and_then(|h| h.get("Ferry-Error").map(|v| v.as_str().to_string())).unwrap_or_default();
+            let named = ["specversion", "`id`", "`type`", "`source`", "`time`", "datacontenttype", "dataschema", "subject", "extension", "data_base64"];
+            assert!(named.iter().any(|n| err.contains(n)), "{id}: {err:?}");
+        }
+    });
+}

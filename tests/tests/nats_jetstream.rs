@@ -274,3 +274,100 @@ fn no_acknowledged_event_is_lost_when_nats_server_restarts_mid_stream() {
         }
     });
 }
+
+#[test]
+fn flaky_events_are_redelivered_then_dead_lettered() {
+    let nats = NatsServer::start();
+    let ferry = Ferry::start_with(&["--nats", &nats.url()]);
+    let manifest = "name = \"flaky\"\n[delivery]\nmax_attempts = 3\nbackoff = { initial = \"20ms\", max = \"100ms\" }\n\
+        [[trigger.nats]]\nsubject = \"flaky.in\"\nstream = \"FLAKY\"\n";
+    let (status, body) = ferry.deploy_manifest("flaky", guests::bytes(guests::FLAKY), manifest);
+    assert_eq!(status, 201, "{body}");
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: "DEAD".into(),
+            subjects: vec!["ferry.deadletter.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while js.get_stream("FLAKY").await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ferry never created the FLAKY stream"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (id, data) in [
+            ("ok-1", "fine"),
+            ("f-1", "FAIL"),
+            ("ok-2", "fine"),
+            ("b-1", "BROKEN"),
+            ("f-2", "please FAIL"),
+        ] {
+            js.publish_with_headers("flaky.in", event(id, "t"), Bytes::from(data))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let dead = loop {
+            let dead = read_all(&js, "DEAD").await;
+            if dead.len() >= 3 {
+                break dead;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dead letters so far: {}",
+                dead.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let attempts = |id: &str| {
+            dead.iter()
+                .find(|m| {
+                    m.headers
+                        .as_ref()
+                        .and_then(|h| h.get("ce-id"))
+                        .map(|v| v.as_str())
+                        == Some(id)
+                })
+                .and_then(|m| {
+                    m.headers
+                        .as_ref()?
+                        .get("ce-ferryattempts")
+                        .map(|v| v.as_str().to_string())
+                })
+        };
+        assert_eq!(attempts("f-1").as_deref(), Some("3"));
+        assert_eq!(attempts("f-2").as_deref(), Some("3"));
+        assert_eq!(
+            attempts("b-1").as_deref(),
+            Some("1"),
+            "invalid-event is not retried"
+        );
+        assert_eq!(dead.len(), 3, "successful events are not dead-lettered");
+        // Nothing is left unacknowledged or pending on ferry's consumer.
+        let stream = js.get_stream("FLAKY").await.unwrap();
+        let mut names = stream.consumer_names();
+        let name = names.next().await.expect("ferry's consumer").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = stream.consumer_info(&name).await.unwrap();
+            if info.num_ack_pending == 0 && info.num_pending == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ack pending {} / pending {}",
+                info.num_ack_pending,
+                info.num_pending
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
