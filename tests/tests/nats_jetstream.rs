@@ -9,25 +9,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use ferry_tests::{eventually, guests, Ferry, NatsServer};
+use ferry_tests::{ce_headers, eventually, guests, runtime, Ferry, NatsServer};
 use futures::StreamExt;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn event(id: &str, ty: &str) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("ce-id", id);
-    h.insert("ce-source", "/orders");
-    h.insert("ce-type", ty);
-    h.insert("ce-specversion", "1.0");
-    h.insert("content-type", "application/json");
-    h
-}
 
 fn start(nats: &NatsServer) -> Ferry {
     let ferry = Ferry::start_with(&["--nats", &nats.url()]);
@@ -108,7 +91,7 @@ fn a_thousand_events_none_missing_failures_retried_then_dead_lettered() {
         for i in 0..1000 {
             js.publish_with_headers(
                 "orders.created",
-                event(&format!("e-{i}"), "order.created"),
+                ce_headers(&format!("e-{i}"), "order.created"),
                 Bytes::from_static(b"{}"),
             )
             .await
@@ -134,7 +117,7 @@ fn a_thousand_events_none_missing_failures_retried_then_dead_lettered() {
         // A retryable failure: three deliveries, then the dead-letter subject with the reason.
         js.publish_with_headers(
             "orders.created",
-            event("r-1", "ferry.test.retry"),
+            ce_headers("r-1", "ferry.test.retry"),
             Bytes::new(),
         )
         .await
@@ -144,7 +127,7 @@ fn a_thousand_events_none_missing_failures_retried_then_dead_lettered() {
         // A trap too.
         js.publish_with_headers(
             "orders.created",
-            event("p-1", "ferry.test.panic"),
+            ce_headers("p-1", "ferry.test.panic"),
             Bytes::new(),
         )
         .await
@@ -161,7 +144,7 @@ fn a_thousand_events_none_missing_failures_retried_then_dead_lettered() {
             .unwrap();
         js.publish_with_headers(
             "orders.created",
-            event("after-bad", "order.created"),
+            ce_headers("after-bad", "order.created"),
             Bytes::new(),
         )
         .await
@@ -228,7 +211,7 @@ fn no_acknowledged_event_is_lost_when_nats_server_restarts_mid_stream() {
             acks.push(
                 js.publish_with_headers(
                     "orders.created",
-                    event(&format!("k-{i}"), "order.created"),
+                    ce_headers(&format!("k-{i}"), "order.created"),
                     Bytes::new(),
                 )
                 .await
@@ -308,7 +291,7 @@ fn flaky_events_are_redelivered_then_dead_lettered() {
             ("b-1", "BROKEN"),
             ("f-2", "please FAIL"),
         ] {
-            js.publish_with_headers("flaky.in", event(id, "t"), Bytes::from(data))
+            js.publish_with_headers("flaky.in", ce_headers(id, "t"), Bytes::from(data))
                 .await
                 .unwrap()
                 .await

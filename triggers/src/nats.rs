@@ -262,15 +262,7 @@ async fn handle_message<P: EventPort>(
     let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
-            tracing::warn!(error = %invalid, "malformed CloudEvent; dead-lettered");
-            let mut h = msg.headers.clone().unwrap_or_default();
-            h.insert(
-                "Ferry-Error",
-                format!("invalid CloudEvent: {invalid}").as_str(),
-            );
-            h.insert("Ferry-Subject", msg.subject.as_str());
-            h.insert("Ferry-Function", b.function.as_str());
-            publish(client, &b.dead_letter, h, msg.payload.clone()).await;
+            dead_letter_malformed(client, b, &msg, &invalid).await;
             if let Some(inbox) = &msg.reply {
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(
@@ -405,15 +397,7 @@ async fn handle_jetstream<P: EventPort>(
     let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
-            tracing::warn!(error = %invalid, "malformed CloudEvent; dead-lettered");
-            let mut h = msg.headers.clone().unwrap_or_default();
-            h.insert(
-                "Ferry-Error",
-                format!("invalid CloudEvent: {invalid}").as_str(),
-            );
-            h.insert("Ferry-Subject", msg.subject.as_str());
-            h.insert("Ferry-Function", b.function.as_str());
-            publish(client, &b.dead_letter, h, msg.payload.clone()).await;
+            dead_letter_malformed(client, b, &msg, &invalid).await;
             settle(&msg, true).await;
             return;
         }
@@ -490,6 +474,25 @@ async fn settle(msg: &async_nats::jetstream::Message, term: bool) {
             }
         }
     }
+}
+
+/// Publishes a message that is not a valid CloudEvent to the binding's dead-letter subject: the
+/// original payload and headers, plus the reason, the subject and the function.
+async fn dead_letter_malformed(
+    client: &async_nats::Client,
+    b: &NatsBinding,
+    msg: &async_nats::Message,
+    invalid: &crate::cloudevents::Invalid,
+) {
+    tracing::warn!(error = %invalid, "malformed CloudEvent; dead-lettered");
+    let mut h = msg.headers.clone().unwrap_or_default();
+    h.insert(
+        "Ferry-Error",
+        format!("invalid CloudEvent: {invalid}").as_str(),
+    );
+    h.insert("Ferry-Subject", msg.subject.as_str());
+    h.insert("Ferry-Function", b.function.as_str());
+    publish(client, &b.dead_letter, h, msg.payload.clone()).await;
 }
 
 async fn publish(
