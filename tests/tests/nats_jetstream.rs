@@ -44,6 +44,15 @@ async fn capture(js: &jetstream::Context) {
     }
 }
 
+/// Publishes to `orders.created` and waits for the stream's acknowledgement.
+async fn publish(js: &jetstream::Context, headers: HeaderMap, body: Bytes) {
+    js.publish_with_headers("orders.created", headers, body)
+        .await
+        .unwrap()
+        .await
+        .expect("JetStream acknowledged the publish");
+}
+
 /// Every message of a capture stream so far.
 async fn read_all(js: &jetstream::Context, name: &str) -> Vec<async_nats::Message> {
     let stream = js.get_stream(name).await.unwrap();
@@ -115,42 +124,14 @@ fn a_thousand_events_none_missing_failures_retried_then_dead_lettered() {
         }
 
         // A retryable failure: three deliveries, then the dead-letter subject with the reason.
-        js.publish_with_headers(
-            "orders.created",
-            ce_headers("r-1", "ferry.test.retry"),
-            Bytes::new(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish(&js, ce_headers("r-1", "ferry.test.retry"), Bytes::new()).await;
         // A trap too.
-        js.publish_with_headers(
-            "orders.created",
-            ce_headers("p-1", "ferry.test.panic"),
-            Bytes::new(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish(&js, ce_headers("p-1", "ferry.test.panic"), Bytes::new()).await;
         // A malformed message, then a valid one that must still flow.
         let mut bad = HeaderMap::new();
         bad.insert("ce-id", "m-1");
-        js.publish_with_headers("orders.created", bad, Bytes::from_static(b"junk"))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        js.publish_with_headers(
-            "orders.created",
-            ce_headers("after-bad", "order.created"),
-            Bytes::new(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish(&js, bad, Bytes::from_static(b"junk")).await;
+        publish(&js, ce_headers("after-bad", "order.created"), Bytes::new()).await;
 
         let deadline = Instant::now() + Duration::from_secs(60);
         let dead = loop {
