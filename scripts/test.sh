@@ -21,4 +21,23 @@ command -v nats-server >/dev/null || { echo "nats-server is not on PATH after in
 
 # The end-to-end tests start the ferry binary, which `cargo test` alone does not build.
 cargo build --workspace --bins
-cargo test --workspace "$@"
+
+# Run every test binary even when one fails, then name every failing test of every binary.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+awk '
+    /^failures:$/ || /^---- / { m = 0; next }
+    /^    [^ ]+$/ { buf[++m] = $1; next }
+    /^test result:/ {
+        for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
+        for (i = 1; i <= m; i++) failed[++n] = buf[i]
+        m = 0
+    }
+    END {
+        print ""
+        if (n > 0) { print "Failing tests:"; for (i = 1; i <= n; i++) print "  " failed[i] }
+        printf "tests: %d passed, %d failed\n", p, f
+    }' "$log"
+exit "$status"
