@@ -415,7 +415,7 @@ async fn event_over_http<B: RequestBody>(
             .body(ferry_triggers::http::full_body(Bytes::new()))
             .expect("static response is valid"),
         Ok(Some(out)) => match crate::cloudevent::from_guest(out) {
-            Ok(out) => ferry_triggers::cloudevents::to_http(&out, mode),
+            Ok(out) => out.to_http(mode),
             Err(e) => {
                 let msg = format!("function {} returned an invalid event: {e}", f.name());
                 tracing::warn!(function = f.name(), "{msg}");

@@ -322,3 +322,43 @@ fn typed_errors_methods_and_non_events() {
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().unwrap().contains("not valid JSON"));
 }
+
+#[test]
+fn data_passes_through_byte_for_byte_and_structured_json_data_is_application_json() {
+    let ferry = deployed();
+    let data = "{\"b\":1,  \"a\":[2, 3]}";
+    // Binary mode: the result's body is the very bytes sent.
+    let resp = ferry
+        .http
+        .post(ferry.url("/echo-event"))
+        .header("ce-id", "1")
+        .header("ce-source", "/s")
+        .header("ce-type", "t")
+        .header("ce-specversion", "1.0")
+        .header("content-type", "application/json")
+        .body(data)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().unwrap(), data);
+    // Structured mode without datacontenttype: the data is JSON (application/json), written back
+    // as JSON exactly as it came, not as data_base64.
+    let doc = format!(
+        "{{\"specversion\":\"1.0\",\"id\":\"2\",\"source\":\"/s\",\"type\":\"t\",\"data\":{data}}}"
+    );
+    let resp = ferry
+        .http
+        .post(ferry.url("/echo-event"))
+        .header("content-type", "application/cloudevents+json")
+        .body(doc)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().unwrap();
+    assert!(text.contains(&format!("\"data\":{data}")), "{text}");
+    assert!(
+        text.contains("\"datacontenttype\":\"application/json\""),
+        "{text}"
+    );
+    assert!(!text.contains("data_base64"), "{text}");
+}

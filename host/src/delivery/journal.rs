@@ -236,7 +236,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::record::{Mode, Payload, Status};
+    use crate::delivery::record::{Mode, Payload, Status, StoredEvent};
     use crate::delivery::retry::RetryPolicy;
 
     fn inv(id: &str) -> Invocation {
@@ -251,13 +251,16 @@ mod tests {
             due_ms: Some(1),
             policy: RetryPolicy::default(),
             payload: Payload::Event {
-                event: serde_json::json!({"id": id}),
+                event: StoredEvent::new(
+                    &ferry_triggers::cloudevents::CloudEvent::new(id, "/test", "t").unwrap(),
+                ),
             },
             result: None,
             error: None,
             history: vec![],
             callback: None,
             idempotency_key: None,
+            replayed_as: None,
         }
     }
 

@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use ferry_triggers::cloudevents::{CloudEvent, Invalid};
+
 use super::retry::RetryPolicy;
 
 /// The delivery guarantee of one invocation.
@@ -78,8 +80,39 @@ pub enum Payload {
         #[serde(with = "b64")]
         body: Vec<u8>,
     },
-    /// A CloudEvent (structured JSON) for an event function.
-    Event { event: serde_json::Value },
+    /// A CloudEvent for an event function.
+    Event { event: StoredEvent },
+}
+
+/// A CloudEvent as the exact text of its JSON event format, so its data keeps every byte. Stored
+/// as a JSON string; records written before as a JSON object are read too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent(String);
+
+impl StoredEvent {
+    pub fn new(event: &CloudEvent) -> Self {
+        // The JSON event format is UTF-8 JSON: data that is not text is written as base64.
+        StoredEvent(String::from_utf8_lossy(&event.to_structured()).into_owned())
+    }
+
+    pub fn event(&self) -> Result<CloudEvent, Invalid> {
+        CloudEvent::from_structured(self.0.as_bytes())
+    }
+}
+
+impl Serialize for StoredEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(StoredEvent(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(text) => text,
+            object => object.to_string(),
+        }))
+    }
 }
 
 /// One attempt in an invocation's history.
@@ -124,6 +157,9 @@ pub struct Invocation {
     pub history: Vec<Attempt>,
     pub callback: Option<Callback>,
     pub idempotency_key: Option<String>,
+    /// The new invocation that a replay of this dead letter made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_as: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, now.

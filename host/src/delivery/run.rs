@@ -318,13 +318,16 @@ impl Delivery {
                 Ok(result)
             }
             Payload::Event { event } => {
-                let event: cloudevents::Event = serde_json::from_value(event.clone())
+                let event = event
+                    .event()
                     .map_err(|e| Failure::permanent(format!("the stored event is invalid: {e}")))?;
                 let guest = crate::cloudevent::to_guest(&event);
                 match invoke::event(&self.runtime, &f, &guest).await {
                     Ok(None) => Ok(Value::Null),
                     Ok(Some(out)) => match crate::cloudevent::from_guest(out) {
-                        Ok(e) => Ok(serde_json::to_value(&e).unwrap_or(Value::Null)),
+                        Ok(e) => {
+                            Ok(serde_json::from_slice(&e.to_structured()).unwrap_or(Value::Null))
+                        }
                         Err(e) => Err(Failure::permanent(format!(
                             "function {} returned an invalid event: {e}",
                             inv.function
