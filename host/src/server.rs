@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ferry_triggers::cloudevents::CloudEvent;
 use ferry_triggers::http::{
     full_body, text_response, AsyncOptions, Body, HttpOptions, HttpPort, HttpTrigger,
 };
@@ -20,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::api::{self, AdminState};
 use crate::delivery::callback;
-use crate::delivery::record::{Header, Mode, Payload};
+use crate::delivery::record::{Header, Mode, Payload, StoredEvent};
 use crate::delivery::{Delivery, DeliveryOptions, SubmitError, SubmitRequest};
 use crate::deploy::Deployer;
 use crate::engine::{EngineOptions, Runtime, World};
@@ -96,7 +97,7 @@ impl Gateway {
             }),
             World::Event => match ferry_triggers::cloudevents::from_headers(&parts.headers, body) {
                 Ok((event, _)) => Ok(Payload::Event {
-                    event: serde_json::to_value(&event).unwrap_or_default(),
+                    event: StoredEvent::new(&event),
                 }),
                 Err(e) => Err(text_response(
                     StatusCode::BAD_REQUEST,
@@ -148,6 +149,7 @@ impl HttpPort for Gateway {
                 payload,
                 callback_url: options.callback_url,
                 idempotency_key: options.idempotency_key,
+                replaces_key: None,
             })
             .await;
         match submitted {
@@ -212,8 +214,8 @@ impl EventPort for Gateway {
     async fn handle(
         &self,
         function: &str,
-        event: cloudevents::Event,
-    ) -> Result<Option<cloudevents::Event>, EventFailure> {
+        event: CloudEvent,
+    ) -> Result<Option<CloudEvent>, EventFailure> {
         let failure = |retryable, message: String| EventFailure { retryable, message };
         let Some(f) = self.registry.get(function) else {
             return Err(failure(
@@ -245,14 +247,20 @@ impl EventPort for Gateway {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("failed to listen on {addr} for the {what} listener"))
+    TcpListener::bind(addr).await.with_context(|| {
+        let flag = if what == "admin" { "--admin-listen (FERRY_ADMIN_LISTEN)" } else { "--listen (FERRY_LISTEN)" };
+        format!("failed to listen on {addr} for the {what} listener; is another `ferry serve` running? Stop it or choose another address with {flag}")
+    })
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Listen first: a busy port must fail before anything is created or restored.
+    let public = bind(opts.listen, "public").await?;
+    let admin = bind(opts.admin_listen, "admin").await?;
     let store = Arc::new(SledStore::open(&opts.data_dir)?);
+    let data_dir = std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone());
+    println!("ferry: data directory {}", data_dir.display());
     let runtime = Runtime::new(&opts.engine)?;
     let registry = Arc::new(Registry::default());
     let ceilings = Ceilings {
@@ -277,8 +285,6 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         "restored functions"
     );
 
-    let public = bind(opts.listen, "public").await?;
-    let admin = bind(opts.admin_listen, "admin").await?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let public_url = format!("http://{public_addr}");
@@ -288,7 +294,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         None => match store.setting("callback_secret")? {
             Some(s) => s,
             None => {
-                let s = callback::generate_secret();
+                let s = callback::generate_secret()?;
                 store.put_setting("callback_secret", &s)?;
                 store.flush()?;
                 s

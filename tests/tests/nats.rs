@@ -76,6 +76,17 @@ fn core_nats_events_run_the_function_in_both_modes() {
         assert_eq!(v["id"], "o-2-echo");
         assert_eq!(v["data"]["n"], 2);
 
+        // Structured mode with no headers at all, as the CloudEvents NATS binding 1.0.2 and the
+        // SDKs send it; the data comes back byte for byte, and with no datacontenttype the JSON
+        // data is application/json (not base64).
+        let bare = br#"{"specversion":"1.0","id":"o-6","source":"/orders","type":"order.created","data":{"z": 1,  "a": [2]}}"#;
+        client.publish("orders.created", Bytes::from_static(bare)).await.unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), out.next()).await.unwrap().unwrap();
+        let text = String::from_utf8(msg.payload.to_vec()).unwrap();
+        assert!(text.contains(r#""data":{"z": 1,  "a": [2]}"#), "{text}");
+        assert!(text.contains(r#""datacontenttype":"application/json""#), "{text}");
+        assert!(text.contains(r#""id":"o-6-echo""#), "{text}");
+
         // Request-reply: the result comes back to the requester too.
         let reply = client
             .request_with_headers("orders.created".to_string(), ce_headers("o-3", "order.created"), Bytes::from_static(b"{}"))

@@ -335,3 +335,126 @@ fn flaky_events_are_redelivered_then_dead_lettered() {
         }
     });
 }
+
+/// Waits until ferry's consumer on `stream` has nothing pending or unacknowledged, and returns
+/// how many redeliveries it has seen.
+async fn settled(js: &jetstream::Context, stream: &str) -> u64 {
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut names = stream.consumer_names();
+    let name = names.next().await.expect("ferry's consumer").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = stream.consumer_info(&name).await.unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            return info.num_redelivered as u64;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ack pending {} / pending {}",
+            info.num_ack_pending,
+            info.num_pending
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn until_stream(js: &jetstream::Context, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream(name).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry never created the {name} stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn results_reach_core_subscribers_once_and_unpublishable_results_are_dead_lettered() {
+    let nats = NatsServer::start();
+    let ferry = Ferry::start_with(&["--nats", &nats.url()]);
+    // Results to a subject no stream captures: a plain core subscriber listens there.
+    let core = "name = \"core\"\n[delivery]\nmax_attempts = 3\nbackoff = { initial = \"20ms\", max = \"100ms\" }\n\
+        [[trigger.nats]]\nsubject = \"core.in\"\nstream = \"CORE\"\nreply = \"core.out\"\n";
+    // Results to a subject whose stream refuses them (8-byte messages at most).
+    let small = "name = \"small\"\n[delivery]\nmax_attempts = 2\nbackoff = { initial = \"20ms\", max = \"100ms\" }\n\
+        [[trigger.nats]]\nsubject = \"small.in\"\nstream = \"SMALL\"\nreply = \"small.out\"\n";
+    for (name, manifest) in [("core", core), ("small", small)] {
+        let (status, body) =
+            ferry.deploy_manifest(name, guests::bytes(guests::ECHO_EVENT), manifest);
+        assert_eq!(status, 201, "{body}");
+    }
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        for (name, subject, max_message_size) in [
+            ("DEAD", "ferry.deadletter.>", -1),
+            ("SMALLOUT", "small.out", 8),
+        ] {
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                max_message_size,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut out = client.subscribe("core.out").await.unwrap();
+        client.flush().await.unwrap();
+        until_stream(&js, "CORE").await;
+        until_stream(&js, "SMALL").await;
+
+        for id in ["c-1", "c-2"] {
+            js.publish_with_headers("core.in", ce_headers(id, "t"), Bytes::from_static(b"{}"))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            let msg = tokio::time::timeout(Duration::from_secs(20), out.next())
+                .await
+                .expect("a result on core.out")
+                .unwrap();
+            let got = msg
+                .headers
+                .unwrap()
+                .get("ce-id")
+                .unwrap()
+                .as_str()
+                .to_string();
+            // The next result is this event's: no copy of an earlier one came in between.
+            assert_eq!(got, format!("{id}-echo"));
+            assert_eq!(
+                settled(&js, "CORE").await,
+                0,
+                "acked at once, never redelivered"
+            );
+        }
+
+        js.publish_with_headers(
+            "small.in",
+            ce_headers("s-1", "t"),
+            Bytes::from_static(b"{\"big\": true}"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let dead = loop {
+            let dead = read_all(&js, "DEAD").await;
+            if !dead.is_empty() {
+                break dead;
+            }
+            assert!(Instant::now() < deadline, "no dead letter for s-1");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let h = dead[0].headers.clone().unwrap();
+        assert_eq!(h.get("ce-id").unwrap().as_str(), "s-1");
+        assert_eq!(h.get("ce-ferryattempts").unwrap().as_str(), "2");
+        let error = h.get("ce-ferryerror").unwrap().as_str().to_string();
+        assert!(error.contains("small.out"), "{error}");
+        settled(&js, "SMALL").await;
+        assert_eq!(read_all(&js, "DEAD").await.len(), 1, "dead-lettered once");
+    });
+}

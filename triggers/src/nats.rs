@@ -1,8 +1,9 @@
 //! The NATS trigger: CloudEvents on NATS subjects to event functions.
 //!
 //! Messages carry events in binary mode (`ce-` headers, `content-type`, data as payload) or
-//! structured mode (`content-type: application/cloudevents+json`, the event as JSON), per the
-//! CloudEvents NATS binding, decoded with [`crate::cloudevents`]. Each binding is a queue
+//! structured mode (the event as JSON, with `content-type: application/cloudevents+json` or with
+//! no headers at all, as the CloudEvents NATS binding 1.0.2 and the SDKs send it), decoded with
+//! [`crate::cloudevents`]. Each binding is a queue
 //! subscription (several hosts in one queue group share the work). A result event goes to the
 //! binding's `reply` subject and, for request-reply, to the message's reply inbox; results use the
 //! input's mode unless the binding says otherwise. Core NATS is at most once: a failed event is
@@ -20,13 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloudevents::Event;
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::cloudevents::{from_headers, to_headers, Mode};
+use crate::cloudevents::{from_headers, CloudEvent, ExtensionValue, Mode};
 use crate::{Shutdown, Trigger};
 
 /// One `[[trigger.nats]]` of one function, resolved.
@@ -89,8 +89,8 @@ pub trait EventPort: Send + Sync + 'static {
     fn handle(
         &self,
         function: &str,
-        event: Event,
-    ) -> impl Future<Output = Result<Option<Event>, EventFailure>> + Send;
+        event: CloudEvent,
+    ) -> impl Future<Output = Result<Option<CloudEvent>, EventFailure>> + Send;
 
     /// The current bindings; the receiver sees every change.
     fn bindings(&self) -> watch::Receiver<Vec<NatsBinding>>;
@@ -262,7 +262,8 @@ async fn handle_message<P: EventPort>(
     let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
-            dead_letter_malformed(client, b, &msg, &invalid).await;
+            let h = malformed_dead_letter(b, &msg, &invalid);
+            publish(client, &b.dead_letter, h, msg.payload.clone()).await;
             if let Some(inbox) = &msg.reply {
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(
@@ -276,8 +277,8 @@ async fn handle_message<P: EventPort>(
     };
     match port.handle(&b.function, event).await {
         Ok(Some(out)) => {
-            let (h, body) = to_headers(&out, b.output.unwrap_or(mode));
-            let (h, body) = (nats_headers(&h), Bytes::from(body));
+            let (h, body) = out.to_headers(b.output.unwrap_or(mode));
+            let h = nats_headers(&h);
             if let Some(reply) = &b.reply {
                 publish(client, reply, h.clone(), body.clone()).await;
             }
@@ -316,6 +317,7 @@ async fn jetstream_subscription<P: EventPort>(
     let durable = b.durable_name();
     let b = Arc::new(b);
     let slots = Arc::new(Semaphore::new(concurrency));
+    let streams = Arc::new(StreamLookup::default());
     let mut delay = Duration::from_millis(100);
     loop {
         let consumer: Result<consumer::PullConsumer, String> = async {
@@ -356,11 +358,12 @@ async fn jetstream_subscription<P: EventPort>(
                             let Ok(permit) = slots.clone().acquire_owned().await else {
                                 return;
                             };
-                            let (client, port, b) = (client.clone(), port.clone(), b.clone());
+                            let (client, port, b, streams) =
+                                (client.clone(), port.clone(), b.clone(), streams.clone());
                             let span = tracing::info_span!("trigger.nats.jetstream", messaging.system = "nats", function = %b.function, subject = %msg.subject);
                             tokio::spawn(
                                 async move {
-                                    handle_jetstream(&client, &*port, &b, msg).await;
+                                    handle_jetstream(&client, &*port, &b, &streams, msg).await;
                                     drop(permit);
                                 }
                                 .instrument(span),
@@ -384,11 +387,14 @@ async fn jetstream_subscription<P: EventPort>(
 
 /// At least once: ack (confirmed by the server) after success; nak with backoff after a
 /// retryable failure; after the last attempt, publish the event with the error to the
-/// dead-letter subject and terminate it. A malformed message is dead-lettered at once.
+/// dead-letter subject and terminate it. A malformed message is dead-lettered at once, and so is
+/// one the server delivers more than `max_attempts` times (its ack or nak was lost), so no path
+/// redelivers past the limit.
 async fn handle_jetstream<P: EventPort>(
     client: &async_nats::Client,
     port: &P,
     b: &NatsBinding,
+    streams: &StreamLookup,
     msg: async_nats::jetstream::Message,
 ) {
     use async_nats::jetstream::AckKind;
@@ -397,68 +403,151 @@ async fn handle_jetstream<P: EventPort>(
     let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
-            dead_letter_malformed(client, b, &msg, &invalid).await;
-            settle(&msg, true).await;
+            let h = malformed_dead_letter(b, &msg, &invalid);
+            match publish_durably(client, streams, &b.dead_letter, h, msg.payload.clone()).await {
+                Ok(()) => settle(&msg, true).await,
+                Err(e) => {
+                    tracing::error!(subject = %b.dead_letter, error = %e, "publishing a dead letter failed; the message will be redelivered")
+                }
+            }
             return;
         }
     };
-    match port.handle(&b.function, event.clone()).await {
+    if delivered > b.max_attempts {
+        let error = format!(
+            "delivered {delivered} times, more than max_attempts ({}): earlier attempts were not settled in time (ack_wait)",
+            b.max_attempts
+        );
+        return dead_letter(client, b, streams, &msg, event, mode, delivered, &error).await;
+    }
+    let failure = match port.handle(&b.function, event.clone()).await {
         Ok(out) => {
-            if let (Some(out), Some(reply)) = (out, &b.reply) {
-                let (h, body) = to_headers(&out, b.output.unwrap_or(mode));
-                if let Err(e) =
-                    publish_result(client, reply, nats_headers(&h), Bytes::from(body)).await
-                {
-                    // The result is part of success: redeliver rather than lose it.
-                    tracing::warn!(%reply, error = %e, "publishing the result failed; redelivering");
-                    let _ = msg.ack_with(AckKind::Nak(Some(b.backoff(delivered)))).await;
-                    return;
+            let published = match (out, &b.reply) {
+                (Some(out), Some(reply)) => {
+                    let (h, body) = out.to_headers(b.output.unwrap_or(mode));
+                    publish_durably(client, streams, reply, nats_headers(&h), body)
+                        .await
+                        .map_err(|e| format!("publishing the result to {reply:?} failed: {e}"))
                 }
+                _ => Ok(()),
+            };
+            match published {
+                Ok(()) => return settle(&msg, false).await,
+                // The result is part of success: try again rather than lose it.
+                Err(e) => EventFailure {
+                    retryable: true,
+                    message: e,
+                },
             }
-            settle(&msg, false).await;
         }
-        Err(failure) if failure.retryable && delivered < b.max_attempts => {
-            let delay = b.backoff(delivered);
-            tracing::info!(attempt = delivered, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "event failed; redelivering");
-            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(error = %e, "nak failed; the server redelivers after ack_wait");
+        Err(failure) => failure,
+    };
+    if failure.retryable && delivered < b.max_attempts {
+        let delay = b.backoff(delivered);
+        tracing::info!(attempt = delivered, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "event failed; redelivering");
+        if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(error = %e, "nak failed; the server redelivers after ack_wait");
+        }
+        return;
+    }
+    dead_letter(
+        client,
+        b,
+        streams,
+        &msg,
+        event,
+        mode,
+        delivered,
+        &failure.message,
+    )
+    .await;
+}
+
+/// Publishes the event with the error to the binding's dead-letter subject (durably when a
+/// stream captures it), then terminates the message. If the dead letter cannot be published,
+/// the message is left to be redelivered rather than lost.
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    client: &async_nats::Client,
+    b: &NatsBinding,
+    streams: &StreamLookup,
+    msg: &async_nats::jetstream::Message,
+    mut event: CloudEvent,
+    mode: Mode,
+    delivered: u32,
+    error: &str,
+) {
+    event.set_extension("ferryerror", ExtensionValue::String(error.to_string()));
+    event.set_extension("ferryattempts", ExtensionValue::Integer(delivered.into()));
+    event.set_extension("ferrysubject", msg.subject.as_str().into());
+    event.set_extension("ferryfunction", b.function.as_str().into());
+    let (h, body) = event.to_headers(mode);
+    if let Err(e) = publish_durably(client, streams, &b.dead_letter, nats_headers(&h), body).await {
+        tracing::error!(subject = %b.dead_letter, error = %e, "publishing a dead letter failed; the event will be redelivered");
+        return;
+    }
+    tracing::warn!(attempts = delivered, %error, "event dead-lettered");
+    settle(msg, true).await;
+}
+
+/// Which subjects a JetStream stream captures, looked up from the server and remembered for a
+/// few seconds (streams are rarely created or removed; a lookup per message would halve the
+/// event rate).
+#[derive(Default)]
+struct StreamLookup {
+    known: std::sync::Mutex<HashMap<String, (std::time::Instant, bool)>>,
+}
+
+impl StreamLookup {
+    const FRESH_FOR: Duration = Duration::from_secs(5);
+
+    async fn captured(&self, client: &async_nats::Client, subject: &str) -> Result<bool, String> {
+        let now = std::time::Instant::now();
+        if let Some((at, captured)) = self.lock().get(subject) {
+            if now.duration_since(*at) < Self::FRESH_FOR {
+                return Ok(*captured);
             }
         }
-        Err(failure) => {
-            let mut dead = event;
-            dead.set_extension("ferryerror", failure.message.clone());
-            dead.set_extension("ferryattempts", delivered as i64);
-            dead.set_extension("ferrysubject", msg.subject.to_string());
-            dead.set_extension("ferryfunction", b.function.clone());
-            let (h, body) = to_headers(&dead, mode);
-            publish(client, &b.dead_letter, nats_headers(&h), Bytes::from(body)).await;
-            tracing::warn!(attempts = delivered, error = %failure.message, "event dead-lettered");
-            settle(&msg, true).await;
-        }
+        use async_nats::jetstream::context::GetStreamByNameErrorKind;
+        let js = async_nats::jetstream::new(client.clone());
+        let captured = match js.stream_by_subject(subject).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => false,
+            Err(e) => return Err(format!("looking up the stream of {subject:?}: {e}")),
+        };
+        self.lock().insert(subject.to_string(), (now, captured));
+        Ok(captured)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (std::time::Instant, bool)>> {
+        // A poisoned cache is still a valid cache.
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Publishes a result of a JetStream trigger. When a stream captures the subject, waits for the
-/// stream's acknowledgement, so that an acked event never loses its result; otherwise it is a
-/// plain publish to the subject's subscribers.
-async fn publish_result(
+/// Publishes for a JetStream trigger. When a stream captures the subject, waits for the stream's
+/// acknowledgement, so an acked input never loses its result; otherwise it is a core publish,
+/// flushed, to the subject's subscribers (core NATS promises no more).
+async fn publish_durably(
     client: &async_nats::Client,
+    streams: &StreamLookup,
     subject: &str,
     headers: async_nats::HeaderMap,
     payload: Bytes,
 ) -> Result<(), String> {
-    use async_nats::jetstream::context::PublishErrorKind;
+    if !streams.captured(client, subject).await? {
+        client
+            .publish_with_headers(subject.to_string(), headers, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        return client.flush().await.map_err(|e| e.to_string());
+    }
     let js = async_nats::jetstream::new(client.clone());
     let ack = js
         .publish_with_headers(subject.to_string(), headers, payload)
         .await
         .map_err(|e| e.to_string())?;
-    match ack.await {
-        Ok(_) => Ok(()),
-        // No stream on the subject: subscribers got it as a plain message.
-        Err(e) if e.kind() == PublishErrorKind::StreamNotFound => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
+    ack.await.map(drop).map_err(|e| e.to_string())
 }
 
 /// Acks (or, with `term`, terminates) and waits for the server to confirm; retries a few times.
@@ -476,14 +565,13 @@ async fn settle(msg: &async_nats::jetstream::Message, term: bool) {
     }
 }
 
-/// Publishes a message that is not a valid CloudEvent to the binding's dead-letter subject: the
-/// original payload and headers, plus the reason, the subject and the function.
-async fn dead_letter_malformed(
-    client: &async_nats::Client,
+/// The dead letter of a message that is not a valid CloudEvent: the original payload and
+/// headers, plus the reason, the subject and the function.
+fn malformed_dead_letter(
     b: &NatsBinding,
     msg: &async_nats::Message,
     invalid: &crate::cloudevents::Invalid,
-) {
+) -> async_nats::HeaderMap {
     tracing::warn!(error = %invalid, "malformed CloudEvent; dead-lettered");
     let mut h = msg.headers.clone().unwrap_or_default();
     h.insert(
@@ -492,7 +580,7 @@ async fn dead_letter_malformed(
     );
     h.insert("Ferry-Subject", msg.subject.as_str());
     h.insert("Ferry-Function", b.function.as_str());
-    publish(client, &b.dead_letter, h, msg.payload.clone()).await;
+    h
 }
 
 async fn publish(
