@@ -157,6 +157,71 @@ fn failures_are_retried_on_the_backoff_schedule() {
 }
 
 #[test]
+fn an_event_functions_dead_letter_is_replayed_as_a_new_invocation() {
+    let ferry = Ferry::start();
+    let once = "name = \"ev\"\n[delivery]\nmax_attempts = 1\n";
+    assert_eq!(
+        ferry
+            .deploy_manifest("ev", guests::bytes(guests::FLAKY), once)
+            .0,
+        201
+    );
+    let event = [
+        ("ce-id", "e-1"),
+        ("ce-source", "/replay"),
+        ("ce-type", "t"),
+        ("ce-specversion", "1.0"),
+        ("content-type", "text/plain"),
+    ];
+    let resp = ferry.submit("/ev", &event, "FAIL");
+    assert_eq!(resp.status().as_u16(), 202);
+    let id = resp.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ferry.finished(&id)["status"], "dead_lettered");
+
+    // The same name now runs echo-event: the replay must run it, as a new invocation.
+    assert_eq!(
+        ferry
+            .deploy_manifest("ev", guests::bytes(guests::ECHO_EVENT), once)
+            .0,
+        200
+    );
+    let out = ferry.cli(&["dlq", "replay", &id], None);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_id = text
+        .split("as a new invocation ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no new invocation in {text:?}"))
+        .to_string();
+    assert_ne!(new_id, id);
+    let done = ferry.finished(&new_id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["result"]["id"], "e-1-echo");
+    assert_eq!(done["result"]["data"], "FAIL");
+    // The dead letter is gone, and says what replaced it.
+    assert!(ferry
+        .admin_get("/v1/deadletters")
+        .1
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(ferry.invocation(&id, 0)["replayed_as"], new_id.as_str());
+    // The event's idempotency key now leads to the replacement.
+    let again = ferry.submit("/ev", &event, "FAIL");
+    assert_eq!(again.headers()["ferry-idempotent-replay"], "true");
+    assert_eq!(again.json::<Value>().unwrap()["id"], new_id.as_str());
+}
+
+#[test]
 fn exhausted_invocations_are_dead_lettered_then_replayed_and_purged() {
     let ferry = with_misbehave(&[], "");
     let id = ferry.submit_ok("/misbehave/fail-unless-fixed", &[]);
@@ -458,7 +523,22 @@ fn finished_invocations_and_their_keys_expire_after_retention() {
     // Dead letters are kept until replayed or purged, whatever the retention.
     let dead = ferry.submit_ok("/misbehave/status?code=500", &[]);
     assert_eq!(ferry.finished(&dead)["status"], "dead_lettered");
-    std::thread::sleep(Duration::from_secs(3));
+    // An invocation that finished after the dead letter expires: the janitor has swept past the
+    // dead letter's age, and kept it.
+    let later = ferry.submit_ok("/misbehave/ok", &[]);
+    assert_eq!(ferry.finished(&later)["status"], "succeeded");
+    eventually(
+        "the later record to expire",
+        Duration::from_secs(30),
+        || {
+            let resp = ferry
+                .http
+                .get(ferry.url(&format!("/_ferry/invocations/{later}")))
+                .send()
+                .unwrap();
+            (resp.status().as_u16() == 404).then_some(())
+        },
+    );
     assert_eq!(ferry.invocation(&dead, 0)["status"], "dead_lettered");
 }
 

@@ -59,7 +59,8 @@ impl Default for DeliveryOptions {
             flush_per_submit: false,
             journal_dir: std::path::PathBuf::from("."),
             allow_callback_hosts: Vec::new(),
-            callback_secret: callback::generate_secret(),
+            // Set by `ferry serve` (flag, or generated and kept in the store).
+            callback_secret: String::new(),
             callback_retry: RetryPolicy {
                 max_attempts: 8,
                 initial: Duration::from_secs(1),
@@ -80,6 +81,9 @@ pub struct SubmitRequest {
     pub callback_url: Option<String>,
     /// The caller's `Idempotency-Key`, if any.
     pub idempotency_key: Option<String>,
+    /// Set by a dead-letter replay: the idempotency key (if any) of the dead invocation, which
+    /// the new invocation takes over without the duplicate check (that would find the dead one).
+    pub replaces_key: Option<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,15 +294,14 @@ impl Delivery {
             }
             None => None,
         };
-        let key = match (&req.idempotency_key, &req.payload) {
-            (Some(k), _) => Some(format!("{}\u{0}{k}", f.name())),
-            (None, Payload::Event { event }) => {
-                match (event["source"].as_str(), event["id"].as_str()) {
-                    (Some(s), Some(i)) => Some(format!("{}\u{0}ce\u{0}{s}\u{0}{i}", f.name())),
-                    _ => None,
-                }
-            }
-            (None, Payload::Http { .. }) => None,
+        let key = match (&req.replaces_key, &req.idempotency_key, &req.payload) {
+            (Some(replaced), _, _) => replaced.clone(),
+            (None, Some(k), _) => Some(format!("{}\u{0}{k}", f.name())),
+            (None, None, Payload::Event { event }) => event
+                .event()
+                .ok()
+                .map(|e| format!("{}\u{0}ce\u{0}{}\u{0}{}", f.name(), e.source, e.id)),
+            (None, None, Payload::Http { .. }) => None,
         };
         let now = now_ms();
         let inv = Invocation {
@@ -320,6 +323,7 @@ impl Delivery {
             history: Vec::new(),
             callback,
             idempotency_key: key.clone(),
+            replayed_as: None,
         };
         let internal =
             |e: anyhow::Error| SubmitError::Unavailable(format!("the store failed: {e:#}"));
@@ -337,7 +341,8 @@ impl Delivery {
                 Some(_) => Some(self.idempotency.lock().await),
                 None => None,
             };
-            if let Some(k) = &key {
+            let check = req.replaces_key.is_none();
+            if let Some(k) = key.as_ref().filter(|_| check) {
                 if let Some(existing) = self
                     .store
                     .key(k)
@@ -351,6 +356,8 @@ impl Delivery {
                     }
                     return Ok((existing, false));
                 }
+            }
+            if let Some(k) = &key {
                 ops.push(Op::PutKey {
                     key: k.clone(),
                     id: inv.id.clone(),
@@ -460,6 +467,9 @@ impl Delivery {
         if let (Some(due), Status::Pending) = (inv.due_ms, status) {
             v["next_attempt"] = json!(rfc3339(due));
         }
+        if let Some(new) = &inv.replayed_as {
+            v["replayed_as"] = json!(new);
+        }
         if let Some(cb) = &inv.callback {
             v["callback"] = json!({
                 "url": cb.url,
@@ -483,7 +493,9 @@ impl Delivery {
     }
 
     /// Submits a dead letter again. A dead invocation becomes a new store-and-forward
-    /// invocation (returned); a dead callback is scheduled again on the same invocation.
+    /// invocation with a new id (returned), which takes over its idempotency key; the dead letter
+    /// is removed only once the new invocation is durable, and records `replayed_as`. A dead
+    /// callback is scheduled again on the same invocation (returned as it is).
     pub async fn replay(&self, id: &str) -> Result<Option<Invocation>, SubmitError> {
         let internal =
             |e: anyhow::Error| SubmitError::Unavailable(format!("the store failed: {e:#}"));
@@ -507,10 +519,19 @@ impl Delivery {
                     payload: inv.payload.clone(),
                     callback_url: inv.callback.as_ref().map(|c| c.url.clone()),
                     idempotency_key: None,
+                    replaces_key: Some(inv.idempotency_key.clone()),
                 })
                 .await?;
+            // The new invocation is durable (submit waited for the journal): only now does the
+            // dead letter go. Its key now belongs to the new invocation.
+            inv.idempotency_key = None;
+            inv.replayed_as = Some(new.id.clone());
+            inv.updated_ms = now_ms();
             self.store
-                .apply(vec![Op::UnmarkDead(inv.id.clone())])
+                .apply(vec![
+                    Op::Put(Box::new(inv.clone())),
+                    Op::UnmarkDead(inv.id.clone()),
+                ])
                 .map_err(internal)?;
             return Ok(Some(new));
         }
