@@ -25,16 +25,15 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// A fresh random `whsec_` secret.
-pub fn generate_secret() -> String {
+/// A fresh `whsec_` secret: 32 bytes from the operating system's cryptographic generator.
+pub fn generate_secret() -> anyhow::Result<String> {
     let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
-    }
-    format!(
+    getrandom::fill(&mut key)
+        .map_err(|e| anyhow::anyhow!("the operating system's random generator failed: {e}"))?;
+    Ok(format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
-    )
+    ))
 }
 
 /// The `webhook-signature` value for a message: `v1,<base64 HMAC-SHA256(id.timestamp.body)>`.
@@ -243,9 +242,9 @@ mod tests {
         assert!(decode_secret("nope").is_err());
         assert!(decode_secret("whsec_!!!").is_err());
         assert!(decode_secret("whsec_c2hvcnQ=").is_err());
-        let s = generate_secret();
+        let s = generate_secret().unwrap();
         assert_eq!(decode_secret(&s).unwrap().len(), 32);
-        assert_ne!(s, generate_secret());
+        assert_ne!(s, generate_secret().unwrap());
     }
 
     #[test]
