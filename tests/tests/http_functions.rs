@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_tests::{error_of, guests, with_custom_section, Ferry};
+use ferry_tests::receiver::Receiver;
+use ferry_tests::{error_of, eventually, guests, with_custom_section, Ferry, Gate};
 
 #[test]
 fn raw_deploy_call_list_get_delete() {
@@ -104,33 +105,53 @@ fn manifest_routes_config_and_route_conflicts() {
 
 #[test]
 fn redeploy_swaps_atomically_and_requests_in_flight_finish_on_the_old_version() {
+    // The in-flight request is held inside the guest (an outbound call the receiver answers only
+    // when the gate opens), so it certainly spans the redeploy however slow the machine is.
+    let gate = Gate::default();
+    let held = gate.clone();
+    let holder = Receiver::with(move |req, _| {
+        if req.path == "/hit/hold" {
+            held.wait();
+        }
+        (200, vec![])
+    });
     let ferry = Ferry::start();
-    let v1 = "name = \"slow\"\n[config]\nGREETING = \"one\"\n";
-    let (status, body) = ferry.deploy_manifest("slow", guests::bytes(guests::MISBEHAVE), v1);
+    let v1 = format!(
+        "name = \"slow\"\n[outbound]\nallow = [\"127.0.0.1\"]\n[config]\nGREETING = \"one\"\nRECORD_TO = \"{}\"\n",
+        holder.addr
+    );
+    let (status, body) = ferry.deploy_manifest("slow", guests::bytes(guests::MISBEHAVE), &v1);
     assert_eq!(status, 201, "{body}");
     assert_eq!(ferry.get("/slow").1, "one from misbehave\n");
 
-    let url = ferry.url("/slow/sleep?ms=3000");
+    let url = ferry.url("/slow/hold");
     let client = ferry.http.clone();
-    let in_flight = std::thread::spawn(move || {
-        let text = client.get(url).send().unwrap().text().unwrap();
-        (text, Instant::now())
-    });
+    let in_flight = std::thread::spawn(move || client.get(url).send().unwrap().text().unwrap());
+    eventually(
+        "the request to reach the guest",
+        Duration::from_secs(60),
+        || {
+            holder
+                .requests()
+                .iter()
+                .any(|r| r.path == "/hit/hold")
+                .then_some(())
+        },
+    );
     // A changed component (different bytes and digest) with a changed config.
-    let v2 = "name = \"slow\"\n[config]\nGREETING = \"two\"\n";
+    let v2 = v1.replace("\"one\"", "\"two\"");
     let changed = with_custom_section(&guests::bytes(guests::MISBEHAVE), "v2");
-    let (status, body) = ferry.deploy_manifest("slow", changed, v2);
-    let deployed_at = Instant::now();
+    let (status, body) = ferry.deploy_manifest("slow", changed, &v2);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["version"], 2);
     assert_eq!(ferry.get("/slow").1, "two from misbehave\n");
-
-    let (text, answered_at) = in_flight.join().unwrap();
     assert!(
-        answered_at > deployed_at,
-        "the slow request should span the redeploy"
+        !in_flight.is_finished(),
+        "the held request is still running"
     );
-    assert_eq!(text, "one from misbehave after 3000 ms\n");
+
+    gate.open();
+    assert_eq!(in_flight.join().unwrap(), "one from misbehave after hold\n");
     assert_eq!(ferry.admin_get("/v1/functions/slow").1["version"], 2);
 }
 

@@ -10,6 +10,9 @@
 //! - `.../fail-unless-fixed`  answers 500 unless the config value FIXED is set
 //! - `.../record`         sends `GET /hit/<ferry-invocation-id>` to the host:port in the config
 //!                        value RECORD_TO (needs it in `[outbound] allow`), then answers 200
+//! - `.../hold`           sends `GET /hit/hold` to RECORD_TO like `.../record` and answers
+//!                        `<GREETING> from misbehave after hold` once that request is answered:
+//!                        a test holds the function mid-request for as long as it likes
 //! - anything else        answers `<GREETING> from misbehave` (GREETING from `[config]`)
 //!
 //! Build:  `cargo build --target wasm32-wasip2 --release`   (or `cargo component build --release`)
@@ -121,6 +124,13 @@ impl Guest for Misbehave {
                 respond(out, "fixed\n".to_string());
             } else {
                 respond_status(out, 500, "broken until FIXED is configured\n".to_string());
+            }
+        } else if route.ends_with("/hold") {
+            let to = std::env::var("RECORD_TO").unwrap_or_default();
+            match record(&to, "hold") {
+                Ok(200) => respond(out, format!("{greeting} from misbehave after hold\n")),
+                Ok(status) => respond_status(out, 502, format!("holder answered {status}\n")),
+                Err(e) => respond_status(out, 502, format!("holding failed: {e}\n")),
             }
         } else if route.ends_with("/record") {
             let to = std::env::var("RECORD_TO").unwrap_or_default();
