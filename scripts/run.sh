@@ -19,7 +19,10 @@ wasm=guest-examples/target/wasm32-wasip2/release
 
 $ferry serve &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
+# Ctrl-C (or SIGTERM) stops the host and ends the script successfully; any other exit stops it too.
+stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; exit 0; }
+trap stop INT TERM
+trap 'kill $server 2>/dev/null' EXIT
 for _ in $(seq 1 100); do
     curl -fsS "$FERRY_ADMIN/healthz" >/dev/null 2>&1 && break
     kill -0 $server 2>/dev/null || { echo "ferry serve exited; see the log above" >&2; exit 1; }
@@ -39,6 +42,8 @@ Ferry is running. Try:
   curl $public/greet/you           # hello-http again, deployed from its ferry.toml as "greeter"
   $ferry list
   curl -i -X POST $public/hello-http/later -H 'Prefer: respond-async'   # then GET the status_url
+The ferry binary is $ferry: put it on your PATH with
+  cargo install --path host        # or: alias ferry=$ferry
 Press Ctrl-C to stop.
 MSG
-wait $server
+wait "$server"

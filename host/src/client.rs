@@ -29,12 +29,50 @@ impl AdminClient {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        req.send().with_context(|| {
-            format!(
-                "failed to reach the Ferry admin API at {} (is `ferry serve` running? set --admin or FERRY_ADMIN)",
-                self.base
+        req.send().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the Ferry admin API at {}: {}. Is `ferry serve` running? Start it, \
+                 or point --admin (FERRY_ADMIN) at a running host",
+                self.base,
+                self.why_unreachable(&e)
             )
         })
+    }
+
+    /// Why a request did not get an answer, in a person's words. reqwest's own error for a
+    /// refused connection depends on timing ("receiver is gone" when the body was still being
+    /// sent), so a refused or unresolvable address is told by trying to connect again.
+    fn why_unreachable(&self, error: &reqwest::Error) -> String {
+        use std::net::{TcpStream, ToSocketAddrs};
+        if error.is_timeout() {
+            return "the request timed out".into();
+        }
+        let Ok(url) = url::Url::parse(&self.base) else {
+            return format!("{:?} is not a URL like http://127.0.0.1:8081", self.base);
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return format!("{:?} names no host", self.base);
+        };
+        let addrs = match (host, port).to_socket_addrs() {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => return format!("cannot resolve {host}: {e}"),
+        };
+        for addr in &addrs {
+            match TcpStream::connect_timeout(addr, Duration::from_secs(2)) {
+                Ok(_) => {
+                    let mut cause: &dyn std::error::Error = error;
+                    while let Some(next) = cause.source() {
+                        cause = next;
+                    }
+                    return format!("the connection failed ({cause})");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return format!("nothing is listening on {addr} (connection refused)")
+                }
+                Err(_) => continue,
+            }
+        }
+        format!("no answer from {host}:{port}")
     }
 
     fn json(&self, resp: Response) -> anyhow::Result<Value> {

@@ -14,9 +14,12 @@ use ferry_host::manifest::Manifest;
 use ferry_host::server::{self, ServeOptions};
 use serde_json::Value;
 
-/// Ferry: a serverless WebAssembly function platform.
+/// Ferry runs WebAssembly components as functions: on HTTP requests, on CloudEvents from NATS, and
+/// asynchronously with the delivery guarantee you pick.
+///
+/// `ferry serve` runs a host; the other commands manage a running host through its admin API.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "ferry", version)]
 struct Cli {
     /// Admin API of the host to talk to.
     #[arg(
@@ -78,13 +81,15 @@ enum DlqCommand {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Public listener: functions, webhooks, async invocations.
+    /// Public listener: functions, asynchronous invocations and their status URLs.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Admin listener: deploy and manage, /healthz.
     #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store. A relative path is taken from the directory `serve`
+    /// starts in, so the default puts the store in ./.ferry of wherever you run it; the absolute
+    /// path is printed on start.
     #[arg(long, env = "FERRY_DATA_DIR", default_value = "./.ferry")]
     data_dir: PathBuf,
     /// Largest component upload accepted.
@@ -157,6 +162,26 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size like 64MiB"))
 }
 
+/// Prints one line of the CLI's own output. A closed pipe (`ferry list | head -1`) ends the
+/// command quietly instead of panicking, as a Unix tool would.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: failed to write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -181,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let client = AdminClient::new(&cli.admin, cli.token)?;
             let list = client.list()?;
             if cli.json {
-                println!("{list:#}");
+                say!("{list:#}");
             } else {
                 print_list(&list);
             }
@@ -201,9 +226,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let client = AdminClient::new(&cli.admin, cli.token)?;
             client.remove(&name)?;
             if cli.json {
-                println!("{}", serde_json::json!({ "removed": name }));
+                say!("{}", serde_json::json!({ "removed": name }));
             } else {
-                println!("removed {name}");
+                say!("removed {name}");
             }
             Ok(())
         }
@@ -258,12 +283,12 @@ fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> 
         DlqCommand::List => {
             let list = client.dead_letters()?;
             if json {
-                println!("{list:#}");
+                say!("{list:#}");
                 return Ok(());
             }
             let items = list.as_array().cloned().unwrap_or_default();
             if items.is_empty() {
-                println!("no dead letters");
+                say!("no dead letters");
             }
             for d in items {
                 let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -274,7 +299,7 @@ fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> 
                     .and_then(|c| c["last_error"].as_str())
                     .map(|e| format!("callback: {e}"))
                     .unwrap_or_else(|| s("error"));
-                println!(
+                say!(
                     "{}  {:<20} {:>3} attempts  {}",
                     s("id"),
                     s("function"),
@@ -283,14 +308,25 @@ fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> 
                 );
             }
         }
-        DlqCommand::Show { id } => println!("{:#}", client.dead_letter(&id)?),
+        DlqCommand::Show { id } => say!("{:#}", client.dead_letter(&id)?),
         DlqCommand::Replay { id } => {
             let out = client.replay(&id)?;
             if json {
-                println!("{out:#}");
+                say!("{out:#}");
             } else {
                 let s = |k: &str| out.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                println!("replayed {id} as {} ({})", s("id"), s("status_url"));
+                if s("id") == id {
+                    say!(
+                        "the callback of {id} is scheduled again ({})",
+                        s("status_url")
+                    );
+                } else {
+                    say!(
+                        "replayed {id} as a new invocation {} ({})",
+                        s("id"),
+                        s("status_url")
+                    );
+                }
             }
         }
         DlqCommand::Purge { id, all } => {
@@ -300,9 +336,9 @@ fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> 
             let out = client.purge(id.as_deref())?;
             let n = out.get("purged").and_then(Value::as_u64).unwrap_or(0);
             if json {
-                println!("{out}");
+                say!("{out}");
             } else {
-                println!("purged {n} dead letter(s)");
+                say!("purged {n} dead letter(s)");
             }
         }
     }
@@ -390,12 +426,12 @@ fn manifest_for(name: &str, routes: &[String]) -> anyhow::Result<String> {
 
 fn print_function(f: &Value, json: bool, verb: &str) {
     if json {
-        println!("{f:#}");
+        say!("{f:#}");
         return;
     }
     let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
     let version = f.get("version").and_then(Value::as_u64).unwrap_or(0);
-    println!(
+    say!(
         "{verb} {} v{version} ({} function) at {}",
         s("name"),
         s("world"),
@@ -403,7 +439,7 @@ fn print_function(f: &Value, json: bool, verb: &str) {
     );
     if let Some(routes) = f.get("routes").and_then(Value::as_array) {
         for r in routes.iter().filter_map(Value::as_str) {
-            println!("  route {r}");
+            say!("  route {r}");
         }
     }
 }
@@ -411,14 +447,14 @@ fn print_function(f: &Value, json: bool, verb: &str) {
 fn print_list(list: &Value) {
     let items = list.as_array().cloned().unwrap_or_default();
     if items.is_empty() {
-        println!("no functions deployed");
+        say!("no functions deployed");
         return;
     }
-    println!("{:<24} {:>7} {:<6} URL", "NAME", "VERSION", "WORLD");
+    say!("{:<24} {:>7} {:<6} URL", "NAME", "VERSION", "WORLD");
     for f in items {
         let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
         let version = f.get("version").and_then(Value::as_u64).unwrap_or(0);
-        println!(
+        say!(
             "{:<24} {:>7} {:<6} {}",
             s("name"),
             version,

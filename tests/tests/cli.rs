@@ -118,7 +118,41 @@ fn errors_reaching_the_host_and_help() {
         .output()
         .unwrap();
     let err = failed(&out);
-    assert!(err.contains("is `ferry serve` running?"), "{err}");
+    assert!(err.contains("Is `ferry serve` running?"), "{err}");
+
+    // A deploy (a request with a body) to an address where nothing listens says so plainly.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = std::process::Command::new(ferry_bin())
+        .args([
+            "--admin",
+            &format!("http://{free}"),
+            "deploy",
+            guests::HELLO_HTTP,
+        ])
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(err.contains("nothing is listening"), "{err}");
+    assert!(!err.contains("receiver is gone"), "{err}");
+    assert!(err.lines().count() == 1, "one line, no error chain: {err}");
+
+    // The program presents itself as `ferry`.
+    let version = ok(&std::process::Command::new(ferry_bin())
+        .arg("--version")
+        .output()
+        .unwrap());
+    assert!(version.starts_with("ferry 0."), "{version}");
+    let help = ok(&std::process::Command::new(ferry_bin())
+        .arg("--help")
+        .output()
+        .unwrap());
+    assert!(
+        help.starts_with("Ferry runs WebAssembly components"),
+        "{help}"
+    );
 
     let out = std::process::Command::new(ferry_bin())
         .args(["serve", "--help"])
@@ -134,6 +168,7 @@ fn errors_reaching_the_host_and_help() {
     ] {
         assert!(help.contains(want), "--help should show {want}: {help}");
     }
+    assert!(!help.contains("webhook"), "no webhooks yet: {help}");
     let out = std::process::Command::new(ferry_bin())
         .args(["deploy", "/definitely/missing.wasm"])
         .output()
@@ -167,4 +202,58 @@ fn admin_token_is_required_when_set() {
         Some(Path::new("/")),
     ));
     assert!(out.contains("deployed hello-http"), "{out}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let ferry = Ferry::start();
+    for i in 0..20 {
+        let (status, _) = ferry.deploy_raw(&format!("f{i}"), guests::bytes(guests::HELLO_HTTP));
+        assert_eq!(status, 201);
+    }
+    // Like `ferry --json list | head -c 300`: the reader goes away after 300 bytes.
+    let mut child = std::process::Command::new(ferry_bin())
+        .args(["--admin", &ferry.admin, "--json", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 300];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn serve_on_a_busy_port_fails_before_touching_the_data_directory() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(ferry_bin())
+        .args(["serve", "--listen", &busy.local_addr().unwrap().to_string()])
+        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(err.contains("failed to listen on"), "{err}");
+    assert!(err.contains("--listen"), "names the flag to change: {err}");
+    assert!(!data.exists(), "the data directory was created: {err}");
+}
+
+#[test]
+fn serve_prints_its_data_directory() {
+    let ferry = Ferry::start();
+    let dir = std::fs::canonicalize(&ferry.data_dir).unwrap();
+    assert!(
+        ferry
+            .stdout()
+            .contains(&format!("ferry: data directory {}", dir.display())),
+        "{}",
+        ferry.stdout()
+    );
 }
