@@ -1,0 +1,15 @@
+//! The end-to-end tests, one module per area, linked as one test binary (one link instead of one
+//! per file). Tests are named `<module>::<test>`: `cargo test -p ferry-tests --test e2e delivery::`
+//! runs one area. The harness they share is `ferry_tests` (`tests/src/lib.rs`).
+
+mod bad_input;
+mod cargo_component;
+mod cli;
+mod cloudevents_conformance;
+mod delivery;
+mod delivery_crash;
+mod event_functions;
+mod http_functions;
+mod nats;
+mod nats_jetstream;
+mod restart;
