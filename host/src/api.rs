@@ -17,10 +17,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::delivery::Delivery;
+use crate::delivery::InvocationView;
 use crate::deploy::{DeployError, Deployer};
 use crate::engine::Runtime;
 use crate::manifest::{validate_name, Manifest};
-use crate::store::FunctionRecord;
+use crate::model::FunctionRecord;
 
 pub struct AdminState {
     pub deployer: Arc<Deployer>,
@@ -136,7 +137,7 @@ fn internal(e: anyhow::Error) -> ApiError {
 
 async fn dead_letters(
     State(state): State<Arc<AdminState>>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+) -> Result<Json<Vec<InvocationView>>, ApiError> {
     let list = state.delivery.dead_letters().map_err(internal)?;
     Ok(Json(list.iter().map(|i| state.delivery.view(i)).collect()))
 }
@@ -148,21 +149,21 @@ fn no_dead_letter(id: &str) -> ApiError {
 async fn dead_letter(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<InvocationView>, ApiError> {
     let list = state.delivery.dead_letters().map_err(internal)?;
     let inv = list
         .iter()
         .find(|i| i.id == id)
         .ok_or_else(|| no_dead_letter(&id))?;
     let mut v = state.delivery.view(inv);
-    v["payload"] = serde_json::to_value(&inv.payload).unwrap_or_default();
+    v.payload = Some(inv.payload.to_json());
     Ok(Json(v))
 }
 
 async fn replay(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<InvocationView>), ApiError> {
     use crate::delivery::SubmitError;
     match state.delivery.replay(&id).await {
         Ok(Some(inv)) => Ok((StatusCode::ACCEPTED, Json(state.delivery.view(&inv)))),

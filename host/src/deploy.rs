@@ -12,8 +12,9 @@ use wasmtime::component::Component;
 
 use crate::engine::{ComponentError, Runtime};
 use crate::manifest::{Ceilings, Manifest, ManifestError};
+use crate::model::FunctionRecord;
 use crate::registry::{Deployed, Registry};
-use crate::store::{artifact_key, FunctionRecord, Store};
+use crate::store::{artifact_key, Store};
 
 /// Why a deploy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,7 @@ impl Deployer {
         let (component, artifact) = self.compile_cached(&digest, bytes.clone()).await?;
         let prepared = self.runtime.prepare(&component)?;
         if !spec.nats.is_empty() {
-            if prepared.world() != crate::engine::World::Event {
+            if prepared.world() != crate::model::World::Event {
                 return Err(DeployError::Unsupported(format!(
                     "function {} has [[trigger.nats]] but is an HTTP function; NATS triggers need an event function (ferry:function/handler)",
                     spec.name

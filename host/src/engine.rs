@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits,
@@ -17,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{EventFunctionPre, ProxyPre, EVENT_EXPORT, HTTP_EXPORT_PREFIX};
+use crate::model::{Limits, World};
 
 /// How often the shared ticker advances the engine's epoch: the resolution of timeouts.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -39,25 +39,6 @@ impl Default for EngineOptions {
             max_instances: 1000,
             max_memory: 256 << 20,
         }
-    }
-}
-
-/// The two kinds of function, told apart by what the component exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum World {
-    /// Exports `wasi:http/incoming-handler` (world `wasi:http/proxy`).
-    Http,
-    /// Exports `ferry:function/handler`.
-    Event,
-}
-
-impl std::fmt::Display for World {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            World::Http => "http",
-            World::Event => "event",
-        })
     }
 }
 
@@ -254,44 +235,10 @@ fn spawn_epoch_ticker(engine: &Engine) {
         .expect("spawning the epoch thread at startup");
 }
 
-/// Per-function sandbox limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Limits {
-    /// Linear memory ceiling in bytes.
-    pub memory: u64,
-    /// Wall-clock time an invocation may take.
-    #[serde(with = "duration_text")]
-    pub timeout: Duration,
-    /// Instances of this function that may run at once.
-    pub concurrency: u32,
-    /// Largest request body accepted, in bytes.
-    pub max_body: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            memory: 128 << 20,
-            timeout: Duration::from_secs(30),
-            concurrency: 64,
-            max_body: 16 << 20,
-        }
-    }
-}
-
-/// Durations as human-readable text ("30s", "1m 30s") in JSON.
-pub mod duration_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
+/// The marker error the epoch callback raises when a deadline passes.
+#[derive(Debug, thiserror::Error)]
+#[error("the function exceeded its timeout")]
+pub struct DeadlineExceeded;
 
 /// Outbound HTTP policy of one invocation: only hosts on the function's allow-list are reached.
 struct OutboundPolicy {
@@ -369,7 +316,7 @@ pub fn new_store(engine: &Engine, state: HostState) -> wasmtime::Store<HostState
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|ctx| {
         if Instant::now() >= ctx.data().deadline {
-            Err(wasmtime::Error::new(crate::invoke::DeadlineExceeded))
+            Err(wasmtime::Error::new(DeadlineExceeded))
         } else {
             Ok(UpdateDeadline::Yield(1))
         }

@@ -62,13 +62,9 @@ impl InvokeError {
     }
 }
 
-/// The marker error the epoch callback raises when a deadline passes.
-#[derive(Debug, thiserror::Error)]
-#[error("the function exceeded its timeout")]
-pub struct DeadlineExceeded;
-
 fn is_timeout(err: &wasmtime::Error) -> bool {
-    err.downcast_ref::<DeadlineExceeded>().is_some()
+    err.downcast_ref::<crate::engine::DeadlineExceeded>()
+        .is_some()
 }
 
 /// Waits for a free instance slot of the function, up to its timeout.
@@ -182,7 +178,7 @@ async fn try_http<B: RequestBody>(
         // The epoch callback stops guests that compute; this also stops ones that wait.
         match tokio::time::timeout(timeout + Duration::from_millis(50), run).await {
             Ok(result) => result,
-            Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+            Err(_) => Err(wasmtime::Error::new(crate::engine::DeadlineExceeded)),
         }
     });
     match rx.await {
@@ -306,17 +302,61 @@ impl<B: RequestBody> hyper::body::Body for LimitedBody<B> {
     }
 }
 
+/// The kind of a typed error an event function returns (the WIT `error` variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestErrorKind {
+    /// The event can never succeed: not retried, dead-lettered at once.
+    InvalidEvent,
+    /// Trying again may help.
+    Retryable,
+    /// The function failed; trying again may help.
+    Internal,
+}
+
+impl GuestErrorKind {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, GuestErrorKind::InvalidEvent)
+    }
+
+    /// The WIT name of the case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestErrorKind::InvalidEvent => "invalid-event",
+            GuestErrorKind::Retryable => "retryable",
+            GuestErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for GuestErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How an event invocation failed: the function's own typed error, or a host-side failure.
 #[derive(Debug, thiserror::Error)]
-pub enum EventFailure {
+pub enum EventError {
     #[error("function {function} returned error {kind}: {message}")]
     Guest {
         function: String,
-        kind: &'static str,
+        kind: GuestErrorKind,
         message: String,
     },
     #[error(transparent)]
     Invoke(#[from] InvokeError),
+}
+
+impl EventError {
+    /// Whether another attempt may succeed: everything but the guest's `invalid-event` (traps,
+    /// timeouts and busy functions included).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EventError::Guest { kind, .. } => kind.is_retryable(),
+            EventError::Invoke(_) => true,
+        }
+    }
 }
 
 /// Runs an event function on one event.
@@ -324,7 +364,7 @@ pub async fn event(
     runtime: &Runtime,
     f: &Deployed,
     event: &GuestEvent,
-) -> Result<Option<GuestEvent>, EventFailure> {
+) -> Result<Option<GuestEvent>, EventError> {
     let Prepared::Event(pre) = &f.prepared else {
         return Err(InvokeError::Failed {
             function: f.name().to_string(),
@@ -344,17 +384,17 @@ pub async fn event(
     let timeout = f.record.limits.timeout + Duration::from_millis(50);
     let result = match tokio::time::timeout(timeout, run).await {
         Ok(r) => r,
-        Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+        Err(_) => Err(wasmtime::Error::new(crate::engine::DeadlineExceeded)),
     };
     match result {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(e)) => {
             let (kind, message) = match e {
-                GuestError::InvalidEvent(m) => ("invalid-event", m),
-                GuestError::Retryable(m) => ("retryable", m),
-                GuestError::Internal(m) => ("internal", m),
+                GuestError::InvalidEvent(m) => (GuestErrorKind::InvalidEvent, m),
+                GuestError::Retryable(m) => (GuestErrorKind::Retryable, m),
+                GuestError::Internal(m) => (GuestErrorKind::Internal, m),
             };
-            Err(EventFailure::Guest {
+            Err(EventError::Guest {
                 function: f.name().to_string(),
                 kind,
                 message,
@@ -408,13 +448,13 @@ async fn event_over_http<B: RequestBody>(
             return text_response(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"))
         }
     };
-    let guest_event = crate::cloudevent::to_guest(&event);
+    let guest_event = crate::guest_event::to_guest(&event);
     match self::event(runtime, f, &guest_event).await {
         Ok(None) => Response::builder()
             .status(StatusCode::NO_CONTENT)
             .body(ferry_triggers::http::full_body(Bytes::new()))
             .expect("static response is valid"),
-        Ok(Some(out)) => match crate::cloudevent::from_guest(out) {
+        Ok(Some(out)) => match crate::guest_event::from_guest(out) {
             Ok(out) => out.to_http(mode),
             Err(e) => {
                 let msg = format!("function {} returned an invalid event: {e}", f.name());
@@ -422,24 +462,24 @@ async fn event_over_http<B: RequestBody>(
                 text_response(StatusCode::INTERNAL_SERVER_ERROR, msg)
             }
         },
-        Err(EventFailure::Guest {
+        Err(EventError::Guest {
             function,
             kind,
             message,
         }) => {
             let status = match kind {
-                "invalid-event" => StatusCode::UNPROCESSABLE_ENTITY,
-                "retryable" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+                GuestErrorKind::InvalidEvent => StatusCode::UNPROCESSABLE_ENTITY,
+                GuestErrorKind::Retryable => StatusCode::SERVICE_UNAVAILABLE,
+                GuestErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            let body = serde_json::json!({ "error": message, "kind": kind, "function": function });
+            let body = serde_json::json!({ "error": message, "kind": kind.as_str(), "function": function });
             Response::builder()
                 .status(status)
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(ferry_triggers::http::full_body(body.to_string()))
                 .expect("static response is valid")
         }
-        Err(EventFailure::Invoke(e)) => {
+        Err(EventError::Invoke(e)) => {
             tracing::warn!(function = f.name(), error = %e, "invoke failed");
             text_response(e.status(), e.to_string())
         }

@@ -10,12 +10,14 @@
 pub mod api;
 pub mod bindings;
 pub mod client;
-pub mod cloudevent;
 pub mod delivery;
 pub mod deploy;
 pub mod engine;
+mod gateway;
+pub mod guest_event;
 pub mod invoke;
 pub mod manifest;
+pub mod model;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -8,9 +8,10 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use ferry_host::client::AdminClient;
 use ferry_host::delivery::retry::RetryPolicy;
-use ferry_host::delivery::DeliveryOptions;
+use ferry_host::delivery::{DeliveryOptions, InvocationView};
 use ferry_host::engine::EngineOptions;
 use ferry_host::manifest::Manifest;
+use ferry_host::model::parse_size;
 use ferry_host::server::{self, ServeOptions};
 use serde_json::Value;
 
@@ -135,6 +136,11 @@ struct ServeArgs {
     /// NATS server for NATS triggers, e.g. nats://127.0.0.1:4222.
     #[arg(long, env = "FERRY_NATS")]
     nats: Option<String>,
+    /// After Ctrl-C or SIGTERM, how long requests and asynchronous attempts in flight may take
+    /// to finish; attempts still running then are recorded as interrupted (store-and-forward
+    /// ones run again on the next start).
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
     /// Flush the store once per store-and-forward submit instead of group commit (a benchmark
     /// baseline; slower).
     #[arg(long, env = "FERRY_FLUSH_PER_SUBMIT")]
@@ -154,12 +160,6 @@ struct DeployArgs {
     /// The manifest to deploy with (default: ./ferry.toml when no FILE is given).
     #[arg(long, env = "FERRY_MANIFEST")]
     manifest: Option<PathBuf>,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    s.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("{s:?} is not a size like 64MiB"))
 }
 
 /// Prints one line of the CLI's own output. A closed pipe (`ferry list | head -1`) ends the
@@ -266,6 +266,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             queue_size: args.queue_size.max(1),
             retention: args.retention,
             flush_per_submit: args.flush_per_submit,
+            shutdown_grace: args.shutdown_grace,
             allow_callback_hosts: args.allow_callback_hosts,
             callback_retry: RetryPolicy {
                 max_attempts: args.callback_max_attempts.max(1),
@@ -286,25 +287,18 @@ fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> 
                 say!("{list:#}");
                 return Ok(());
             }
-            let items = list.as_array().cloned().unwrap_or_default();
+            let items: Vec<InvocationView> = serde_json::from_value(list)
+                .context("the admin API answered with an unexpected dead-letter list")?;
             if items.is_empty() {
                 say!("no dead letters");
             }
             for d in items {
-                let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                let attempts = d.get("attempts").and_then(Value::as_u64).unwrap_or(0);
-                let error = d
-                    .get("callback")
-                    .filter(|c| c["status"] == "dead_lettered")
-                    .and_then(|c| c["last_error"].as_str())
-                    .map(|e| format!("callback: {e}"))
-                    .unwrap_or_else(|| s("error"));
                 say!(
                     "{}  {:<20} {:>3} attempts  {}",
-                    s("id"),
-                    s("function"),
-                    attempts,
-                    error
+                    d.id,
+                    d.function,
+                    d.attempts,
+                    d.dead_letter_reason()
                 );
             }
         }

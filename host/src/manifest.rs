@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::delivery::record::Mode;
-use crate::delivery::retry::RetryPolicy;
-use crate::engine::Limits;
+use crate::model::{parse_size, DeliveryMode, DeliverySettings, Limits, NatsTriggerSpec};
 
 /// A manifest as written by the user.
 #[derive(Debug, Default, Deserialize)]
@@ -77,20 +75,6 @@ pub struct NatsTriggerSection {
     pub format: Option<String>,
 }
 
-/// One NATS trigger, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NatsTriggerSpec {
-    pub subject: String,
-    pub queue: String,
-    pub reply: Option<String>,
-    pub dead_letter: String,
-    /// `binary`, `structured`, or None for the input's mode.
-    pub format: Option<String>,
-    /// JetStream stream for a durable consumer (at least once); None: core NATS.
-    #[serde(default)]
-    pub stream: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTrigger {
@@ -114,26 +98,6 @@ pub struct FunctionSpec {
     pub outbound: Vec<String>,
     pub delivery: DeliverySettings,
     pub nats: Vec<NatsTriggerSpec>,
-}
-
-/// How asynchronous invocations of a function are delivered by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeliverySettings {
-    pub mode: Mode,
-    pub retry: RetryPolicy,
-    /// Signs callbacks for this function instead of the host-wide secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callback_secret: Option<String>,
-}
-
-impl Default for DeliverySettings {
-    fn default() -> Self {
-        Self {
-            mode: Mode::StoreAndForward,
-            retry: RetryPolicy::default(),
-            callback_secret: None,
-        }
-    }
 }
 
 /// A manifest problem, naming the key at fault.
@@ -338,7 +302,7 @@ impl DeliverySection {
     fn resolve(&self) -> Result<DeliverySettings, ManifestError> {
         let mut out = DeliverySettings::default();
         if let Some(m) = &self.mode {
-            out.mode = Mode::parse(m).ok_or_else(|| {
+            out.mode = DeliveryMode::parse(m).ok_or_else(|| {
                 bad(
                     "delivery.mode",
                     format!("{m:?}: use \"store-and-forward\" or \"fire-and-forget\""),
@@ -379,18 +343,12 @@ impl DeliverySection {
                 })?,
                 None => secret.clone(),
             };
-            crate::delivery::callback::decode_secret(&value)
+            crate::delivery::signature::decode_secret(&value)
                 .map_err(|e| bad("delivery.callback_secret", e))?;
             out.callback_secret = Some(value);
         }
         Ok(out)
     }
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    s.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("{s:?} is not a size like \"128MiB\""))
 }
 
 /// Function names: lowercase letters, digits and dashes, 1 to 63 characters, starting and ending
@@ -484,7 +442,7 @@ mod tests {
         assert_eq!(spec.limits.concurrency, 8);
         assert_eq!(spec.limits.max_body, 1 << 20);
         assert_eq!(spec.outbound, vec!["api.example.com"]);
-        assert_eq!(spec.delivery.mode, Mode::FireAndForget);
+        assert_eq!(spec.delivery.mode, DeliveryMode::FireAndForget);
         assert_eq!(spec.delivery.retry.max_attempts, 3);
         assert_eq!(spec.delivery.retry.initial, Duration::from_millis(50));
         assert_eq!(spec.delivery.retry.max, Duration::from_secs(2));

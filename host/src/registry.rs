@@ -12,7 +12,7 @@ use ferry_triggers::nats::NatsBinding;
 use tokio::sync::{watch, Semaphore};
 
 use crate::engine::Prepared;
-use crate::store::FunctionRecord;
+use crate::model::FunctionRecord;
 
 /// One function version, ready to serve.
 pub struct Deployed {

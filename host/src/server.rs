@@ -7,26 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ferry_triggers::cloudevents::CloudEvent;
-use ferry_triggers::http::{
-    full_body, text_response, AsyncOptions, Body, HttpOptions, HttpPort, HttpTrigger,
-};
-use ferry_triggers::nats::{EventFailure, EventPort, NatsBinding, NatsTrigger};
+use ferry_triggers::http::{HttpOptions, HttpTrigger};
+use ferry_triggers::nats::NatsTrigger;
 use ferry_triggers::{Shutdown, Trigger};
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::api::{self, AdminState};
-use crate::delivery::callback;
-use crate::delivery::record::{Header, Mode, Payload, StoredEvent};
-use crate::delivery::{Delivery, DeliveryOptions, SubmitError, SubmitRequest};
+use crate::delivery::signature;
+use crate::delivery::{Delivery, DeliveryOptions};
 use crate::deploy::Deployer;
-use crate::engine::{EngineOptions, Runtime, World};
+use crate::engine::{EngineOptions, Runtime};
+use crate::gateway::Gateway;
 use crate::manifest::Ceilings;
-use crate::registry::{Deployed, Registry};
+use crate::registry::Registry;
 use crate::store::{SledStore, Store};
 
 /// Everything `ferry serve` can be told.
@@ -46,206 +40,6 @@ pub struct ServeOptions {
     pub nats: Option<String>,
 }
 
-/// The runtime side of the HTTP trigger.
-struct Gateway {
-    runtime: Arc<Runtime>,
-    registry: Arc<Registry>,
-    delivery: Arc<Delivery>,
-}
-
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full_body(value.to_string()))
-        .expect("static headers are valid")
-}
-
-impl Gateway {
-    /// Reads the request into what the delivery engine stores.
-    async fn payload(
-        &self,
-        f: &Deployed,
-        req: Request<Incoming>,
-    ) -> Result<Payload, Response<Body>> {
-        let max = f.record.limits.max_body;
-        let (parts, body) = req.into_parts();
-        let body = match http_body_util::Limited::new(body, max as usize).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(text_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body is larger than function {}'s limit of {max} bytes (limits.max_body)", f.name()),
-                ))
-            }
-            Err(e) => return Err(text_response(StatusCode::BAD_REQUEST, format!("failed to read the request body: {e}"))),
-        };
-        match f.record.world {
-            World::Http => Ok(Payload::Http {
-                method: parts.method.to_string(),
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "/".into()),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| Header(k.to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-                body: body.to_vec(),
-            }),
-            World::Event => match ferry_triggers::cloudevents::from_headers(&parts.headers, body) {
-                Ok((event, _)) => Ok(Payload::Event {
-                    event: StoredEvent::new(&event),
-                }),
-                Err(e) => Err(text_response(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid CloudEvent: {e}"),
-                )),
-            },
-        }
-    }
-}
-
-impl HttpPort for Gateway {
-    type Target = Arc<Deployed>;
-
-    fn route(&self, path: &str) -> Option<Arc<Deployed>> {
-        self.registry.route(path)
-    }
-
-    async fn serve(&self, target: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
-        crate::invoke::http(&self.runtime, target, req).await
-    }
-
-    async fn submit(
-        &self,
-        target: Arc<Deployed>,
-        req: Request<Incoming>,
-        options: AsyncOptions,
-    ) -> Response<Body> {
-        let mode = match options.delivery.as_deref().map(|m| (m, Mode::parse(m))) {
-            None => None,
-            Some((_, Some(mode))) => Some(mode),
-            Some((m, None)) => {
-                return text_response(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                    "Ferry-Delivery: {m:?} is not a mode; use fire-and-forget or store-and-forward"
-                ),
-                )
-            }
-        };
-        let payload = match self.payload(&target, req).await {
-            Ok(p) => p,
-            Err(resp) => return resp,
-        };
-        let submitted = self
-            .delivery
-            .submit(SubmitRequest {
-                function: target,
-                mode,
-                payload,
-                callback_url: options.callback_url,
-                idempotency_key: options.idempotency_key,
-                replaces_key: None,
-            })
-            .await;
-        match submitted {
-            Ok((inv, new)) => {
-                let url = self.delivery.status_url(&inv.id);
-                let body = serde_json::json!({ "id": inv.id, "status_url": url, "status": inv.status, "mode": inv.mode });
-                let mut resp = json_response(StatusCode::ACCEPTED, &body);
-                if let Ok(v) = http::HeaderValue::from_str(&url) {
-                    resp.headers_mut().insert(http::header::LOCATION, v);
-                }
-                if !new {
-                    resp.headers_mut().insert(
-                        "ferry-idempotent-replay",
-                        http::HeaderValue::from_static("true"),
-                    );
-                }
-                resp
-            }
-            Err(e @ SubmitError::BadRequest(_)) => {
-                text_response(StatusCode::BAD_REQUEST, e.to_string())
-            }
-            Err(e @ SubmitError::QueueFull) => {
-                let mut resp = text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-                resp.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                );
-                resp
-            }
-            Err(e @ SubmitError::Unavailable(_)) => {
-                tracing::error!(error = %e, "submit failed");
-                text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }
-        }
-    }
-
-    async fn status(&self, id: &str, wait: Option<Duration>) -> Response<Body> {
-        let found = match wait {
-            Some(w) => self.delivery.wait(id, w).await,
-            None => self.delivery.get(id),
-        };
-        match found {
-            Ok(Some(inv)) => json_response(StatusCode::OK, &self.delivery.view(&inv)),
-            Ok(None) => text_response(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no invocation {id:?} (finished invocations are kept for the retention window)"
-                ),
-            ),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reading an invocation failed");
-                text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the store failed; see the host log",
-                )
-            }
-        }
-    }
-}
-
-impl EventPort for Gateway {
-    async fn handle(
-        &self,
-        function: &str,
-        event: CloudEvent,
-    ) -> Result<Option<CloudEvent>, EventFailure> {
-        let failure = |retryable, message: String| EventFailure { retryable, message };
-        let Some(f) = self.registry.get(function) else {
-            return Err(failure(
-                false,
-                format!("function {function} no longer exists"),
-            ));
-        };
-        match crate::invoke::event(&self.runtime, &f, &crate::cloudevent::to_guest(&event)).await {
-            Ok(None) => Ok(None),
-            Ok(Some(out)) => crate::cloudevent::from_guest(out).map(Some).map_err(|e| {
-                failure(
-                    false,
-                    format!("function {function} returned an invalid event: {e}"),
-                )
-            }),
-            Err(
-                e @ crate::invoke::EventFailure::Guest {
-                    kind: "invalid-event",
-                    ..
-                },
-            ) => Err(failure(false, e.to_string())),
-            Err(e) => Err(failure(true, e.to_string())),
-        }
-    }
-
-    fn bindings(&self) -> tokio::sync::watch::Receiver<Vec<NatsBinding>> {
-        self.registry.nats_bindings()
-    }
-}
-
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         let flag = if what == "admin" { "--admin-listen (FERRY_ADMIN_LISTEN)" } else { "--listen (FERRY_LISTEN)" };
@@ -263,63 +57,29 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     println!("ferry: data directory {}", data_dir.display());
     let runtime = Runtime::new(&opts.engine)?;
     let registry = Arc::new(Registry::default());
-    let ceilings = Ceilings {
-        max_memory: opts.engine.max_memory,
-        max_concurrency: opts.engine.max_instances,
-        max_timeout: opts.max_timeout,
-    };
-    let deployer = Arc::new(Deployer::new(
-        runtime.clone(),
-        store.clone(),
-        registry.clone(),
-        ceilings,
-        opts.nats.is_some(),
-    ));
-    let restored = tokio::task::block_in_place(|| deployer.restore())?;
-    tracing::info!(
-        functions = restored.functions,
-        from_cache = restored.from_cache,
-        compiled = restored.compiled,
-        failed = restored.failed,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "restored functions"
-    );
+    let deployer = restore(&opts, &runtime, &store, &registry, started)?;
 
-    let public_addr = public.local_addr()?;
+    let public_url = format!("http://{}", public.local_addr()?);
     let admin_addr = admin.local_addr()?;
-    let public_url = format!("http://{public_addr}");
-
-    let callback_secret = match opts.callback_secret.clone() {
-        Some(s) => s,
-        None => match store.setting("callback_secret")? {
-            Some(s) => s,
-            None => {
-                let s = callback::generate_secret()?;
-                store.put_setting("callback_secret", &s)?;
-                store.flush()?;
-                s
-            }
-        },
-    };
+    let (handle, shutdown) = Shutdown::new();
     let delivery = Delivery::start(
         runtime.clone(),
         registry.clone(),
         store.clone(),
         DeliveryOptions {
             public_url: public_url.clone(),
-            callback_secret,
+            callback_secret: callback_secret(&opts, &*store)?,
             journal_dir: opts.data_dir.clone(),
             ..opts.delivery.clone()
         },
+        shutdown.clone(),
     )?;
-
     let nats = match &opts.nats {
         Some(url) => Some(ferry_triggers::nats::connect(url).await?),
         None => None,
     };
-
     let admin_state = Arc::new(AdminState {
-        deployer: deployer.clone(),
+        deployer,
         runtime: runtime.clone(),
         public_url: public_url.clone(),
         token: opts.admin_token.clone(),
@@ -328,23 +88,28 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         delivery: delivery.clone(),
         nats: nats.clone(),
     });
-
-    let (handle, shutdown) = Shutdown::new();
-    let mut tasks = JoinSet::new();
     let gateway = Arc::new(Gateway {
         runtime,
         registry,
-        delivery,
+        delivery: delivery.clone(),
     });
-    let http = HttpTrigger::new(public, gateway.clone(), HttpOptions::default());
+
+    let mut tasks = JoinSet::new();
+    let http_options = HttpOptions {
+        shutdown_grace: opts.delivery.shutdown_grace,
+        ..HttpOptions::default()
+    };
+    spawn_trigger(
+        &mut tasks,
+        &shutdown,
+        HttpTrigger::new(public, gateway.clone(), http_options),
+    );
     if let Some(client) = nats {
-        let trigger = NatsTrigger::new(client, gateway.clone());
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move { (NatsTrigger::<Gateway>::KIND, trigger.run(shutdown).await) });
-    }
-    {
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move { (HttpTrigger::<Gateway>::KIND, http.run(shutdown).await) });
+        spawn_trigger(
+            &mut tasks,
+            &shutdown,
+            NatsTrigger::new(client, gateway.clone(), opts.delivery.shutdown_grace),
+        );
     }
     {
         let mut shutdown = shutdown.clone();
@@ -378,7 +143,67 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             tracing::warn!(trigger = kind, error = %format!("{e:#}"), "stopped with an error");
         }
     }
+    // Triggers take no new work now; let the delivery engine record what is in flight.
+    delivery.stopped().await;
+    store.flush()?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     result
+}
+
+/// Runs a trigger on the process's task set under the shutdown signal.
+fn spawn_trigger<T: Trigger>(
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: &Shutdown,
+    trigger: T,
+) {
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move { (T::KIND, trigger.run(shutdown).await) });
+}
+
+/// Loads every stored function into the registry (from cached artifacts where it can).
+fn restore(
+    opts: &ServeOptions,
+    runtime: &Arc<Runtime>,
+    store: &Arc<SledStore>,
+    registry: &Arc<Registry>,
+    started: Instant,
+) -> anyhow::Result<Arc<Deployer>> {
+    let ceilings = Ceilings {
+        max_memory: opts.engine.max_memory,
+        max_concurrency: opts.engine.max_instances,
+        max_timeout: opts.max_timeout,
+    };
+    let deployer = Arc::new(Deployer::new(
+        runtime.clone(),
+        store.clone(),
+        registry.clone(),
+        ceilings,
+        opts.nats.is_some(),
+    ));
+    let restored = tokio::task::block_in_place(|| deployer.restore())?;
+    tracing::info!(
+        functions = restored.functions,
+        from_cache = restored.from_cache,
+        compiled = restored.compiled,
+        failed = restored.failed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "restored functions"
+    );
+    Ok(deployer)
+}
+
+/// `--callback-secret`, else the one kept in the store, else a new one, kept.
+fn callback_secret(opts: &ServeOptions, store: &dyn Store) -> anyhow::Result<String> {
+    if let Some(s) = &opts.callback_secret {
+        return Ok(s.clone());
+    }
+    if let Some(s) = store.setting("callback_secret")? {
+        return Ok(s);
+    }
+    let s = signature::generate_secret()?;
+    store.put_setting("callback_secret", &s)?;
+    store.flush()?;
+    Ok(s)
 }
 
 async fn shutdown_signal() {

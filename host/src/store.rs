@@ -3,47 +3,11 @@
 //! one data directory; a shared backend (NATS JetStream) can implement the same trait.
 
 use std::path::Path;
-use std::time::SystemTime;
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 
 use crate::delivery::record::{DeliveryStore, Invocation, Op};
-use crate::engine::{Limits, World};
-use crate::manifest::{DeliverySettings, NatsTriggerSpec};
-
-/// What Ferry remembers about one deployed function version.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FunctionRecord {
-    pub name: String,
-    /// Increases by one on every deploy of the same name.
-    pub version: u64,
-    pub world: World,
-    /// sha256 of the component bytes, lower-case hex.
-    pub digest: String,
-    pub size: u64,
-    /// Manifest HTTP routes, in addition to `/{name}` and below.
-    pub routes: Vec<String>,
-    pub limits: Limits,
-    /// Values exposed to the guest as environment variables.
-    pub config: Vec<(String, String)>,
-    /// Hosts the function may reach with outbound HTTP.
-    pub outbound: Vec<String>,
-    /// Defaults for asynchronous invocations.
-    #[serde(default)]
-    pub delivery: DeliverySettings,
-    /// NATS triggers (event functions only).
-    #[serde(default)]
-    pub nats: Vec<NatsTriggerSpec>,
-    /// RFC 3339 time of this version's deploy.
-    pub created: String,
-}
-
-impl FunctionRecord {
-    pub fn now() -> String {
-        humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-    }
-}
+use crate::model::FunctionRecord;
 
 /// The storage port of the runtime. Writes become durable on [`Store::flush`].
 pub trait Store: Send + Sync + 'static {
@@ -274,6 +238,7 @@ impl DeliveryStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{DeliverySettings, Limits, World};
 
     fn record(name: &str, version: u64) -> FunctionRecord {
         FunctionRecord {

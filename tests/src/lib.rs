@@ -139,6 +139,11 @@ impl Ferry {
         self.stdout.join("\n")
     }
 
+    /// Where the host's log (its standard error) is written.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// The host's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -150,6 +155,37 @@ impl Ferry {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends SIGTERM (a clean shutdown) and waits up to `within` for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the host is running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for ferry") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ferry did not exit within {within:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the host again on the same data directory (new ports) after it has stopped.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the host is still running");
+        self.spawn();
     }
 
     /// Kills the host and starts it again on the same data directory (new ports).

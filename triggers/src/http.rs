@@ -215,12 +215,15 @@ fn trim_path(path: &str) -> &str {
 pub struct HttpOptions {
     /// How long a client may take to send the request head.
     pub header_read_timeout: Duration,
+    /// After shutdown, how long requests in flight may take before their connections close.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -280,8 +283,8 @@ impl<P: HttpPort> Trigger for HttpTrigger<P> {
         // Let requests in flight finish, but not forever.
         tokio::select! {
             _ = graceful.shutdown() => {}
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                tracing::warn!("trigger.http: connections still open after 30s; closing");
+            _ = tokio::time::sleep(self.options.shutdown_grace) => {
+                tracing::warn!(grace = ?self.options.shutdown_grace, "trigger.http: connections still open after the grace period; closing");
             }
         }
         Ok(())

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cloudevents::{from_headers, CloudEvent, ExtensionValue, Mode};
@@ -128,15 +129,49 @@ pub struct NatsTrigger<P> {
     port: Arc<P>,
     /// Events handled at once per binding.
     concurrency: usize,
+    /// After shutdown, how long events in flight may take to finish.
+    shutdown_grace: Duration,
 }
 
 impl<P: EventPort> NatsTrigger<P> {
-    pub fn new(client: async_nats::Client, port: Arc<P>) -> Self {
+    pub fn new(client: async_nats::Client, port: Arc<P>, shutdown_grace: Duration) -> Self {
         Self {
             client,
             port,
             concurrency: 64,
+            shutdown_grace,
         }
+    }
+}
+
+/// Runs each message's handler as a task of its own: at most `concurrency` at once per binding,
+/// all tracked, so that shutdown can wait for the ones in flight.
+#[derive(Clone)]
+struct Handlers {
+    tracker: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl Handlers {
+    fn new(tracker: &TaskTracker, concurrency: usize) -> Self {
+        Self {
+            tracker: tracker.clone(),
+            slots: Arc::new(Semaphore::new(concurrency)),
+        }
+    }
+
+    /// Waits for a free slot, then runs `work` in `span`.
+    async fn spawn(&self, span: tracing::Span, work: impl Future<Output = ()> + Send + 'static) {
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
+            return;
+        };
+        self.tracker.spawn(
+            async move {
+                work.await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -146,6 +181,7 @@ impl<P: EventPort> Trigger for NatsTrigger<P> {
     async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
         let mut bindings = self.port.bindings();
         let mut running: HashMap<NatsBinding, JoinHandle<()>> = HashMap::new();
+        let handlers = TaskTracker::new();
         loop {
             let wanted: Vec<NatsBinding> = bindings.borrow_and_update().clone();
             running.retain(|b, task| {
@@ -164,7 +200,7 @@ impl<P: EventPort> Trigger for NatsTrigger<P> {
                     self.client.clone(),
                     self.port.clone(),
                     b.clone(),
-                    self.concurrency,
+                    Handlers::new(&handlers, self.concurrency),
                 ));
                 running.insert(b, task);
             }
@@ -173,8 +209,20 @@ impl<P: EventPort> Trigger for NatsTrigger<P> {
                 _ = shutdown.requested() => break,
             }
         }
+        // Stop taking messages, then let the events in flight finish (JetStream redelivers any
+        // that do not within the grace period; they were not acked).
         for (_, task) in running {
             task.abort();
+        }
+        handlers.close();
+        if tokio::time::timeout(self.shutdown_grace, handlers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = handlers.len(),
+                "trigger.nats: events still running after the grace period"
+            );
         }
         Ok(())
     }
@@ -185,10 +233,10 @@ async fn subscription<P: EventPort>(
     client: async_nats::Client,
     port: Arc<P>,
     b: NatsBinding,
-    concurrency: usize,
+    handlers: Handlers,
 ) {
     if b.stream.is_some() {
-        return jetstream_subscription(client, port, b, concurrency).await;
+        return jetstream_subscription(client, port, b, handlers).await;
     }
     let mut delay = Duration::from_millis(100);
     let mut sub = loop {
@@ -206,20 +254,14 @@ async fn subscription<P: EventPort>(
     };
     tracing::info!(function = %b.function, subject = %b.subject, queue = %b.queue, "trigger.nats subscribed");
     let b = Arc::new(b);
-    let slots = Arc::new(Semaphore::new(concurrency));
     while let Some(msg) = sub.next().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
         let (client, port, b) = (client.clone(), port.clone(), b.clone());
         let span = tracing::info_span!("trigger.nats.message", messaging.system = "nats", function = %b.function, subject = %msg.subject);
-        tokio::spawn(
-            async move {
-                handle_message(&client, &*port, &b, msg).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        handlers
+            .spawn(span, async move {
+                handle_message(&client, &*port, &b, msg).await
+            })
+            .await;
     }
 }
 
@@ -309,14 +351,13 @@ async fn jetstream_subscription<P: EventPort>(
     client: async_nats::Client,
     port: Arc<P>,
     b: NatsBinding,
-    concurrency: usize,
+    handlers: Handlers,
 ) {
     use async_nats::jetstream::{self, consumer};
     let js = jetstream::new(client.clone());
     let stream_name = b.stream.clone().unwrap_or_default();
     let durable = b.durable_name();
     let b = Arc::new(b);
-    let slots = Arc::new(Semaphore::new(concurrency));
     let streams = Arc::new(StreamLookup::default());
     let mut delay = Duration::from_millis(100);
     loop {
@@ -355,19 +396,14 @@ async fn jetstream_subscription<P: EventPort>(
                 while let Some(next) = messages.next().await {
                     match next {
                         Ok(msg) => {
-                            let Ok(permit) = slots.clone().acquire_owned().await else {
-                                return;
-                            };
                             let (client, port, b, streams) =
                                 (client.clone(), port.clone(), b.clone(), streams.clone());
                             let span = tracing::info_span!("trigger.nats.jetstream", messaging.system = "nats", function = %b.function, subject = %msg.subject);
-                            tokio::spawn(
-                                async move {
-                                    handle_jetstream(&client, &*port, &b, &streams, msg).await;
-                                    drop(permit);
-                                }
-                                .instrument(span),
-                            );
+                            handlers
+                                .spawn(span, async move {
+                                    handle_jetstream(&client, &*port, &b, &streams, msg).await
+                                })
+                                .await;
                         }
                         Err(e) => {
                             tracing::warn!(function = %b.function, error = %e, "jetstream consumer failed; recreating");

@@ -110,12 +110,6 @@ impl Journal {
         Ok((journal, recovered))
     }
 
-    /// Empties the journal after the caller has written `recovered` records into the store and
-    /// flushed it.
-    pub fn start(self: &Arc<Self>) {
-        tokio::spawn(self.clone().run());
-    }
-
     /// Makes a submitted invocation durable: journaled and synced (group commit, or on its own
     /// in the per-submit baseline).
     pub async fn commit(self: &Arc<Self>, inv: &Invocation) -> anyhow::Result<()> {
@@ -199,13 +193,25 @@ impl Journal {
         Ok(())
     }
 
-    async fn run(self: Arc<Self>) {
+    /// Syncs submits as they come (group commit) and checkpoints every second, until shutdown;
+    /// then checkpoints once more, so the journal is empty when the process ends. Start it after
+    /// the records [`Journal::open`] recovered are in the store and flushed.
+    pub async fn run(self: Arc<Self>, mut shutdown: ferry_triggers::Shutdown) {
         let mut last_checkpoint = Instant::now();
         loop {
             let due = CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed());
             let woken = tokio::select! {
                 _ = self.wake.notified() => true,
                 _ = tokio::time::sleep(due) => false,
+                () = shutdown.requested() => {
+                    let this = self.clone();
+                    match tokio::task::spawn_blocking(move || this.checkpoint()).await {
+                        Ok(Ok(())) => tracing::debug!("the submit journal is folded into the store"),
+                        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the last checkpoint failed; the journal is replayed on the next start"),
+                        Err(e) => tracing::error!(error = %e, "the last checkpoint failed"),
+                    }
+                    return;
+                }
             };
             let this = self.clone();
             let checkpoint = !woken || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
@@ -236,8 +242,9 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::record::{Mode, Payload, Status, StoredEvent};
+    use crate::delivery::record::{Payload, Status, StoredEvent};
     use crate::delivery::retry::RetryPolicy;
+    use crate::model::DeliveryMode as Mode;
 
     fn inv(id: &str) -> Invocation {
         Invocation {

@@ -8,25 +8,34 @@
 //!   delivered store-and-forward;
 //! - status polling with long-poll, idempotency keys, dead-letter listing and replay.
 
-pub mod callback;
+mod callbacks;
+pub mod guard;
+mod janitor;
 pub mod journal;
 pub mod record;
 pub mod retry;
-mod run;
+mod scanner;
+pub mod signature;
+mod view;
+mod worker;
+
+pub use view::{AttemptView, CallbackView, InvocationView};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::engine::Runtime;
+use crate::model::DeliveryMode;
+use crate::model::RetryPolicy;
 use crate::registry::{Deployed, Registry};
-use callback::CallbackGuard;
+use ferry_triggers::Shutdown;
+use guard::CallbackGuard;
 use journal::Journal;
-use record::{now_ms, rfc3339, Callback, DeliveryStore, Invocation, Mode, Op, Payload, Status};
-use retry::RetryPolicy;
+use record::{now_ms, Callback, CallbackStatus, DeliveryStore, Invocation, Op, Payload, Status};
+use tokio_util::task::TaskTracker;
 
 /// Host-wide delivery settings (from `ferry serve` flags).
 #[derive(Debug, Clone)]
@@ -48,6 +57,9 @@ pub struct DeliveryOptions {
     pub callback_retry: RetryPolicy,
     /// Base URL of the public listener, for status URLs.
     pub public_url: String,
+    /// After shutdown is requested, how long an attempt in flight may take to finish before it
+    /// is recorded as interrupted.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DeliveryOptions {
@@ -68,6 +80,7 @@ impl Default for DeliveryOptions {
                 max_age: Duration::from_secs(24 * 3600),
             },
             public_url: String::new(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -76,7 +89,7 @@ impl Default for DeliveryOptions {
 pub struct SubmitRequest {
     pub function: Arc<Deployed>,
     /// None: the function's default.
-    pub mode: Option<Mode>,
+    pub mode: Option<DeliveryMode>,
     pub payload: Payload,
     pub callback_url: Option<String>,
     /// The caller's `Idempotency-Key`, if any.
@@ -114,7 +127,12 @@ pub struct Delivery {
     done: broadcast::Sender<String>,
     wake_scanner: Notify,
     wake_callbacks: Notify,
-    idempotency: tokio::sync::Mutex<()>,
+    /// The process's shutdown signal: every task of the engine ends on it.
+    shutdown: Shutdown,
+    /// Every task of the engine, so that shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Locks of idempotency keys, sharded by hash.
+    key_locks: Vec<std::sync::Mutex<()>>,
     guard: CallbackGuard,
     http: reqwest::Client,
     options: DeliveryOptions,
@@ -127,8 +145,9 @@ impl Delivery {
         registry: Arc<Registry>,
         store: Arc<dyn DeliveryStore>,
         options: DeliveryOptions,
+        shutdown: Shutdown,
     ) -> anyhow::Result<Arc<Self>> {
-        callback::decode_secret(&options.callback_secret)
+        signature::decode_secret(&options.callback_secret)
             .map_err(|e| anyhow::anyhow!("invalid --callback-secret: {e}"))?;
         let guard = CallbackGuard::new(options.allow_callback_hosts.clone());
         let http = reqwest::Client::builder()
@@ -146,7 +165,8 @@ impl Delivery {
             options.flush_per_submit,
         )?;
         Self::restore_journaled(&*store, journaled)?;
-        journal.start();
+        let tasks = TaskTracker::new();
+        tasks.spawn(journal.clone().run(shutdown.clone()));
         let this = Arc::new(Self {
             runtime,
             registry,
@@ -160,13 +180,15 @@ impl Delivery {
             done: broadcast::channel(4096).0,
             wake_scanner: Notify::new(),
             wake_callbacks: Notify::new(),
-            idempotency: tokio::sync::Mutex::new(()),
+            shutdown,
+            tasks,
+            key_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
             guard,
             http,
             options,
         });
         this.recover()?;
-        run::spawn_workers(&this, ready_rx, ff_rx, callbacks_rx);
+        scanner::spawn(&this, ready_rx, ff_rx, callbacks_rx);
         Ok(this)
     }
 
@@ -214,7 +236,7 @@ impl Delivery {
             let mut ops = Vec::new();
             if !inv.status.is_final() {
                 match inv.mode {
-                    Mode::StoreAndForward => {
+                    DeliveryMode::StoreAndForward => {
                         if let Some(due) = inv.due_ms {
                             ops.push(Op::Unschedule {
                                 due_ms: due,
@@ -222,16 +244,10 @@ impl Delivery {
                                 callback: false,
                             });
                         }
-                        inv.status = Status::Pending;
-                        inv.due_ms = Some(now);
-                        ops.push(Op::Schedule {
-                            due_ms: now,
-                            id: inv.id.clone(),
-                            callback: false,
-                        });
+                        ops.push(inv.due_at(now));
                         resumed += 1;
                     }
-                    Mode::FireAndForget => {
+                    DeliveryMode::FireAndForget => {
                         inv.status = Status::Failed;
                         inv.error = Some("lost: the host stopped before this fire-and-forget invocation finished".into());
                         inv.due_ms = None;
@@ -275,58 +291,60 @@ impl Delivery {
     /// Accepts an asynchronous invocation. Store-and-forward returns only once it is durable.
     /// The bool is false when an idempotency key matched an earlier invocation.
     pub async fn submit(&self, req: SubmitRequest) -> Result<(Invocation, bool), SubmitError> {
-        let f = &req.function;
-        let mode = req.mode.unwrap_or(f.record.delivery.mode);
         let callback = match &req.callback_url {
-            Some(url) => {
-                let parsed = self
-                    .guard
+            Some(url) => Some(Callback::new(
+                self.guard
                     .check(url)
                     .await
-                    .map_err(SubmitError::BadRequest)?;
-                Some(Callback {
-                    url: parsed.to_string(),
-                    status: "pending".into(),
-                    attempts: 0,
-                    last_error: None,
-                    due_ms: None,
-                })
-            }
+                    .map_err(SubmitError::BadRequest)?
+                    .to_string(),
+            )),
             None => None,
         };
-        let key = match (&req.replaces_key, &req.idempotency_key, &req.payload) {
-            (Some(replaced), _, _) => replaced.clone(),
-            (None, Some(k), _) => Some(format!("{}\u{0}{k}", f.name())),
-            (None, None, Payload::Event { event }) => event
-                .event()
-                .ok()
-                .map(|e| format!("{}\u{0}ce\u{0}{}\u{0}{}", f.name(), e.source, e.id)),
-            (None, None, Payload::Http { .. }) => None,
-        };
-        let now = now_ms();
-        let inv = Invocation {
-            id: uuid::Uuid::now_v7().simple().to_string(),
-            function: f.name().to_string(),
-            mode,
-            status: Status::Pending,
-            attempts: 0,
-            created_ms: now,
-            updated_ms: now,
-            due_ms: (mode == Mode::StoreAndForward).then_some(now),
-            policy: match mode {
-                Mode::StoreAndForward => f.record.delivery.retry,
-                Mode::FireAndForget => RetryPolicy::once(),
-            },
-            payload: req.payload,
-            result: None,
-            error: None,
-            history: Vec::new(),
-            callback,
-            idempotency_key: key.clone(),
-            replayed_as: None,
-        };
-        let internal =
-            |e: anyhow::Error| SubmitError::Unavailable(format!("the store failed: {e:#}"));
+        let key = idempotency_key(&req);
+        let check_key = req.replaces_key.is_none();
+        let inv = new_invocation(req, key, callback);
+        if let Some(existing) = self.store_new(&inv, check_key)? {
+            if existing.mode == DeliveryMode::StoreAndForward {
+                // It may still be on its way to disk: wait for what is journaled so far.
+                self.durable(self.journal.latest()).await?;
+            }
+            return Ok((existing, false));
+        }
+        match inv.mode {
+            DeliveryMode::StoreAndForward => {
+                self.commit(&inv).await?;
+                // Fast path: run it now if a worker slot is free; otherwise the scanner will.
+                if self.claim(&inv.id) && self.ready.try_send(inv.id.clone()).is_err() {
+                    self.release(&inv.id);
+                    self.wake_scanner.notify_one();
+                }
+            }
+            DeliveryMode::FireAndForget => {
+                self.claim(&inv.id);
+                if self.ff.try_send(inv.id.clone()).is_err() {
+                    self.release(&inv.id);
+                    let mut undo = vec![Op::Delete(inv.id.clone())];
+                    if let Some(k) = &inv.idempotency_key {
+                        undo.push(Op::DeleteKey(k.clone()));
+                    }
+                    self.store.apply(undo).map_err(store_failed)?;
+                    return Err(SubmitError::QueueFull);
+                }
+            }
+        }
+        Ok((inv, true))
+    }
+
+    /// Stores a new invocation, with its idempotency key claimed in the same batch. With
+    /// `check_key`, an invocation that already holds the key is returned instead, and nothing is
+    /// stored. The check and the claim happen under the key's lock, so two concurrent repeats
+    /// make one invocation; different keys do not wait for each other.
+    fn store_new(
+        &self,
+        inv: &Invocation,
+        check_key: bool,
+    ) -> Result<Option<Invocation>, SubmitError> {
         let mut ops = vec![Op::Put(Box::new(inv.clone()))];
         if let Some(due) = inv.due_ms {
             ops.push(Op::Schedule {
@@ -335,59 +353,34 @@ impl Delivery {
                 callback: false,
             });
         }
-        {
-            // Check and claim the key in one step, so two concurrent repeats make one invocation.
-            let _guard = match &key {
-                Some(_) => Some(self.idempotency.lock().await),
-                None => None,
-            };
-            let check = req.replaces_key.is_none();
-            if let Some(k) = key.as_ref().filter(|_| check) {
-                if let Some(existing) = self
-                    .store
-                    .key(k)
-                    .map_err(internal)?
-                    .and_then(|id| self.store.invocation(&id).ok().flatten())
-                {
-                    drop(_guard);
-                    if existing.mode == Mode::StoreAndForward {
-                        // It may still be on its way to disk: wait for what is journaled so far.
-                        self.durable(self.journal.latest()).await?;
-                    }
-                    return Ok((existing, false));
-                }
-            }
-            if let Some(k) = &key {
-                ops.push(Op::PutKey {
-                    key: k.clone(),
-                    id: inv.id.clone(),
-                });
-            }
-            self.store.apply(ops).map_err(internal)?;
-        }
-        match mode {
-            Mode::StoreAndForward => {
-                self.commit(&inv).await?;
-                // Fast path: run it now if a worker slot is free; otherwise the scanner will.
-                if self.claim(&inv.id) && self.ready.try_send(inv.id.clone()).is_err() {
-                    self.release(&inv.id);
-                    self.wake_scanner.notify_one();
-                }
-            }
-            Mode::FireAndForget => {
-                self.claim(&inv.id);
-                if self.ff.try_send(inv.id.clone()).is_err() {
-                    self.release(&inv.id);
-                    let mut undo = vec![Op::Delete(inv.id.clone())];
-                    if let Some(k) = key {
-                        undo.push(Op::DeleteKey(k));
-                    }
-                    self.store.apply(undo).map_err(internal)?;
-                    return Err(SubmitError::QueueFull);
-                }
+        let Some(key) = &inv.idempotency_key else {
+            return self.store.apply(ops).map(|()| None).map_err(store_failed);
+        };
+        let _locked = self.key_lock(key);
+        if check_key {
+            if let Some(existing) = self
+                .store
+                .key(key)
+                .map_err(store_failed)?
+                .and_then(|id| self.store.invocation(&id).ok().flatten())
+            {
+                return Ok(Some(existing));
             }
         }
-        Ok((inv, true))
+        ops.push(Op::PutKey {
+            key: key.clone(),
+            id: inv.id.clone(),
+        });
+        self.store.apply(ops).map(|()| None).map_err(store_failed)
+    }
+
+    /// The lock of an idempotency key: one of a fixed set of shards, chosen by the key's hash.
+    fn key_lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        let shard = &self.key_locks[(hash % self.key_locks.len() as u64) as usize];
+        // The lock guards no data, so a poisoned one is as good as any.
+        shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn commit(&self, inv: &Invocation) -> Result<(), SubmitError> {
@@ -438,47 +431,25 @@ impl Delivery {
     }
 
     /// The status document of an invocation.
-    pub fn view(&self, inv: &Invocation) -> Value {
-        let status = if inv.status == Status::Pending
-            && self.running.lock().expect("running lock").contains(&inv.id)
-        {
-            Status::Running
-        } else {
-            inv.status
-        };
-        let mut v = json!({
-            "id": inv.id,
-            "function": inv.function,
-            "mode": inv.mode,
-            "status": status,
-            "attempts": inv.attempts,
-            "result": inv.result,
-            "error": inv.error,
-            "created": rfc3339(inv.created_ms),
-            "updated": rfc3339(inv.updated_ms),
-            "status_url": self.status_url(&inv.id),
-            "history": inv.history.iter().map(|a| json!({
-                "attempt": a.number,
-                "started": rfc3339(a.started_ms),
-                "duration_ms": a.duration_ms,
-                "error": a.error,
-            })).collect::<Vec<_>>(),
-        });
-        if let (Some(due), Status::Pending) = (inv.due_ms, status) {
-            v["next_attempt"] = json!(rfc3339(due));
-        }
-        if let Some(new) = &inv.replayed_as {
-            v["replayed_as"] = json!(new);
-        }
-        if let Some(cb) = &inv.callback {
-            v["callback"] = json!({
-                "url": cb.url,
-                "status": cb.status,
-                "attempts": cb.attempts,
-                "last_error": cb.last_error,
-            });
-        }
-        v
+    pub fn view(&self, inv: &Invocation) -> InvocationView {
+        let running = inv.status == Status::Pending
+            && self.running.lock().expect("running lock").contains(&inv.id);
+        InvocationView::of(inv, running, self.status_url(&inv.id))
+    }
+
+    /// Resolves once shutdown has been requested and the grace period has passed since.
+    async fn grace_expired(&self) {
+        let mut shutdown = self.shutdown.clone();
+        shutdown.requested().await;
+        tokio::time::sleep(self.options.shutdown_grace).await;
+    }
+
+    /// Waits until every task of the engine has ended, after the shutdown signal: attempts in
+    /// flight are recorded (finished, or interrupted after the grace period) and the journal is
+    /// folded into the store.
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Dead-lettered invocations (and invocations whose callback was dead-lettered).
@@ -497,12 +468,10 @@ impl Delivery {
     /// is removed only once the new invocation is durable, and records `replayed_as`. A dead
     /// callback is scheduled again on the same invocation (returned as it is).
     pub async fn replay(&self, id: &str) -> Result<Option<Invocation>, SubmitError> {
-        let internal =
-            |e: anyhow::Error| SubmitError::Unavailable(format!("the store failed: {e:#}"));
-        let Some(mut inv) = self.store.invocation(id).map_err(internal)? else {
+        let Some(mut inv) = self.store.invocation(id).map_err(store_failed)? else {
             return Ok(None);
         };
-        if !self.store.dead().map_err(internal)?.contains(&inv.id) {
+        if !self.store.dead().map_err(store_failed)?.contains(&inv.id) {
             return Ok(None);
         }
         if inv.status == Status::DeadLettered {
@@ -515,7 +484,7 @@ impl Delivery {
             let (new, _) = self
                 .submit(SubmitRequest {
                     function,
-                    mode: Some(Mode::StoreAndForward),
+                    mode: Some(DeliveryMode::StoreAndForward),
                     payload: inv.payload.clone(),
                     callback_url: inv.callback.as_ref().map(|c| c.url.clone()),
                     idempotency_key: None,
@@ -532,13 +501,13 @@ impl Delivery {
                     Op::Put(Box::new(inv.clone())),
                     Op::UnmarkDead(inv.id.clone()),
                 ])
-                .map_err(internal)?;
+                .map_err(store_failed)?;
             return Ok(Some(new));
         }
         // The invocation finished; its callback was dead-lettered.
         let now = now_ms();
         if let Some(cb) = inv.callback.as_mut() {
-            cb.status = "pending".into();
+            cb.status = CallbackStatus::Pending;
             cb.attempts = 0;
             cb.due_ms = Some(now);
         }
@@ -554,7 +523,7 @@ impl Delivery {
                 },
                 Op::UnmarkDead(id),
             ])
-            .map_err(internal)?;
+            .map_err(store_failed)?;
         self.wake_callbacks.notify_one();
         Ok(Some(inv))
     }
@@ -575,5 +544,56 @@ impl Delivery {
         }
         self.store.flush_delivery()?;
         Ok(n)
+    }
+}
+
+fn store_failed(e: anyhow::Error) -> SubmitError {
+    SubmitError::Unavailable(format!("the store failed: {e:#}"))
+}
+
+/// The idempotency key of a submit: the caller's `Idempotency-Key`, or an event's `source` + `id`,
+/// scoped to the function; a replay takes over the dead letter's key.
+fn idempotency_key(req: &SubmitRequest) -> Option<String> {
+    let name = req.function.name();
+    match (&req.replaces_key, &req.idempotency_key, &req.payload) {
+        (Some(replaced), _, _) => replaced.clone(),
+        (None, Some(k), _) => Some(format!("{name}\u{0}{k}")),
+        (None, None, Payload::Event { event }) => event
+            .event()
+            .ok()
+            .map(|e| format!("{name}\u{0}ce\u{0}{}\u{0}{}", e.source, e.id)),
+        (None, None, Payload::Http { .. }) => None,
+    }
+}
+
+/// A new pending invocation of `req`, due now when it is store-and-forward.
+fn new_invocation(
+    req: SubmitRequest,
+    key: Option<String>,
+    callback: Option<Callback>,
+) -> Invocation {
+    let f = &req.function;
+    let mode = req.mode.unwrap_or(f.record.delivery.mode);
+    let now = now_ms();
+    Invocation {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        function: f.name().to_string(),
+        mode,
+        status: Status::Pending,
+        attempts: 0,
+        created_ms: now,
+        updated_ms: now,
+        due_ms: (mode == DeliveryMode::StoreAndForward).then_some(now),
+        policy: match mode {
+            DeliveryMode::StoreAndForward => f.record.delivery.retry,
+            DeliveryMode::FireAndForget => RetryPolicy::once(),
+        },
+        payload: req.payload,
+        result: None,
+        error: None,
+        history: Vec::new(),
+        callback,
+        idempotency_key: key,
+        replayed_as: None,
     }
 }

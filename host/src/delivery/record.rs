@@ -7,27 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use ferry_triggers::cloudevents::{CloudEvent, Invalid};
 
-use super::retry::RetryPolicy;
-
-/// The delivery guarantee of one invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Held in memory only; at most once.
-    FireAndForget,
-    /// Durable before the 202; retried; at least once.
-    StoreAndForward,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "fire-and-forget" => Some(Mode::FireAndForget),
-            "store-and-forward" => Some(Mode::StoreAndForward),
-            _ => None,
-        }
-    }
-}
+use crate::model::{DeliveryMode, RetryPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,6 +26,30 @@ impl Status {
             Status::Succeeded | Status::Failed | Status::DeadLettered
         )
     }
+
+    /// The name used in status documents and the `ferry-outcome` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Where a callback stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackStatus {
+    /// Not delivered yet; an attempt is due.
+    Pending,
+    Delivered,
+    /// Given up without retrying (the receiver answered 410 Gone, or the URL was refused).
+    Failed,
+    /// Every attempt failed; listed with the dead letters.
+    DeadLettered,
 }
 
 /// Bytes as base64 in JSON.
@@ -82,6 +86,17 @@ pub enum Payload {
     },
     /// A CloudEvent for an event function.
     Event { event: StoredEvent },
+}
+
+impl Payload {
+    /// The payload as JSON for people: an event as its JSON event format (an object).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Payload::Event { event } = self {
+            v["event"] = serde_json::from_str(&event.0).unwrap_or(serde_json::Value::Null);
+        }
+        v
+    }
 }
 
 /// A CloudEvent as the exact text of its JSON event format, so its data keeps every byte. Stored
@@ -128,12 +143,24 @@ pub struct Attempt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Callback {
     pub url: String,
-    /// pending, delivered, failed (gave up on a 410) or dead_lettered.
-    pub status: String,
+    pub status: CallbackStatus,
     pub attempts: u32,
     pub last_error: Option<String>,
     /// When the next attempt is due (ms since the epoch), while pending.
     pub due_ms: Option<u64>,
+}
+
+impl Callback {
+    /// A callback to `url`, not yet attempted.
+    pub fn new(url: String) -> Self {
+        Callback {
+            url,
+            status: CallbackStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            due_ms: None,
+        }
+    }
 }
 
 /// An asynchronous invocation.
@@ -141,7 +168,7 @@ pub struct Callback {
 pub struct Invocation {
     pub id: String,
     pub function: String,
-    pub mode: Mode,
+    pub mode: DeliveryMode,
     pub status: Status,
     pub attempts: u32,
     pub created_ms: u64,
@@ -160,6 +187,26 @@ pub struct Invocation {
     /// The new invocation that a replay of this dead letter made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_as: Option<String>,
+}
+
+impl Invocation {
+    /// Makes it pending with its next attempt due at `due_ms`; returns the index change.
+    pub fn due_at(&mut self, due_ms: u64) -> Op {
+        self.status = Status::Pending;
+        self.due_ms = Some(due_ms);
+        Op::Schedule {
+            due_ms,
+            id: self.id.clone(),
+            callback: false,
+        }
+    }
+
+    /// Whether its callback is still to be delivered.
+    pub fn callback_pending(&self) -> bool {
+        self.callback
+            .as_ref()
+            .is_some_and(|c| c.status == CallbackStatus::Pending)
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -2,34 +2,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// When to try again, and when to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    /// Ceiling of the first retry's delay.
-    #[serde(with = "crate::engine::duration_text")]
-    pub initial: Duration,
-    /// Ceiling of any retry's delay.
-    #[serde(with = "crate::engine::duration_text")]
-    pub max: Duration,
-    /// No retry starts later than this after the first submit.
-    #[serde(with = "crate::engine::duration_text")]
-    pub max_age: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 10,
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(600),
-            max_age: Duration::from_secs(24 * 3600),
-        }
-    }
-}
+pub use crate::model::RetryPolicy;
 
 impl RetryPolicy {
     /// A single attempt, no retries (fire-and-forget).

@@ -13,3 +13,4 @@ mod http_functions;
 mod nats;
 mod nats_jetstream;
 mod restart;
+mod shutdown;

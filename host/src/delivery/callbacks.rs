@@ -1,0 +1,193 @@
+//! The callback sender: POSTs an invocation's final status document to the caller's URL, signed
+//! per Standard Webhooks, and records the outcome: delivered, retried with backoff (honouring
+//! `Retry-After` on 429/503), dead-lettered after the last attempt, or given up on a 410.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::record::{now_ms, Callback, CallbackStatus, Invocation, Op};
+use super::{signature, Delivery};
+
+/// Why a callback was not delivered.
+struct NotDelivered {
+    error: String,
+    /// Whether another attempt may succeed (not after a 410 or a refused URL).
+    retryable: bool,
+    /// The receiver's `Retry-After`, if it sent one with 429 or 503.
+    retry_after: Option<Duration>,
+}
+
+impl NotDelivered {
+    fn new(error: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            error: error.into(),
+            retryable,
+            retry_after: None,
+        }
+    }
+}
+
+impl Delivery {
+    /// POSTs an invocation's final state to its callback URL, signed.
+    pub(super) async fn deliver_callback(&self, id: &str) {
+        let key = format!("cb:{id}");
+        let span = tracing::info_span!("delivery.callback", invocation_id = %id);
+        if let Err(e) = self.try_deliver_callback(id).instrument(span).await {
+            tracing::error!(invocation_id = %id, error = %format!("{e:#}"), "recording a callback failed");
+        }
+        self.release(&key);
+    }
+
+    async fn try_deliver_callback(&self, id: &str) -> anyhow::Result<()> {
+        let Some(inv) = self.store.invocation(id)? else {
+            return Ok(());
+        };
+        let Some(cb) = inv
+            .callback
+            .clone()
+            .filter(|c| c.status == CallbackStatus::Pending)
+        else {
+            if let Some(due) = inv.callback.as_ref().and_then(|c| c.due_ms) {
+                self.store.apply(vec![Op::Unschedule {
+                    due_ms: due,
+                    id: id.to_string(),
+                    callback: true,
+                }])?;
+            }
+            return Ok(());
+        };
+        let outcome = self.send_callback(&inv, &cb).await?;
+        self.record_callback(inv, outcome)
+    }
+
+    /// One POST of the status document to `cb.url`.
+    async fn send_callback(
+        &self,
+        inv: &Invocation,
+        cb: &Callback,
+    ) -> anyhow::Result<Result<(), NotDelivered>> {
+        let body = serde_json::to_vec(&self.view(inv))?;
+        let secret = self
+            .registry
+            .get(&inv.function)
+            .and_then(|f| f.record.delivery.callback_secret.clone())
+            .unwrap_or_else(|| self.options.callback_secret.clone());
+        let key = signature::decode_secret(&secret).map_err(anyhow::Error::msg)?;
+        let timestamp = now_ms() / 1000;
+        let signed = signature::sign(&key, &inv.id, timestamp, &body);
+        let duration_ms: u64 = inv.history.iter().map(|a| a.duration_ms).sum();
+        let url = match url::Url::parse(&cb.url)
+            .map_err(|e| e.to_string())
+            .and_then(|u| self.guard.check_literal(&u).map(|_| u))
+        {
+            Ok(url) => url,
+            Err(e) => {
+                return Ok(Err(NotDelivered::new(
+                    format!("callback URL refused: {e}"),
+                    false,
+                )))
+            }
+        };
+        let sent = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", inv.id.as_str())
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signed)
+            .header("ferry-function", inv.function.as_str())
+            .header("ferry-outcome", inv.status.as_str())
+            .header("ferry-attempts", inv.attempts.to_string())
+            .header("ferry-duration-ms", duration_ms.to_string())
+            .body(body)
+            .send()
+            .await;
+        Ok(match sent {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) if resp.status() == reqwest::StatusCode::GONE => {
+                Err(NotDelivered::new("the receiver answered 410 Gone", false))
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = matches!(status.as_u16(), 429 | 503)
+                    .then(|| {
+                        resp.headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                    .flatten()
+                    .map(Duration::from_secs);
+                Err(NotDelivered {
+                    retry_after,
+                    ..NotDelivered::new(format!("the receiver answered {status}"), true)
+                })
+            }
+            Err(e) => Err(NotDelivered::new(format!("sending failed: {e}"), true)),
+        })
+    }
+
+    /// Records a callback attempt as one atomic batch.
+    fn record_callback(
+        &self,
+        mut inv: Invocation,
+        outcome: Result<(), NotDelivered>,
+    ) -> anyhow::Result<()> {
+        let id = inv.id.clone();
+        let now = now_ms();
+        let age = Duration::from_millis(now.saturating_sub(inv.created_ms));
+        let mut ops = Vec::new();
+        let cb = inv.callback.as_mut().expect("checked by the caller");
+        if let Some(due) = cb.due_ms.take() {
+            ops.push(Op::Unschedule {
+                due_ms: due,
+                id: id.clone(),
+                callback: true,
+            });
+        }
+        cb.attempts += 1;
+        match outcome {
+            Ok(()) => {
+                cb.status = CallbackStatus::Delivered;
+                cb.last_error = None;
+            }
+            Err(failed) => {
+                cb.last_error = Some(failed.error.clone());
+                let policy = self.options.callback_retry;
+                let next = failed
+                    .retryable
+                    .then(|| policy.next(cb.attempts, age, fastrand::f64()))
+                    .flatten();
+                match next {
+                    Some(delay) => {
+                        let delay = failed
+                            .retry_after
+                            .map(|a| a.min(policy.max))
+                            .unwrap_or(delay);
+                        let due = now + delay.as_millis() as u64;
+                        cb.due_ms = Some(due);
+                        ops.push(Op::Schedule {
+                            due_ms: due,
+                            id: id.clone(),
+                            callback: true,
+                        });
+                        tracing::info!(attempt = cb.attempts, error = %failed.error, "callback failed; will retry");
+                    }
+                    None if failed.retryable => {
+                        cb.status = CallbackStatus::DeadLettered;
+                        ops.push(Op::MarkDead(id.clone()));
+                        tracing::warn!(attempts = cb.attempts, error = %failed.error, "callback dead-lettered");
+                    }
+                    None => {
+                        cb.status = CallbackStatus::Failed;
+                        tracing::warn!(error = %failed.error, "callback failed; not retrying");
+                    }
+                }
+            }
+        }
+        inv.updated_ms = now;
+        ops.push(Op::Put(Box::new(inv)));
+        self.store.apply(ops)
+    }
+}
