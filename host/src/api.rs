@@ -32,6 +32,8 @@ pub struct AdminState {
     pub max_upload: u64,
     pub started: Instant,
     pub delivery: Arc<Delivery>,
+    /// What each trigger last reported.
+    pub reports: Arc<crate::gateway::TriggerReports>,
     /// The NATS connection, when the host runs with `--nats`.
     pub nats: Option<async_nats::Client>,
 }
@@ -59,6 +61,8 @@ impl From<DeployError> for ApiError {
 pub struct FunctionView {
     #[serde(flatten)]
     pub record: FunctionRecord,
+    /// The routes of its `[[trigger.http]]` sections (it is also served at `/{name}` and below).
+    pub routes: Vec<String>,
     /// Where the function is served on the public listener.
     pub url: String,
 }
@@ -124,6 +128,7 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value
     if let Some(client) = &state.nats {
         health["nats"] = json!({ "state": ferry_triggers::nats::state(client) });
     }
+    health["triggers"] = json!(state.reports.all());
     Json(health)
 }
 
@@ -200,7 +205,20 @@ fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
         record.delivery.callback_secret = Some("(set)".into());
     }
     let url = format!("{}/{}", state.public_url, record.name);
-    FunctionView { record, url }
+    let sections = record
+        .triggers
+        .get("http")
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let routes = ferry_triggers::http::routes(&record.name, sections)
+        .into_iter()
+        .skip(1)
+        .collect();
+    FunctionView {
+        record,
+        routes,
+        url,
+    }
 }
 
 async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<FunctionView>> {

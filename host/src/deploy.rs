@@ -12,7 +12,7 @@ use wasmtime::component::Component;
 
 use crate::engine::{ComponentError, Runtime};
 use crate::manifest::{Ceilings, Manifest, ManifestError};
-use crate::model::FunctionRecord;
+use crate::model::{FunctionRecord, World};
 use crate::registry::{Deployed, Registry};
 use crate::store::{artifact_key, Store};
 
@@ -25,8 +25,9 @@ pub enum DeployError {
     Component(#[from] ComponentError),
     #[error("the manifest names function {manifest:?} but the request is for {url:?}")]
     NameMismatch { manifest: String, url: String },
+    /// Two functions claim the same thing of a trigger (a route, say).
     #[error("{0}")]
-    RouteConflict(String),
+    TriggerConflict(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("internal error: {0:#}")]
@@ -41,7 +42,7 @@ impl DeployError {
                 StatusCode::BAD_REQUEST
             }
             DeployError::Component(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            DeployError::RouteConflict(_) => StatusCode::CONFLICT,
+            DeployError::TriggerConflict(_) => StatusCode::CONFLICT,
             DeployError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,8 +70,8 @@ pub struct Deployer {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     ceilings: Ceilings,
-    /// Whether this host is connected to NATS (`ferry serve --nats`).
-    nats: bool,
+    /// The trigger kinds this host runs (`nats` only with `ferry serve --nats`).
+    enabled: Vec<&'static str>,
     /// Deploys and removals run one at a time, so versions and route checks never race.
     lock: tokio::sync::Mutex<()>,
 }
@@ -81,14 +82,14 @@ impl Deployer {
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
         ceilings: Ceilings,
-        nats: bool,
+        enabled: Vec<&'static str>,
     ) -> Self {
         Self {
             runtime,
             store,
             registry,
             ceilings,
-            nats,
+            enabled,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -114,20 +115,7 @@ impl Deployer {
         let digest = hex::encode(Sha256::digest(&bytes));
         let (component, artifact) = self.compile_cached(&digest, bytes.clone()).await?;
         let prepared = self.runtime.prepare(&component)?;
-        if !spec.nats.is_empty() {
-            if prepared.world() != crate::model::World::Event {
-                return Err(DeployError::Unsupported(format!(
-                    "function {} has [[trigger.nats]] but is an HTTP function; NATS triggers need an event function (ferry:function/handler)",
-                    spec.name
-                )));
-            }
-            if !self.nats {
-                return Err(DeployError::Unsupported(format!(
-                    "function {} has [[trigger.nats]] but this host runs without NATS: start it with --nats nats://HOST:4222 (or FERRY_NATS)",
-                    spec.name
-                )));
-            }
-        }
+        self.check_triggers(&spec.name, prepared.world(), &spec.triggers)?;
 
         let _guard = self.lock.lock().await;
         let previous = self.registry.get(&spec.name);
@@ -145,25 +133,23 @@ impl Deployer {
             .max()
             .unwrap_or(0)
             + 1;
-        let record = FunctionRecord {
-            name: spec.name,
+        let record = FunctionRecord::new(
+            spec.name,
             version,
-            world: prepared.world(),
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            routes: spec.routes,
-            limits: spec.limits,
-            config: spec.config,
-            outbound: spec.outbound,
-            delivery: spec.delivery,
-            nats: spec.nats,
-            created: FunctionRecord::now(),
-        };
+            prepared.world(),
+            digest.clone(),
+            bytes.len() as u64,
+            spec.limits,
+            spec.config,
+            spec.outbound,
+            spec.delivery,
+            spec.triggers,
+        );
         let deployed = Arc::new(Deployed::new(record.clone(), prepared));
         let snapshot = self
             .registry
             .with(deployed)
-            .map_err(DeployError::RouteConflict)?;
+            .map_err(DeployError::TriggerConflict)?;
 
         let store = self.store.clone();
         let key = artifact_key(&digest, self.runtime.compat_key());
@@ -184,6 +170,39 @@ impl Deployer {
             record,
             replaced: stored.is_some(),
         })
+    }
+
+    /// Whether this host runs each trigger the function has, and the trigger takes its kind of
+    /// function.
+    fn check_triggers(
+        &self,
+        name: &str,
+        world: World,
+        triggers: &crate::model::Triggers,
+    ) -> Result<(), DeployError> {
+        for kind in triggers.keys() {
+            let Some(trigger) = ferry_triggers::trigger_kind(kind) else {
+                continue; // the manifest refused unknown kinds already
+            };
+            if !trigger.accepts.contains(&world) {
+                let wanted: Vec<String> = trigger
+                    .accepts
+                    .iter()
+                    .map(|k| format!("{k} function"))
+                    .collect();
+                return Err(DeployError::Unsupported(format!(
+                    "function {name} has [[trigger.{kind}]] but is an {world} function; {kind} triggers need an {}",
+                    wanted.join(" or ")
+                )));
+            }
+            if !self.enabled.contains(&trigger.name) {
+                return Err(DeployError::Unsupported(format!(
+                    "function {name} has [[trigger.{kind}]] but {}",
+                    trigger.disabled_hint
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Compiles `bytes`, or loads the artifact cached for the same bytes. Returns the artifact to

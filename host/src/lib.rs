@@ -13,7 +13,7 @@ pub mod client;
 pub mod delivery;
 pub mod deploy;
 pub mod engine;
-mod gateway;
+pub mod gateway;
 pub mod guest_event;
 pub mod invoke;
 pub mod manifest;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{parse_size, DeliveryMode, DeliverySettings, Limits, NatsTriggerSpec};
+use crate::model::{parse_size, DeliveryMode, DeliverySettings, Limits, Triggers};
 
 /// A manifest as written by the user.
 #[derive(Debug, Default, Deserialize)]
@@ -19,6 +19,7 @@ pub struct Manifest {
     pub limits: LimitsSection,
     #[serde(default)]
     pub delivery: DeliverySection,
+    /// `[[trigger.<kind>]]` sections, by kind; each trigger checks its own.
     #[serde(default)]
     pub trigger: Triggers,
     #[serde(default)]
@@ -56,33 +57,6 @@ pub struct BackoffSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Triggers {
-    #[serde(default)]
-    pub http: Vec<HttpTrigger>,
-    #[serde(default)]
-    pub nats: Vec<NatsTriggerSection>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsTriggerSection {
-    pub subject: String,
-    pub queue: Option<String>,
-    pub reply: Option<String>,
-    pub stream: Option<String>,
-    pub dead_letter: Option<String>,
-    /// `binary` or `structured`: the mode of result events (default: the input's).
-    pub format: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpTrigger {
-    pub route: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Outbound {
     #[serde(default)]
     pub allow: Vec<String>,
@@ -92,12 +66,11 @@ pub struct Outbound {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     pub name: String,
-    pub routes: Vec<String>,
     pub limits: Limits,
     pub config: Vec<(String, String)>,
     pub outbound: Vec<String>,
     pub delivery: DeliverySettings,
-    pub nats: Vec<NatsTriggerSpec>,
+    pub triggers: Triggers,
 }
 
 /// A manifest problem, naming the key at fault.
@@ -133,13 +106,13 @@ impl Manifest {
     pub fn with_name(name: &str, routes: &[String]) -> Self {
         Manifest {
             name: name.to_string(),
-            trigger: Triggers {
-                http: routes
+            trigger: Triggers::from([(
+                "http".to_string(),
+                routes
                     .iter()
-                    .map(|r| HttpTrigger { route: r.clone() })
+                    .map(|r| toml::Table::from_iter([("route".to_string(), r.as_str().into())]))
                     .collect(),
-                nats: Vec::new(),
-            },
+            )]),
             ..Default::default()
         }
     }
@@ -199,12 +172,15 @@ impl Manifest {
         if let Some(b) = &self.limits.max_body {
             limits.max_body = parse_size(b).map_err(|e| bad("limits.max_body", e))?;
         }
-        let mut routes = Vec::new();
-        for (i, t) in self.trigger.http.iter().enumerate() {
-            validate_route(&t.route).map_err(|m| bad(format!("trigger.http[{i}].route"), m))?;
-            if !routes.contains(&t.route) {
-                routes.push(t.route.clone());
-            }
+        for (kind, sections) in &self.trigger {
+            let Some(trigger) = ferry_triggers::trigger_kind(kind) else {
+                let known: Vec<&str> = ferry_triggers::TRIGGERS.iter().map(|t| t.name).collect();
+                return Err(bad(
+                    format!("trigger.{kind}"),
+                    format!("no such trigger; Ferry has {}", known.join(", ")),
+                ));
+            };
+            (trigger.validate)(&self.name, sections).map_err(|e| bad(e.key, e.message))?;
         }
         for (i, host) in self.outbound.allow.iter().enumerate() {
             if host.is_empty() || host.contains(['/', ':', ' ']) {
@@ -226,62 +202,15 @@ impl Manifest {
             }
         }
         let delivery = self.delivery.resolve()?;
-        let mut nats = Vec::new();
-        for (i, t) in self.trigger.nats.iter().enumerate() {
-            let key = |k: &str| format!("trigger.nats[{i}].{k}");
-            ferry_triggers::nats::validate_subject(&t.subject, true)
-                .map_err(|m| bad(key("subject"), m))?;
-            if let Some(stream) = &t.stream {
-                let ok = !stream.is_empty() && !stream.contains(['.', '*', '>', ' ', '\t']);
-                if !ok {
-                    return Err(bad(
-                        key("stream"),
-                        format!("{stream:?} is not a stream name (no spaces, `.`, `*` or `>`)"),
-                    ));
-                }
-            }
-            for (k, v) in [("reply", &t.reply), ("dead_letter", &t.dead_letter)] {
-                if let Some(v) = v {
-                    ferry_triggers::nats::validate_subject(v, false).map_err(|m| bad(key(k), m))?;
-                }
-            }
-            if let Some(reply) = &t.reply {
-                if ferry_triggers::nats::subject_matches(&t.subject, reply) {
-                    return Err(bad(
-                        key("reply"),
-                        format!("{reply:?} matches the trigger's own subject {:?}: results would feed back into the function", t.subject),
-                    ));
-                }
-            }
-            if let Some(f) = &t.format {
-                if f != "binary" && f != "structured" {
-                    return Err(bad(
-                        key("format"),
-                        format!("{f:?}: use \"binary\" or \"structured\""),
-                    ));
-                }
-            }
-            let queue = t.queue.clone().unwrap_or_else(|| self.name.clone());
-            if queue.is_empty() || queue.contains(char::is_whitespace) {
-                return Err(bad(key("queue"), "a queue group name has no spaces"));
-            }
-            nats.push(NatsTriggerSpec {
-                subject: t.subject.clone(),
-                queue,
-                reply: t.reply.clone(),
-                dead_letter: t
-                    .dead_letter
-                    .clone()
-                    .unwrap_or_else(|| format!("ferry.deadletter.{}", self.name)),
-                format: t.format.clone(),
-                stream: t.stream.clone(),
-            });
-        }
         Ok(FunctionSpec {
-            nats,
+            triggers: self
+                .trigger
+                .iter()
+                .filter(|(_, sections)| !sections.is_empty())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             delivery,
             name: self.name.clone(),
-            routes,
             limits,
             config: self
                 .config
@@ -371,31 +300,6 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Routes are absolute paths; a trailing `/...` matches everything below. `/_ferry` is reserved.
-pub fn validate_route(route: &str) -> Result<(), String> {
-    let path = route.strip_suffix("/...").unwrap_or(route);
-    if !route.starts_with('/') {
-        return Err(format!("{route:?} must start with /"));
-    }
-    if path == "/_ferry" || path.starts_with("/_ferry/") {
-        return Err(format!("{route:?} is under /_ferry, which Ferry reserves"));
-    }
-    if path.len() > 1
-        && path
-            .split('/')
-            .skip(1)
-            .any(|s| s.is_empty() || s == "..." || s == "." || s == "..")
-    {
-        return Err(format!(
-            "{route:?} has an empty or dot segment; write /a/b, or /a/... for everything below /a"
-        ));
-    }
-    if route.contains(['?', '#', ' ', '*']) {
-        return Err(format!("{route:?} may not contain ?, #, * or spaces"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +340,10 @@ mod tests {
         )
         .unwrap();
         let spec = m.resolve(&ceilings()).unwrap();
-        assert_eq!(spec.routes, vec!["/orders/...", "/status"]);
+        assert_eq!(
+            ferry_triggers::http::routes("orders", &spec.triggers["http"]),
+            vec!["/orders/...", "/status"]
+        );
         assert_eq!(spec.limits.memory, 64 << 20);
         assert_eq!(spec.limits.timeout, Duration::from_secs(5));
         assert_eq!(spec.limits.concurrency, 8);
@@ -506,12 +413,34 @@ mod tests {
     }
 
     #[test]
-    fn routes() {
-        for ok in ["/", "/a", "/a/b", "/a/...", "/..."] {
-            assert!(validate_route(ok).is_ok(), "{ok}");
-        }
-        for bad in ["a", "/a//b", "/a/../b", "/_ferry", "/a?b", "/a/.../b"] {
-            assert!(validate_route(bad).is_err(), "{bad}");
+    fn trigger_sections_are_checked_by_their_trigger() {
+        let cases = [
+            ("[[trigger.webhooks]]\npath = \"/x\"", "trigger.webhooks"),
+            (
+                "[[trigger.http]]\nroute = \"/a\"\nroutes = \"/b\"",
+                "trigger.http[0]",
+            ),
+            (
+                "[[trigger.nats]]\nsubject = \"a b\"",
+                "trigger.nats[0].subject",
+            ),
+            (
+                "[[trigger.nats]]\nsubject = \"a\"\nstream = \"S.1\"",
+                "trigger.nats[0].stream",
+            ),
+            (
+                "[[trigger.nats]]\nsubject = \"a.*\"\nreply = \"a.b\"",
+                "trigger.nats[0].reply",
+            ),
+        ];
+        for (text, key) in cases {
+            let text = format!("name = \"a\"\n{text}");
+            match Manifest::parse(&text).unwrap().resolve(&ceilings()) {
+                Err(ManifestError::Value { key: k, message }) => {
+                    assert_eq!(k, key, "{text}: {message}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
         }
     }
 }

@@ -2,28 +2,14 @@
 //! and the small value types that travel between modules. No behaviour lives here beyond
 //! defaults and parsing of values, so every other module can depend on this one without cycles.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-/// The two kinds of function, told apart by what the component exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum World {
-    /// Exports `wasi:http/incoming-handler` (world `wasi:http/proxy`).
-    Http,
-    /// Exports `ferry:function/handler`.
-    Event,
-}
-
-impl std::fmt::Display for World {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            World::Http => "http",
-            World::Event => "event",
-        })
-    }
-}
+/// The two kinds of function, told apart by what the component exports (the WIT world), and
+/// the delivery guarantees: the triggers' words, which the host speaks too.
+pub use ferry_triggers::{DeliveryMode, FunctionKind as World};
 
 /// Per-function sandbox limits.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,26 +77,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The delivery guarantee of one invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeliveryMode {
-    /// Held in memory only; at most once.
-    FireAndForget,
-    /// Durable before the 202; retried; at least once.
-    StoreAndForward,
-}
-
-impl DeliveryMode {
-    pub fn parse(s: &str) -> Option<DeliveryMode> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "fire-and-forget" => Some(DeliveryMode::FireAndForget),
-            "store-and-forward" => Some(DeliveryMode::StoreAndForward),
-            _ => None,
-        }
-    }
-}
-
 /// How asynchronous invocations of a function are delivered by default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliverySettings {
@@ -131,20 +97,6 @@ impl Default for DeliverySettings {
     }
 }
 
-/// One NATS trigger, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NatsTriggerSpec {
-    pub subject: String,
-    pub queue: String,
-    pub reply: Option<String>,
-    pub dead_letter: String,
-    /// `binary`, `structured`, or None for the input's mode.
-    pub format: Option<String>,
-    /// JetStream stream for a durable consumer (at least once); None: core NATS.
-    #[serde(default)]
-    pub stream: Option<String>,
-}
-
 /// What Ferry remembers about one deployed function version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FunctionRecord {
@@ -155,8 +107,6 @@ pub struct FunctionRecord {
     /// sha256 of the component bytes, lower-case hex.
     pub digest: String,
     pub size: u64,
-    /// Manifest HTTP routes, in addition to `/{name}` and below.
-    pub routes: Vec<String>,
     pub limits: Limits,
     /// Values exposed to the guest as environment variables.
     pub config: Vec<(String, String)>,
@@ -165,16 +115,88 @@ pub struct FunctionRecord {
     /// Defaults for asynchronous invocations.
     #[serde(default)]
     pub delivery: DeliverySettings,
-    /// NATS triggers (event functions only).
+    /// The `[[trigger.<kind>]]` sections by kind, as the manifest had them: each trigger reads
+    /// its own.
     #[serde(default)]
-    pub nats: Vec<NatsTriggerSpec>,
+    pub triggers: Triggers,
     /// RFC 3339 time of this version's deploy.
     pub created: String,
+    /// Records written before triggers owned their sections kept HTTP routes and NATS triggers
+    /// here; [`FunctionRecord::upgrade`] moves them into `triggers`.
+    #[serde(default, skip_serializing)]
+    routes: Vec<String>,
+    #[serde(default, skip_serializing)]
+    nats: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Trigger sections by kind.
+pub type Triggers = BTreeMap<String, Vec<toml::Table>>;
+
 impl FunctionRecord {
-    pub fn now() -> String {
-        humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    /// A new record; `created` is now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        version: u64,
+        world: World,
+        digest: String,
+        size: u64,
+        limits: Limits,
+        config: Vec<(String, String)>,
+        outbound: Vec<String>,
+        delivery: DeliverySettings,
+        triggers: Triggers,
+    ) -> Self {
+        FunctionRecord {
+            name,
+            version,
+            world,
+            digest,
+            size,
+            limits,
+            config,
+            outbound,
+            delivery,
+            triggers,
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            routes: Vec::new(),
+            nats: Vec::new(),
+        }
+    }
+
+    /// Moves the sections of an older record's `routes` and `nats` into `triggers`.
+    pub fn upgrade(mut self) -> Self {
+        for route in std::mem::take(&mut self.routes) {
+            let mut t = toml::Table::new();
+            t.insert("route".into(), route.into());
+            self.triggers.entry("http".into()).or_default().push(t);
+        }
+        for old in std::mem::take(&mut self.nats) {
+            // The resolved form had nulls for unset keys; a section has no such thing.
+            let section: toml::Table = old
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, toml::Value::from(v.as_str()?))))
+                .collect();
+            self.triggers
+                .entry("nats".into())
+                .or_default()
+                .push(section);
+        }
+        self
+    }
+
+    /// The function as triggers see it.
+    pub fn info(&self) -> ferry_triggers::FunctionInfo {
+        ferry_triggers::FunctionInfo {
+            name: self.name.clone(),
+            version: self.version,
+            kind: self.world,
+            timeout: self.limits.timeout,
+            max_body: self.limits.max_body,
+            max_attempts: self.delivery.retry.max_attempts,
+            backoff_initial: self.delivery.retry.initial,
+            backoff_max: self.delivery.retry.max,
+        }
     }
 }
 

@@ -1,14 +1,13 @@
-//! The deployed functions of this host and the routes that reach them. Readers take a snapshot
-//! without locking; a deploy builds a new snapshot and swaps it in atomically, so requests in
-//! flight finish on the version they started with.
+//! The deployed functions of this host. Readers take a snapshot without locking; a deploy builds
+//! a new snapshot, checks it with every trigger (two functions may not claim one route), and
+//! swaps it in atomically, so requests in flight finish on the version they started with. Each
+//! trigger follows its sections of the live functions through a watch channel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ferry_triggers::cloudevents::Mode;
-use ferry_triggers::http::Router;
-use ferry_triggers::nats::NatsBinding;
+use ferry_triggers::{FunctionInfo, Sections, TRIGGERS};
 use tokio::sync::{watch, Semaphore};
 
 use crate::engine::Prepared;
@@ -17,6 +16,8 @@ use crate::model::FunctionRecord;
 /// One function version, ready to serve.
 pub struct Deployed {
     pub record: FunctionRecord,
+    /// The function as triggers see it.
+    pub info: FunctionInfo,
     pub prepared: Prepared,
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
@@ -28,6 +29,7 @@ impl Deployed {
         Self {
             permits: Arc::new(Semaphore::new(record.limits.concurrency as usize)),
             outbound: record.outbound.clone().into(),
+            info: record.info(),
             record,
             prepared,
         }
@@ -37,10 +39,18 @@ impl Deployed {
         &self.record.name
     }
 
-    /// Every route of the function: its own `/{name}/...` and the manifest's.
-    pub fn routes(&self) -> impl Iterator<Item = String> + '_ {
-        std::iter::once(format!("/{}/...", self.record.name))
-            .chain(self.record.routes.iter().cloned())
+    /// The sections of trigger `kind` (none when it has none).
+    pub fn sections(&self, kind: &str) -> &[toml::Table] {
+        self.record
+            .triggers
+            .get(kind)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Every HTTP route of the function: its own `/{name}/...` and its sections'.
+    pub fn routes(&self) -> Vec<String> {
+        ferry_triggers::http::routes(self.name(), self.sections("http"))
     }
 }
 
@@ -48,41 +58,45 @@ impl Deployed {
 #[derive(Default)]
 pub struct Snapshot {
     functions: BTreeMap<String, Arc<Deployed>>,
-    router: Router<Arc<Deployed>>,
 }
 
 impl Snapshot {
+    /// Checks the functions with every trigger kind; the message says what collides.
     fn build(functions: BTreeMap<String, Arc<Deployed>>) -> Result<Self, String> {
-        let mut router = Router::default();
-        for f in functions.values() {
-            for route in f.routes() {
-                if let Err(holder) = router.insert(&route, f.clone()) {
-                    if holder.name() != f.name() {
-                        return Err(format!(
-                            "route {route} of function {} is already served by function {}",
-                            f.name(),
-                            holder.name()
-                        ));
-                    }
-                }
-            }
+        let snapshot = Self { functions };
+        for kind in TRIGGERS {
+            (kind.validate_all)(&snapshot.sections(kind.name))?;
         }
-        Ok(Self { functions, router })
+        Ok(snapshot)
+    }
+
+    /// Every function with its sections of `kind`.
+    fn sections(&self, kind: &str) -> Arc<[Sections]> {
+        self.functions
+            .values()
+            .map(|f| Sections {
+                function: f.info.clone(),
+                sections: f.sections(kind).to_vec(),
+            })
+            .collect()
     }
 }
 
 /// The live set of functions.
 pub struct Registry {
     current: ArcSwap<Snapshot>,
-    /// The NATS bindings of the live functions, for the NATS trigger.
-    nats: watch::Sender<Vec<NatsBinding>>,
+    /// Per trigger kind, the sections of the live functions.
+    sections: HashMap<&'static str, watch::Sender<Arc<[Sections]>>>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
             current: ArcSwap::default(),
-            nats: watch::Sender::new(Vec::new()),
+            sections: TRIGGERS
+                .iter()
+                .map(|k| (k.name, watch::Sender::new(Arc::from(Vec::new()))))
+                .collect(),
         }
     }
 }
@@ -90,10 +104,6 @@ impl Default for Registry {
 impl Registry {
     pub fn get(&self, name: &str) -> Option<Arc<Deployed>> {
         self.current.load().functions.get(name).cloned()
-    }
-
-    pub fn route(&self, path: &str) -> Option<Arc<Deployed>> {
-        self.current.load().router.lookup(path).cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<Deployed>> {
@@ -108,7 +118,7 @@ impl Registry {
         self.len() == 0
     }
 
-    /// A snapshot with `f` added or replacing its name, or why its routes conflict. Callers
+    /// A snapshot with `f` added or replacing its name, or why the triggers refuse it. Callers
     /// serialize changes (the deployer holds a lock), then [`Registry::commit`] the result.
     pub fn with(&self, f: Arc<Deployed>) -> Result<Snapshot, String> {
         let mut functions = self.current.load().functions.clone();
@@ -120,43 +130,33 @@ impl Registry {
     pub fn without(&self, name: &str) -> Snapshot {
         let mut functions = self.current.load().functions.clone();
         functions.remove(name);
-        Snapshot::build(functions).expect("removing a function cannot create a route conflict")
+        // Fewer functions claim fewer routes: nothing new can collide.
+        Snapshot { functions }
     }
 
+    /// Makes `snapshot` live and tells every trigger whose sections changed.
     pub fn commit(&self, snapshot: Snapshot) {
-        let bindings: Vec<NatsBinding> = snapshot
-            .functions
-            .values()
-            .flat_map(|f| {
-                f.record.nats.iter().map(|t| NatsBinding {
-                    function: f.record.name.clone(),
-                    subject: t.subject.clone(),
-                    queue: t.queue.clone(),
-                    reply: t.reply.clone(),
-                    dead_letter: t.dead_letter.clone(),
-                    output: match t.format.as_deref() {
-                        Some("binary") => Some(Mode::Binary),
-                        Some("structured") => Some(Mode::Structured),
-                        _ => None,
-                    },
-                    stream: t.stream.clone(),
-                    max_attempts: f.record.delivery.retry.max_attempts,
-                    backoff_initial: f.record.delivery.retry.initial,
-                    backoff_max: f.record.delivery.retry.max,
-                    ack_wait: f.record.limits.timeout + std::time::Duration::from_secs(5),
-                })
-            })
+        let sections: Vec<_> = self
+            .sections
+            .keys()
+            .map(|kind| (*kind, snapshot.sections(kind)))
             .collect();
         self.current.store(Arc::new(snapshot));
-        self.nats.send_if_modified(|b| {
-            let changed = *b != bindings;
-            *b = bindings;
-            changed
-        });
+        for (kind, now) in sections {
+            self.sections[kind].send_if_modified(|before| {
+                let changed = **before != *now;
+                *before = now;
+                changed
+            });
+        }
     }
 
-    /// Follows the NATS bindings of the live functions.
-    pub fn nats_bindings(&self) -> watch::Receiver<Vec<NatsBinding>> {
-        self.nats.subscribe()
+    /// Follows the sections of trigger `kind` of the live functions.
+    pub fn sections(&self, kind: &'static str) -> watch::Receiver<Arc<[Sections]>> {
+        match self.sections.get(kind) {
+            Some(tx) => tx.subscribe(),
+            // A kind that is not registered has no sections, ever.
+            None => watch::Sender::new(Arc::from(Vec::new())).subscribe(),
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::delivery::signature;
 use crate::delivery::{Delivery, DeliveryOptions};
 use crate::deploy::Deployer;
 use crate::engine::{EngineOptions, Runtime};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, TriggerReports};
 use crate::manifest::Ceilings;
 use crate::registry::Registry;
 use crate::store::{SledStore, Store};
@@ -78,7 +78,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Some(url) => Some(ferry_triggers::nats::connect(url).await?),
         None => None,
     };
+    let reports = Arc::new(TriggerReports::default());
     let admin_state = Arc::new(AdminState {
+        reports: reports.clone(),
         deployer,
         runtime: runtime.clone(),
         public_url: public_url.clone(),
@@ -92,6 +94,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         runtime,
         registry,
         delivery: delivery.clone(),
+        store: store.clone(),
+        reports: reports.clone(),
     });
 
     let mut tasks = JoinSet::new();
@@ -178,7 +182,7 @@ fn restore(
         store.clone(),
         registry.clone(),
         ceilings,
-        opts.nats.is_some(),
+        enabled_triggers(opts),
     ));
     let restored = tokio::task::block_in_place(|| deployer.restore())?;
     tracing::info!(
@@ -190,6 +194,15 @@ fn restore(
         "restored functions"
     );
     Ok(deployer)
+}
+
+/// The trigger kinds this host runs: HTTP always, NATS with `--nats`.
+fn enabled_triggers(opts: &ServeOptions) -> Vec<&'static str> {
+    let mut kinds = vec![ferry_triggers::http::KIND.name];
+    if opts.nats.is_some() {
+        kinds.push(ferry_triggers::nats::KIND.name);
+    }
+    kinds
 }
 
 /// `--callback-secret`, else the one kept in the store, else a new one, kept.

@@ -22,8 +22,29 @@ pub trait Store: Send + Sync + 'static {
     /// Host settings that must survive restarts (e.g. the generated callback secret).
     fn setting(&self, key: &str) -> anyhow::Result<Option<String>>;
     fn put_setting(&self, key: &str, value: &str) -> anyhow::Result<()>;
+    /// A trigger's state record (a cursor, an ETag, a last-fired time), by trigger kind,
+    /// function and key.
+    fn trigger_state(
+        &self,
+        kind: &str,
+        function: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Writes a trigger's state record (durable after [`Store::flush`]).
+    fn put_trigger_state(
+        &self,
+        kind: &str,
+        function: &str,
+        key: &str,
+        value: &[u8],
+    ) -> anyhow::Result<()>;
     /// Makes every write so far durable.
     fn flush(&self) -> anyhow::Result<()>;
+}
+
+/// `kind NUL function NUL key`: no part can contain NUL, so keys never collide.
+fn trigger_state_key(kind: &str, function: &str, key: &str) -> Vec<u8> {
+    [kind.as_bytes(), function.as_bytes(), key.as_bytes()].join(&0u8)
 }
 
 /// The artifact cache key for a component digest under an engine compatibility key.
@@ -39,6 +60,7 @@ pub struct SledStore {
     functions: sled::Tree,
     delivery: sled::Tree,
     settings: sled::Tree,
+    trigger_state: sled::Tree,
 }
 
 impl SledStore {
@@ -61,6 +83,7 @@ impl SledStore {
             functions: db.open_tree("functions")?,
             delivery: db.open_tree("delivery")?,
             settings: db.open_tree("settings")?,
+            trigger_state: db.open_tree("trigger_state")?,
             db,
         })
     }
@@ -94,9 +117,9 @@ impl Store for SledStore {
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>> {
         match self.functions.get(name)? {
             Some(v) => {
-                Ok(Some(serde_json::from_slice(&v).with_context(|| {
-                    format!("corrupt record for function {name}")
-                })?))
+                let record: FunctionRecord = serde_json::from_slice(&v)
+                    .with_context(|| format!("corrupt record for function {name}"))?;
+                Ok(Some(record.upgrade()))
             }
             None => Ok(None),
         }
@@ -107,7 +130,7 @@ impl Store for SledStore {
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
-                Ok(serde_json::from_slice(&v)?)
+                Ok(serde_json::from_slice::<FunctionRecord>(&v)?.upgrade())
             })
             .collect()
     }
@@ -125,6 +148,28 @@ impl Store for SledStore {
 
     fn put_setting(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.settings.insert(key, value.as_bytes())?;
+        Ok(())
+    }
+
+    fn trigger_state(
+        &self,
+        kind: &str,
+        function: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let k = trigger_state_key(kind, function, key);
+        Ok(self.trigger_state.get(k)?.map(|v| v.to_vec()))
+    }
+
+    fn put_trigger_state(
+        &self,
+        kind: &str,
+        function: &str,
+        key: &str,
+        value: &[u8],
+    ) -> anyhow::Result<()> {
+        self.trigger_state
+            .insert(trigger_state_key(kind, function, key), value)?;
         Ok(())
     }
 
@@ -241,20 +286,19 @@ mod tests {
     use crate::model::{DeliverySettings, Limits, World};
 
     fn record(name: &str, version: u64) -> FunctionRecord {
-        FunctionRecord {
-            name: name.into(),
+        let route = toml::Table::from_iter([("route".to_string(), "/x/...".into())]);
+        FunctionRecord::new(
+            name.into(),
             version,
-            world: World::Http,
-            digest: "ab".into(),
-            size: 2,
-            routes: vec!["/x/...".into()],
-            limits: Limits::default(),
-            config: vec![("K".into(), "V".into())],
-            outbound: vec![],
-            delivery: DeliverySettings::default(),
-            nats: vec![],
-            created: FunctionRecord::now(),
-        }
+            World::Http,
+            "ab".into(),
+            2,
+            Limits::default(),
+            vec![("K".into(), "V".into())],
+            vec![],
+            DeliverySettings::default(),
+            [("http".to_string(), vec![route])].into(),
+        )
     }
 
     #[test]
@@ -291,5 +335,49 @@ mod tests {
 
     fn record_eq(s: &SledStore, name: &str) -> FunctionRecord {
         s.function(name).unwrap().unwrap()
+    }
+
+    #[test]
+    fn records_from_before_trigger_sections_are_upgraded() {
+        // A record as an earlier Ferry wrote it: routes and NATS triggers in fields of their own.
+        let old = serde_json::json!({
+            "name": "f", "version": 2, "world": "event", "digest": "ab", "size": 2,
+            "routes": ["/orders/..."],
+            "limits": {"memory": 1048576, "timeout": "1s", "concurrency": 1, "max_body": 1024},
+            "config": [], "outbound": [],
+            "nats": [{"subject": "a.b", "queue": "f", "reply": null, "dead_letter": "ferry.deadletter.f", "format": null, "stream": "S"}],
+            "created": "2026-01-01T00:00:00Z"
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.functions
+            .insert("f", serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        let r = s.function("f").unwrap().unwrap();
+        assert_eq!(r.triggers["http"][0]["route"].as_str(), Some("/orders/..."));
+        assert_eq!(r.triggers["nats"][0]["stream"].as_str(), Some("S"));
+        // And the sections still pass their triggers' checks.
+        for (kind, sections) in &r.triggers {
+            let k = ferry_triggers::trigger_kind(kind).unwrap();
+            (k.validate)("f", sections).unwrap();
+        }
+    }
+
+    #[test]
+    fn trigger_state_is_kept_per_kind_function_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.trigger_state("poll", "f", "cursor").unwrap(), None);
+        s.put_trigger_state("poll", "f", "cursor", b"42").unwrap();
+        s.put_trigger_state("poll", "g", "cursor", b"7").unwrap();
+        assert_eq!(
+            s.trigger_state("poll", "f", "cursor").unwrap().as_deref(),
+            Some(&b"42"[..])
+        );
+        assert_eq!(
+            s.trigger_state("poll", "g", "cursor").unwrap().as_deref(),
+            Some(&b"7"[..])
+        );
+        assert_eq!(s.trigger_state("webhook", "f", "cursor").unwrap(), None);
     }
 }

@@ -24,9 +24,9 @@ pub const STRUCTURED: &str = "application/cloudevents+json";
 /// (JSON event format, section 3.1).
 pub const IMPLIED_JSON: &str = "application/json";
 
-/// How an event was (or is to be) carried over HTTP or NATS.
+/// How an event is carried over HTTP or NATS: the CloudEvents content mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
+pub enum ContentMode {
     Binary,
     Structured,
 }
@@ -472,17 +472,17 @@ impl CloudEvent {
     }
 
     /// Headers and body carrying the event in `mode`.
-    pub fn to_headers(&self, mode: Mode) -> (HeaderMap, Bytes) {
+    pub fn to_headers(&self, mode: ContentMode) -> (HeaderMap, Bytes) {
         let mut headers = HeaderMap::new();
         match mode {
-            Mode::Structured => {
+            ContentMode::Structured => {
                 headers.insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static(STRUCTURED),
                 );
                 (headers, Bytes::from(self.to_structured()))
             }
-            Mode::Binary => {
+            ContentMode::Binary => {
                 insert_ce(&mut headers, "specversion", &self.specversion);
                 insert_ce(&mut headers, "id", &self.id);
                 insert_ce(&mut headers, "source", &self.source);
@@ -512,7 +512,7 @@ impl CloudEvent {
     }
 
     /// An HTTP response carrying the event in `mode`.
-    pub fn to_http(&self, mode: Mode) -> Response<Body> {
+    pub fn to_http(&self, mode: ContentMode) -> Response<Body> {
         let (headers, body) = self.to_headers(mode);
         let mut resp = Response::builder()
             .status(StatusCode::OK)
@@ -526,21 +526,24 @@ impl CloudEvent {
 /// Reads an event from a message's headers and body: structured mode when the content type
 /// says so (or, with no content type and no `ce-` headers, when the body is a JSON object, as the
 /// NATS binding and SDKs send it), binary mode when there are `ce-` headers.
-pub fn from_headers(headers: &HeaderMap, body: Bytes) -> Result<(CloudEvent, Mode), Invalid> {
+pub fn from_headers(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(CloudEvent, ContentMode), Invalid> {
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
     let has_ce = headers.keys().any(|k| k.as_str().starts_with("ce-"));
     match content_type.as_deref() {
         Some(ct) if ct.starts_with(STRUCTURED) => {
-            Ok((CloudEvent::from_structured(&body)?, Mode::Structured))
+            Ok((CloudEvent::from_structured(&body)?, ContentMode::Structured))
         }
         Some(ct) if ct.starts_with("application/cloudevents-batch+json") => Err(invalid(
             "batched CloudEvents are not supported: send one event per message",
         )),
-        _ if has_ce => Ok((CloudEvent::from_binary(headers, body)?, Mode::Binary)),
+        _ if has_ce => Ok((CloudEvent::from_binary(headers, body)?, ContentMode::Binary)),
         None if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => {
-            Ok((CloudEvent::from_structured(&body)?, Mode::Structured))
+            Ok((CloudEvent::from_structured(&body)?, ContentMode::Structured))
         }
         _ => Err(invalid(
             "not a CloudEvent: send ce-id, ce-source, ce-type and ce-specversion headers (binary \
@@ -614,7 +617,7 @@ mod tests {
         h.insert("ce-subject", HeaderValue::from_static("caf%C3%A9"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         let (event, mode) = from_headers(&h, Bytes::from_static(b"{\"a\":1}")).unwrap();
-        assert_eq!(mode, Mode::Binary);
+        assert_eq!(mode, ContentMode::Binary);
         assert_eq!(event.subject.as_deref(), Some("café"));
         assert_eq!(event.data.as_deref(), Some(&b"{\"a\":1}"[..]));
         h.remove("ce-type");
@@ -637,7 +640,7 @@ mod tests {
         h.insert("content-type", HeaderValue::from_static("application/json"));
         let (event, _) = from_headers(&h, Bytes::from(data)).unwrap();
         // Binary out: the body is the bytes that came in.
-        let (_, body) = event.to_headers(Mode::Binary);
+        let (_, body) = event.to_headers(ContentMode::Binary);
         assert_eq!(body, data.as_bytes());
         // Structured out, then in again: the same bytes.
         let structured = event.to_structured();
@@ -686,7 +689,7 @@ mod tests {
         let body =
             Bytes::from_static(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#);
         let (event, mode) = from_headers(&HeaderMap::new(), body).unwrap();
-        assert_eq!(mode, Mode::Structured);
+        assert_eq!(mode, ContentMode::Structured);
         assert_eq!(event.id, "1");
         // Still refused, with the reason, when it is not an event.
         let err =
@@ -707,7 +710,7 @@ mod tests {
             CloudEvent::from_structured(&event.to_structured()).unwrap(),
             event
         );
-        let (h, _) = event.to_headers(Mode::Binary);
+        let (h, _) = event.to_headers(ContentMode::Binary);
         assert_eq!(h["ce-n"], "10");
     }
 

@@ -1,21 +1,29 @@
-//! The HTTP trigger: serves the public listener, maps each request path to a function with a
-//! [`Router`], and hands the request to the runtime through [`HttpPort`].
+//! The HTTP trigger: serves the public listener. Every function is served at `/{name}` and
+//! below, plus the routes of its `[[trigger.http]]` sections; a request runs the function now, or,
+//! with `Prefer: respond-async`, is submitted for delivery (202 and a status URL, served here
+//! too under [`STATUS_PREFIX`]). The route table is rebuilt from the runtime's sections whenever
+//! a deploy changes them.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::port::{
+    parse_section, Accepted, ConfigError, DeliveryMode, FunctionKind, Payload, Runtime, Sections,
+    Submission, SubmitFailure, TriggerKind,
+};
 use crate::{Shutdown, Trigger};
 
 /// Errors of response bodies streamed from functions.
@@ -39,39 +47,6 @@ pub fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Bo
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(full_body(text))
         .expect("static status and header are valid")
-}
-
-/// What the HTTP trigger needs from the runtime.
-pub trait HttpPort: Send + Sync + 'static {
-    /// A resolved function, held for the whole request (an in-flight request keeps the version
-    /// it started on).
-    type Target: Send + 'static;
-
-    /// Finds the function that serves `path`, if any.
-    fn route(&self, path: &str) -> Option<Self::Target>;
-
-    /// Serves one request with `target`. Failures become error responses; this never fails.
-    fn serve(
-        &self,
-        target: Self::Target,
-        req: Request<Incoming>,
-    ) -> impl Future<Output = Response<Body>> + Send;
-
-    /// Accepts `req` for asynchronous invocation (`Prefer: respond-async`): 202 with a status
-    /// URL, or an error response.
-    fn submit(
-        &self,
-        target: Self::Target,
-        req: Request<Incoming>,
-        options: AsyncOptions,
-    ) -> impl Future<Output = Response<Body>> + Send;
-
-    /// The status document of invocation `id`, waiting up to `wait` for it to finish.
-    fn status(
-        &self,
-        id: &str,
-        wait: Option<Duration>,
-    ) -> impl Future<Output = Response<Body>> + Send;
 }
 
 /// What the caller of an asynchronous invocation asked for, from the request headers.
@@ -160,6 +135,11 @@ impl<T> Default for Router<T> {
 }
 
 impl<T> Router<T> {
+    /// Whether no route is set.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefix.is_empty()
+    }
+
     /// Adds a route; returns the value already holding it, if any (the route is not added then).
     pub fn insert(&mut self, route: &str, value: T) -> Result<(), &T> {
         let (map, key) = match route.strip_suffix("/...") {
@@ -228,58 +208,169 @@ impl Default for HttpOptions {
     }
 }
 
+/// The HTTP trigger's registration: `[[trigger.http]]` sections with a `route`.
+pub const KIND: TriggerKind = TriggerKind {
+    name: "http",
+    accepts: &[FunctionKind::Http, FunctionKind::Event],
+    validate,
+    validate_all,
+    disabled_hint: "",
+};
+
+/// One `[[trigger.http]]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    /// An exact path (`/a/b`), or a prefix (`/a/...`: `/a` and everything below it).
+    route: String,
+}
+
+fn validate(_function: &str, sections: &[toml::Table]) -> Result<(), ConfigError> {
+    for (i, section) in sections.iter().enumerate() {
+        let s: HttpSection = parse_section("http", i, section)?;
+        validate_route(&s.route).map_err(|m| ConfigError::at("http", i, "route", m))?;
+    }
+    Ok(())
+}
+
+/// Every route of a function: its own `/{name}/...` and those of its sections, in order,
+/// without repeats. Sections that do not parse are skipped (deploys refuse them).
+pub fn routes(function: &str, sections: &[toml::Table]) -> Vec<String> {
+    let mut out = vec![format!("/{function}/...")];
+    for (i, section) in sections.iter().enumerate() {
+        if let Ok(s) = parse_section::<HttpSection>("http", i, section) {
+            if !out.contains(&s.route) {
+                out.push(s.route);
+            }
+        }
+    }
+    out
+}
+
+/// The route table of every function, or the first route two functions both claim.
+fn route_table(all: &[Sections]) -> Result<Router<String>, String> {
+    let mut router = Router::default();
+    for f in all {
+        let name = &f.function.name;
+        for route in routes(name, &f.sections) {
+            if let Err(holder) = router.insert(&route, name.clone()) {
+                if holder != name {
+                    return Err(format!(
+                        "route {route} of function {name} is already served by function {holder}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(router)
+}
+
+fn validate_all(all: &[Sections]) -> Result<(), String> {
+    route_table(all).map(drop)
+}
+
+/// Routes are absolute paths; a trailing `/...` matches everything below. `/_ferry` is reserved.
+pub fn validate_route(route: &str) -> Result<(), String> {
+    let path = route.strip_suffix("/...").unwrap_or(route);
+    if !route.starts_with('/') {
+        return Err(format!("{route:?} must start with /"));
+    }
+    if path == "/_ferry" || path.starts_with("/_ferry/") {
+        return Err(format!("{route:?} is under /_ferry, which Ferry reserves"));
+    }
+    if path.len() > 1
+        && path
+            .split('/')
+            .skip(1)
+            .any(|s| s.is_empty() || s == "..." || s == "." || s == "..")
+    {
+        return Err(format!(
+            "{route:?} has an empty or dot segment; write /a/b, or /a/... for everything below /a"
+        ));
+    }
+    if route.contains(['?', '#', ' ', '*']) {
+        return Err(format!("{route:?} may not contain ?, #, * or spaces"));
+    }
+    Ok(())
+}
+
 /// The HTTP trigger on one listener.
-pub struct HttpTrigger<P> {
+pub struct HttpTrigger<R> {
     listener: TcpListener,
-    port: Arc<P>,
+    runtime: Arc<R>,
     options: HttpOptions,
 }
 
-impl<P: HttpPort> HttpTrigger<P> {
-    pub fn new(listener: TcpListener, port: Arc<P>, options: HttpOptions) -> Self {
+impl<R: Runtime> HttpTrigger<R> {
+    pub fn new(listener: TcpListener, runtime: Arc<R>, options: HttpOptions) -> Self {
         Self {
             listener,
-            port,
+            runtime,
             options,
         }
     }
 }
 
-impl<P: HttpPort> Trigger for HttpTrigger<P> {
+/// What every connection of the trigger shares.
+struct Shared<R> {
+    runtime: Arc<R>,
+    /// The `http` sections of the live functions, as the runtime last sent them.
+    sections: tokio::sync::watch::Receiver<Arc<[Sections]>>,
+    /// The route table, and the sections it was built from.
+    routes: ArcSwap<Routes>,
+}
+
+/// A route table (path to function name) and the sections it was built from.
+struct Routes {
+    from: Arc<[Sections]>,
+    table: Router<String>,
+}
+
+impl<R: Runtime> Shared<R> {
+    /// The function serving `path`. The table is rebuilt on the first request after a deploy
+    /// changed the sections, so a function is served as soon as its deploy has been answered.
+    fn function(&self, path: &str) -> Option<R::Function> {
+        let mut routes = self.routes.load();
+        let current = self.sections.borrow().clone();
+        if !Arc::ptr_eq(&routes.from, &current) {
+            let table = match route_table(&current) {
+                Ok(table) => table,
+                Err(e) => {
+                    // Deploys check routes before they commit; keep the last good table.
+                    tracing::error!(error = %e, "trigger.http: route table rejected");
+                    routes.table.clone()
+                }
+            };
+            self.routes.store(Arc::new(Routes {
+                from: current,
+                table,
+            }));
+            routes = self.routes.load();
+        }
+        routes
+            .table
+            .lookup(path)
+            .and_then(|name| self.runtime.function(name))
+    }
+}
+
+impl<R: Runtime> Trigger for HttpTrigger<R> {
     const KIND: &'static str = "http";
 
     async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let shared = Arc::new(Shared {
+            runtime: self.runtime.clone(),
+            sections: self.runtime.sections(KIND.name),
+            routes: ArcSwap::from_pointee(Routes {
+                from: Arc::from(Vec::new()),
+                table: Router::default(),
+            }),
+        });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(self.options.header_read_timeout);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and similar: log, back off briefly, go on.
-                        tracing::warn!(error = %e, "trigger.http.accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.requested() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let port = self.port.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let port = port.clone();
-                async move { Ok::<_, Infallible>(handle(&*port, req).await) }
-            });
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "trigger.http connection ended with an error");
-                }
-            });
-        }
+        self.accept(&shared, &http, &graceful, &mut shutdown).await;
         // Let requests in flight finish, but not forever.
         tokio::select! {
             _ = graceful.shutdown() => {}
@@ -291,36 +382,277 @@ impl<P: HttpPort> Trigger for HttpTrigger<P> {
     }
 }
 
-async fn handle<P: HttpPort>(port: &P, req: Request<Incoming>) -> Response<Body> {
+impl<R: Runtime> HttpTrigger<R> {
+    /// Accepts connections until shutdown is requested.
+    async fn accept(
+        &self,
+        shared: &Arc<Shared<R>>,
+        http: &hyper::server::conn::http1::Builder,
+        graceful: &hyper_util::server::graceful::GracefulShutdown,
+        shutdown: &mut Shutdown,
+    ) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and similar: log, back off briefly, go on.
+                        tracing::warn!(error = %e, "trigger.http.accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.requested() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "trigger.http connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+async fn handle<R: Runtime>(shared: &Shared<R>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if let Some(id) = path.strip_prefix(STATUS_PREFIX) {
         if req.method() != http::Method::GET {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "status URLs answer GET");
         }
         return match wait_param(req.uri().query()) {
-            Ok(wait) => port.status(id, wait).await,
+            Ok(wait) => status(&*shared.runtime, id, wait).await,
             Err(e) => text_response(StatusCode::BAD_REQUEST, e),
         };
     }
-    match port.route(path) {
-        Some(target) if prefers_async(req.headers()) => {
+    match shared.function(path) {
+        Some(f) if prefers_async(req.headers()) => {
             let span =
                 tracing::debug_span!("trigger.http.submit", method = %req.method(), path = %path);
-            let options = AsyncOptions::from_headers(req.headers());
-            port.submit(target, req, options).instrument(span).await
+            submit(&*shared.runtime, f, req).instrument(span).await
         }
-        Some(target) => {
+        Some(f) => {
             let span =
                 tracing::debug_span!("trigger.http.request", method = %req.method(), path = %path);
-            port.serve(target, req).instrument(span).await
+            shared.runtime.invoke_http(f, req).instrument(span).await
         }
         None => text_response(StatusCode::NOT_FOUND, format!("no function serves {path}")),
     }
 }
 
+/// `Prefer: respond-async`: reads the request into a submission and answers 202 with the
+/// status URL (or why not).
+async fn submit<R: Runtime>(runtime: &R, f: R::Function, req: Request<Incoming>) -> Response<Body> {
+    let options = AsyncOptions::from_headers(req.headers());
+    let mode = match options.delivery.as_deref() {
+        None => None,
+        Some(m) => match DeliveryMode::parse(m) {
+            Some(mode) => Some(mode),
+            None => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "Ferry-Delivery: {m:?} is not a mode; use fire-and-forget or store-and-forward"
+                ),
+                )
+            }
+        },
+    };
+    let payload = match payload(R::info(&f), req).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let submission = Submission {
+        mode,
+        callback_url: options.callback_url,
+        idempotency_key: options.idempotency_key,
+        payload,
+    };
+    match runtime.submit(f, submission).await {
+        Ok(accepted) => accepted_response(&accepted),
+        Err(e @ SubmitFailure::BadRequest(_)) => {
+            text_response(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e @ SubmitFailure::QueueFull) => {
+            let mut resp = text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            resp
+        }
+        Err(e @ SubmitFailure::Unavailable(_)) => {
+            tracing::error!(error = %e, "submit failed");
+            text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
+/// Reads the request, within the function's body limit, into what the delivery engine runs:
+/// the request itself for an HTTP function, the CloudEvent for an event function.
+async fn payload(
+    f: &crate::FunctionInfo,
+    req: Request<Incoming>,
+) -> Result<Payload, Response<Body>> {
+    let max = f.max_body;
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, max as usize)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(text_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                "request body is larger than function {}'s limit of {max} bytes (limits.max_body)",
+                f.name
+            ),
+            ))
+        }
+        Err(e) => {
+            return Err(text_response(
+                StatusCode::BAD_REQUEST,
+                format!("failed to read the request body: {e}"),
+            ))
+        }
+    };
+    match f.kind {
+        FunctionKind::Http => Ok(Payload::Http {
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "/".into()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+        }),
+        FunctionKind::Event => match crate::cloudevents::from_headers(&parts.headers, body) {
+            Ok((event, _)) => Ok(Payload::Event(event)),
+            Err(e) => Err(text_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid CloudEvent: {e}"),
+            )),
+        },
+    }
+}
+
+/// 202 with `Location` (and `Ferry-Idempotent-Replay` for a repeat).
+fn accepted_response(accepted: &Accepted) -> Response<Body> {
+    let mut resp = json_response(StatusCode::ACCEPTED, &accepted);
+    if let Ok(v) = http::HeaderValue::from_str(&accepted.status_url) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    if !accepted.new {
+        resp.headers_mut().insert(
+            "ferry-idempotent-replay",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// A status URL: the invocation's status document, or 404.
+async fn status<R: Runtime>(runtime: &R, id: &str, wait: Option<Duration>) -> Response<Body> {
+    match runtime.invocation(id, wait).await {
+        Ok(Some(doc)) => json_response(StatusCode::OK, &doc),
+        Ok(None) => text_response(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no invocation {id:?} (finished invocations are kept for the retention window)"
+            ),
+        ),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reading an invocation failed");
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the host log",
+            )
+        }
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full_body(serde_json::to_vec(value).unwrap_or_default()))
+        .expect("static headers are valid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_syntax() {
+        for ok in ["/", "/a", "/a/b", "/a/...", "/..."] {
+            assert!(validate_route(ok).is_ok(), "{ok}");
+        }
+        for bad in ["a", "/a//b", "/a/../b", "/_ferry", "/a?b", "/a/.../b"] {
+            assert!(validate_route(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn info(name: &str) -> crate::FunctionInfo {
+        crate::FunctionInfo {
+            name: name.into(),
+            version: 1,
+            kind: FunctionKind::Http,
+            timeout: Duration::from_secs(1),
+            max_body: 1,
+            max_attempts: 1,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+
+    fn route(r: &str) -> toml::Table {
+        toml::Table::from_iter([("route".to_string(), r.into())])
+    }
+
+    #[test]
+    fn two_functions_may_not_claim_one_route() {
+        let a = Sections {
+            function: info("a"),
+            sections: vec![route("/shared/..."), route("/a-only")],
+        };
+        let b = Sections {
+            function: info("b"),
+            sections: vec![route("/b-only")],
+        };
+        let table = route_table(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(table.lookup("/shared/x").map(String::as_str), Some("a"));
+        assert_eq!(table.lookup("/b/anything").map(String::as_str), Some("b"));
+        let c = Sections {
+            function: info("c"),
+            sections: vec![route("/shared/...")],
+        };
+        let err = validate_all(&[a, b, c]).unwrap_err();
+        assert!(
+            err.contains("/shared/... of function c is already served by function a"),
+            "{err}"
+        );
+        // A function's own routes never collide with themselves.
+        let d = Sections {
+            function: info("d"),
+            sections: vec![route("/d/..."), route("/x"), route("/x")],
+        };
+        assert!(validate_all(&[d]).is_ok());
+    }
 
     fn router() -> Router<&'static str> {
         let mut r = Router::default();

@@ -1,15 +1,31 @@
 //! Protocol adapters that turn outside occurrences into Ferry invocations.
 //!
-//! This crate knows nothing of wasmtime: each trigger defines the port it needs from the runtime
-//! (for HTTP, [`http::HttpPort`]: "which function serves this path" and "serve this request with
-//! it") and the host implements that port. The `ferry` binary runs every trigger of a process on
-//! one `JoinSet` with one [`Shutdown`] signal.
+//! This crate knows nothing of wasmtime. Every trigger talks to the runtime through one port,
+//! [`Runtime`] (find a function, invoke it, submit an invocation for delivery, keep a small state
+//! record, report its state), which the host implements; every trigger parses and checks its
+//! own `[[trigger.<kind>]]` sections, which the host stores as it got them. A trigger is one
+//! module here plus its line in [`TRIGGERS`]. The `ferry` binary runs every trigger of a process
+//! on one `JoinSet` with one [`Shutdown`] signal.
 
 use std::future::Future;
 
 pub mod cloudevents;
 pub mod http;
 pub mod nats;
+mod port;
+
+pub use port::{
+    parse_section, Accepted, ConfigError, DeliveryMode, EventFailure, FunctionInfo, FunctionKind,
+    Payload, Runtime, Sections, StateKey, Submission, SubmitFailure, TriggerKind,
+};
+
+/// Every trigger kind, as the host registers them: a new trigger adds its line here.
+pub const TRIGGERS: &[TriggerKind] = &[http::KIND, nats::KIND];
+
+/// The registered trigger kind called `name`.
+pub fn trigger_kind(name: &str) -> Option<&'static TriggerKind> {
+    TRIGGERS.iter().find(|k| k.name == name)
+}
 
 /// A source of invocations that runs until shutdown.
 pub trait Trigger: Send + 'static {

@@ -22,13 +22,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::cloudevents::{from_headers, CloudEvent, ExtensionValue, Mode};
+use crate::cloudevents::{from_headers, CloudEvent, ContentMode, ExtensionValue};
+use crate::port::{
+    parse_section, ConfigError, EventFailure, FunctionInfo, FunctionKind, Runtime, Sections,
+    TriggerKind,
+};
 use crate::{Shutdown, Trigger};
+use serde::Deserialize;
 
 /// One `[[trigger.nats]]` of one function, resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,7 +48,7 @@ pub struct NatsBinding {
     /// Where messages that are not valid CloudEvents go.
     pub dead_letter: String,
     /// The mode of result events; None: the input's.
-    pub output: Option<Mode>,
+    pub output: Option<ContentMode>,
     /// JetStream stream: a durable consumer, at least once. None: core NATS, at most once.
     pub stream: Option<String>,
     /// Deliveries of one event before it is dead-lettered (JetStream).
@@ -76,25 +81,113 @@ impl NatsBinding {
     }
 }
 
-/// Why an event function did not produce a result.
-#[derive(Debug, Clone)]
-pub struct EventFailure {
-    /// Whether trying again may help (a retryable error, a trap, a timeout).
-    pub retryable: bool,
-    pub message: String,
+/// The NATS trigger's registration: `[[trigger.nats]]` sections, for event functions.
+pub const KIND: TriggerKind = TriggerKind {
+    name: "nats",
+    accepts: &[FunctionKind::Event],
+    validate,
+    validate_all: |_| Ok(()),
+    disabled_hint:
+        "this host runs without NATS: start it with --nats nats://HOST:4222 (or FERRY_NATS)",
+};
+
+/// One `[[trigger.nats]]` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatsSection {
+    subject: String,
+    queue: Option<String>,
+    reply: Option<String>,
+    stream: Option<String>,
+    dead_letter: Option<String>,
+    /// `binary` or `structured`: the mode of result events (default: the input's).
+    format: Option<String>,
 }
 
-/// What the NATS trigger needs from the runtime.
-pub trait EventPort: Send + Sync + 'static {
-    /// Runs `function` on one event.
-    fn handle(
-        &self,
-        function: &str,
-        event: CloudEvent,
-    ) -> impl Future<Output = Result<Option<CloudEvent>, EventFailure>> + Send;
+fn validate(function: &str, sections: &[toml::Table]) -> Result<(), ConfigError> {
+    for (i, section) in sections.iter().enumerate() {
+        let s: NatsSection = parse_section("nats", i, section)?;
+        s.check(function, i)?;
+    }
+    Ok(())
+}
 
-    /// The current bindings; the receiver sees every change.
-    fn bindings(&self) -> watch::Receiver<Vec<NatsBinding>>;
+impl NatsSection {
+    fn check(&self, function: &str, i: usize) -> Result<(), ConfigError> {
+        let bad = |key: &str, m: String| ConfigError::at("nats", i, key, m);
+        validate_subject(&self.subject, true).map_err(|m| bad("subject", m))?;
+        if let Some(stream) = &self.stream {
+            if stream.is_empty() || stream.contains(['.', '*', '>', ' ', '\t']) {
+                return Err(bad(
+                    "stream",
+                    format!("{stream:?} is not a stream name (no spaces, `.`, `*` or `>`)"),
+                ));
+            }
+        }
+        for (k, v) in [("reply", &self.reply), ("dead_letter", &self.dead_letter)] {
+            if let Some(v) = v {
+                validate_subject(v, false).map_err(|m| bad(k, m))?;
+            }
+        }
+        if let Some(reply) = &self.reply {
+            if subject_matches(&self.subject, reply) {
+                return Err(bad(
+                    "reply",
+                    format!("{reply:?} matches the trigger's own subject {:?}: results would feed back into the function", self.subject),
+                ));
+            }
+        }
+        if let Some(f) = &self.format {
+            if f != "binary" && f != "structured" {
+                return Err(bad(
+                    "format",
+                    format!("{f:?}: use \"binary\" or \"structured\""),
+                ));
+            }
+        }
+        let queue = self.queue.as_deref().unwrap_or(function);
+        if queue.is_empty() || queue.contains(char::is_whitespace) {
+            return Err(bad("queue", "a queue group name has no spaces".into()));
+        }
+        Ok(())
+    }
+
+    fn binding(self, f: &FunctionInfo) -> NatsBinding {
+        NatsBinding {
+            function: f.name.clone(),
+            queue: self.queue.unwrap_or_else(|| f.name.clone()),
+            dead_letter: self
+                .dead_letter
+                .unwrap_or_else(|| format!("ferry.deadletter.{}", f.name)),
+            subject: self.subject,
+            reply: self.reply,
+            output: match self.format.as_deref() {
+                Some("binary") => Some(ContentMode::Binary),
+                Some("structured") => Some(ContentMode::Structured),
+                _ => None,
+            },
+            stream: self.stream,
+            max_attempts: f.max_attempts,
+            backoff_initial: f.backoff_initial,
+            backoff_max: f.backoff_max,
+            ack_wait: f.timeout + Duration::from_secs(5),
+        }
+    }
+}
+
+/// The bindings of every function's sections (those that do not parse are skipped: deploys
+/// refuse them).
+pub fn bindings(all: &[Sections]) -> Vec<NatsBinding> {
+    all.iter()
+        .filter(|f| f.function.kind == FunctionKind::Event)
+        .flat_map(|f| {
+            f.sections.iter().enumerate().filter_map(|(i, section)| {
+                let s: NatsSection = parse_section("nats", i, section).ok()?;
+                s.check(&f.function.name, i).ok()?;
+                Some(s.binding(&f.function))
+            })
+        })
+        .collect()
 }
 
 /// Connects to NATS. The client retries the first connection and reconnects with backoff
@@ -124,20 +217,20 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
 }
 
 /// The NATS trigger of one process.
-pub struct NatsTrigger<P> {
+pub struct NatsTrigger<R> {
     client: async_nats::Client,
-    port: Arc<P>,
+    runtime: Arc<R>,
     /// Events handled at once per binding.
     concurrency: usize,
     /// After shutdown, how long events in flight may take to finish.
     shutdown_grace: Duration,
 }
 
-impl<P: EventPort> NatsTrigger<P> {
-    pub fn new(client: async_nats::Client, port: Arc<P>, shutdown_grace: Duration) -> Self {
+impl<R: Runtime> NatsTrigger<R> {
+    pub fn new(client: async_nats::Client, runtime: Arc<R>, shutdown_grace: Duration) -> Self {
         Self {
             client,
-            port,
+            runtime,
             concurrency: 64,
             shutdown_grace,
         }
@@ -175,15 +268,15 @@ impl Handlers {
     }
 }
 
-impl<P: EventPort> Trigger for NatsTrigger<P> {
+impl<R: Runtime> Trigger for NatsTrigger<R> {
     const KIND: &'static str = "nats";
 
     async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
-        let mut bindings = self.port.bindings();
+        let mut sections = self.runtime.sections(KIND.name);
         let mut running: HashMap<NatsBinding, JoinHandle<()>> = HashMap::new();
         let handlers = TaskTracker::new();
         loop {
-            let wanted: Vec<NatsBinding> = bindings.borrow_and_update().clone();
+            let wanted = bindings(&sections.borrow_and_update());
             running.retain(|b, task| {
                 let keep = wanted.contains(b);
                 if !keep {
@@ -192,20 +285,24 @@ impl<P: EventPort> Trigger for NatsTrigger<P> {
                 }
                 keep
             });
+            self.runtime.report(
+                KIND.name,
+                serde_json::json!({ "subscriptions": wanted.len() }),
+            );
             for b in wanted {
                 if running.contains_key(&b) {
                     continue;
                 }
                 let task = tokio::spawn(subscription(
                     self.client.clone(),
-                    self.port.clone(),
+                    self.runtime.clone(),
                     b.clone(),
                     Handlers::new(&handlers, self.concurrency),
                 ));
                 running.insert(b, task);
             }
             tokio::select! {
-                changed = bindings.changed() => if changed.is_err() { break },
+                changed = sections.changed() => if changed.is_err() { break },
                 _ = shutdown.requested() => break,
             }
         }
@@ -229,14 +326,14 @@ impl<P: EventPort> Trigger for NatsTrigger<P> {
 }
 
 /// One binding: subscribe (retrying while NATS is unreachable) and handle messages.
-async fn subscription<P: EventPort>(
+async fn subscription<R: Runtime>(
     client: async_nats::Client,
-    port: Arc<P>,
+    runtime: Arc<R>,
     b: NatsBinding,
     handlers: Handlers,
 ) {
     if b.stream.is_some() {
-        return jetstream_subscription(client, port, b, handlers).await;
+        return jetstream_subscription(client, runtime, b, handlers).await;
     }
     let mut delay = Duration::from_millis(100);
     let mut sub = loop {
@@ -255,13 +352,28 @@ async fn subscription<P: EventPort>(
     tracing::info!(function = %b.function, subject = %b.subject, queue = %b.queue, "trigger.nats subscribed");
     let b = Arc::new(b);
     while let Some(msg) = sub.next().await {
-        let (client, port, b) = (client.clone(), port.clone(), b.clone());
+        let (client, runtime, b) = (client.clone(), runtime.clone(), b.clone());
         let span = tracing::info_span!("trigger.nats.message", messaging.system = "nats", function = %b.function, subject = %msg.subject);
         handlers
             .spawn(span, async move {
-                handle_message(&client, &*port, &b, msg).await
+                handle_message(&client, &*runtime, &b, msg).await
             })
             .await;
+    }
+}
+
+/// Runs the binding's function (its current version) on one event.
+async fn invoke<R: Runtime>(
+    runtime: &R,
+    b: &NatsBinding,
+    event: CloudEvent,
+) -> Result<Option<CloudEvent>, EventFailure> {
+    match runtime.function(&b.function) {
+        Some(f) => runtime.invoke_event(f, event).await,
+        None => Err(EventFailure {
+            retryable: false,
+            message: format!("function {} no longer exists", b.function),
+        }),
     }
 }
 
@@ -294,9 +406,9 @@ pub fn nats_headers(headers: &http::HeaderMap) -> async_nats::HeaderMap {
     out
 }
 
-async fn handle_message<P: EventPort>(
+async fn handle_message<R: Runtime>(
     client: &async_nats::Client,
-    port: &P,
+    runtime: &R,
     b: &NatsBinding,
     msg: async_nats::Message,
 ) {
@@ -317,7 +429,7 @@ async fn handle_message<P: EventPort>(
             return;
         }
     };
-    match port.handle(&b.function, event).await {
+    match invoke(runtime, b, event).await {
         Ok(Some(out)) => {
             let (h, body) = out.to_headers(b.output.unwrap_or(mode));
             let h = nats_headers(&h);
@@ -347,9 +459,9 @@ async fn handle_message<P: EventPort>(
 
 /// A JetStream binding: a durable pull consumer on the stream (created with the binding's subject
 /// if missing), recreated after errors such as a lost connection.
-async fn jetstream_subscription<P: EventPort>(
+async fn jetstream_subscription<R: Runtime>(
     client: async_nats::Client,
-    port: Arc<P>,
+    runtime: Arc<R>,
     b: NatsBinding,
     handlers: Handlers,
 ) {
@@ -396,12 +508,12 @@ async fn jetstream_subscription<P: EventPort>(
                 while let Some(next) = messages.next().await {
                     match next {
                         Ok(msg) => {
-                            let (client, port, b, streams) =
-                                (client.clone(), port.clone(), b.clone(), streams.clone());
+                            let (client, runtime, b, streams) =
+                                (client.clone(), runtime.clone(), b.clone(), streams.clone());
                             let span = tracing::info_span!("trigger.nats.jetstream", messaging.system = "nats", function = %b.function, subject = %msg.subject);
                             handlers
                                 .spawn(span, async move {
-                                    handle_jetstream(&client, &*port, &b, &streams, msg).await
+                                    handle_jetstream(&client, &*runtime, &b, &streams, msg).await
                                 })
                                 .await;
                         }
@@ -426,9 +538,9 @@ async fn jetstream_subscription<P: EventPort>(
 /// dead-letter subject and terminate it. A malformed message is dead-lettered at once, and so is
 /// one the server delivers more than `max_attempts` times (its ack or nak was lost), so no path
 /// redelivers past the limit.
-async fn handle_jetstream<P: EventPort>(
+async fn handle_jetstream<R: Runtime>(
     client: &async_nats::Client,
-    port: &P,
+    runtime: &R,
     b: &NatsBinding,
     streams: &StreamLookup,
     msg: async_nats::jetstream::Message,
@@ -456,7 +568,7 @@ async fn handle_jetstream<P: EventPort>(
         );
         return dead_letter(client, b, streams, &msg, event, mode, delivered, &error).await;
     }
-    let failure = match port.handle(&b.function, event.clone()).await {
+    let failure = match invoke(runtime, b, event.clone()).await {
         Ok(out) => {
             let published = match (out, &b.reply) {
                 (Some(out), Some(reply)) => {
@@ -509,7 +621,7 @@ async fn dead_letter(
     streams: &StreamLookup,
     msg: &async_nats::jetstream::Message,
     mut event: CloudEvent,
-    mode: Mode,
+    mode: ContentMode,
     delivered: u32,
     error: &str,
 ) {

@@ -1,0 +1,261 @@
+//! The one port from every trigger to the runtime, and the words it speaks: a function as
+//! triggers see it ([`FunctionInfo`]), a submission for asynchronous delivery ([`Submission`]),
+//! a trigger's sections of the deployed functions ([`Sections`]), and the small state record a
+//! trigger may keep ([`StateKey`]). The host implements [`Runtime`]; a trigger uses nothing else.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::cloudevents::CloudEvent;
+use crate::http::Body;
+
+/// What a function exports, and so what it can be invoked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionKind {
+    /// Exports `wasi:http/incoming-handler`: takes HTTP requests.
+    Http,
+    /// Exports `ferry:function/handler`: takes CloudEvents.
+    Event,
+}
+
+impl std::fmt::Display for FunctionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FunctionKind::Http => "http",
+            FunctionKind::Event => "event",
+        })
+    }
+}
+
+/// The delivery guarantee of an asynchronous invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Held in memory only; at most once.
+    FireAndForget,
+    /// Durable before it is acknowledged; retried; at least once.
+    StoreAndForward,
+}
+
+impl DeliveryMode {
+    /// `fire-and-forget` or `store-and-forward` (any case, surrounding blanks ignored).
+    pub fn parse(s: &str) -> Option<DeliveryMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fire-and-forget" => Some(DeliveryMode::FireAndForget),
+            "store-and-forward" => Some(DeliveryMode::StoreAndForward),
+            _ => None,
+        }
+    }
+}
+
+/// A function version as triggers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub version: u64,
+    pub kind: FunctionKind,
+    /// How long one invocation may run.
+    pub timeout: Duration,
+    /// Largest request body the function accepts, in bytes.
+    pub max_body: u64,
+    /// Attempts in all for one event, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// The sections of one trigger kind (`[[trigger.<kind>]]`) of one deployed function. Every
+/// deployed function is listed, with no sections when it has none of this kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sections {
+    pub function: FunctionInfo,
+    pub sections: Vec<toml::Table>,
+}
+
+/// What to run asynchronously.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// An HTTP request for an HTTP function.
+    Http {
+        method: String,
+        /// Path and query.
+        path: String,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Bytes,
+    },
+    /// A CloudEvent for an event function.
+    Event(CloudEvent),
+}
+
+/// An invocation handed to the delivery engine.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// None: the function's default.
+    pub mode: Option<DeliveryMode>,
+    /// Where the result is to be POSTed, signed.
+    pub callback_url: Option<String>,
+    /// Repeats with the same key (per function) return the first invocation; events without one
+    /// use their `source` and `id`.
+    pub idempotency_key: Option<String>,
+    pub payload: Payload,
+}
+
+/// An accepted submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub id: String,
+    pub status_url: String,
+    pub status: String,
+    pub mode: DeliveryMode,
+    /// False when an idempotency key matched an earlier invocation, which is returned.
+    #[serde(skip)]
+    pub new: bool,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitFailure {
+    /// The caller's mistake (a callback URL that may not be reached, say).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The fire-and-forget queue is full: try again shortly.
+    #[error("the fire-and-forget queue is full; retry later")]
+    QueueFull,
+    /// The store failed or did not become durable in time.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Why an event function did not produce a result.
+#[derive(Debug, Clone)]
+pub struct EventFailure {
+    /// Whether trying again may help (a retryable error, a trap, a timeout).
+    pub retryable: bool,
+    pub message: String,
+}
+
+/// Where a trigger keeps one small state record: per trigger kind, per function, per key (a
+/// poll cursor, an ETag, the last time a schedule fired).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateKey {
+    pub kind: &'static str,
+    pub function: String,
+    pub key: String,
+}
+
+/// Everything a trigger may ask of the runtime.
+pub trait Runtime: Send + Sync + 'static {
+    /// A deployed function version. A trigger holds it for as long as one invocation needs it:
+    /// an invocation finishes on the version it started with, whatever is deployed meanwhile.
+    type Function: Clone + Send + Sync + 'static;
+
+    /// The current version of a function, if it is deployed.
+    fn function(&self, name: &str) -> Option<Self::Function>;
+
+    /// What a function version is.
+    fn info(function: &Self::Function) -> &FunctionInfo;
+
+    /// Serves one HTTP request with an HTTP function (or a CloudEvent POSTed to an event
+    /// function). Failures become error responses; this never fails.
+    fn invoke_http(
+        &self,
+        function: Self::Function,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Runs an event function on one event now.
+    fn invoke_event(
+        &self,
+        function: Self::Function,
+        event: CloudEvent,
+    ) -> impl Future<Output = Result<Option<CloudEvent>, EventFailure>> + Send;
+
+    /// Hands an invocation to the delivery engine. A store-and-forward submission is durable
+    /// when this returns `Ok`.
+    fn submit(
+        &self,
+        function: Self::Function,
+        submission: Submission,
+    ) -> impl Future<Output = Result<Accepted, SubmitFailure>> + Send;
+
+    /// The status document of an invocation, waiting up to `wait` for it to finish; None when
+    /// there is no such invocation.
+    fn invocation(
+        &self,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> impl Future<Output = anyhow::Result<Option<serde_json::Value>>> + Send;
+
+    /// A trigger's state record, if it has written one.
+    fn state(&self, key: &StateKey) -> anyhow::Result<Option<Vec<u8>>>;
+
+    /// Writes a trigger's state record durably.
+    fn put_state(&self, key: &StateKey, value: &[u8]) -> anyhow::Result<()>;
+
+    /// Reports a trigger's state for status pages (`/healthz`); the latest report wins.
+    fn report(&self, kind: &'static str, status: serde_json::Value);
+
+    /// The sections of `kind` of every deployed function; the receiver sees every change.
+    fn sections(&self, kind: &'static str) -> watch::Receiver<Arc<[Sections]>>;
+}
+
+/// A configuration problem in a trigger section; `key` names it (`trigger.nats[0].subject`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `key` of section `index` of `kind` (or the whole kind when `key` is empty).
+    pub fn at(kind: &str, index: usize, key: &str, message: impl Into<String>) -> Self {
+        let key = if key.is_empty() {
+            format!("trigger.{kind}[{index}]")
+        } else {
+            format!("trigger.{kind}[{index}].{key}")
+        };
+        ConfigError {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// A trigger kind as the host registers it: its name in the manifest (`[[trigger.<name>]]`) and
+/// how its sections are checked at deploy time.
+pub struct TriggerKind {
+    pub name: &'static str,
+    /// The kinds of function this trigger can invoke.
+    pub accepts: &'static [FunctionKind],
+    /// Checks one function's sections of this kind (typed, unknown keys refused), given the
+    /// function's name.
+    pub validate: fn(&str, &[toml::Table]) -> Result<(), ConfigError>,
+    /// Checks every function's sections together, for what no one function can see alone (two
+    /// functions claiming one route). The message says what collides.
+    pub validate_all: fn(&[Sections]) -> Result<(), String>,
+    /// What to tell a user whose host does not run this trigger.
+    pub disabled_hint: &'static str,
+}
+
+/// Parses one section into a trigger's typed configuration (`deny_unknown_fields`), naming the
+/// key at fault.
+pub fn parse_section<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    index: usize,
+    section: &toml::Table,
+) -> Result<T, ConfigError> {
+    T::deserialize(toml::Value::Table(section.clone())).map_err(|e| {
+        // toml's messages name the field (`unknown field `subjet`, expected one of …`).
+        ConfigError::at(kind, index, "", e.to_string().trim().to_string())
+    })
+}
