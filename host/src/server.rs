@@ -70,6 +70,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             public_url: public_url.clone(),
             callback_secret: callback_secret(&opts, &*store)?,
             journal_dir: opts.data_dir.clone(),
+            host_id: host_id(&*store)?,
+            attempt_lease: opts.max_timeout + Duration::from_secs(60),
             ..opts.delivery.clone()
         },
         shutdown.clone(),
@@ -203,6 +205,17 @@ fn enabled_triggers(opts: &ServeOptions) -> Vec<&'static str> {
         kinds.push(ferry_triggers::nats::KIND.name);
     }
     kinds
+}
+
+/// The id this host leases work under, made on first start and kept in the data directory.
+fn host_id(store: &dyn Store) -> anyhow::Result<String> {
+    if let Some(id) = store.setting("host_id")? {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    store.put_setting("host_id", &id)?;
+    store.flush()?;
+    Ok(id)
 }
 
 /// `--callback-secret`, else the one kept in the store, else a new one, kept.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::record::{now_ms, Callback, CallbackStatus, Invocation, Op};
+use super::record::{now_ms, Callback, CallbackStatus, Invocation};
 use super::{signature, Delivery};
 
 /// Why a callback was not delivered.
@@ -31,16 +31,14 @@ impl NotDelivered {
 impl Delivery {
     /// POSTs an invocation's final state to its callback URL, signed.
     pub(super) async fn deliver_callback(&self, id: &str) {
-        let key = format!("cb:{id}");
         let span = tracing::info_span!("delivery.callback", invocation_id = %id);
         if let Err(e) = self.try_deliver_callback(id).instrument(span).await {
             tracing::error!(invocation_id = %id, error = %format!("{e:#}"), "recording a callback failed");
         }
-        self.release(&key);
     }
 
     async fn try_deliver_callback(&self, id: &str) -> anyhow::Result<()> {
-        let Some(inv) = self.store.invocation(id)? else {
+        let Some(inv) = self.store.get(id)? else {
             return Ok(());
         };
         let Some(cb) = inv
@@ -48,14 +46,8 @@ impl Delivery {
             .clone()
             .filter(|c| c.status == CallbackStatus::Pending)
         else {
-            if let Some(due) = inv.callback.as_ref().and_then(|c| c.due_ms) {
-                self.store.apply(vec![Op::Unschedule {
-                    due_ms: due,
-                    id: id.to_string(),
-                    callback: true,
-                }])?;
-            }
-            return Ok(());
+            // Delivered meanwhile (by another host, say): end the lease.
+            return self.store.put(&inv);
         };
         let outcome = self.send_callback(&inv, &cb).await?;
         self.record_callback(inv, outcome)
@@ -128,24 +120,18 @@ impl Delivery {
         })
     }
 
-    /// Records a callback attempt as one atomic batch.
+    /// Stores the outcome of a callback attempt.
     fn record_callback(
         &self,
         mut inv: Invocation,
         outcome: Result<(), NotDelivered>,
     ) -> anyhow::Result<()> {
-        let id = inv.id.clone();
         let now = now_ms();
         let age = Duration::from_millis(now.saturating_sub(inv.created_ms));
-        let mut ops = Vec::new();
-        let cb = inv.callback.as_mut().expect("checked by the caller");
-        if let Some(due) = cb.due_ms.take() {
-            ops.push(Op::Unschedule {
-                due_ms: due,
-                id: id.clone(),
-                callback: true,
-            });
-        }
+        let Some(cb) = inv.callback.as_mut() else {
+            return Ok(());
+        };
+        cb.due_ms = None;
         cb.attempts += 1;
         match outcome {
             Ok(()) => {
@@ -165,18 +151,11 @@ impl Delivery {
                             .retry_after
                             .map(|a| a.min(policy.max))
                             .unwrap_or(delay);
-                        let due = now + delay.as_millis() as u64;
-                        cb.due_ms = Some(due);
-                        ops.push(Op::Schedule {
-                            due_ms: due,
-                            id: id.clone(),
-                            callback: true,
-                        });
+                        cb.due_ms = Some(now + delay.as_millis() as u64);
                         tracing::info!(attempt = cb.attempts, error = %failed.error, "callback failed; will retry");
                     }
                     None if failed.retryable => {
                         cb.status = CallbackStatus::DeadLettered;
-                        ops.push(Op::MarkDead(id.clone()));
                         tracing::warn!(attempts = cb.attempts, error = %failed.error, "callback dead-lettered");
                     }
                     None => {
@@ -187,7 +166,6 @@ impl Delivery {
             }
         }
         inv.updated_ms = now;
-        ops.push(Op::Put(Box::new(inv)));
-        self.store.apply(ops)
+        self.store.put(&inv)
     }
 }

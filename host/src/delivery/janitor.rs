@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::record::{now_ms, Op};
+use super::record::now_ms;
 use super::Delivery;
 
 impl Delivery {
@@ -22,24 +22,18 @@ impl Delivery {
                 () = shutdown.requested() => return,
             }
             let cutoff = now_ms().saturating_sub(self.options.retention.as_millis() as u64);
-            let Ok(all) = self.store.invocations() else {
-                continue;
-            };
-            let dead: std::collections::HashSet<String> =
-                self.store.dead().unwrap_or_default().into_iter().collect();
             let mut removed = 0;
-            for inv in all {
-                if inv.status.is_final()
-                    && inv.updated_ms < cutoff
-                    && !inv.callback_pending()
-                    && !dead.contains(&inv.id)
-                {
-                    let mut ops = vec![Op::Delete(inv.id.clone())];
-                    if let Some(k) = inv.idempotency_key {
-                        ops.push(Op::DeleteKey(k));
+            loop {
+                match self.store.expire(cutoff, 1000) {
+                    Ok(n) => {
+                        removed += n;
+                        if n < 1000 {
+                            break;
+                        }
                     }
-                    if self.store.apply(ops).is_ok() {
-                        removed += 1;
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "removing expired invocations failed");
+                        break;
                     }
                 }
             }

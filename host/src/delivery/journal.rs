@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::{watch, Notify};
 
-use super::record::{DeliveryStore, Invocation};
+use super::record::Invocation;
+use super::store::DeliveryStore;
 
 /// How often the journal is folded into the store and emptied.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);

@@ -16,6 +16,7 @@ pub mod record;
 pub mod retry;
 mod scanner;
 pub mod signature;
+pub mod store;
 mod view;
 mod worker;
 
@@ -34,7 +35,8 @@ use crate::registry::{Deployed, Registry};
 use ferry_triggers::Shutdown;
 use guard::CallbackGuard;
 use journal::Journal;
-use record::{now_ms, Callback, CallbackStatus, DeliveryStore, Invocation, Op, Payload, Status};
+use record::{now_ms, Callback, CallbackStatus, Invocation, Payload, Status};
+use store::{DeliveryStore, Lease, Queue};
 use tokio_util::task::TaskTracker;
 
 /// Host-wide delivery settings (from `ferry serve` flags).
@@ -60,6 +62,11 @@ pub struct DeliveryOptions {
     /// After shutdown is requested, how long an attempt in flight may take to finish before it
     /// is recorded as interrupted.
     pub shutdown_grace: Duration,
+    /// Names this host in the leases it takes (kept in the data directory).
+    pub host_id: String,
+    /// How long an attempt taken by this host is held before another host may take it: longer
+    /// than any function's timeout.
+    pub attempt_lease: Duration,
 }
 
 impl Default for DeliveryOptions {
@@ -81,6 +88,8 @@ impl Default for DeliveryOptions {
             },
             public_url: String::new(),
             shutdown_grace: Duration::from_secs(30),
+            host_id: uuid::Uuid::now_v7().simple().to_string(),
+            attempt_lease: Duration::from_secs(16 * 60),
         }
     }
 }
@@ -109,6 +118,9 @@ pub enum SubmitError {
     Unavailable(String),
 }
 
+/// How long a callback taken by this process is held before others may take it.
+const CALLBACK_LEASE: Duration = Duration::from_secs(120);
+
 /// The prefix of status URLs on the public listener.
 pub const STATUS_PATH: &str = "/_ferry/invocations/";
 
@@ -117,10 +129,11 @@ pub struct Delivery {
     registry: Arc<Registry>,
     store: Arc<dyn DeliveryStore>,
     journal: Arc<Journal>,
-    /// Ids queued or running in this process (attempts, and callbacks as "cb:" + id).
-    inflight: Mutex<HashSet<String>>,
-    /// Ids whose attempt is running right now.
+    /// Ids whose attempt is running right now in this process: the "running" of status
+    /// documents (the store knows only that an invocation is leased).
     running: Mutex<HashSet<String>>,
+    /// Who this process is when it leases work: `<host id>/<start id>`.
+    owner: String,
     ready: mpsc::Sender<String>,
     ff: mpsc::Sender<String>,
     callbacks: mpsc::Sender<String>,
@@ -131,8 +144,6 @@ pub struct Delivery {
     shutdown: Shutdown,
     /// Every task of the engine, so that shutdown can wait for them.
     tasks: TaskTracker,
-    /// Locks of idempotency keys, sharded by hash.
-    key_locks: Vec<std::sync::Mutex<()>>,
     guard: CallbackGuard,
     http: reqwest::Client,
     options: DeliveryOptions,
@@ -172,8 +183,8 @@ impl Delivery {
             registry,
             store,
             journal,
-            inflight: Mutex::new(HashSet::new()),
             running: Mutex::new(HashSet::new()),
+            owner: format!("{}/{}", options.host_id, uuid::Uuid::now_v7().simple()),
             ready,
             ff,
             callbacks,
@@ -182,7 +193,6 @@ impl Delivery {
             wake_callbacks: Notify::new(),
             shutdown,
             tasks,
-            key_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
             guard,
             http,
             options,
@@ -200,25 +210,9 @@ impl Delivery {
     ) -> anyhow::Result<()> {
         let n = journaled.len();
         for inv in journaled {
-            if store.invocation(&inv.id)?.is_some() {
-                continue;
+            if store.get(&inv.id)?.is_none() {
+                store.insert(&inv, false, None)?;
             }
-            let mut ops = Vec::new();
-            if let Some(due) = inv.due_ms {
-                ops.push(Op::Schedule {
-                    due_ms: due,
-                    id: inv.id.clone(),
-                    callback: false,
-                });
-            }
-            if let Some(k) = &inv.idempotency_key {
-                ops.push(Op::PutKey {
-                    key: k.clone(),
-                    id: inv.id.clone(),
-                });
-            }
-            ops.push(Op::Put(Box::new(inv)));
-            store.apply(ops)?;
         }
         store.flush_delivery()?;
         if n > 0 {
@@ -227,44 +221,42 @@ impl Delivery {
         Ok(())
     }
 
-    /// After a crash or restart: nothing runs any more, so every unfinished store-and-forward
-    /// invocation is due now (its "lease" ends with the process); fire-and-forget ones are lost.
+    /// After a crash or restart: this host's earlier lives run nothing any more, so their leases
+    /// end (what they held is due again); fire-and-forget invocations they held are lost.
     fn recover(&self) -> anyhow::Result<()> {
-        let now = now_ms();
-        let (mut resumed, mut lost) = (0, 0);
-        for mut inv in self.store.invocations()? {
-            let mut ops = Vec::new();
-            if !inv.status.is_final() {
-                match inv.mode {
-                    DeliveryMode::StoreAndForward => {
-                        if let Some(due) = inv.due_ms {
-                            ops.push(Op::Unschedule {
-                                due_ms: due,
-                                id: inv.id.clone(),
-                                callback: false,
-                            });
-                        }
-                        ops.push(inv.due_at(now));
-                        resumed += 1;
-                    }
-                    DeliveryMode::FireAndForget => {
-                        inv.status = Status::Failed;
-                        inv.error = Some("lost: the host stopped before this fire-and-forget invocation finished".into());
-                        inv.due_ms = None;
-                        lost += 1;
-                    }
-                }
-                ops.push(Op::Put(Box::new(inv)));
-            }
-            if !ops.is_empty() {
-                self.store.apply(ops)?;
+        let released = self
+            .store
+            .release_leases(&format!("{}/", self.options.host_id))?;
+        let mut lost = 0;
+        for mut inv in self.store.unfinished()? {
+            if inv.mode == DeliveryMode::FireAndForget {
+                inv.status = Status::Failed;
+                inv.error = Some(
+                    "lost: the host stopped before this fire-and-forget invocation finished".into(),
+                );
+                inv.due_ms = None;
+                inv.updated_ms = now_ms();
+                self.store.put(&inv)?;
+                lost += 1;
             }
         }
         self.store.flush_delivery()?;
-        if resumed + lost > 0 {
-            tracing::info!(resumed, lost, "recovered unfinished invocations");
+        if released + lost > 0 {
+            tracing::info!(released, lost, "recovered unfinished invocations");
         }
         Ok(())
+    }
+
+    /// A lease on work taken now by this process.
+    fn lease(&self, queue: Queue) -> Lease {
+        let hold = match queue {
+            Queue::Attempts => self.options.attempt_lease,
+            Queue::Callbacks => CALLBACK_LEASE,
+        };
+        Lease {
+            owner: self.owner.clone(),
+            until_ms: now_ms() + hold.as_millis() as u64,
+        }
     }
 
     /// The host-wide secret that signs callbacks.
@@ -274,18 +266,6 @@ impl Delivery {
 
     pub fn status_url(&self, id: &str) -> String {
         format!("{}{STATUS_PATH}{id}", self.options.public_url)
-    }
-
-    /// Claims an id for this process; false when it is already queued or running.
-    fn claim(&self, key: &str) -> bool {
-        self.inflight
-            .lock()
-            .expect("inflight lock")
-            .insert(key.to_string())
-    }
-
-    fn release(&self, key: &str) {
-        self.inflight.lock().expect("inflight lock").remove(key);
     }
 
     /// Accepts an asynchronous invocation. Store-and-forward returns only once it is durable.
@@ -304,31 +284,29 @@ impl Delivery {
         let key = idempotency_key(&req);
         let check_key = req.replaces_key.is_none();
         let inv = new_invocation(req, key, callback);
-        if let Some(existing) = self.store_new(&inv, check_key)? {
-            if existing.mode == DeliveryMode::StoreAndForward {
-                // It may still be on its way to disk: wait for what is journaled so far.
-                self.durable(self.journal.latest()).await?;
-            }
-            return Ok((existing, false));
-        }
         match inv.mode {
             DeliveryMode::StoreAndForward => {
+                // Fast path: with a worker slot free, take the new invocation at once (leased,
+                // so the scanner leaves it alone); otherwise the scanner will.
+                let slot = self.ready.try_reserve().ok();
+                let lease = slot.as_ref().map(|_| self.lease(Queue::Attempts));
+                if let Some(existing) = self.store_new(&inv, check_key, lease.as_ref())? {
+                    // It may still be on its way to disk: wait for what is journaled so far.
+                    self.durable(self.journal.latest()).await?;
+                    return Ok((existing, false));
+                }
                 self.commit(&inv).await?;
-                // Fast path: run it now if a worker slot is free; otherwise the scanner will.
-                if self.claim(&inv.id) && self.ready.try_send(inv.id.clone()).is_err() {
-                    self.release(&inv.id);
-                    self.wake_scanner.notify_one();
+                match slot {
+                    Some(slot) => slot.send(inv.id.clone()),
+                    None => self.wake_scanner.notify_one(),
                 }
             }
             DeliveryMode::FireAndForget => {
-                self.claim(&inv.id);
+                if let Some(existing) = self.store_new(&inv, check_key, None)? {
+                    return Ok((existing, false));
+                }
                 if self.ff.try_send(inv.id.clone()).is_err() {
-                    self.release(&inv.id);
-                    let mut undo = vec![Op::Delete(inv.id.clone())];
-                    if let Some(k) = &inv.idempotency_key {
-                        undo.push(Op::DeleteKey(k.clone()));
-                    }
-                    self.store.apply(undo).map_err(store_failed)?;
+                    self.store.remove(&inv.id).map_err(store_failed)?;
                     return Err(SubmitError::QueueFull);
                 }
             }
@@ -336,51 +314,17 @@ impl Delivery {
         Ok((inv, true))
     }
 
-    /// Stores a new invocation, with its idempotency key claimed in the same batch. With
-    /// `check_key`, an invocation that already holds the key is returned instead, and nothing is
-    /// stored. The check and the claim happen under the key's lock, so two concurrent repeats
-    /// make one invocation; different keys do not wait for each other.
+    /// Stores a new invocation and claims its idempotency key, atomically; with `check_key`,
+    /// an invocation that already holds the key is returned instead and nothing is stored.
     fn store_new(
         &self,
         inv: &Invocation,
         check_key: bool,
+        lease: Option<&Lease>,
     ) -> Result<Option<Invocation>, SubmitError> {
-        let mut ops = vec![Op::Put(Box::new(inv.clone()))];
-        if let Some(due) = inv.due_ms {
-            ops.push(Op::Schedule {
-                due_ms: due,
-                id: inv.id.clone(),
-                callback: false,
-            });
-        }
-        let Some(key) = &inv.idempotency_key else {
-            return self.store.apply(ops).map(|()| None).map_err(store_failed);
-        };
-        let _locked = self.key_lock(key);
-        if check_key {
-            if let Some(existing) = self
-                .store
-                .key(key)
-                .map_err(store_failed)?
-                .and_then(|id| self.store.invocation(&id).ok().flatten())
-            {
-                return Ok(Some(existing));
-            }
-        }
-        ops.push(Op::PutKey {
-            key: key.clone(),
-            id: inv.id.clone(),
-        });
-        self.store.apply(ops).map(|()| None).map_err(store_failed)
-    }
-
-    /// The lock of an idempotency key: one of a fixed set of shards, chosen by the key's hash.
-    fn key_lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
-        let shard = &self.key_locks[(hash % self.key_locks.len() as u64) as usize];
-        // The lock guards no data, so a poisoned one is as good as any.
-        shard.lock().unwrap_or_else(|e| e.into_inner())
+        self.store
+            .insert(inv, check_key, lease)
+            .map_err(store_failed)
     }
 
     async fn commit(&self, inv: &Invocation) -> Result<(), SubmitError> {
@@ -406,7 +350,7 @@ impl Delivery {
     }
 
     pub fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
-        self.store.invocation(id)
+        self.store.get(id)
     }
 
     /// The invocation once it has finished, or as it is when `max` has passed.
@@ -414,14 +358,14 @@ impl Delivery {
         let mut done = self.done.subscribe();
         let deadline = tokio::time::Instant::now() + max;
         loop {
-            let inv = self.store.invocation(id)?;
+            let inv = self.store.get(id)?;
             match &inv {
                 Some(i) if !i.status.is_final() => {}
                 _ => return Ok(inv),
             }
             loop {
                 match tokio::time::timeout_at(deadline, done.recv()).await {
-                    Err(_) => return self.store.invocation(id),
+                    Err(_) => return self.store.get(id),
                     Ok(Ok(finished)) if finished != id => continue,
                     // Ours finished, or we lagged behind: look again.
                     Ok(_) => break,
@@ -454,13 +398,7 @@ impl Delivery {
 
     /// Dead-lettered invocations (and invocations whose callback was dead-lettered).
     pub fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
-        let mut out = Vec::new();
-        for id in self.store.dead()? {
-            if let Some(inv) = self.store.invocation(&id)? {
-                out.push(inv);
-            }
-        }
-        Ok(out)
+        self.store.dead_letters()
     }
 
     /// Submits a dead letter again. A dead invocation becomes a new store-and-forward
@@ -468,10 +406,10 @@ impl Delivery {
     /// is removed only once the new invocation is durable, and records `replayed_as`. A dead
     /// callback is scheduled again on the same invocation (returned as it is).
     pub async fn replay(&self, id: &str) -> Result<Option<Invocation>, SubmitError> {
-        let Some(mut inv) = self.store.invocation(id).map_err(store_failed)? else {
+        let Some(mut inv) = self.store.get(id).map_err(store_failed)? else {
             return Ok(None);
         };
-        if !self.store.dead().map_err(store_failed)?.contains(&inv.id) {
+        if !inv.is_dead_letter() {
             return Ok(None);
         }
         if inv.status == Status::DeadLettered {
@@ -496,12 +434,7 @@ impl Delivery {
             inv.idempotency_key = None;
             inv.replayed_as = Some(new.id.clone());
             inv.updated_ms = now_ms();
-            self.store
-                .apply(vec![
-                    Op::Put(Box::new(inv.clone())),
-                    Op::UnmarkDead(inv.id.clone()),
-                ])
-                .map_err(store_failed)?;
+            self.store.put(&inv).map_err(store_failed)?;
             return Ok(Some(new));
         }
         // The invocation finished; its callback was dead-lettered.
@@ -512,18 +445,7 @@ impl Delivery {
             cb.due_ms = Some(now);
         }
         inv.updated_ms = now;
-        let id = inv.id.clone();
-        self.store
-            .apply(vec![
-                Op::Put(Box::new(inv.clone())),
-                Op::Schedule {
-                    due_ms: now,
-                    id: id.clone(),
-                    callback: true,
-                },
-                Op::UnmarkDead(id),
-            ])
-            .map_err(store_failed)?;
+        self.store.put(&inv).map_err(store_failed)?;
         self.wake_callbacks.notify_one();
         Ok(Some(inv))
     }
@@ -535,12 +457,9 @@ impl Delivery {
             if only.is_some_and(|id| id != inv.id) {
                 continue;
             }
-            let mut ops = vec![Op::UnmarkDead(inv.id.clone()), Op::Delete(inv.id.clone())];
-            if let Some(k) = inv.idempotency_key {
-                ops.push(Op::DeleteKey(k));
+            if self.store.remove(&inv.id)? {
+                n += 1;
             }
-            self.store.apply(ops)?;
-            n += 1;
         }
         self.store.flush_delivery()?;
         Ok(n)

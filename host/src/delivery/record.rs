@@ -1,5 +1,4 @@
-//! What the delivery engine stores about an asynchronous invocation, and the storage port it
-//! needs. A state transition is one atomic batch of [`Op`]s.
+//! What the delivery engine stores about an asynchronous invocation.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -190,15 +189,19 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// Makes it pending with its next attempt due at `due_ms`; returns the index change.
-    pub fn due_at(&mut self, due_ms: u64) -> Op {
+    /// Makes it pending with its next attempt due at `due_ms`.
+    pub fn due_at(&mut self, due_ms: u64) {
         self.status = Status::Pending;
         self.due_ms = Some(due_ms);
-        Op::Schedule {
-            due_ms,
-            id: self.id.clone(),
-            callback: false,
-        }
+    }
+
+    /// Whether it is a dead letter: dead-lettered (and not replayed since), or its callback is.
+    pub fn is_dead_letter(&self) -> bool {
+        (self.status == Status::DeadLettered && self.replayed_as.is_none())
+            || self
+                .callback
+                .as_ref()
+                .is_some_and(|c| c.status == CallbackStatus::DeadLettered)
     }
 
     /// Whether its callback is still to be delivered.
@@ -221,46 +224,4 @@ pub fn now_ms() -> u64 {
 pub fn rfc3339(ms: u64) -> String {
     let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// One change of the delivery state; a batch of them is applied atomically.
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put(Box<Invocation>),
-    Delete(String),
-    /// Index `id` as due at `due_ms` for attempts (`callback` false) or callbacks.
-    Schedule {
-        due_ms: u64,
-        id: String,
-        callback: bool,
-    },
-    Unschedule {
-        due_ms: u64,
-        id: String,
-        callback: bool,
-    },
-    PutKey {
-        key: String,
-        id: String,
-    },
-    DeleteKey(String),
-    MarkDead(String),
-    UnmarkDead(String),
-}
-
-/// The storage port of the delivery engine.
-pub trait DeliveryStore: Send + Sync + 'static {
-    /// Applies `ops` atomically (not yet durable: see [`DeliveryStore::flush`]).
-    fn apply(&self, ops: Vec<Op>) -> anyhow::Result<()>;
-    fn invocation(&self, id: &str) -> anyhow::Result<Option<Invocation>>;
-    /// Up to `limit` ids due at or before `now_ms`, earliest first.
-    fn due(&self, now_ms: u64, callback: bool, limit: usize) -> anyhow::Result<Vec<(u64, String)>>;
-    /// The earliest due time, if any.
-    fn next_due(&self, callback: bool) -> anyhow::Result<Option<u64>>;
-    fn key(&self, key: &str) -> anyhow::Result<Option<String>>;
-    fn dead(&self) -> anyhow::Result<Vec<String>>;
-    /// Every stored invocation (recovery and retention).
-    fn invocations(&self) -> anyhow::Result<Vec<Invocation>>;
-    /// Makes everything applied so far durable.
-    fn flush_delivery(&self) -> anyhow::Result<()>;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 
 use super::record::now_ms;
+use super::store::Queue;
 use super::Delivery;
 
 /// Starts the worker pools (store-and-forward, fire-and-forget, callbacks), the two scanners and
@@ -42,8 +43,8 @@ pub(super) fn spawn(
     pool(ready, this.options.workers, false);
     pool(ff, this.options.workers, false);
     pool(callbacks, 8, true);
-    this.tasks.spawn(this.clone().scan(false));
-    this.tasks.spawn(this.clone().scan(true));
+    this.tasks.spawn(this.clone().scan(Queue::Attempts));
+    this.tasks.spawn(this.clone().scan(Queue::Callbacks));
     this.tasks.spawn(this.clone().janitor());
 }
 
@@ -54,44 +55,44 @@ async fn next(rx: &Mutex<mpsc::Receiver<String>>) -> Option<String> {
 impl Delivery {
     /// Finds due attempts (or callbacks) and hands them to workers; sleeps until the next one
     /// is due or new work arrives.
-    async fn scan(self: Arc<Self>, callbacks: bool) {
+    async fn scan(self: Arc<Self>, queue: Queue) {
         let mut shutdown = self.shutdown.clone();
-        let (wake, tx, prefix) = if callbacks {
-            (&self.wake_callbacks, &self.callbacks, "cb:")
-        } else {
-            (&self.wake_scanner, &self.ready, "")
+        let (wake, tx) = match queue {
+            Queue::Callbacks => (&self.wake_callbacks, &self.callbacks),
+            Queue::Attempts => (&self.wake_scanner, &self.ready),
         };
         loop {
-            let due = match self.store.due(now_ms(), callbacks, 256) {
+            // Take no more than the workers can start soon: what is taken is leased.
+            let room = tx.capacity().max(1);
+            let due = match self
+                .store
+                .take_due(queue, now_ms(), &self.lease(queue), room)
+            {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "scanning due work failed");
+                    tracing::error!(error = %format!("{e:#}"), "taking due work failed");
                     Vec::new()
                 }
             };
-            let mut handed = 0;
-            for (_, id) in &due {
-                let key = format!("{prefix}{id}");
-                if self.claim(&key) {
-                    let sent = tokio::select! {
-                        sent = tx.send(id.clone()) => sent.is_ok(),
-                        () = shutdown.requested() => false,
-                    };
-                    if !sent {
-                        self.release(&key);
-                        return;
-                    }
-                    handed += 1;
+            let full = due.len() == room;
+            for inv in due {
+                let sent = tokio::select! {
+                    sent = tx.send(inv.id) => sent.is_ok(),
+                    () = shutdown.requested() => false,
+                };
+                if !sent {
+                    // Not started: its lease ends with this process (released at the next start).
+                    return;
                 }
             }
-            if handed > 0 && due.len() == 256 {
+            if full {
                 continue;
             }
-            let until_next = match self.store.next_due(callbacks) {
+            let until_next = match self.store.next_due(queue) {
                 Ok(Some(at)) => Duration::from_millis(at.saturating_sub(now_ms())),
                 _ => Duration::from_secs(1),
             };
-            // Claimed work stays in the index until it finishes: poll at a modest pace.
+            // Leased work stays in the index until it finishes: poll at a modest pace.
             let nap = until_next.clamp(Duration::from_millis(20), Duration::from_secs(1));
             tokio::select! {
                 _ = wake.notified() => {}

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use super::record::{now_ms, Attempt, Header, Invocation, Op, Payload, Status};
+use super::record::{now_ms, Attempt, Header, Invocation, Payload, Status};
 use super::Delivery;
 use crate::invoke;
 use crate::model::DeliveryMode;
@@ -94,22 +94,15 @@ impl Delivery {
         }
         .instrument(span)
         .await;
-        self.release(id);
     }
 
     async fn try_attempt(&self, id: &str) -> anyhow::Result<()> {
-        let Some(mut inv) = self.store.invocation(id)? else {
+        let Some(mut inv) = self.store.get(id)? else {
             return Ok(());
         };
         if inv.status.is_final() {
-            if let Some(due) = inv.due_ms.take() {
-                self.store.apply(vec![Op::Unschedule {
-                    due_ms: due,
-                    id: id.to_string(),
-                    callback: false,
-                }])?;
-            }
-            return Ok(());
+            // Finished meanwhile (by another host, say): end the lease.
+            return self.store.put(&inv);
         }
         // "running" is not written to the store: it would cost a write per attempt and mean
         // nothing after a crash. The status view overlays it from the in-memory set.
@@ -138,77 +131,34 @@ impl Delivery {
         self.record_outcome(inv, outcome)
     }
 
-    /// Writes an attempt's outcome as one atomic batch, and wakes whoever waits for it.
+    /// Stores an attempt's outcome, and wakes whoever waits for it.
     fn record_outcome(&self, mut inv: Invocation, outcome: Outcome) -> anyhow::Result<()> {
-        let id = inv.id.clone();
         let now = now_ms();
         inv.updated_ms = now;
-        let mut ops = Vec::new();
-        if let Some(due) = inv.due_ms.take() {
-            ops.push(Op::Unschedule {
-                due_ms: due,
-                id: id.clone(),
-                callback: false,
-            });
-        }
+        inv.due_ms = None;
         match outcome {
             Outcome::Done(Ok(result)) => {
                 inv.status = Status::Succeeded;
                 inv.result = Some(result);
                 inv.error = None;
             }
-            Outcome::Done(Err(failure)) => self.failed(&mut inv, failure, now, &mut ops),
-            Outcome::Interrupted => interrupted(&mut inv, now, &mut ops),
+            Outcome::Done(Err(failure)) => failed(&mut inv, failure, now),
+            Outcome::Interrupted => interrupted(&mut inv, now),
         }
         let finished = inv.status.is_final();
         if finished {
             if let Some(cb) = inv.callback.as_mut() {
                 cb.due_ms = Some(now);
-                ops.push(Op::Schedule {
-                    due_ms: now,
-                    id: id.clone(),
-                    callback: true,
-                });
             }
         }
-        ops.push(Op::Put(Box::new(inv)));
-        self.store.apply(ops)?;
+        self.store.put(&inv)?;
         if finished {
-            let _ = self.done.send(id);
+            let _ = self.done.send(inv.id);
             self.wake_callbacks.notify_one();
         } else {
             self.wake_scanner.notify_one();
         }
         Ok(())
-    }
-
-    /// A failed attempt: retry after a backoff, or dead-letter (store-and-forward) or fail
-    /// (fire-and-forget) when no retry is left.
-    fn failed(&self, inv: &mut Invocation, failure: Failure, now: u64, ops: &mut Vec<Op>) {
-        if failure.result.is_some() {
-            inv.result = failure.result;
-        }
-        inv.error = Some(failure.message.clone());
-        let age = Duration::from_millis(now.saturating_sub(inv.created_ms));
-        let retry = failure
-            .retryable
-            .then(|| inv.policy.next(inv.attempts, age, fastrand::f64()))
-            .flatten();
-        match (retry, inv.mode) {
-            (Some(delay), _) => {
-                ops.push(inv.due_at(now + delay.as_millis() as u64));
-                tracing::info!(function = %inv.function, attempt = inv.attempts, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "attempt failed; will retry");
-            }
-            (None, DeliveryMode::StoreAndForward) => {
-                inv.status = Status::DeadLettered;
-                ops.push(Op::MarkDead(inv.id.clone()));
-                tracing::warn!(function = %inv.function, attempts = inv.attempts, error = %failure.message, "dead-lettered");
-            }
-            (None, DeliveryMode::FireAndForget) => {
-                inv.status = Status::Failed;
-                tracing::warn!(function = %inv.function, error = %failure.message, "fire-and-forget invocation failed");
-            }
-        }
     }
 
     async fn execute(&self, inv: &Invocation) -> Result<Value, Failure> {
@@ -257,15 +207,43 @@ impl Delivery {
     }
 }
 
+/// A failed attempt: retry after a backoff, or dead-letter (store-and-forward) or fail
+/// (fire-and-forget) when no retry is left.
+fn failed(inv: &mut Invocation, failure: Failure, now: u64) {
+    if failure.result.is_some() {
+        inv.result = failure.result;
+    }
+    inv.error = Some(failure.message.clone());
+    let age = Duration::from_millis(now.saturating_sub(inv.created_ms));
+    let retry = failure
+        .retryable
+        .then(|| inv.policy.next(inv.attempts, age, fastrand::f64()))
+        .flatten();
+    match (retry, inv.mode) {
+        (Some(delay), _) => {
+            inv.due_at(now + delay.as_millis() as u64);
+            tracing::info!(function = %inv.function, attempt = inv.attempts, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "attempt failed; will retry");
+        }
+        (None, DeliveryMode::StoreAndForward) => {
+            inv.status = Status::DeadLettered;
+            tracing::warn!(function = %inv.function, attempts = inv.attempts, error = %failure.message, "dead-lettered");
+        }
+        (None, DeliveryMode::FireAndForget) => {
+            inv.status = Status::Failed;
+            tracing::warn!(function = %inv.function, error = %failure.message, "fire-and-forget invocation failed");
+        }
+    }
+}
+
 /// What an attempt that the shutdown interrupted records as its error.
 const INTERRUPTED: &str = "interrupted: the host stopped during this attempt";
 
 /// An attempt cut short by shutdown does not count: a store-and-forward invocation is due again
 /// at once (the next start runs it); a fire-and-forget one is lost, and says so.
-fn interrupted(inv: &mut Invocation, now: u64, ops: &mut Vec<Op>) {
+fn interrupted(inv: &mut Invocation, now: u64) {
     inv.attempts -= 1;
     match inv.mode {
-        DeliveryMode::StoreAndForward => ops.push(inv.due_at(now)),
+        DeliveryMode::StoreAndForward => inv.due_at(now),
         DeliveryMode::FireAndForget => {
             inv.status = Status::Failed;
             inv.error =

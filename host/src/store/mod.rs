@@ -6,8 +6,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::delivery::record::{DeliveryStore, Invocation, Op};
 use crate::model::FunctionRecord;
+
+mod delivery;
 
 /// The storage port of the runtime. Writes become durable on [`Store::flush`].
 pub trait Store: Send + Sync + 'static {
@@ -77,7 +78,7 @@ impl SledStore {
                     dir.display()
                 )
             })?;
-        Ok(Self {
+        let store = Self {
             components: db.open_tree("components")?,
             artifacts: db.open_tree("artifacts")?,
             functions: db.open_tree("functions")?,
@@ -85,7 +86,9 @@ impl SledStore {
             settings: db.open_tree("settings")?,
             trigger_state: db.open_tree("trigger_state")?,
             db,
-        })
+        };
+        store.upgrade_delivery()?;
+        Ok(store)
     }
 }
 
@@ -180,106 +183,6 @@ impl Store for SledStore {
 }
 
 // Keys of the delivery tree: one tree, so that a state change is one atomic batch.
-fn record_key(id: &str) -> Vec<u8> {
-    [b"i".as_slice(), id.as_bytes()].concat()
-}
-fn due_key(due_ms: u64, id: &str, callback: bool) -> Vec<u8> {
-    let prefix: &[u8] = if callback { b"c" } else { b"d" };
-    [prefix, &due_ms.to_be_bytes(), id.as_bytes()].concat()
-}
-fn idem_key(key: &str) -> Vec<u8> {
-    [b"k".as_slice(), key.as_bytes()].concat()
-}
-fn dead_key(id: &str) -> Vec<u8> {
-    [b"x".as_slice(), id.as_bytes()].concat()
-}
-
-impl DeliveryStore for SledStore {
-    fn apply(&self, ops: Vec<Op>) -> anyhow::Result<()> {
-        let mut batch = sled::Batch::default();
-        for op in ops {
-            match op {
-                Op::Put(inv) => batch.insert(record_key(&inv.id), serde_json::to_vec(&*inv)?),
-                Op::Delete(id) => batch.remove(record_key(&id)),
-                Op::Schedule {
-                    due_ms,
-                    id,
-                    callback,
-                } => batch.insert(due_key(due_ms, &id, callback), &[][..]),
-                Op::Unschedule {
-                    due_ms,
-                    id,
-                    callback,
-                } => batch.remove(due_key(due_ms, &id, callback)),
-                Op::PutKey { key, id } => batch.insert(idem_key(&key), id.as_bytes()),
-                Op::DeleteKey(key) => batch.remove(idem_key(&key)),
-                Op::MarkDead(id) => batch.insert(dead_key(&id), &[][..]),
-                Op::UnmarkDead(id) => batch.remove(dead_key(&id)),
-            }
-        }
-        self.delivery.apply_batch(batch)?;
-        Ok(())
-    }
-
-    fn invocation(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
-        match self.delivery.get(record_key(id))? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(&v).with_context(|| format!("corrupt invocation {id}"))?,
-            )),
-            None => Ok(None),
-        }
-    }
-
-    fn due(&self, now_ms: u64, callback: bool, limit: usize) -> anyhow::Result<Vec<(u64, String)>> {
-        let start = due_key(0, "", callback);
-        let end = due_key(now_ms.saturating_add(1), "", callback);
-        self.delivery
-            .range(start..end)
-            .take(limit)
-            .map(|kv| {
-                let (k, _) = kv?;
-                let due = u64::from_be_bytes(k[1..9].try_into().expect("due keys hold 8 bytes"));
-                Ok((due, String::from_utf8_lossy(&k[9..]).into_owned()))
-            })
-            .collect()
-    }
-
-    fn next_due(&self, callback: bool) -> anyhow::Result<Option<u64>> {
-        let prefix: &[u8] = if callback { b"c" } else { b"d" };
-        Ok(self
-            .delivery
-            .scan_prefix(prefix)
-            .next()
-            .transpose()?
-            .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().expect("due keys hold 8 bytes"))))
-    }
-
-    fn key(&self, key: &str) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .delivery
-            .get(idem_key(key))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    fn dead(&self) -> anyhow::Result<Vec<String>> {
-        self.delivery
-            .scan_prefix(b"x")
-            .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[1..]).into_owned()))
-            .collect()
-    }
-
-    fn invocations(&self) -> anyhow::Result<Vec<Invocation>> {
-        self.delivery
-            .scan_prefix(b"i")
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
-    }
-
-    fn flush_delivery(&self) -> anyhow::Result<()> {
-        self.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,91 @@
+//! The delivery engine's storage port, in the engine's words. A backend stores invocation
+//! records and owns every index over them; the engine never sees a key layout. Work is taken
+//! under leases (an owner and an expiry), so several processes can share one backend: a lease
+//! keeps others off an invocation while its owner runs it, and lapses if the owner dies.
+
+use super::record::Invocation;
+
+/// The two work queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// Invocations whose next attempt is due.
+    Attempts,
+    /// Finished invocations whose callback is due.
+    Callbacks,
+}
+
+/// A claim on due work: taken by `owner`, handed to no one else until `until_ms` (ms since the
+/// Unix epoch) or until the owner stores the invocation's next state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until_ms: u64,
+}
+
+/// Where asynchronous invocations live.
+///
+/// Every index follows from the stored record, so the engine's operations are all a
+/// [`DeliveryStore::put`] of the invocation's new state:
+///
+/// - *put with a due time*: an unfinished store-and-forward invocation is due on
+///   [`Queue::Attempts`] at its `due_ms` (a new one via [`DeliveryStore::insert`]);
+/// - *reschedule*: the same, with a later `due_ms`;
+/// - *complete*: a finished invocation leaves the attempt queue; with a pending callback it is
+///   due on [`Queue::Callbacks`] at the callback's `due_ms`;
+/// - *dead-letter*: status `dead_lettered` (or a dead-lettered callback) lists it among the dead
+///   letters, until a replay sets `replayed_as` or it is removed;
+/// - *expire*: a finished invocation with nothing pending and not a dead letter is removed by
+///   [`DeliveryStore::expire`] once its `updated_ms` is old enough.
+///
+/// Writes are atomic per call and durable after [`DeliveryStore::flush_delivery`].
+pub trait DeliveryStore: Send + Sync + 'static {
+    /// Stores a new invocation and claims its idempotency key for it (a key that led to another
+    /// invocation leads to this one now). With `check_key`, if the key already leads to a stored
+    /// invocation, nothing is stored and that invocation is returned. With `lease`, the new
+    /// invocation is taken at once, as [`DeliveryStore::take_due`] would.
+    fn insert(
+        &self,
+        inv: &Invocation,
+        check_key: bool,
+        lease: Option<&Lease>,
+    ) -> anyhow::Result<Option<Invocation>>;
+
+    /// Stores an invocation's new state, derives its indexes from it, and ends its leases.
+    fn put(&self, inv: &Invocation) -> anyhow::Result<()>;
+
+    fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>>;
+
+    /// Takes up to `limit` invocations due on `queue` at or before `now_ms` that no live lease
+    /// holds, earliest first, and leases them to `lease.owner`.
+    fn take_due(
+        &self,
+        queue: Queue,
+        now_ms: u64,
+        lease: &Lease,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Invocation>>;
+
+    /// When the earliest invocation on `queue` is due (leased ones included).
+    fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>>;
+
+    /// The dead letters: dead-lettered invocations and invocations whose callback was.
+    fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>>;
+
+    /// Forgets an invocation, and its idempotency key if the key still leads to it. False when
+    /// there was none.
+    fn remove(&self, id: &str) -> anyhow::Result<bool>;
+
+    /// Removes up to `limit` expirable invocations last updated before `before_ms`; returns how
+    /// many.
+    fn expire(&self, before_ms: u64, limit: usize) -> anyhow::Result<usize>;
+
+    /// Every unfinished invocation (for recovery at start).
+    fn unfinished(&self) -> anyhow::Result<Vec<Invocation>>;
+
+    /// Ends every lease whose owner starts with `owner_prefix` (a host's earlier lives, at its
+    /// start); returns how many.
+    fn release_leases(&self, owner_prefix: &str) -> anyhow::Result<usize>;
+
+    /// Makes everything stored so far durable.
+    fn flush_delivery(&self) -> anyhow::Result<()>;
+}

@@ -1,0 +1,520 @@
+//! The delivery store on sled: one tree, keys by prefix. The record (`i`) is the truth; every
+//! other key is an index derived from it and rewritten with it in one transaction:
+//!
+//! | prefix | key | value | present when |
+//! | --- | --- | --- | --- |
+//! | `i` | id | the invocation (JSON) | stored |
+//! | `d` / `c` | due time (8 bytes, big-endian) + id | — | due on the attempt / callback queue |
+//! | `l` | `a`/`c` + id | owner, NUL, until (8 bytes) | leased |
+//! | `k` | idempotency key | id | the key leads to the id |
+//! | `x` | id | — | a dead letter |
+//! | `e` | updated time (8 bytes) + id | — | finished, nothing pending: may expire |
+//! | `o` | id | — | unfinished |
+//! | `v` | — | layout version | always (set when a store is opened) |
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::SledStore;
+use crate::delivery::record::{CallbackStatus, Invocation};
+use crate::delivery::store::{DeliveryStore, Lease, Queue};
+use crate::model::DeliveryMode;
+
+/// The layout this code writes; older stores are re-indexed when opened.
+const LAYOUT: u8 = 2;
+
+fn record_key(id: &str) -> Vec<u8> {
+    [b"i".as_slice(), id.as_bytes()].concat()
+}
+
+fn queue_prefix(queue: Queue) -> &'static [u8] {
+    match queue {
+        Queue::Attempts => b"d",
+        Queue::Callbacks => b"c",
+    }
+}
+
+fn due_key(queue: Queue, due_ms: u64, id: &str) -> Vec<u8> {
+    [queue_prefix(queue), &due_ms.to_be_bytes(), id.as_bytes()].concat()
+}
+
+fn lease_key(queue: Queue, id: &str) -> Vec<u8> {
+    let q: &[u8] = match queue {
+        Queue::Attempts => b"la",
+        Queue::Callbacks => b"lc",
+    };
+    [q, id.as_bytes()].concat()
+}
+
+fn idem_key(key: &str) -> Vec<u8> {
+    [b"k".as_slice(), key.as_bytes()].concat()
+}
+
+fn dead_key(id: &str) -> Vec<u8> {
+    [b"x".as_slice(), id.as_bytes()].concat()
+}
+
+fn expiry_key(updated_ms: u64, id: &str) -> Vec<u8> {
+    [b"e".as_slice(), &updated_ms.to_be_bytes(), id.as_bytes()].concat()
+}
+
+fn open_key(id: &str) -> Vec<u8> {
+    [b"o".as_slice(), id.as_bytes()].concat()
+}
+
+/// The time and id of a `d`, `c` or `e` key.
+fn timed(key: &[u8]) -> (u64, String) {
+    let mut at = [0u8; 8];
+    at.copy_from_slice(&key[1..9]);
+    (
+        u64::from_be_bytes(at),
+        String::from_utf8_lossy(&key[9..]).into_owned(),
+    )
+}
+
+/// The index keys an invocation's state implies (besides its record and idempotency key).
+fn index_keys(inv: &Invocation) -> BTreeSet<Vec<u8>> {
+    let mut keys = BTreeSet::new();
+    let finished = inv.status.is_final();
+    if !finished {
+        keys.insert(open_key(&inv.id));
+        if let (DeliveryMode::StoreAndForward, Some(due)) = (inv.mode, inv.due_ms) {
+            keys.insert(due_key(Queue::Attempts, due, &inv.id));
+        }
+    }
+    if let Some(cb) = inv
+        .callback
+        .as_ref()
+        .filter(|c| c.status == CallbackStatus::Pending)
+    {
+        if finished {
+            keys.insert(due_key(Queue::Callbacks, cb.due_ms.unwrap_or(0), &inv.id));
+        }
+    }
+    let dead = inv.is_dead_letter();
+    if dead {
+        keys.insert(dead_key(&inv.id));
+    }
+    if finished && !dead && !inv.callback_pending() {
+        keys.insert(expiry_key(inv.updated_ms, &inv.id));
+    }
+    keys
+}
+
+fn lease_value(lease: &Lease) -> Vec<u8> {
+    [lease.owner.as_bytes(), &[0], &lease.until_ms.to_be_bytes()].concat()
+}
+
+/// The owner and expiry of a lease value.
+fn parse_lease(v: &[u8]) -> (String, u64) {
+    let split = v.len().saturating_sub(9);
+    let owner = String::from_utf8_lossy(&v[..split]).into_owned();
+    let mut until = [0u8; 8];
+    if v.len() >= 9 {
+        until.copy_from_slice(&v[split + 1..]);
+    }
+    (owner, u64::from_be_bytes(until))
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<anyhow::Error>>;
+
+fn abort(e: impl Into<anyhow::Error>) -> ConflictableTransactionError<anyhow::Error> {
+    ConflictableTransactionError::Abort(e.into())
+}
+
+fn tx_get(tx: &TransactionalTree, id: &str) -> TxResult<Option<Invocation>> {
+    match tx.get(record_key(id))? {
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| abort(anyhow::Error::new(e).context(format!("corrupt invocation {id}")))),
+        None => Ok(None),
+    }
+}
+
+/// Writes `inv` and its indexes, removing the indexes of `old`, and ends its leases.
+fn tx_write(tx: &TransactionalTree, old: Option<&Invocation>, inv: &Invocation) -> TxResult<()> {
+    let before = old.map(index_keys).unwrap_or_default();
+    let after = index_keys(inv);
+    for k in before.difference(&after) {
+        tx.remove(k.as_slice())?;
+    }
+    for k in after.difference(&before) {
+        tx.insert(k.as_slice(), &[][..])?;
+    }
+    tx.remove(lease_key(Queue::Attempts, &inv.id))?;
+    tx.remove(lease_key(Queue::Callbacks, &inv.id))?;
+    let bytes = serde_json::to_vec(inv).map_err(abort)?;
+    tx.insert(record_key(&inv.id), bytes)?;
+    Ok(())
+}
+
+fn committed<T>(r: Result<T, TransactionError<anyhow::Error>>) -> anyhow::Result<T> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => anyhow::Error::new(e).context("the store failed"),
+    })
+}
+
+impl SledStore {
+    /// Brings a delivery tree written by an earlier layout up to date: derives the indexes it
+    /// lacks from the records. Runs once; the version key marks it done.
+    pub(super) fn upgrade_delivery(&self) -> anyhow::Result<()> {
+        if self.delivery.get(b"v")?.as_deref() == Some(&[LAYOUT][..]) {
+            return Ok(());
+        }
+        let mut n = 0;
+        for kv in self.delivery.scan_prefix(b"i") {
+            let (_, v) = kv?;
+            let inv: Invocation = serde_json::from_slice(&v).context("corrupt invocation")?;
+            for k in index_keys(&inv) {
+                self.delivery.insert(k, &[][..])?;
+            }
+            n += 1;
+        }
+        self.delivery.insert(b"v", &[LAYOUT][..])?;
+        self.delivery.flush()?;
+        if n > 0 {
+            tracing::info!(invocations = n, "re-indexed the delivery store");
+        }
+        Ok(())
+    }
+
+    fn ids_with_prefix(&self, prefix: &[u8]) -> anyhow::Result<Vec<String>> {
+        self.delivery
+            .scan_prefix(prefix)
+            .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[prefix.len()..]).into_owned()))
+            .collect()
+    }
+}
+
+impl DeliveryStore for SledStore {
+    fn insert(
+        &self,
+        inv: &Invocation,
+        check_key: bool,
+        lease: Option<&Lease>,
+    ) -> anyhow::Result<Option<Invocation>> {
+        committed(self.delivery.transaction(|tx| {
+            if let Some(key) = &inv.idempotency_key {
+                if check_key {
+                    if let Some(id) = tx.get(idem_key(key))? {
+                        let id = String::from_utf8_lossy(&id).into_owned();
+                        if let Some(existing) = tx_get(tx, &id)? {
+                            return Ok(Some(existing));
+                        }
+                    }
+                }
+                tx.insert(idem_key(key), inv.id.as_bytes())?;
+            }
+            tx_write(tx, None, inv)?;
+            if let Some(lease) = lease {
+                tx.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease))?;
+            }
+            Ok(None)
+        }))
+    }
+
+    fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
+        committed(self.delivery.transaction(|tx| {
+            let old = tx_get(tx, &inv.id)?;
+            tx_write(tx, old.as_ref(), inv)
+        }))
+    }
+
+    fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
+        match self.delivery.get(record_key(id))? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).with_context(|| format!("corrupt invocation {id}"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn take_due(
+        &self,
+        queue: Queue,
+        now_ms: u64,
+        lease: &Lease,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Invocation>> {
+        let start = due_key(queue, 0, "");
+        let end = due_key(queue, now_ms.saturating_add(1), "");
+        let mut candidates = Vec::new();
+        for kv in self.delivery.range(start..end) {
+            let (k, _) = kv?;
+            let (_, id) = timed(&k);
+            match self.delivery.get(lease_key(queue, &id))? {
+                Some(v) if parse_lease(&v).1 > now_ms => continue,
+                _ => candidates.push(id),
+            }
+            if candidates.len() >= limit {
+                break;
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let value = lease_value(lease);
+        let taken = committed(self.delivery.transaction(|tx| {
+            let mut taken = Vec::new();
+            for id in &candidates {
+                if let Some(v) = tx.get(lease_key(queue, id))? {
+                    if parse_lease(&v).1 > now_ms {
+                        continue; // taken by someone else meanwhile
+                    }
+                }
+                if let Some(inv) = tx_get(tx, id)? {
+                    tx.insert(lease_key(queue, id), value.as_slice())?;
+                    taken.push(inv);
+                }
+            }
+            Ok(taken)
+        }))?;
+        Ok(taken)
+    }
+
+    fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>> {
+        Ok(self
+            .delivery
+            .scan_prefix(queue_prefix(queue))
+            .next()
+            .transpose()?
+            .map(|(k, _)| timed(&k).0))
+    }
+
+    fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
+        let mut out = Vec::new();
+        for id in self.ids_with_prefix(b"x")? {
+            if let Some(inv) = self.get(&id)? {
+                out.push(inv);
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, id: &str) -> anyhow::Result<bool> {
+        committed(self.delivery.transaction(|tx| {
+            let Some(inv) = tx_get(tx, id)? else {
+                return Ok(false);
+            };
+            for k in index_keys(&inv) {
+                tx.remove(k)?;
+            }
+            tx.remove(lease_key(Queue::Attempts, id))?;
+            tx.remove(lease_key(Queue::Callbacks, id))?;
+            if let Some(key) = &inv.idempotency_key {
+                if tx.get(idem_key(key))?.as_deref() == Some(id.as_bytes()) {
+                    tx.remove(idem_key(key))?;
+                }
+            }
+            tx.remove(record_key(id))?;
+            Ok(true)
+        }))
+    }
+
+    fn expire(&self, before_ms: u64, limit: usize) -> anyhow::Result<usize> {
+        let start = expiry_key(0, "");
+        let end = expiry_key(before_ms, "");
+        let ids: Vec<String> = self
+            .delivery
+            .range(start..end)
+            .take(limit)
+            .map(|kv| Ok(timed(&kv?.0).1))
+            .collect::<anyhow::Result<_>>()?;
+        let mut n = 0;
+        for id in ids {
+            if self.remove(&id)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn unfinished(&self) -> anyhow::Result<Vec<Invocation>> {
+        let mut out = Vec::new();
+        for id in self.ids_with_prefix(b"o")? {
+            if let Some(inv) = self.get(&id)? {
+                out.push(inv);
+            }
+        }
+        Ok(out)
+    }
+
+    fn release_leases(&self, owner_prefix: &str) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for kv in self.delivery.scan_prefix(b"l") {
+            let (k, v) = kv?;
+            if parse_lease(&v).0.starts_with(owner_prefix) {
+                self.delivery.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush_delivery(&self) -> anyhow::Result<()> {
+        super::Store::flush(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::record::{Callback, Payload, Status};
+    use crate::model::RetryPolicy;
+
+    fn inv(id: &str, key: Option<&str>) -> Invocation {
+        Invocation {
+            id: id.into(),
+            function: "f".into(),
+            mode: DeliveryMode::StoreAndForward,
+            status: Status::Pending,
+            attempts: 0,
+            created_ms: 10,
+            updated_ms: 10,
+            due_ms: Some(100),
+            policy: RetryPolicy::default(),
+            payload: Payload::Http {
+                method: "GET".into(),
+                path: "/".into(),
+                headers: vec![],
+                body: vec![],
+            },
+            result: None,
+            error: None,
+            history: vec![],
+            callback: None,
+            idempotency_key: key.map(String::from),
+            replayed_as: None,
+        }
+    }
+
+    fn lease(owner: &str, until_ms: u64) -> Lease {
+        Lease {
+            owner: owner.into(),
+            until_ms,
+        }
+    }
+
+    fn ids(v: Vec<Invocation>) -> Vec<String> {
+        v.into_iter().map(|i| i.id).collect()
+    }
+
+    #[test]
+    fn due_work_is_leased_then_completed_or_retaken_when_the_lease_lapses() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.insert(&inv("a", None), true, None).unwrap();
+        s.insert(&inv("b", None), true, None).unwrap();
+        assert!(s
+            .take_due(Queue::Attempts, 99, &lease("h1/1", 1000), 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ids(s
+                .take_due(Queue::Attempts, 100, &lease("h1/1", 1000), 1)
+                .unwrap()),
+            ["a"]
+        );
+        // "a" is leased: another owner takes only "b".
+        assert_eq!(
+            ids(s
+                .take_due(Queue::Attempts, 200, &lease("h2/1", 1000), 10)
+                .unwrap()),
+            ["b"]
+        );
+        assert!(s
+            .take_due(Queue::Attempts, 999, &lease("h2/1", 2000), 10)
+            .unwrap()
+            .is_empty());
+        // After the leases lapse, both can be taken again.
+        assert_eq!(
+            s.take_due(Queue::Attempts, 1000, &lease("h3/1", 3000), 10)
+                .unwrap()
+                .len(),
+            2
+        );
+        // Completing "a" with a pending callback moves it to the callback queue.
+        let mut a = s.get("a").unwrap().unwrap();
+        a.status = Status::Succeeded;
+        a.due_ms = None;
+        a.updated_ms = 50;
+        a.callback = Some(Callback {
+            due_ms: Some(300),
+            ..Callback::new("http://x".into())
+        });
+        s.put(&a).unwrap();
+        assert_eq!(s.next_due(Queue::Callbacks).unwrap(), Some(300));
+        assert_eq!(
+            ids(s
+                .take_due(Queue::Callbacks, 300, &lease("h1/1", 9000), 10)
+                .unwrap()),
+            ["a"]
+        );
+        // Rescheduling "b" releases its lease and moves it to its new time.
+        let mut b = s.get("b").unwrap().unwrap();
+        b.due_ms = Some(5000);
+        s.put(&b).unwrap();
+        assert_eq!(s.next_due(Queue::Attempts).unwrap(), Some(5000));
+        assert_eq!(
+            ids(s
+                .take_due(Queue::Attempts, 5000, &lease("h1/1", 6000), 10)
+                .unwrap()),
+            ["b"]
+        );
+        assert_eq!(ids(s.unfinished().unwrap()), ["b"]);
+        // A host's earlier leases end at its start.
+        assert_eq!(s.release_leases("h1/").unwrap(), 2);
+        assert_eq!(
+            ids(s
+                .take_due(Queue::Attempts, 5000, &lease("h1/2", 6000), 10)
+                .unwrap()),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn keys_dead_letters_and_expiry_follow_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert!(s
+            .insert(&inv("a", Some("k")), true, None)
+            .unwrap()
+            .is_none());
+        // The same key returns the first invocation and stores nothing.
+        let existing = s.insert(&inv("b", Some("k")), true, None).unwrap().unwrap();
+        assert_eq!(existing.id, "a");
+        assert!(s.get("b").unwrap().is_none());
+        // Dead-lettered: listed, not expirable.
+        let mut a = s.get("a").unwrap().unwrap();
+        a.status = Status::DeadLettered;
+        a.updated_ms = 20;
+        s.put(&a).unwrap();
+        assert_eq!(ids(s.dead_letters().unwrap()), ["a"]);
+        assert_eq!(s.expire(1_000, 10).unwrap(), 0);
+        // A replay takes the key over; the old record is no dead letter and expires.
+        s.insert(&inv("c", Some("k")), false, None).unwrap();
+        a.replayed_as = Some("c".into());
+        a.idempotency_key = None;
+        s.put(&a).unwrap();
+        assert!(s.dead_letters().unwrap().is_empty());
+        assert_eq!(s.expire(21, 10).unwrap(), 1);
+        assert!(s.get("a").unwrap().is_none());
+        // The key still leads to the replacement.
+        assert_eq!(
+            s.insert(&inv("d", Some("k")), true, None)
+                .unwrap()
+                .unwrap()
+                .id,
+            "c"
+        );
+        // Removing an invocation removes the key that leads to it.
+        assert!(s.remove("c").unwrap());
+        assert!(s
+            .insert(&inv("e", Some("k")), true, None)
+            .unwrap()
+            .is_none());
+    }
+}
