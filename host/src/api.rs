@@ -304,38 +304,17 @@ fn too_large(max: u64) -> ApiError {
     )
 }
 
-/// How much of an oversized upload is read before answering 413.
-const LINGER: u64 = 1 << 20;
-
 /// Reads a request body of at most `max` bytes (plus room for multipart framing).
 async fn read_limited(req: Request, max: u64) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|len| *len > max) {
-        // Read (and drop) a modest overage so the client gets to read the 413 instead of a
-        // connection reset while it is still sending; anything larger is cut off.
-        if len <= max + LINGER {
-            let _ = axum::body::to_bytes(req.into_body(), len as usize).await;
-        }
-        return Err(too_large(max));
+    use ferry_triggers::http::{read_body, BodyError};
+    match read_body(req, max).await {
+        Ok((_, bytes)) => Ok(bytes),
+        Err(BodyError::TooLarge(_)) => Err(too_large(max)),
+        Err(e @ BodyError::Failed(_)) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("failed to read the upload: {e}"),
+        )),
     }
-    axum::body::to_bytes(req.into_body(), max as usize)
-        .await
-        .map_err(|e| {
-            let limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if limit {
-                too_large(max)
-            } else {
-                ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!("failed to read the upload: {e}"),
-                )
-            }
-        })
 }
 
 async fn read_multipart(req: Request, name: &str, max: u64) -> Result<(Manifest, Bytes), ApiError> {

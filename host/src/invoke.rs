@@ -14,6 +14,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::bindings::{GuestError, GuestEvent};
+use ferry_triggers::http as http_trigger;
+
 use crate::engine::{new_store, HostState, Prepared, Runtime};
 use crate::registry::Deployed;
 
@@ -143,8 +145,8 @@ async fn try_http<B: RequestBody>(
         return Ok(event_over_http(runtime, f, req).await);
     };
     let max_body = f.record.limits.max_body;
-    if let Some(len) = content_length(&req).filter(|len| *len > max_body) {
-        linger(req.into_body(), len, max_body).await;
+    if let Some(len) = http_trigger::content_length(&req).filter(|len| *len > max_body) {
+        http_trigger::linger(req.into_body(), len, max_body).await;
         return Ok(too_large(f, max_body));
     }
     let permit = acquire(f).await?;
@@ -216,23 +218,6 @@ async fn try_http<B: RequestBody>(
                 reason: format!("the invocation task failed: {e}"),
             }),
         },
-    }
-}
-
-fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Reads (and drops) a modest overage of a refused body, so that the client can read the 413
-/// instead of a connection reset while it is still sending; anything larger is cut off.
-async fn linger<B: RequestBody>(body: B, len: u64, max: u64) {
-    if len <= max + (1 << 20) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
     }
 }
 
@@ -427,8 +412,8 @@ async fn event_over_http<B: RequestBody>(
         return resp;
     }
     let max_body = f.record.limits.max_body;
-    if let Some(len) = content_length(&req).filter(|len| *len > max_body) {
-        linger(req.into_body(), len, max_body).await;
+    if let Some(len) = http_trigger::content_length(&req).filter(|len| *len > max_body) {
+        http_trigger::linger(req.into_body(), len, max_body).await;
         return too_large(f, max_body);
     }
     let (parts, body) = req.into_parts();

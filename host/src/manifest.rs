@@ -120,87 +120,9 @@ impl Manifest {
     /// Checks every value and resolves defaults.
     pub fn resolve(&self, ceilings: &Ceilings) -> Result<FunctionSpec, ManifestError> {
         validate_name(&self.name).map_err(|m| bad("name", m))?;
-        let mut limits = Limits::default();
-        if let Some(m) = &self.limits.memory {
-            let bytes = parse_size(m).map_err(|e| bad("limits.memory", e))?;
-            if bytes < 1 << 20 {
-                return Err(bad("limits.memory", "must be at least 1MiB"));
-            }
-            if bytes > ceilings.max_memory {
-                return Err(bad(
-                    "limits.memory",
-                    format!(
-                        "{m} is above this host's ceiling of {} (ferry serve --max-memory)",
-                        bytesize::ByteSize(ceilings.max_memory).display().iec()
-                    ),
-                ));
-            }
-            limits.memory = bytes;
-        }
-        limits.memory = limits.memory.min(ceilings.max_memory);
-        if let Some(t) = &self.limits.timeout {
-            let d = humantime::parse_duration(t).map_err(|e| {
-                bad(
-                    "limits.timeout",
-                    format!("{t:?} is not a duration like \"30s\": {e}"),
-                )
-            })?;
-            if d.is_zero() || d > ceilings.max_timeout {
-                return Err(bad(
-                    "limits.timeout",
-                    format!(
-                        "must be above 0 and at most {}",
-                        humantime::format_duration(ceilings.max_timeout)
-                    ),
-                ));
-            }
-            limits.timeout = d;
-        }
-        if let Some(c) = self.limits.concurrency {
-            if c == 0 || c > ceilings.max_concurrency {
-                return Err(bad(
-                    "limits.concurrency",
-                    format!(
-                        "must be between 1 and {} (ferry serve --max-instances)",
-                        ceilings.max_concurrency
-                    ),
-                ));
-            }
-            limits.concurrency = c;
-        }
-        limits.concurrency = limits.concurrency.min(ceilings.max_concurrency);
-        if let Some(b) = &self.limits.max_body {
-            limits.max_body = parse_size(b).map_err(|e| bad("limits.max_body", e))?;
-        }
-        for (kind, sections) in &self.trigger {
-            let Some(trigger) = ferry_triggers::trigger_kind(kind) else {
-                let known: Vec<&str> = ferry_triggers::TRIGGERS.iter().map(|t| t.name).collect();
-                return Err(bad(
-                    format!("trigger.{kind}"),
-                    format!("no such trigger; Ferry has {}", known.join(", ")),
-                ));
-            };
-            (trigger.validate)(&self.name, sections).map_err(|e| bad(e.key, e.message))?;
-        }
-        for (i, host) in self.outbound.allow.iter().enumerate() {
-            if host.is_empty() || host.contains(['/', ':', ' ']) {
-                return Err(bad(
-                    format!("outbound.allow[{i}]"),
-                    format!("{host:?} is not a host name (write \"api.example.com\", no scheme or path)"),
-                ));
-            }
-        }
-        for key in self.config.keys() {
-            let ok = !key.is_empty()
-                && !key.starts_with(|c: char| c.is_ascii_digit())
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
-                return Err(bad(
-                    format!("config.{key}"),
-                    "config keys become environment variables: use letters, digits and _",
-                ));
-            }
-        }
+        let limits = self.limits.resolve(ceilings)?;
+        self.check_triggers()?;
+        self.check_outbound_and_config()?;
         let delivery = self.delivery.resolve()?;
         Ok(FunctionSpec {
             triggers: self
@@ -224,6 +146,104 @@ impl Manifest {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
         })
+    }
+
+    /// Each `[[trigger.<kind>]]` checked by its trigger; an unknown kind is refused.
+    fn check_triggers(&self) -> Result<(), ManifestError> {
+        for (kind, sections) in &self.trigger {
+            let Some(trigger) = ferry_triggers::trigger_kind(kind) else {
+                let known: Vec<&str> = ferry_triggers::TRIGGERS.iter().map(|t| t.name).collect();
+                return Err(bad(
+                    format!("trigger.{kind}"),
+                    format!("no such trigger; Ferry has {}", known.join(", ")),
+                ));
+            };
+            (trigger.validate)(&self.name, sections).map_err(|e| bad(e.key, e.message))?;
+        }
+        Ok(())
+    }
+
+    /// Outbound hosts are bare host names; config keys can be environment variables.
+    fn check_outbound_and_config(&self) -> Result<(), ManifestError> {
+        for (i, host) in self.outbound.allow.iter().enumerate() {
+            if host.is_empty() || host.contains(['/', ':', ' ']) {
+                return Err(bad(
+                    format!("outbound.allow[{i}]"),
+                    format!("{host:?} is not a host name (write \"api.example.com\", no scheme or path)"),
+                ));
+            }
+        }
+        for key in self.config.keys() {
+            let ok = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(bad(
+                    format!("config.{key}"),
+                    "config keys become environment variables: use letters, digits and _",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LimitsSection {
+    /// The limits, checked against the host's ceilings; defaults for what is not set.
+    fn resolve(&self, ceilings: &Ceilings) -> Result<Limits, ManifestError> {
+        let mut limits = Limits::default();
+        if let Some(m) = &self.memory {
+            let bytes = parse_size(m).map_err(|e| bad("limits.memory", e))?;
+            if bytes < 1 << 20 {
+                return Err(bad("limits.memory", "must be at least 1MiB"));
+            }
+            if bytes > ceilings.max_memory {
+                return Err(bad(
+                    "limits.memory",
+                    format!(
+                        "{m} is above this host's ceiling of {} (ferry serve --max-memory)",
+                        bytesize::ByteSize(ceilings.max_memory).display().iec()
+                    ),
+                ));
+            }
+            limits.memory = bytes;
+        }
+        limits.memory = limits.memory.min(ceilings.max_memory);
+        if let Some(t) = &self.timeout {
+            let d = humantime::parse_duration(t).map_err(|e| {
+                bad(
+                    "limits.timeout",
+                    format!("{t:?} is not a duration like \"30s\": {e}"),
+                )
+            })?;
+            if d.is_zero() || d > ceilings.max_timeout {
+                return Err(bad(
+                    "limits.timeout",
+                    format!(
+                        "must be above 0 and at most {}",
+                        humantime::format_duration(ceilings.max_timeout)
+                    ),
+                ));
+            }
+            limits.timeout = d;
+        }
+        if let Some(c) = self.concurrency {
+            if c == 0 || c > ceilings.max_concurrency {
+                return Err(bad(
+                    "limits.concurrency",
+                    format!(
+                        "must be between 1 and {} (ferry serve --max-instances)",
+                        ceilings.max_concurrency
+                    ),
+                ));
+            }
+            limits.concurrency = c;
+        }
+        limits.concurrency = limits.concurrency.min(ceilings.max_concurrency);
+        if let Some(b) = &self.max_body {
+            limits.max_body = parse_size(b).map_err(|e| bad("limits.max_body", e))?;
+        }
+        Ok(limits)
     }
 }
 

@@ -117,22 +117,45 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             NatsTrigger::new(client, gateway.clone(), opts.delivery.shutdown_grace),
         );
     }
-    {
-        let mut shutdown = shutdown.clone();
-        let app = api::router(admin_state);
-        tasks.spawn(async move {
-            let result = axum::serve(admin, app)
-                .with_graceful_shutdown(async move { shutdown.requested().await })
-                .await
-                .context("admin listener failed");
-            ("admin", result)
-        });
-    }
+    spawn_admin(&mut tasks, &shutdown, admin, admin_state);
 
     // The one line scripts and tests wait for.
     println!("ferry: serving functions on {public_url} and the admin API on http://{admin_addr}");
 
-    let result = tokio::select! {
+    let result = until_stopped(&mut tasks).await;
+    handle.trigger();
+    drain(&mut tasks).await;
+    // Triggers take no new work now; let the delivery engine record what is in flight.
+    delivery.stopped().await;
+    store.flush()?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    result
+}
+
+/// The triggers and listeners of the process, each named for its log lines.
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// The admin API on its listener, under the shutdown signal.
+fn spawn_admin(
+    tasks: &mut Tasks,
+    shutdown: &Shutdown,
+    listener: TcpListener,
+    state: Arc<AdminState>,
+) {
+    let mut shutdown = shutdown.clone();
+    let app = api::router(state);
+    tasks.spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.requested().await })
+            .await
+            .context("admin listener failed");
+        ("admin", result)
+    });
+}
+
+/// Waits for Ctrl-C or SIGTERM (Ok), or for a listener to stop on its own (an error).
+async fn until_stopped(tasks: &mut Tasks) -> anyhow::Result<()> {
+    tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
@@ -142,26 +165,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             Ok((kind, Err(e))) => Err(e.context(format!("the {kind} listener failed"))),
             Err(e) => Err(anyhow::anyhow!("a listener task panicked: {e}")),
         },
-    };
-    handle.trigger();
+    }
+}
+
+/// Waits for every trigger and listener to finish its work in flight.
+async fn drain(tasks: &mut Tasks) {
     while let Some(done) = tasks.join_next().await {
         if let Ok((kind, Err(e))) = done {
             tracing::warn!(trigger = kind, error = %format!("{e:#}"), "stopped with an error");
         }
     }
-    // Triggers take no new work now; let the delivery engine record what is in flight.
-    delivery.stopped().await;
-    store.flush()?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
-    result
 }
 
 /// Runs a trigger on the process's task set under the shutdown signal.
-fn spawn_trigger<T: Trigger>(
-    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
-    shutdown: &Shutdown,
-    trigger: T,
-) {
+fn spawn_trigger<T: Trigger>(tasks: &mut Tasks, shutdown: &Shutdown, trigger: T) {
     let shutdown = shutdown.clone();
     tasks.spawn(async move { (T::KIND, trigger.run(shutdown).await) });
 }

@@ -315,90 +315,9 @@ impl CloudEvent {
         }
         let members: BTreeMap<String, &RawValue> = serde_json::from_slice(body)
             .map_err(|e| invalid(format!("the structured CloudEvent is not valid JSON: {e}")))?;
-        let mut attributes: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
-        for (name, raw) in &members {
-            if name == "data" || name == "data_base64" {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_str(raw.get())
-                .map_err(|e| invalid(format!("attribute `{name}`: {e}")))?;
-            attributes.insert(name, v);
-        }
-        for name in REQUIRED {
-            if attributes.get(name).is_none_or(|v| v.is_null()) {
-                return Err(invalid(format!("required attribute `{name}` is missing")));
-            }
-        }
-        let mut text: BTreeMap<&str, String> = BTreeMap::new();
-        let mut extensions = Vec::new();
-        for (&name, v) in &attributes {
-            if OPTIONAL.contains(&name) && v.is_null() {
-                continue;
-            }
-            let raw = match v {
-                serde_json::Value::String(s) => Raw::Str(s),
-                serde_json::Value::Bool(b) => Raw::Bool(*b),
-                serde_json::Value::Number(n) => match n.as_i64() {
-                    Some(i) if i32::try_from(i).is_ok() => Raw::Int(i),
-                    Some(_) => Raw::Other("an integer outside 32 bits"),
-                    None if n.is_u64() => Raw::Other("an integer outside 32 bits"),
-                    None => Raw::Other("a number with a fraction"),
-                },
-                serde_json::Value::Null => Raw::Other("null"),
-                serde_json::Value::Array(_) => Raw::Other("an array"),
-                serde_json::Value::Object(_) => Raw::Other("an object"),
-            };
-            check_attribute(name, &raw)?;
-            if REQUIRED.contains(&name) || OPTIONAL.contains(&name) {
-                if let Raw::Str(s) = raw {
-                    text.insert(name, s.to_string());
-                }
-            } else {
-                extensions.push((
-                    name.to_string(),
-                    match raw {
-                        Raw::Str(s) => ExtensionValue::String(s.to_string()),
-                        Raw::Int(i) => ExtensionValue::Integer(i),
-                        Raw::Bool(b) => ExtensionValue::Boolean(b),
-                        Raw::Other(_) => unreachable!("refused by check_attribute"),
-                    },
-                ));
-            }
-        }
+        let (mut text, extensions) = structured_attributes(&members)?;
         let mut datacontenttype = text.remove("datacontenttype");
-        let data = match (members.get("data"), members.get("data_base64")) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "an event may carry `data` or `data_base64`, not both",
-                ))
-            }
-            (Some(raw), None) if raw.get() == "null" => None,
-            (Some(raw), None) => {
-                let json_type = datacontenttype.as_deref().is_none_or(is_json);
-                if datacontenttype.is_none() {
-                    datacontenttype = Some(IMPLIED_JSON.to_string());
-                }
-                match serde_json::from_str::<serde_json::Value>(raw.get()) {
-                    Ok(serde_json::Value::String(s)) if !json_type => Some(Bytes::from(s)),
-                    _ => Some(Bytes::copy_from_slice(raw.get().as_bytes())),
-                }
-            }
-            (None, Some(raw)) => {
-                let s: Option<String> = serde_json::from_str(raw.get())
-                    .map_err(|_| invalid("attribute `data_base64` must be a string of base64"))?;
-                match s {
-                    None => None,
-                    Some(s) => Some(Bytes::from(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(s.trim())
-                            .map_err(|e| {
-                                invalid(format!("attribute `data_base64` is not base64: {e}"))
-                            })?,
-                    )),
-                }
-            }
-            (None, None) => None,
-        };
+        let data = structured_data(&members, &mut datacontenttype)?;
         let mut take = |name: &str| text.remove(name);
         Ok(CloudEvent {
             id: take("id").unwrap_or_default(),
@@ -521,6 +440,109 @@ impl CloudEvent {
         *resp.headers_mut() = headers;
         resp
     }
+}
+
+/// Extension attributes by name.
+type Extensions = Vec<(String, ExtensionValue)>;
+
+/// The context attributes (as text) and extensions of a structured event, checked.
+fn structured_attributes<'a>(
+    members: &'a BTreeMap<String, &RawValue>,
+) -> Result<(BTreeMap<&'a str, String>, Extensions), Invalid> {
+    let mut attributes: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+    for (name, raw) in members {
+        if name == "data" || name == "data_base64" {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(raw.get())
+            .map_err(|e| invalid(format!("attribute `{name}`: {e}")))?;
+        attributes.insert(name, v);
+    }
+    for name in REQUIRED {
+        if attributes.get(name).is_none_or(|v| v.is_null()) {
+            return Err(invalid(format!("required attribute `{name}` is missing")));
+        }
+    }
+    let mut text: BTreeMap<&str, String> = BTreeMap::new();
+    let mut extensions = Vec::new();
+    for (&name, v) in &attributes {
+        if OPTIONAL.contains(&name) && v.is_null() {
+            continue;
+        }
+        let raw = match v {
+            serde_json::Value::String(s) => Raw::Str(s),
+            serde_json::Value::Bool(b) => Raw::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) if i32::try_from(i).is_ok() => Raw::Int(i),
+                Some(_) => Raw::Other("an integer outside 32 bits"),
+                None if n.is_u64() => Raw::Other("an integer outside 32 bits"),
+                None => Raw::Other("a number with a fraction"),
+            },
+            serde_json::Value::Null => Raw::Other("null"),
+            serde_json::Value::Array(_) => Raw::Other("an array"),
+            serde_json::Value::Object(_) => Raw::Other("an object"),
+        };
+        check_attribute(name, &raw)?;
+        if REQUIRED.contains(&name) || OPTIONAL.contains(&name) {
+            if let Raw::Str(s) = raw {
+                text.insert(name, s.to_string());
+            }
+        } else {
+            extensions.push((
+                name.to_string(),
+                match raw {
+                    Raw::Str(s) => ExtensionValue::String(s.to_string()),
+                    Raw::Int(i) => ExtensionValue::Integer(i),
+                    Raw::Bool(b) => ExtensionValue::Boolean(b),
+                    Raw::Other(_) => unreachable!("refused by check_attribute"),
+                },
+            ));
+        }
+    }
+    Ok((text, extensions))
+}
+
+/// The data of a structured event: `data` as the text of its JSON value (a JSON string when the
+/// content type is not JSON), or `data_base64` decoded. `data` without `datacontenttype` makes
+/// it `application/json`.
+fn structured_data(
+    members: &BTreeMap<String, &RawValue>,
+    datacontenttype: &mut Option<String>,
+) -> Result<Option<Bytes>, Invalid> {
+    let data = match (members.get("data"), members.get("data_base64")) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "an event may carry `data` or `data_base64`, not both",
+            ))
+        }
+        (Some(raw), None) if raw.get() == "null" => None,
+        (Some(raw), None) => {
+            let json_type = datacontenttype.as_deref().is_none_or(is_json);
+            if datacontenttype.is_none() {
+                *datacontenttype = Some(IMPLIED_JSON.to_string());
+            }
+            match serde_json::from_str::<serde_json::Value>(raw.get()) {
+                Ok(serde_json::Value::String(s)) if !json_type => Some(Bytes::from(s)),
+                _ => Some(Bytes::copy_from_slice(raw.get().as_bytes())),
+            }
+        }
+        (None, Some(raw)) => {
+            let s: Option<String> = serde_json::from_str(raw.get())
+                .map_err(|_| invalid("attribute `data_base64` must be a string of base64"))?;
+            match s {
+                None => None,
+                Some(s) => Some(Bytes::from(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s.trim())
+                        .map_err(|e| {
+                            invalid(format!("attribute `data_base64` is not base64: {e}"))
+                        })?,
+                )),
+            }
+        }
+        (None, None) => None,
+    };
+    Ok(data)
 }
 
 /// Reads an event from a message's headers and body: structured mode when the content type

@@ -60,6 +60,63 @@ pub struct AsyncOptions {
     pub idempotency_key: Option<String>,
 }
 
+/// How much of a refused (too large) body is read and dropped, so that the client can read the
+/// 413 instead of a connection reset while it is still sending; anything larger is cut off.
+pub const LINGER: u64 = 1 << 20;
+
+/// The `content-length` a request declares.
+pub fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads and drops a refused body of `declared` bytes when it is at most [`LINGER`] over
+/// `max`, for five seconds at most.
+pub async fn linger<B: http_body::Body>(body: B, declared: u64, max: u64) {
+    if declared <= max.saturating_add(LINGER) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+    }
+}
+
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("failed to read the body: {0}")]
+    Failed(String),
+}
+
+/// Reads a whole request body of at most `max` bytes; a body that declares more is refused at
+/// once (after [`linger`]).
+pub async fn read_body<B>(
+    req: Request<B>,
+    max: u64,
+) -> Result<(http::request::Parts, Bytes), BodyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = content_length(&req);
+    let (parts, body) = req.into_parts();
+    if let Some(len) = declared.filter(|len| *len > max) {
+        linger(body, len, max).await;
+        return Err(BodyError::TooLarge(max));
+    }
+    match http_body_util::Limited::new(body, max as usize)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok((parts, b.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(max)),
+        Err(e) => Err(BodyError::Failed(e.to_string())),
+    }
+}
+
 /// The path prefix of status URLs.
 pub const STATUS_PREFIX: &str = "/_ferry/invocations/";
 
@@ -502,13 +559,9 @@ async fn payload(
     req: Request<Incoming>,
 ) -> Result<Payload, Response<Body>> {
     let max = f.max_body;
-    let (parts, body) = req.into_parts();
-    let body = match http_body_util::Limited::new(body, max as usize)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let (parts, body) = match read_body(req, max).await {
+        Ok(read) => read,
+        Err(BodyError::TooLarge(_)) => {
             return Err(text_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -517,12 +570,7 @@ async fn payload(
             ),
             ))
         }
-        Err(e) => {
-            return Err(text_response(
-                StatusCode::BAD_REQUEST,
-                format!("failed to read the request body: {e}"),
-            ))
-        }
+        Err(e) => return Err(text_response(StatusCode::BAD_REQUEST, e.to_string())),
     };
     match f.kind {
         FunctionKind::Http => Ok(Payload::Http {

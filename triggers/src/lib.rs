@@ -15,8 +15,8 @@ pub mod nats;
 mod port;
 
 pub use port::{
-    parse_section, Accepted, ConfigError, DeliveryMode, EventFailure, FunctionInfo, FunctionKind,
-    Payload, Runtime, Sections, StateKey, Submission, SubmitFailure, TriggerKind,
+    backoff, parse_section, Accepted, ConfigError, DeliveryMode, EventFailure, FunctionInfo,
+    FunctionKind, Payload, Runtime, Sections, StateKey, Submission, SubmitFailure, TriggerKind,
 };
 
 /// Every trigger kind, as the host registers them: a new trigger adds its line here.

@@ -73,11 +73,7 @@ impl NatsBinding {
 
     /// The delay before redelivery after `failed` deliveries.
     pub fn backoff(&self, failed: u32) -> Duration {
-        let exp = failed.saturating_sub(1).min(20);
-        self.backoff_initial
-            .checked_mul(1 << exp)
-            .unwrap_or(self.backoff_max)
-            .min(self.backoff_max)
+        crate::backoff(self.backoff_initial, self.backoff_max, failed)
     }
 }
 

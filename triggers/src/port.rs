@@ -56,6 +56,13 @@ impl DeliveryMode {
     }
 }
 
+/// The ceiling of the delay before retry `failed` (1 for the first retry): `initial` doubled
+/// for each failure before it, at most `max`.
+pub fn backoff(initial: Duration, max: Duration, failed: u32) -> Duration {
+    let exp = failed.saturating_sub(1).min(31);
+    initial.checked_mul(1u32 << exp).unwrap_or(max).min(max)
+}
+
 /// A function version as triggers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FunctionInfo {

@@ -121,9 +121,6 @@ pub enum SubmitError {
 /// How long a callback taken by this process is held before others may take it.
 const CALLBACK_LEASE: Duration = Duration::from_secs(120);
 
-/// The prefix of status URLs on the public listener.
-pub const STATUS_PATH: &str = "/_ferry/invocations/";
-
 pub struct Delivery {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
@@ -265,7 +262,11 @@ impl Delivery {
     }
 
     pub fn status_url(&self, id: &str) -> String {
-        format!("{}{STATUS_PATH}{id}", self.options.public_url)
+        format!(
+            "{}{}{id}",
+            self.options.public_url,
+            ferry_triggers::http::STATUS_PREFIX
+        )
     }
 
     /// Accepts an asynchronous invocation. Store-and-forward returns only once it is durable.

@@ -16,13 +16,7 @@ impl RetryPolicy {
     /// The delay before retry number `failed` (1 after the first failure), given a uniform
     /// random number in [0, 1): full jitter over `min(max, initial * 2^(failed-1))`.
     pub fn delay(&self, failed: u32, random: f64) -> Duration {
-        let exp = failed.saturating_sub(1).min(32);
-        let ceiling = self
-            .initial
-            .checked_mul(1u32 << exp.min(31))
-            .unwrap_or(self.max)
-            .min(self.max);
-        ceiling.mul_f64(random.clamp(0.0, 1.0))
+        ferry_triggers::backoff(self.initial, self.max, failed).mul_f64(random.clamp(0.0, 1.0))
     }
 
     /// After `attempts` failed attempts of an invocation `age` old: the delay before the next
