@@ -18,6 +18,10 @@
 //! Adding a guest therefore needs no edit here: create its directory and add it to its folder's
 //! workspace `members` (this script says so if that was forgotten).
 
+// Build script of the test crate: a failed unwrap here is a failed build of the fixtures, which
+// stops the tests with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -23,14 +23,21 @@ use crate::engine::Runtime;
 use crate::manifest::{validate_name, Manifest};
 use crate::model::FunctionRecord;
 
+/// What the admin API's handlers share.
 pub struct AdminState {
+    /// Deploys and removes functions; holds the registry that lists them.
     pub deployer: Arc<Deployer>,
+    /// The engine, for the compilation count in `/healthz`.
     pub runtime: Arc<Runtime>,
     /// Base URL of the public listener, for the `url` of each function.
     pub public_url: String,
+    /// The bearer token every route but `/healthz` requires; `None` leaves the API open.
     pub token: Option<String>,
+    /// The largest component an upload may carry, in bytes (`ferry serve --max-upload`).
     pub max_upload: u64,
+    /// When the host started, for the uptime in `/healthz`.
     pub started: Instant,
+    /// The delivery engine, for dead letters and the callback secret.
     pub delivery: Arc<Delivery>,
     /// What each trigger last reported.
     pub reports: Arc<crate::gateway::TriggerReports>,
@@ -59,6 +66,7 @@ impl From<DeployError> for ApiError {
 /// A function as the API shows it.
 #[derive(Serialize)]
 pub struct FunctionView {
+    /// The stored record, its fields inline; a callback secret shows only as `"(set)"`.
     #[serde(flatten)]
     pub record: FunctionRecord,
     /// The routes of its `[[trigger.http]]` sections (it is also served at `/{name}` and below).
@@ -67,6 +75,7 @@ pub struct FunctionView {
     pub url: String,
 }
 
+/// The admin API's routes, with the token check on every `/v1` route.
 pub fn router(state: Arc<AdminState>) -> Router {
     let v1 = Router::new()
         .route("/v1/functions", get(list))

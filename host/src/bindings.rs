@@ -6,6 +6,8 @@
 
 pub use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+// Generated from `wit/`, where these types and functions are documented.
+#[allow(missing_docs)]
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",

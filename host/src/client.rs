@@ -6,6 +6,7 @@ use anyhow::{bail, Context as _};
 use reqwest::blocking::{multipart, Client, RequestBuilder, Response};
 use serde_json::Value;
 
+/// A connection to one host's admin API, with its token.
 pub struct AdminClient {
     base: String,
     token: Option<String>,
@@ -13,6 +14,8 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// A client of the admin API at `base` (like `http://127.0.0.1:8081`), sending `token` as a
+    /// bearer token when given.
     pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
@@ -126,26 +129,32 @@ impl AdminClient {
         self.json(resp)
     }
 
+    /// The deployed functions (`GET /v1/functions`).
     pub fn list(&self) -> anyhow::Result<Value> {
         let resp = self.send(self.http.get(format!("{}/v1/functions", self.base)))?;
         self.json(resp)
     }
 
+    /// One function (`GET /v1/functions/{name}`).
     pub fn get(&self, name: &str) -> anyhow::Result<Value> {
         let resp = self.send(self.http.get(self.function_url(name)))?;
         self.json(resp)
     }
 
+    /// The dead letters (`GET /v1/deadletters`).
     pub fn dead_letters(&self) -> anyhow::Result<Value> {
         let resp = self.send(self.http.get(format!("{}/v1/deadletters", self.base)))?;
         self.json(resp)
     }
 
+    /// One dead letter with its stored request or event (`GET /v1/deadletters/{id}`).
     pub fn dead_letter(&self, id: &str) -> anyhow::Result<Value> {
         let resp = self.send(self.http.get(format!("{}/v1/deadletters/{id}", self.base)))?;
         self.json(resp)
     }
 
+    /// Submits a dead letter again; the answer is the new invocation, or the invocation whose
+    /// callback is scheduled again.
     pub fn replay(&self, id: &str) -> anyhow::Result<Value> {
         let resp = self.send(
             self.http
@@ -154,6 +163,7 @@ impl AdminClient {
         self.json(resp)
     }
 
+    /// Removes one dead letter, or all of them; the answer says how many (`{"purged": n}`).
     pub fn purge(&self, id: Option<&str>) -> anyhow::Result<Value> {
         let url = match id {
             Some(id) => format!("{}/v1/deadletters/{id}", self.base),
@@ -163,6 +173,7 @@ impl AdminClient {
         self.json(resp)
     }
 
+    /// Removes a function (`DELETE /v1/functions/{name}`).
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
         let resp = self.send(self.http.delete(self.function_url(name)))?;
         self.json(resp).map(drop)

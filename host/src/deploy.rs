@@ -19,22 +19,35 @@ use crate::store::{artifact_key, Store};
 /// Why a deploy was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
+    /// The manifest is invalid (400).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The upload cannot become a function (400 when it is not a valid component, 422 when it
+    /// is one Ferry cannot run).
     #[error(transparent)]
     Component(#[from] ComponentError),
+    /// The manifest's `name` is not the name in the request URL (400).
     #[error("the manifest names function {manifest:?} but the request is for {url:?}")]
-    NameMismatch { manifest: String, url: String },
+    NameMismatch {
+        /// The name in the manifest.
+        manifest: String,
+        /// The name in the request URL.
+        url: String,
+    },
     /// Two functions claim the same thing of a trigger (a route, say).
     #[error("{0}")]
     TriggerConflict(String),
+    /// A trigger section the function or the host cannot serve: a trigger for the other kind of
+    /// function, or one this host does not run (422).
     #[error("{0}")]
     Unsupported(String),
+    /// The store or a task failed: not the caller's doing (500).
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
 
 impl DeployError {
+    /// The HTTP status the admin API answers this error with.
     pub fn status(&self) -> StatusCode {
         match self {
             DeployError::Manifest(_) | DeployError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
@@ -51,6 +64,7 @@ impl DeployError {
 
 /// What a deploy did.
 pub struct Deployment {
+    /// The record of the version now serving.
     pub record: FunctionRecord,
     /// False when the name was new.
     pub replaced: bool,
@@ -59,12 +73,18 @@ pub struct Deployment {
 /// What a restart restored.
 #[derive(Debug, Default)]
 pub struct Restored {
+    /// Functions restored and serving.
     pub functions: usize,
+    /// Components loaded from a cached compiled artifact.
     pub from_cache: usize,
+    /// Components compiled again from their stored bytes (no usable artifact).
     pub compiled: usize,
+    /// Functions that could not be restored; each is logged and skipped.
     pub failed: usize,
 }
 
+/// Deploys, removes and restores functions: the one writer of function records and of the
+/// registry.
 pub struct Deployer {
     runtime: Arc<Runtime>,
     store: Arc<dyn Store>,
@@ -77,6 +97,7 @@ pub struct Deployer {
 }
 
 impl Deployer {
+    /// A deployer over `store` and `registry`; `enabled` names the trigger kinds this host runs.
     pub fn new(
         runtime: Arc<Runtime>,
         store: Arc<dyn Store>,
@@ -94,6 +115,7 @@ impl Deployer {
         }
     }
 
+    /// The deployed functions.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

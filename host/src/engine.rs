@@ -45,11 +45,14 @@ impl Default for EngineOptions {
 /// A component linked against Ferry's imports, ready to instantiate many times.
 #[derive(Clone)]
 pub enum Prepared {
+    /// An HTTP function: exports `wasi:http/incoming-handler`.
     Http(ProxyPre<HostState>),
+    /// An event function: exports `ferry:function/handler`.
     Event(EventFunctionPre<HostState>),
 }
 
 impl Prepared {
+    /// Which kind of function the component is.
     pub fn world(&self) -> World {
         match self {
             Prepared::Http(_) => World::Http,
@@ -61,20 +64,26 @@ impl Prepared {
 /// Why an upload cannot become a function. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
+    /// The bytes are not WebAssembly at all.
     #[error("the upload is not WebAssembly (it does not start with the \\0asm magic bytes)")]
     NotWasm,
+    /// A core module, not a component.
     #[error(
         "the upload is a core WebAssembly module, not a component; build it with \
          `cargo component build` or `cargo build --target wasm32-wasip2`"
     )]
     CoreModule,
+    /// Not a valid component: an unknown WebAssembly version, or bytes that do not validate;
+    /// the message says why.
     #[error("the upload is not a valid component (is it truncated?): {0}")]
     Invalid(String),
+    /// A component that exports neither world Ferry runs; the message lists what it exports.
     #[error(
         "the component exports neither wasi:http/incoming-handler (an HTTP function) nor \
          ferry:function/handler (an event function); it exports: {0}"
     )]
     UnknownWorld(String),
+    /// A component that imports an interface Ferry does not provide; the linker says which.
     #[error("the component imports something Ferry does not provide: {0}")]
     UnsatisfiedImport(String),
 }
@@ -88,6 +97,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The engine and linker with these settings; starts the epoch ticker thread.
     pub fn new(opts: &EngineOptions) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::new();
         let instances = opts.max_instances;
@@ -134,7 +144,7 @@ impl Runtime {
             engine.precompile_compatibility_hash().hash(&mut h);
             format!("{:016x}", h.finish())
         };
-        spawn_epoch_ticker(&engine);
+        spawn_epoch_ticker(&engine)?;
         Ok(Arc::new(Self {
             engine,
             linker,
@@ -143,6 +153,7 @@ impl Runtime {
         }))
     }
 
+    /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -221,7 +232,7 @@ impl Runtime {
 }
 
 /// One thread for the whole engine advances the epoch; it ends when the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("ferry-epoch".into())
@@ -232,7 +243,8 @@ fn spawn_epoch_ticker(engine: &Engine) {
                 None => return,
             }
         })
-        .expect("spawning the epoch thread at startup");
+        .context("failed to start the epoch thread")?;
+    Ok(())
 }
 
 /// The marker error the epoch callback raises when a deadline passes.

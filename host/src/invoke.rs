@@ -22,17 +22,43 @@ use crate::registry::Deployed;
 /// How an invocation failed, from the host's point of view.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
+    /// No instance slot became free within the function's timeout (503).
     #[error("function {function} is at its concurrency limit of {limit}")]
-    Busy { function: String, limit: u32 },
+    Busy {
+        /// The function's name.
+        function: String,
+        /// Its `limits.concurrency`.
+        limit: u32,
+    },
+    /// The invocation ran past the function's timeout and was stopped (504).
     #[error("function {function} exceeded its timeout of {timeout}")]
-    Timeout { function: String, timeout: String },
+    Timeout {
+        /// The function's name.
+        function: String,
+        /// Its `limits.timeout`, as text like `30s`.
+        timeout: String,
+    },
+    /// The guest trapped: it panicked, or broke a WebAssembly rule such as a memory bound (500).
     #[error("function {function} trapped: {reason}")]
-    Trap { function: String, reason: String },
+    Trap {
+        /// The function's name.
+        function: String,
+        /// wasmtime's description of the trap.
+        reason: String,
+    },
+    /// Any other failure: the guest answered with an error code, sent no response, or the host
+    /// could not run it (500).
     #[error("function {function} failed: {reason}")]
-    Failed { function: String, reason: String },
+    Failed {
+        /// The function's name.
+        function: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl InvokeError {
+    /// The HTTP status a caller gets for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
             InvokeError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +133,7 @@ pub type StoredBody = http_body_util::combinators::MapErr<
     fn(std::convert::Infallible) -> wasmtime_wasi_http::Error,
 >;
 
+/// A stored request body, to hand to a function like a live one.
 pub fn stored_body(bytes: Bytes) -> StoredBody {
     fn never(e: std::convert::Infallible) -> wasmtime_wasi_http::Error {
         match e {}
@@ -323,12 +350,17 @@ impl std::fmt::Display for GuestErrorKind {
 /// How an event invocation failed: the function's own typed error, or a host-side failure.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
+    /// The function returned an `error` of the WIT interface.
     #[error("function {function} returned error {kind}: {message}")]
     Guest {
+        /// The function's name.
         function: String,
+        /// Which case of the WIT `error` it returned.
         kind: GuestErrorKind,
+        /// The message the function gave with it.
         message: String,
     },
+    /// The host could not get an answer from the function: busy, timed out, trapped or failed.
     #[error(transparent)]
     Invoke(#[from] InvokeError),
 }
@@ -435,6 +467,10 @@ async fn event_over_http<B: RequestBody>(
     };
     let guest_event = crate::guest_event::to_guest(&event);
     match self::event(runtime, f, &guest_event).await {
+        #[allow(
+            clippy::expect_used,
+            reason = "a StatusCode and a body cannot make the builder fail"
+        )]
         Ok(None) => Response::builder()
             .status(StatusCode::NO_CONTENT)
             .body(ferry_triggers::http::full_body(Bytes::new()))
@@ -447,6 +483,10 @@ async fn event_over_http<B: RequestBody>(
                 text_response(StatusCode::INTERNAL_SERVER_ERROR, msg)
             }
         },
+        #[allow(
+            clippy::expect_used,
+            reason = "a StatusCode and a static header name and value cannot make the builder fail"
+        )]
         Err(EventError::Guest {
             function,
             kind,

@@ -1,8 +1,9 @@
 //! Ferry's runtime: the wasmtime engine and component cache ([`engine`]), the storage trait and its
 //! sled backend ([`store`]), function manifests ([`manifest`]), the set of deployed functions and
 //! their routes ([`registry`]), running one invocation ([`invoke`]), asynchronous delivery with
-//! its guarantees ([`delivery`]), CloudEvents ([`cloudevent`]), deployment ([`deploy`]), the
-//! admin HTTP API ([`api`]) and the `serve` wiring that joins triggers to the runtime ([`server`]).
+//! its guarantees ([`delivery`]), CloudEvents as guests see them ([`guest_event`]), deployment
+//! ([`deploy`]), the admin HTTP API ([`api`]) and the `serve` wiring that joins triggers to the
+//! runtime ([`server`]).
 //!
 //! The `ferry` binary (`main.rs`) is a thin CLI over these modules and over the admin API
 //! ([`client`]).

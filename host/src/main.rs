@@ -345,31 +345,27 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 fn deploy(client: &AdminClient, args: DeployArgs) -> anyhow::Result<Value> {
     let manifest_path = match (&args.manifest, &args.file) {
-        (Some(m), _) => Some(m.clone()),
+        (Some(m), _) => m.clone(),
         (None, None) => {
             let p = PathBuf::from("ferry.toml");
             if !p.exists() {
                 bail!("no component given and no ferry.toml in this folder: run `ferry deploy FILE.wasm` or write a ferry.toml");
             }
-            Some(p)
+            p
         }
-        (None, Some(_)) => None,
-    };
-    let Some(manifest_path) = manifest_path else {
-        let file = args
-            .file
-            .expect("checked above: no manifest means a file was given");
-        let name = match args.name {
-            Some(n) => n,
-            None => default_name(&file)?,
-        };
-        let wasm = read(&file)?;
-        return if args.routes.is_empty() {
-            client.deploy_raw(&name, wasm)
-        } else {
-            let manifest = manifest_for(&name, &args.routes)?;
-            client.deploy_with_manifest(&name, wasm, manifest)
-        };
+        (None, Some(file)) => {
+            let name = match args.name {
+                Some(n) => n,
+                None => default_name(file)?,
+            };
+            let wasm = read(file)?;
+            return if args.routes.is_empty() {
+                client.deploy_raw(&name, wasm)
+            } else {
+                let manifest = manifest_for(&name, &args.routes)?;
+                client.deploy_with_manifest(&name, wasm, manifest)
+            };
+        }
     };
     if args.name.is_some() || !args.routes.is_empty() {
         bail!("--name and --route apply to a bare .wasm; with a manifest, set `name` and [[trigger.http]] in {}", manifest_path.display());

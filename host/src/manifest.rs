@@ -12,52 +12,72 @@ use crate::model::{parse_size, DeliveryMode, DeliverySettings, Limits, Triggers}
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// The function's name; must match the name in the deploy URL.
     pub name: String,
     /// Path of the component, relative to the manifest; used by the CLI only.
     pub component: Option<String>,
+    /// `[limits]`: the sandbox limits.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[delivery]`: defaults for asynchronous invocations.
     #[serde(default)]
     pub delivery: DeliverySection,
     /// `[[trigger.<kind>]]` sections, by kind; each trigger checks its own.
     #[serde(default)]
     pub trigger: Triggers,
+    /// `[outbound]`: the hosts the function may call.
     #[serde(default)]
     pub outbound: Outbound,
+    /// `[config]`: environment variables of the guest.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
 }
 
+/// `[limits]` as written; what is not set takes the default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
+    /// Linear memory ceiling, a size like `128MiB`.
     pub memory: Option<String>,
+    /// Wall-clock time per invocation, a duration like `30s`.
     pub timeout: Option<String>,
+    /// Instances running at once.
     pub concurrency: Option<u32>,
+    /// Largest request body, a size like `16MiB`.
     pub max_body: Option<String>,
 }
 
+/// `[delivery]` as written; what is not set takes the default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySection {
+    /// `store-and-forward` or `fire-and-forget`.
     pub mode: Option<String>,
+    /// Attempts in all, the first included.
     pub max_attempts: Option<u32>,
+    /// `backoff = { initial, max }`: the retry delays.
     pub backoff: Option<BackoffSection>,
+    /// No retry starts later than this after the submit, a duration like `24h`.
     pub max_age: Option<String>,
     /// `whsec_...`, or `env:NAME` to read it from the host's environment.
     pub callback_secret: Option<String>,
 }
 
+/// `delivery.backoff` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffSection {
+    /// Ceiling of the first retry's delay, a duration like `1s`.
     pub initial: Option<String>,
+    /// Ceiling of any retry's delay, a duration like `10m`.
     pub max: Option<String>,
 }
 
+/// `[outbound]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outbound {
+    /// Bare host names the function may reach with outbound HTTP.
     #[serde(default)]
     pub allow: Vec<String>,
 }
@@ -65,21 +85,35 @@ pub struct Outbound {
 /// A manifest checked and resolved into what the runtime needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
+    /// The function's name, checked.
     pub name: String,
+    /// The limits, within the host's ceilings.
     pub limits: Limits,
+    /// Environment variables of the guest, sorted by name.
     pub config: Vec<(String, String)>,
+    /// Hosts the function may reach, lower-case.
     pub outbound: Vec<String>,
+    /// Delivery defaults, with the callback secret read from the environment if it named one.
     pub delivery: DeliverySettings,
+    /// The trigger sections by kind, each checked by its trigger; empty kinds dropped.
     pub triggers: Triggers,
 }
 
 /// A manifest problem, naming the key at fault.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ManifestError {
+    /// Not TOML, or not the manifest's shape (an unknown key, a wrong type); toml's message
+    /// names the key.
     #[error("invalid manifest: {0}")]
     Syntax(String),
+    /// A value the manifest may not have.
     #[error("invalid manifest: `{key}`: {message}")]
-    Value { key: String, message: String },
+    Value {
+        /// The key at fault, like `limits.timeout`.
+        key: String,
+        /// What is wrong with its value.
+        message: String,
+    },
 }
 
 fn bad(key: impl Into<String>, message: impl Into<String>) -> ManifestError {
@@ -92,12 +126,16 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ManifestError {
 /// The host-side ceilings that manifest values must stay within.
 #[derive(Debug, Clone)]
 pub struct Ceilings {
+    /// The most memory a function may ask for, in bytes (`ferry serve --max-memory`).
     pub max_memory: u64,
+    /// The most instances a function may run at once (`ferry serve --max-instances`).
     pub max_concurrency: u32,
+    /// The longest timeout a function may ask for (`ferry serve --max-timeout`).
     pub max_timeout: Duration,
 }
 
 impl Manifest {
+    /// Parses `ferry.toml` text; values are checked later, by [`Manifest::resolve`].
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         toml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string().trim().to_string()))
     }

@@ -41,9 +41,11 @@ pub mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
+    /// Writes a duration as text like `1m 30s`.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
+    /// Reads a duration from text like `30s` or `1m 30s`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
@@ -80,7 +82,9 @@ impl Default for RetryPolicy {
 /// How asynchronous invocations of a function are delivered by default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliverySettings {
+    /// The guarantee a submit gets when it does not name one (`Ferry-Delivery`).
     pub mode: DeliveryMode,
+    /// Retries of store-and-forward invocations.
     pub retry: RetryPolicy,
     /// Signs callbacks for this function instead of the host-wide secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,13 +104,17 @@ impl Default for DeliverySettings {
 /// What Ferry remembers about one deployed function version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FunctionRecord {
+    /// The function's name, unique on the host; it is served at `/{name}` and below.
     pub name: String,
     /// Increases by one on every deploy of the same name.
     pub version: u64,
+    /// Whether it is an HTTP or an event function, from what the component exports.
     pub world: World,
     /// sha256 of the component bytes, lower-case hex.
     pub digest: String,
+    /// Size of the component in bytes.
     pub size: u64,
+    /// Its sandbox limits.
     pub limits: Limits,
     /// Values exposed to the guest as environment variables.
     pub config: Vec<(String, String)>,

@@ -15,16 +15,20 @@ use crate::model::FunctionRecord;
 
 /// One function version, ready to serve.
 pub struct Deployed {
+    /// What Ferry remembers about this version.
     pub record: FunctionRecord,
     /// The function as triggers see it.
     pub info: FunctionInfo,
+    /// The component, linked and ready to instantiate.
     pub prepared: Prepared,
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
+    /// Hosts the function may reach, shared with every invocation's store.
     pub outbound: Arc<[String]>,
 }
 
 impl Deployed {
+    /// A version ready to serve `record` with `prepared`.
     pub fn new(record: FunctionRecord, prepared: Prepared) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(record.limits.concurrency as usize)),
@@ -35,6 +39,7 @@ impl Deployed {
         }
     }
 
+    /// The function's name.
     pub fn name(&self) -> &str {
         &self.record.name
     }
@@ -102,18 +107,22 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// The live version of the function with this name.
     pub fn get(&self, name: &str) -> Option<Arc<Deployed>> {
         self.current.load().functions.get(name).cloned()
     }
 
+    /// Every live function, by name.
     pub fn list(&self) -> Vec<Arc<Deployed>> {
         self.current.load().functions.values().cloned().collect()
     }
 
+    /// How many functions are live.
     pub fn len(&self) -> usize {
         self.current.load().functions.len()
     }
 
+    /// Whether no function is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

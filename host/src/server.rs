@@ -26,13 +26,21 @@ use crate::store::{SledStore, Store};
 /// Everything `ferry serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// `--listen`: the public listener (functions, asynchronous submits, status URLs).
     pub listen: SocketAddr,
+    /// `--admin-listen`: the admin API's listener.
     pub admin_listen: SocketAddr,
+    /// `--data-dir`: the store, the submit journal and the host id live here.
     pub data_dir: PathBuf,
+    /// `--token`: the bearer token the admin API requires; None leaves it open.
     pub admin_token: Option<String>,
+    /// `--max-upload`: the largest component upload, in bytes.
     pub max_upload: u64,
+    /// Engine settings (`--max-instances`, `--max-memory`).
     pub engine: EngineOptions,
+    /// `--max-timeout`: the ceiling of any function's timeout.
     pub max_timeout: Duration,
+    /// Delivery settings; the host fills in its URL, secret, journal, id and lease itself.
     pub delivery: DeliveryOptions,
     /// `--callback-secret`; generated and kept in the store when absent.
     pub callback_secret: Option<String>,
@@ -47,6 +55,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Runs the host until Ctrl-C or SIGTERM (or until a listener fails), then stops cleanly:
+/// triggers take no new work, work in flight gets the grace period, the store is flushed.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     // Listen first: a busy port must fail before anything is created or restored.

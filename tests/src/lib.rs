@@ -2,6 +2,10 @@
 //! data directory, talks to it over real HTTP, and kills it when done. The guest examples are the
 //! fixtures; `build.rs` compiles them once.
 
+// Test code: a failed unwrap in the harness is a failed test, and its pub items exist for the
+// tests in tests/e2e/, not as a documented API.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

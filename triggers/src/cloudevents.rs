@@ -27,15 +27,22 @@ pub const IMPLIED_JSON: &str = "application/json";
 /// How an event is carried over HTTP or NATS: the CloudEvents content mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ContentMode {
+    /// Attributes in `ce-` headers, the data as the body with its own content type.
     Binary,
+    /// The whole event as one JSON document, `application/cloudevents+json`.
     Structured,
 }
 
 /// The value of an extension attribute.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ExtensionValue {
+    /// A string; the other CloudEvents types (URI, timestamp, binary) travel as one too.
     String(String),
+    /// A 32-bit integer: a JSON number in structured mode; binary mode writes it as text and
+    /// reads it back as a string.
     Integer(i64),
+    /// A boolean: JSON `true` or `false` in structured mode; text in binary mode, read back as a
+    /// string.
     Boolean(bool),
 }
 
@@ -59,12 +66,19 @@ impl From<&str> for ExtensionValue {
 /// which validate, so every value of this type is a valid event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudEvent {
+    /// Identifies the event; unique per `source`.
     pub id: String,
+    /// The context in which the event happened (a URI-reference).
     pub source: String,
+    /// The CloudEvents version, always `1.0`.
     pub specversion: String,
+    /// The `type` attribute: what kind of occurrence this is, like `com.example.order.created`.
     pub ty: String,
+    /// The media type of `data`, like `application/json`.
     pub datacontenttype: Option<String>,
+    /// An absolute URI of the schema `data` adheres to.
     pub dataschema: Option<String>,
+    /// What the event is about, within `source`.
     pub subject: Option<String>,
     /// As it arrived (RFC 3339), not re-formatted.
     pub time: Option<String>,
@@ -433,6 +447,10 @@ impl CloudEvent {
     /// An HTTP response carrying the event in `mode`.
     pub fn to_http(&self, mode: ContentMode) -> Response<Body> {
         let (headers, body) = self.to_headers(mode);
+        #[allow(
+            clippy::expect_used,
+            reason = "a builder with only a status cannot fail"
+        )]
         let mut resp = Response::builder()
             .status(StatusCode::OK)
             .body(full_body(body))
@@ -575,6 +593,10 @@ pub fn from_headers(
 }
 
 /// A string as a JSON string literal.
+#[allow(
+    clippy::expect_used,
+    reason = "serde_json writes any string: escaping cannot fail and there is no map key to reject"
+)]
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("a string always serialises")
 }

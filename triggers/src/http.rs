@@ -39,6 +39,10 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// A short plain-text response, for errors the platform itself answers.
+#[allow(
+    clippy::expect_used,
+    reason = "a StatusCode and a static header name and value cannot make the builder fail"
+)]
 pub fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     let mut text = text.into();
     text.push('\n');
@@ -85,8 +89,10 @@ pub async fn linger<B: http_body::Body>(body: B, declared: u64, max: u64) {
 /// Why a request body was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// The body declared or sent more than the limit, which it carries (in bytes).
     #[error("the body is larger than {0} bytes")]
     TooLarge(u64),
+    /// Reading the body failed (the client went away, say); the message says how.
     #[error("failed to read the body: {0}")]
     Failed(String),
 }
@@ -148,6 +154,7 @@ fn header_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
 }
 
 impl AsyncOptions {
+    /// The options a request's headers ask for; blank headers count as absent.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
         Self {
             delivery: header_text(headers, "ferry-delivery"),
@@ -359,6 +366,7 @@ pub struct HttpTrigger<R> {
 }
 
 impl<R: Runtime> HttpTrigger<R> {
+    /// The HTTP trigger serving `listener` for the functions of `runtime`.
     pub fn new(listener: TcpListener, runtime: Arc<R>, options: HttpOptions) -> Self {
         Self {
             listener,
@@ -633,6 +641,10 @@ async fn status<R: Runtime>(runtime: &R, id: &str, wait: Option<Duration>) -> Re
 }
 
 /// A JSON response.
+#[allow(
+    clippy::expect_used,
+    reason = "a StatusCode and a static header name and value cannot make the builder fail"
+)]
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     Response::builder()
         .status(status)

@@ -45,6 +45,7 @@ pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
 pub struct ShutdownHandle(tokio::sync::watch::Sender<bool>);
 
 impl Shutdown {
+    /// A new signal, not yet requested, and the handle that requests it.
     pub fn new() -> (ShutdownHandle, Shutdown) {
         let (tx, rx) = tokio::sync::watch::channel(false);
         (ShutdownHandle(tx), Shutdown(rx))
@@ -58,6 +59,7 @@ impl Shutdown {
 }
 
 impl ShutdownHandle {
+    /// Requests shutdown: every clone of the [`Shutdown`] resolves `requested`. Idempotent.
     pub fn trigger(&self) {
         let _ = self.0.send(true);
     }

@@ -38,6 +38,7 @@ use serde::Deserialize;
 /// One `[[trigger.nats]]` of one function, resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NatsBinding {
+    /// The function the events go to.
     pub function: String,
     /// Subject to subscribe to; wildcards allowed.
     pub subject: String,
@@ -55,6 +56,7 @@ pub struct NatsBinding {
     pub max_attempts: u32,
     /// Redelivery delay after the first failure, doubling up to `backoff_max` (JetStream).
     pub backoff_initial: Duration,
+    /// Ceiling of the redelivery delay (JetStream).
     pub backoff_max: Duration,
     /// How long the server waits for an ack before redelivering (JetStream): longer than the
     /// function's timeout.
@@ -223,6 +225,8 @@ pub struct NatsTrigger<R> {
 }
 
 impl<R: Runtime> NatsTrigger<R> {
+    /// The NATS trigger on `client` for the functions of `runtime`; after shutdown, events in
+    /// flight get `shutdown_grace` to finish.
     pub fn new(client: async_nats::Client, runtime: Arc<R>, shutdown_grace: Duration) -> Self {
         Self {
             client,

@@ -66,8 +66,11 @@ pub fn backoff(initial: Duration, max: Duration, failed: u32) -> Duration {
 /// A function version as triggers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FunctionInfo {
+    /// The function's name, unique on the host.
     pub name: String,
+    /// Increases by one on every deploy of the same name.
     pub version: u64,
+    /// Whether it takes HTTP requests or CloudEvents.
     pub kind: FunctionKind,
     /// How long one invocation may run.
     pub timeout: Duration,
@@ -77,6 +80,7 @@ pub struct FunctionInfo {
     pub max_attempts: u32,
     /// Delay before the first retry; doubles up to `backoff_max`.
     pub backoff_initial: Duration,
+    /// Ceiling of any retry's delay.
     pub backoff_max: Duration,
 }
 
@@ -84,7 +88,9 @@ pub struct FunctionInfo {
 /// deployed function is listed, with no sections when it has none of this kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sections {
+    /// The deployed function version the sections belong to.
     pub function: FunctionInfo,
+    /// Its `[[trigger.<kind>]]` tables, in manifest order, as the manifest had them.
     pub sections: Vec<toml::Table>,
 }
 
@@ -93,10 +99,13 @@ pub struct Sections {
 pub enum Payload {
     /// An HTTP request for an HTTP function.
     Http {
+        /// The request method, like `POST`.
         method: String,
         /// Path and query.
         path: String,
+        /// Every header in request order, its value as raw bytes.
         headers: Vec<(String, Vec<u8>)>,
+        /// The whole request body.
         body: Bytes,
     },
     /// A CloudEvent for an event function.
@@ -113,15 +122,20 @@ pub struct Submission {
     /// Repeats with the same key (per function) return the first invocation; events without one
     /// use their `source` and `id`.
     pub idempotency_key: Option<String>,
+    /// The request or event to run.
     pub payload: Payload,
 }
 
 /// An accepted submission.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accepted {
+    /// The invocation's id.
     pub id: String,
+    /// Where its status document is served on the public listener.
     pub status_url: String,
+    /// Its status now, as in status documents (`pending`, or further on for a repeated key).
     pub status: String,
+    /// The delivery guarantee it was accepted with.
     pub mode: DeliveryMode,
     /// False when an idempotency key matched an earlier invocation, which is returned.
     #[serde(skip)]
@@ -147,6 +161,7 @@ pub enum SubmitFailure {
 pub struct EventFailure {
     /// Whether trying again may help (a retryable error, a trap, a timeout).
     pub retryable: bool,
+    /// What went wrong, naming the function.
     pub message: String,
 }
 
@@ -154,8 +169,11 @@ pub struct EventFailure {
 /// poll cursor, an ETag, the last time a schedule fired).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StateKey {
+    /// The trigger kind that owns the record, like `nats`.
     pub kind: &'static str,
+    /// The function the record belongs to.
     pub function: String,
+    /// The trigger's own name for the record.
     pub key: String,
 }
 
@@ -219,7 +237,9 @@ pub trait Runtime: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{key}`: {message}")]
 pub struct ConfigError {
+    /// The manifest key at fault, like `trigger.nats[0].subject`.
     pub key: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -241,6 +261,7 @@ impl ConfigError {
 /// A trigger kind as the host registers it: its name in the manifest (`[[trigger.<name>]]`) and
 /// how its sections are checked at deploy time.
 pub struct TriggerKind {
+    /// The kind's name: `[[trigger.<name>]]` in the manifest, and its key in stored records.
     pub name: &'static str,
     /// The kinds of function this trigger can invoke.
     pub accepts: &'static [FunctionKind],

@@ -79,6 +79,8 @@ pub struct CallbackGuard {
 }
 
 impl CallbackGuard {
+    /// A guard that lets through the hosts in `allow` (compared without case) whatever they
+    /// resolve to.
     pub fn new(allow: Vec<String>) -> Self {
         Self {
             allow: Arc::new(allow.into_iter().map(|h| h.to_ascii_lowercase()).collect()),

@@ -14,7 +14,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -32,6 +32,7 @@ struct Pending {
     seq: u64,
 }
 
+/// The submit journal of one process: submits append to it and wait for its sync.
 pub struct Journal {
     path: PathBuf,
     store: Arc<dyn DeliveryStore>,
@@ -57,10 +58,13 @@ fn frame(inv: &Invocation) -> anyhow::Result<Vec<u8>> {
 fn read_records(bytes: &[u8]) -> Vec<Invocation> {
     let mut out = Vec::new();
     let mut rest = bytes;
-    while rest.len() >= 8 {
-        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let Some(payload) = rest.get(8..8 + len) else {
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let Some((crc, tail)) = tail.split_first_chunk::<4>() else {
+            break;
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        let crc = u32::from_le_bytes(*crc);
+        let Some(payload) = tail.get(..len) else {
             break;
         };
         if crc32fast::hash(payload) != crc {
@@ -70,12 +74,23 @@ fn read_records(bytes: &[u8]) -> Vec<Invocation> {
             Ok(inv) => out.push(inv),
             Err(_) => break,
         }
-        rest = &rest[8 + len..];
+        rest = &tail[len..];
     }
     out
 }
 
+// Both locks are used as they are when poisoned: nothing that runs under them panics halfway
+// through a change (appending a framed record, bumping the counter, writing or emptying the
+// file), so what they guard stays valid, and submits must go on being made durable.
 impl Journal {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn file(&self) -> MutexGuard<'_, File> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Opens the journal in `dir`, first writing back into the store whatever a previous
     /// process journaled but did not checkpoint. Returns the journal and the recovered records.
     pub fn open(
@@ -118,7 +133,7 @@ impl Journal {
             let framed = frame(inv)?;
             let this = self.clone();
             return tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let mut file = this.file.lock().expect("journal file lock");
+                let mut file = this.file();
                 file.write_all(&framed)?;
                 file.sync_data()?;
                 Ok(())
@@ -132,7 +147,7 @@ impl Journal {
     /// Appends a submitted invocation; returns its sequence number.
     pub fn append(&self, inv: &Invocation) -> anyhow::Result<u64> {
         let framed = frame(inv)?;
-        let mut p = self.pending.lock().expect("journal lock");
+        let mut p = self.pending();
         p.buf.extend_from_slice(&framed);
         p.seq += 1;
         Ok(p.seq)
@@ -140,7 +155,7 @@ impl Journal {
 
     /// The sequence number of the latest record appended.
     pub fn latest(&self) -> u64 {
-        self.pending.lock().expect("journal lock").seq
+        self.pending().seq
     }
 
     /// Returns once record `seq` (and every one before it) is durable.
@@ -153,9 +168,9 @@ impl Journal {
 
     /// Writes and syncs what is pending; returns the sequence number now durable.
     fn sync_now(&self) -> anyhow::Result<u64> {
-        let mut file = self.file.lock().expect("journal file lock");
+        let mut file = self.file();
         let (buf, seq) = {
-            let mut p = self.pending.lock().expect("journal lock");
+            let mut p = self.pending();
             (std::mem::take(&mut p.buf), p.seq)
         };
         if !buf.is_empty() {
@@ -176,9 +191,9 @@ impl Journal {
     /// Folds the journal into the store: flush the store (every journaled record was applied
     /// to it before being journaled), then empty the file.
     fn checkpoint(&self) -> anyhow::Result<()> {
-        let mut file = self.file.lock().expect("journal file lock");
+        let mut file = self.file();
         let seq = {
-            let mut p = self.pending.lock().expect("journal lock");
+            let mut p = self.pending();
             // Records still only in memory are made durable by this store flush too.
             p.buf.clear();
             p.seq

@@ -23,7 +23,7 @@ mod worker;
 pub use view::{AttemptView, CallbackView, InvocationView};
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, Notify};
@@ -56,6 +56,7 @@ pub struct DeliveryOptions {
     pub allow_callback_hosts: Vec<String>,
     /// Host-wide callback signing secret (`whsec_...`).
     pub callback_secret: String,
+    /// When to try a failed callback again, and when to dead-letter it.
     pub callback_retry: RetryPolicy,
     /// Base URL of the public listener, for status URLs.
     pub public_url: String,
@@ -96,10 +97,15 @@ impl Default for DeliveryOptions {
 
 /// An asynchronous submit.
 pub struct SubmitRequest {
+    /// The function, whose version at submit time gives the default mode and the retry policy;
+    /// each attempt runs the version deployed when it starts.
     pub function: Arc<Deployed>,
     /// None: the function's default.
     pub mode: Option<DeliveryMode>,
+    /// The request or event to run.
     pub payload: Payload,
+    /// Where the final status document is POSTed, signed (`X-Callback-Url`); the callback guard
+    /// checks it before anything is stored.
     pub callback_url: Option<String>,
     /// The caller's `Idempotency-Key`, if any.
     pub idempotency_key: Option<String>,
@@ -108,12 +114,17 @@ pub struct SubmitRequest {
     pub replaces_key: Option<Option<String>>,
 }
 
+/// Why a submit was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// The caller's mistake: a callback URL that may not be reached, or a replay of a function
+    /// that no longer exists.
     #[error("{0}")]
     BadRequest(String),
+    /// The fire-and-forget queue is full: try again shortly.
     #[error("the fire-and-forget queue is full; retry later")]
     QueueFull,
+    /// The store failed, or did not make the invocation durable within 30 s.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -121,6 +132,8 @@ pub enum SubmitError {
 /// How long a callback taken by this process is held before others may take it.
 const CALLBACK_LEASE: Duration = Duration::from_secs(120);
 
+/// The delivery engine of one process: takes submits, runs them on its workers, delivers
+/// callbacks, and answers for status, dead letters and replays.
 pub struct Delivery {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
@@ -261,6 +274,7 @@ impl Delivery {
         &self.options.callback_secret
     }
 
+    /// The public URL of an invocation's status document.
     pub fn status_url(&self, id: &str) -> String {
         format!(
             "{}{}{id}",
@@ -350,6 +364,7 @@ impl Delivery {
         }
     }
 
+    /// The invocation as stored now, if it exists (finished ones are kept for the retention).
     pub fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
         self.store.get(id)
     }
@@ -377,9 +392,14 @@ impl Delivery {
 
     /// The status document of an invocation.
     pub fn view(&self, inv: &Invocation) -> InvocationView {
-        let running = inv.status == Status::Pending
-            && self.running.lock().expect("running lock").contains(&inv.id);
+        let running = inv.status == Status::Pending && self.running_ids().contains(&inv.id);
         InvocationView::of(inv, running, self.status_url(&inv.id))
+    }
+
+    /// The ids whose attempt runs in this process now. A set of ids stays valid whatever
+    /// panicked while the lock was held, so a poisoned lock is used as it is.
+    fn running_ids(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves once shutdown has been requested and the grace period has passed since.

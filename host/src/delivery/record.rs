@@ -8,17 +8,24 @@ use ferry_triggers::cloudevents::{CloudEvent, Invalid};
 
 use crate::model::{DeliveryMode, RetryPolicy};
 
+/// Where an invocation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Waiting for its first attempt or a retry, or running one.
     Pending,
+    /// An attempt runs in this process now: status documents only, never stored.
     Running,
+    /// An attempt succeeded; the result is kept.
     Succeeded,
+    /// A fire-and-forget invocation that failed, or was lost when the host stopped.
     Failed,
+    /// A store-and-forward invocation with no retry left; kept until replayed or purged.
     DeadLettered,
 }
 
 impl Status {
+    /// Whether the invocation has ended: no attempt will run any more.
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -44,6 +51,7 @@ impl Status {
 pub enum CallbackStatus {
     /// Not delivered yet; an attempt is due.
     Pending,
+    /// The receiver answered 2xx.
     Delivered,
     /// Given up without retrying (the receiver answered 410 Gone, or the URL was refused).
     Failed,
@@ -56,9 +64,11 @@ pub mod b64 {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the bytes as a base64 string.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
     }
+    /// Reads the bytes back from a base64 string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
@@ -77,14 +87,21 @@ pub struct Header(pub String, #[serde(with = "b64")] pub Vec<u8>);
 pub enum Payload {
     /// An HTTP request for an HTTP function, replayed into the component.
     Http {
+        /// The request method, like `POST`.
         method: String,
+        /// Path and query.
         path: String,
+        /// Every header in request order.
         headers: Vec<Header>,
+        /// The whole request body.
         #[serde(with = "b64")]
         body: Vec<u8>,
     },
     /// A CloudEvent for an event function.
-    Event { event: StoredEvent },
+    Event {
+        /// The event as it arrived.
+        event: StoredEvent,
+    },
 }
 
 impl Payload {
@@ -104,11 +121,13 @@ impl Payload {
 pub struct StoredEvent(String);
 
 impl StoredEvent {
+    /// Stores an event in the JSON event format.
     pub fn new(event: &CloudEvent) -> Self {
         // The JSON event format is UTF-8 JSON: data that is not text is written as base64.
         StoredEvent(String::from_utf8_lossy(&event.to_structured()).into_owned())
     }
 
+    /// The event again, validated like any incoming one.
     pub fn event(&self) -> Result<CloudEvent, Invalid> {
         CloudEvent::from_structured(self.0.as_bytes())
     }
@@ -132,18 +151,26 @@ impl<'de> Deserialize<'de> for StoredEvent {
 /// One attempt in an invocation's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
+    /// 1 for the first attempt.
     pub number: u32,
+    /// When it started (ms since the epoch).
     pub started_ms: u64,
+    /// How long it ran.
     pub duration_ms: u64,
+    /// Why it failed; None when it succeeded.
     pub error: Option<String>,
 }
 
 /// Delivery state of the result to a callback URL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Callback {
+    /// Where the status document is POSTed.
     pub url: String,
+    /// Where the delivery stands.
     pub status: CallbackStatus,
+    /// Delivery attempts so far.
     pub attempts: u32,
+    /// Why the latest attempt failed.
     pub last_error: Option<String>,
     /// When the next attempt is due (ms since the epoch), while pending.
     pub due_ms: Option<u64>,
@@ -165,23 +192,36 @@ impl Callback {
 /// An asynchronous invocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
+    /// A UUIDv7 in simple form, so ids sort by submit time.
     pub id: String,
+    /// The name of the function it runs.
     pub function: String,
+    /// The delivery guarantee it was submitted with.
     pub mode: DeliveryMode,
+    /// Where it stands (never [`Status::Running`]: that is not stored).
     pub status: Status,
+    /// Attempts started so far; one cut short by shutdown does not count.
     pub attempts: u32,
+    /// When it was submitted (ms since the epoch).
     pub created_ms: u64,
+    /// When it last changed (ms since the epoch); retention counts from here.
     pub updated_ms: u64,
     /// When the next attempt is due (ms since the epoch), while pending or running.
     pub due_ms: Option<u64>,
+    /// Its retry policy, fixed at submit time.
     pub policy: RetryPolicy,
+    /// What each attempt runs.
     pub payload: Payload,
     /// The result: for HTTP functions `{status, headers, body}`, for event functions the
     /// result event (structured JSON) or null.
     pub result: Option<serde_json::Value>,
+    /// Why the latest attempt failed, or why the invocation was lost; None once it succeeds.
     pub error: Option<String>,
+    /// Every attempt so far, oldest first.
     pub history: Vec<Attempt>,
+    /// Where the final status document goes, if the caller asked for it.
     pub callback: Option<Callback>,
+    /// The key, scoped to the function, under which a repeated submit finds this invocation.
     pub idempotency_key: Option<String>,
     /// The new invocation that a replay of this dead letter made.
     #[serde(default, skip_serializing_if = "Option::is_none")]

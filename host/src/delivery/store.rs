@@ -18,7 +18,9 @@ pub enum Queue {
 /// Unix epoch) or until the owner stores the invocation's next state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// Who holds it: `<host id>/<start id>` of one process.
     pub owner: String,
+    /// When it lapses (ms since the Unix epoch).
     pub until_ms: u64,
 }
 
@@ -53,6 +55,7 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Stores an invocation's new state, derives its indexes from it, and ends its leases.
     fn put(&self, inv: &Invocation) -> anyhow::Result<()>;
 
+    /// The invocation with this id, if one is stored.
     fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>>;
 
     /// Takes up to `limit` invocations due on `queue` at or before `now_ms` that no live lease

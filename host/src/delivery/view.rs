@@ -9,22 +9,33 @@ use crate::model::DeliveryMode;
 /// An invocation as its callers see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationView {
+    /// The invocation's id.
     pub id: String,
+    /// The name of the function it runs.
     pub function: String,
+    /// The delivery guarantee it was submitted with.
     pub mode: DeliveryMode,
+    /// Where it stands; `running` while an attempt runs in this process.
     pub status: Status,
+    /// Attempts started so far.
     pub attempts: u32,
     /// The function's result: `{status, headers, body}` for HTTP functions, the result event
     /// (JSON event format) or null for event functions.
     pub result: Option<serde_json::Value>,
+    /// Why the latest attempt failed, or why the invocation was lost.
     pub error: Option<String>,
+    /// When it was submitted (RFC 3339).
     pub created: String,
+    /// When it last changed (RFC 3339).
     pub updated: String,
+    /// Where this document is served on the public listener.
     pub status_url: String,
+    /// Every attempt so far, oldest first.
     pub history: Vec<AttemptView>,
     /// When the next attempt is due, while pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<String>,
+    /// Where the callback stands, when the caller gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackView>,
     /// The new invocation a replay of this dead letter made.
@@ -38,18 +49,26 @@ pub struct InvocationView {
 /// One attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptView {
+    /// 1 for the first attempt.
     pub attempt: u32,
+    /// When it started (RFC 3339).
     pub started: String,
+    /// How long it ran.
     pub duration_ms: u64,
+    /// Why it failed; null when it succeeded.
     pub error: Option<String>,
 }
 
 /// Where the callback stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallbackView {
+    /// Where the status document is POSTed.
     pub url: String,
+    /// Where the delivery stands.
     pub status: CallbackStatus,
+    /// Delivery attempts so far.
     pub attempts: u32,
+    /// Why the latest attempt failed.
     pub last_error: Option<String>,
 }
 

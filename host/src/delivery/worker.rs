@@ -107,17 +107,14 @@ impl Delivery {
         // "running" is not written to the store: it would cost a write per attempt and mean
         // nothing after a crash. The status view overlays it from the in-memory set.
         inv.attempts += 1;
-        self.running
-            .lock()
-            .expect("running lock")
-            .insert(id.to_string());
+        self.running_ids().insert(id.to_string());
         let started_ms = now_ms();
         let started = Instant::now();
         let outcome = tokio::select! {
             result = self.execute(&inv) => Outcome::Done(result),
             () = self.grace_expired() => Outcome::Interrupted,
         };
-        self.running.lock().expect("running lock").remove(id);
+        self.running_ids().remove(id);
         inv.history.push(Attempt {
             number: inv.attempts,
             started_ms,

@@ -12,16 +12,25 @@ mod delivery;
 
 /// The storage port of the runtime. Writes become durable on [`Store::flush`].
 pub trait Store: Send + Sync + 'static {
+    /// Keeps a component's bytes under their sha256 (lower-case hex).
     fn put_component(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()>;
+    /// The component bytes with this sha256, if kept.
     fn component(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Keeps a precompiled artifact under its [`artifact_key`].
     fn put_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()>;
+    /// The precompiled artifact under this [`artifact_key`], if kept.
     fn artifact(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Writes a function's record, replacing the one of the same name.
     fn put_function(&self, record: &FunctionRecord) -> anyhow::Result<()>;
+    /// The record of the function with this name, upgraded to the current form.
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>>;
+    /// Every function record, upgraded to the current form.
     fn functions(&self) -> anyhow::Result<Vec<FunctionRecord>>;
+    /// Removes a function's record; false when there was none. Its component bytes stay.
     fn delete_function(&self, name: &str) -> anyhow::Result<bool>;
     /// Host settings that must survive restarts (e.g. the generated callback secret).
     fn setting(&self, key: &str) -> anyhow::Result<Option<String>>;
+    /// Writes a host setting.
     fn put_setting(&self, key: &str, value: &str) -> anyhow::Result<()>;
     /// A trigger's state record (a cursor, an ETag, a last-fired time), by trigger kind,
     /// function and key.
@@ -65,6 +74,8 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Opens (or creates) the store in the data directory `dir`, upgrading older delivery
+    /// records. Only one process may have it open.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;

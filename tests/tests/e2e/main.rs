@@ -2,6 +2,10 @@
 //! per file). Tests are named `<module>::<test>`: `cargo test -p ferry-tests --test e2e delivery::`
 //! runs one area. The harness they share is `ferry_tests` (`tests/src/lib.rs`).
 
+// Test code: a failed unwrap is a failed test. clippy.toml's allow-*-in-tests covers only
+// `#[test]` functions and `#[cfg(test)]` modules, not the helpers of these tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod bad_input;
 mod cargo_component;
 mod cli;

@@ -4,6 +4,9 @@
 //!
 //! Run it with `scripts/bench.sh` (release builds only).
 
+// Benchmark harness: a failed unwrap is a failed benchmark run, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
