@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use ferry_tests::conformance;
-use ferry_triggers::cloudevents::{from_headers, CloudEvent, Mode};
+use ferry_triggers::cloudevents::{from_headers, CloudEvent, ContentMode};
 
 fn structured(json: &serde_json::Value) -> Result<CloudEvent, String> {
     let mut headers = http::HeaderMap::new();
@@ -14,7 +14,7 @@ fn structured(json: &serde_json::Value) -> Result<CloudEvent, String> {
         http::HeaderValue::from_static("application/cloudevents+json"),
     );
     let (event, mode) = from_headers(&headers, Bytes::from(json.to_string())).map_err(|e| e.0)?;
-    assert_eq!(mode, Mode::Structured);
+    assert_eq!(mode, ContentMode::Structured);
     Ok(event)
 }
 
@@ -32,9 +32,9 @@ fn every_valid_conformance_event_round_trips_in_both_modes() {
         let again = CloudEvent::from_structured(&event.to_structured())
             .unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(again, event, "{id}: structured round trip");
-        let (headers, body) = event.to_headers(Mode::Binary);
+        let (headers, body) = event.to_headers(ContentMode::Binary);
         let (binary, mode) = from_headers(&headers, body).unwrap_or_else(|e| panic!("{id}: {e}"));
-        assert_eq!(mode, Mode::Binary);
+        assert_eq!(mode, ContentMode::Binary);
         assert_eq!(binary.data, event.data, "{id}: data through binary mode");
         assert_eq!(binary.datacontenttype, event.datacontenttype, "{id}");
         assert_eq!(binary.time, event.time, "{id}");
