@@ -20,9 +20,9 @@ wasm=guest-examples/target/wasm32-wasip2/release
 $ferry serve &
 server=$!
 # Ctrl-C (or SIGTERM) stops the host and ends the script successfully; any other exit stops it too.
-stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; exit 0; }
+stop() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; exit 0; }
 trap stop INT TERM
-trap 'kill $server 2>/dev/null' EXIT
+trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
     curl -fsS "$FERRY_ADMIN/healthz" >/dev/null 2>&1 && break
     kill -0 $server 2>/dev/null || { echo "ferry serve exited; see the log above" >&2; exit 1; }

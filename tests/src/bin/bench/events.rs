@@ -81,20 +81,18 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
     let runtime = Runtime::new(&EngineOptions::default())?;
     let component = runtime.compile(&std::fs::read(ferry_tests::guests::FLAKY)?)?;
     let prepared = runtime.prepare(&component)?;
-    let record = ferry_host::store::FunctionRecord {
-        name: "flaky".into(),
-        version: 1,
-        world: prepared.world(),
-        digest: String::new(),
-        size: 0,
-        routes: vec![],
-        limits: Default::default(),
-        config: vec![],
-        outbound: vec![],
-        delivery: Default::default(),
-        nats: vec![],
-        created: String::new(),
-    };
+    let record = ferry_host::model::FunctionRecord::new(
+        "flaky".into(),
+        1,
+        prepared.world(),
+        String::new(),
+        0,
+        Default::default(),
+        vec![],
+        vec![],
+        Default::default(),
+        Default::default(),
+    );
     let f = Deployed::new(record, prepared);
     let event = ferry_host::bindings::GuestEvent {
         id: "1".into(),
