@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -385,6 +385,9 @@ struct Shared<R> {
     routes: ArcSwap<Routes>,
 }
 
+/// A receiver of the `http` sections of the live functions.
+type SectionsRx = tokio::sync::watch::Receiver<Arc<[Sections]>>;
+
 /// A route table (path to function name) and the sections it was built from.
 struct Routes {
     from: Arc<[Sections]>,
@@ -392,12 +395,21 @@ struct Routes {
 }
 
 impl<R: Runtime> Shared<R> {
-    /// The function serving `path`. The table is rebuilt on the first request after a deploy
-    /// changed the sections, so a function is served as soon as its deploy has been answered.
-    fn function(&self, path: &str) -> Option<R::Function> {
+    /// The function serving `path`. `seen` is the connection's own view of the sections: when
+    /// a deploy has changed them since, the table is rebuilt (once, by whichever request sees it
+    /// first), so a function is served as soon as its deploy has been answered. On the common
+    /// path this costs one uncontended lock and one atomic load.
+    fn function(&self, path: &str, seen: &Mutex<SectionsRx>) -> Option<R::Function> {
         let mut routes = self.routes.load();
-        let current = self.sections.borrow().clone();
-        if !Arc::ptr_eq(&routes.from, &current) {
+        let changed = {
+            // A poisoned lock still holds a usable receiver.
+            let mut rx = seen.lock().unwrap_or_else(|e| e.into_inner());
+            match rx.has_changed() {
+                Ok(true) => Some(rx.borrow_and_update().clone()),
+                _ => None,
+            }
+        };
+        if let Some(current) = changed.filter(|c| !Arc::ptr_eq(&routes.from, c)) {
             let table = match route_table(&current) {
                 Ok(table) => table,
                 Err(e) => {
@@ -423,13 +435,16 @@ impl<R: Runtime> Trigger for HttpTrigger<R> {
     const KIND: &'static str = "http";
 
     async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut sections = self.runtime.sections(KIND.name);
+        let from = sections.borrow_and_update().clone();
+        let table = route_table(&from).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "trigger.http: route table rejected");
+            Router::default()
+        });
         let shared = Arc::new(Shared {
             runtime: self.runtime.clone(),
-            sections: self.runtime.sections(KIND.name),
-            routes: ArcSwap::from_pointee(Routes {
-                from: Arc::from(Vec::new()),
-                table: Router::default(),
-            }),
+            sections,
+            routes: ArcSwap::from_pointee(Routes { from, table }),
         });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -471,9 +486,10 @@ impl<R: Runtime> HttpTrigger<R> {
             };
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
+            let seen = Arc::new(Mutex::new(shared.sections.clone()));
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                let (shared, seen) = (shared.clone(), seen.clone());
+                async move { Ok::<_, Infallible>(handle(&shared, &seen, req).await) }
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
@@ -486,7 +502,11 @@ impl<R: Runtime> HttpTrigger<R> {
     }
 }
 
-async fn handle<R: Runtime>(shared: &Shared<R>, req: Request<Incoming>) -> Response<Body> {
+async fn handle<R: Runtime>(
+    shared: &Shared<R>,
+    seen: &Mutex<SectionsRx>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path();
     if let Some(id) = path.strip_prefix(STATUS_PREFIX) {
         if req.method() != http::Method::GET {
@@ -497,7 +517,7 @@ async fn handle<R: Runtime>(shared: &Shared<R>, req: Request<Incoming>) -> Respo
             Err(e) => text_response(StatusCode::BAD_REQUEST, e),
         };
     }
-    match shared.function(path) {
+    match shared.function(path, seen) {
         Some(f) if prefers_async(req.headers()) => {
             let span =
                 tracing::debug_span!("trigger.http.submit", method = %req.method(), path = %path);

@@ -196,6 +196,19 @@ impl DeliveryStore for SledStore {
         check_key: bool,
         lease: Option<&Lease>,
     ) -> anyhow::Result<Option<Invocation>> {
+        if inv.idempotency_key.is_none() {
+            // Nothing to check or claim: a new record and its indexes, one atomic batch.
+            let mut batch = sled::Batch::default();
+            for k in index_keys(inv) {
+                batch.insert(k, &[][..]);
+            }
+            if let Some(lease) = lease {
+                batch.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease));
+            }
+            batch.insert(record_key(&inv.id), serde_json::to_vec(inv)?);
+            self.delivery.apply_batch(batch)?;
+            return Ok(None);
+        }
         committed(self.delivery.transaction(|tx| {
             if let Some(key) = &inv.idempotency_key {
                 if check_key {

@@ -236,3 +236,36 @@ fn event_functions_are_detected() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["world"], "event");
 }
+
+#[test]
+fn a_route_is_served_as_soon_as_its_deploy_is_answered_even_on_an_open_connection() {
+    let ferry = Ferry::start();
+    assert_eq!(
+        ferry
+            .deploy_raw("first", guests::bytes(guests::HELLO_HTTP))
+            .0,
+        201
+    );
+    // The client keeps this connection open and reuses it below.
+    assert_eq!(ferry.get("/first/x").0, 200);
+    for i in 0..5 {
+        let manifest = format!("name = \"f{i}\"\n[[trigger.http]]\nroute = \"/route-{i}/...\"\n");
+        let (status, body) = ferry.deploy_manifest(
+            &format!("f{i}"),
+            guests::bytes(guests::HELLO_HTTP),
+            &manifest,
+        );
+        assert_eq!(status, 201, "{body}");
+        let (status, text) = ferry.get(&format!("/route-{i}/y"));
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(&format!("path=/route-{i}/y")), "{text}");
+    }
+    // And a removed function's routes are gone at once.
+    let resp = ferry
+        .http
+        .delete(ferry.admin_url("/v1/functions/f0"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(ferry.get("/route-0/y").0, 404);
+}
