@@ -178,11 +178,11 @@ async fn replay(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<InvocationView>), ApiError> {
-    use crate::delivery::SubmitError;
+    use crate::delivery::SubmitFailure;
     match state.delivery.replay(&id).await {
         Ok(Some(inv)) => Ok((StatusCode::ACCEPTED, Json(state.delivery.view(&inv)))),
         Ok(None) => Err(no_dead_letter(&id)),
-        Err(e @ SubmitError::BadRequest(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ SubmitFailure::BadRequest(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }

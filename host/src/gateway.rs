@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::delivery::record::{Header, Payload, StoredEvent};
-use crate::delivery::{Delivery, SubmitError, SubmitRequest};
+use crate::delivery::{Delivery, SubmitRequest};
 use crate::engine::Runtime;
 use crate::registry::{Deployed, Registry};
 use crate::store::Store;
@@ -112,18 +112,14 @@ impl TriggerRuntime for Gateway {
                 replaces_key: None,
             })
             .await;
-        match submitted {
-            Ok((inv, new)) => Ok(Accepted {
-                status_url: self.delivery.status_url(&inv.id),
-                id: inv.id,
-                status: inv.status.as_str().to_string(),
-                mode: inv.mode,
-                new,
-            }),
-            Err(SubmitError::BadRequest(m)) => Err(SubmitFailure::BadRequest(m)),
-            Err(SubmitError::QueueFull) => Err(SubmitFailure::QueueFull),
-            Err(SubmitError::Unavailable(m)) => Err(SubmitFailure::Unavailable(m)),
-        }
+        let (inv, new) = submitted?;
+        Ok(Accepted {
+            status_url: self.delivery.status_url(&inv.id),
+            id: inv.id,
+            status: inv.status.as_str().to_string(),
+            mode: inv.mode,
+            new,
+        })
     }
 
     async fn invocation(

@@ -332,19 +332,7 @@ impl CloudEvent {
         let (mut text, extensions) = structured_attributes(&members)?;
         let mut datacontenttype = text.remove("datacontenttype");
         let data = structured_data(&members, &mut datacontenttype)?;
-        let mut take = |name: &str| text.remove(name);
-        Ok(CloudEvent {
-            id: take("id").unwrap_or_default(),
-            source: take("source").unwrap_or_default(),
-            specversion: take("specversion").unwrap_or_default(),
-            ty: take("type").unwrap_or_default(),
-            datacontenttype,
-            dataschema: take("dataschema"),
-            subject: take("subject"),
-            time: take("time"),
-            extensions,
-            data,
-        })
+        Ok(assemble(text, datacontenttype, extensions, data))
     }
 
     /// Reads a binary-mode event: `ce-` headers (percent-decoded), `content-type` as
@@ -389,19 +377,8 @@ impl CloudEvent {
             None => None,
         };
         extensions.sort();
-        let mut take = |name: &str| text.remove(name);
-        Ok(CloudEvent {
-            id: take("id").unwrap_or_default(),
-            source: take("source").unwrap_or_default(),
-            specversion: take("specversion").unwrap_or_default(),
-            ty: take("type").unwrap_or_default(),
-            datacontenttype,
-            dataschema: take("dataschema"),
-            subject: take("subject"),
-            time: take("time"),
-            extensions,
-            data: (!body.is_empty()).then_some(body),
-        })
+        let data = (!body.is_empty()).then_some(body);
+        Ok(assemble(text, datacontenttype, extensions, data))
     }
 
     /// Headers and body carrying the event in `mode`.
@@ -457,6 +434,28 @@ impl CloudEvent {
             .expect("static status is valid");
         *resp.headers_mut() = headers;
         resp
+    }
+}
+
+/// An event from checked parts: the context attributes as text (the required ones present).
+fn assemble(
+    mut text: BTreeMap<&str, String>,
+    datacontenttype: Option<String>,
+    extensions: Extensions,
+    data: Option<Bytes>,
+) -> CloudEvent {
+    let mut take = |name: &str| text.remove(name);
+    CloudEvent {
+        id: take("id").unwrap_or_default(),
+        source: take("source").unwrap_or_default(),
+        specversion: take("specversion").unwrap_or_default(),
+        ty: take("type").unwrap_or_default(),
+        datacontenttype,
+        dataschema: take("dataschema"),
+        subject: take("subject"),
+        time: take("time"),
+        extensions,
+        data,
     }
 }
 

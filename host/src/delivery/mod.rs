@@ -114,20 +114,9 @@ pub struct SubmitRequest {
     pub replaces_key: Option<Option<String>>,
 }
 
-/// Why a submit was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// The caller's mistake: a callback URL that may not be reached, or a replay of a function
-    /// that no longer exists.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The fire-and-forget queue is full: try again shortly.
-    #[error("the fire-and-forget queue is full; retry later")]
-    QueueFull,
-    /// The store failed, or did not make the invocation durable within 30 s.
-    #[error("{0}")]
-    Unavailable(String),
-}
+/// Why a submit was refused: the triggers' words (a bad request, a full queue, an unavailable
+/// store).
+pub use ferry_triggers::SubmitFailure;
 
 /// How long a callback taken by this process is held before others may take it.
 const CALLBACK_LEASE: Duration = Duration::from_secs(120);
@@ -285,13 +274,13 @@ impl Delivery {
 
     /// Accepts an asynchronous invocation. Store-and-forward returns only once it is durable.
     /// The bool is false when an idempotency key matched an earlier invocation.
-    pub async fn submit(&self, req: SubmitRequest) -> Result<(Invocation, bool), SubmitError> {
+    pub async fn submit(&self, req: SubmitRequest) -> Result<(Invocation, bool), SubmitFailure> {
         let callback = match &req.callback_url {
             Some(url) => Some(Callback::new(
                 self.guard
                     .check(url)
                     .await
-                    .map_err(SubmitError::BadRequest)?
+                    .map_err(SubmitFailure::BadRequest)?
                     .to_string(),
             )),
             None => None,
@@ -322,7 +311,7 @@ impl Delivery {
                 }
                 if self.ff.try_send(inv.id.clone()).is_err() {
                     self.store.remove(&inv.id).map_err(store_failed)?;
-                    return Err(SubmitError::QueueFull);
+                    return Err(SubmitFailure::QueueFull);
                 }
             }
         }
@@ -336,29 +325,29 @@ impl Delivery {
         inv: &Invocation,
         check_key: bool,
         lease: Option<&Lease>,
-    ) -> Result<Option<Invocation>, SubmitError> {
+    ) -> Result<Option<Invocation>, SubmitFailure> {
         self.store
             .insert(inv, check_key, lease)
             .map_err(store_failed)
     }
 
-    async fn commit(&self, inv: &Invocation) -> Result<(), SubmitError> {
+    async fn commit(&self, inv: &Invocation) -> Result<(), SubmitFailure> {
         Self::within(self.journal.commit(inv)).await
     }
 
-    async fn durable(&self, seq: u64) -> Result<(), SubmitError> {
+    async fn durable(&self, seq: u64) -> Result<(), SubmitFailure> {
         Self::within(self.journal.durable(seq)).await
     }
 
     async fn within(
         f: impl std::future::Future<Output = anyhow::Result<()>>,
-    ) -> Result<(), SubmitError> {
+    ) -> Result<(), SubmitFailure> {
         match tokio::time::timeout(Duration::from_secs(30), f).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SubmitError::Unavailable(format!(
+            Ok(Err(e)) => Err(SubmitFailure::Unavailable(format!(
                 "the store could not be flushed: {e:#}"
             ))),
-            Err(_) => Err(SubmitError::Unavailable(
+            Err(_) => Err(SubmitFailure::Unavailable(
                 "the store did not flush within 30s".into(),
             )),
         }
@@ -426,7 +415,7 @@ impl Delivery {
     /// invocation with a new id (returned), which takes over its idempotency key; the dead letter
     /// is removed only once the new invocation is durable, and records `replayed_as`. A dead
     /// callback is scheduled again on the same invocation (returned as it is).
-    pub async fn replay(&self, id: &str) -> Result<Option<Invocation>, SubmitError> {
+    pub async fn replay(&self, id: &str) -> Result<Option<Invocation>, SubmitFailure> {
         let Some(mut inv) = self.store.get(id).map_err(store_failed)? else {
             return Ok(None);
         };
@@ -435,7 +424,7 @@ impl Delivery {
         }
         if inv.status == Status::DeadLettered {
             let function = self.registry.get(&inv.function).ok_or_else(|| {
-                SubmitError::BadRequest(format!(
+                SubmitFailure::BadRequest(format!(
                     "function {} no longer exists; deploy it before replaying",
                     inv.function
                 ))
@@ -487,8 +476,8 @@ impl Delivery {
     }
 }
 
-fn store_failed(e: anyhow::Error) -> SubmitError {
-    SubmitError::Unavailable(format!("the store failed: {e:#}"))
+fn store_failed(e: anyhow::Error) -> SubmitFailure {
+    SubmitFailure::Unavailable(format!("the store failed: {e:#}"))
 }
 
 /// The idempotency key of a submit: the caller's `Idempotency-Key`, or an event's `source` + `id`,

@@ -34,14 +34,7 @@ async fn capture(js: &jetstream::Context) {
         .await
         .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while js.get_stream("ORDERS").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ferry never created the ORDERS stream"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_stream(js, "ORDERS").await;
 }
 
 /// Publishes to `orders.created` and waits for the stream's acknowledgement.
@@ -257,14 +250,7 @@ fn flaky_events_are_redelivered_then_dead_lettered() {
         })
         .await
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while js.get_stream("FLAKY").await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "ferry never created the FLAKY stream"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_stream(&js, "FLAKY").await;
         for (id, data) in [
             ("ok-1", "fine"),
             ("f-1", "FAIL"),
@@ -316,23 +302,7 @@ fn flaky_events_are_redelivered_then_dead_lettered() {
         );
         assert_eq!(dead.len(), 3, "successful events are not dead-lettered");
         // Nothing is left unacknowledged or pending on ferry's consumer.
-        let stream = js.get_stream("FLAKY").await.unwrap();
-        let mut names = stream.consumer_names();
-        let name = names.next().await.expect("ferry's consumer").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let info = stream.consumer_info(&name).await.unwrap();
-            if info.num_ack_pending == 0 && info.num_pending == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ack pending {} / pending {}",
-                info.num_ack_pending,
-                info.num_pending
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        settled(&js, "FLAKY").await;
     });
 }
 
