@@ -418,10 +418,15 @@ impl<R: Runtime> Shared<R> {
                     routes.table.clone()
                 }
             };
-            self.routes.store(Arc::new(Routes {
-                from: current,
-                table,
-            }));
+            // Only over the table this request started from: a newer one stored meanwhile by
+            // another connection must not be replaced with an older one.
+            let _ = self.routes.compare_and_swap(
+                &routes,
+                Arc::new(Routes {
+                    from: current,
+                    table,
+                }),
+            );
             routes = self.routes.load();
         }
         routes

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::record::{now_ms, Callback, CallbackStatus, Invocation};
+use super::store::Queue;
 use super::{signature, Delivery};
 
 /// Why a callback was not delivered.
@@ -35,6 +36,7 @@ impl Delivery {
         if let Err(e) = self.try_deliver_callback(id).instrument(span).await {
             tracing::error!(invocation_id = %id, error = %format!("{e:#}"), "recording a callback failed");
         }
+        self.dequeue(Queue::Callbacks, id);
     }
 
     async fn try_deliver_callback(&self, id: &str) -> anyhow::Result<()> {

@@ -131,6 +131,10 @@ pub struct Delivery {
     /// Ids whose attempt is running right now in this process: the "running" of status
     /// documents (the store knows only that an invocation is leased).
     running: Mutex<HashSet<String>>,
+    /// Work this process has queued or is running, per queue: a single-host guard on top of the
+    /// store's leases, so that a lease that lapses while its work still waits in a channel does
+    /// not get the same work queued twice here.
+    in_process: Mutex<HashSet<(Queue, String)>>,
     /// Who this process is when it leases work: `<host id>/<start id>`.
     owner: String,
     ready: mpsc::Sender<String>,
@@ -183,6 +187,7 @@ impl Delivery {
             store,
             journal,
             running: Mutex::new(HashSet::new()),
+            in_process: Mutex::new(HashSet::new()),
             owner: format!("{}/{}", options.host_id, uuid::Uuid::now_v7().simple()),
             ready,
             ff,
@@ -246,6 +251,22 @@ impl Delivery {
         Ok(())
     }
 
+    /// Marks work as queued in this process; false when it already is.
+    fn enqueue(&self, queue: Queue, id: &str) -> bool {
+        self.in_process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((queue, id.to_string()))
+    }
+
+    /// Work that this process has finished with (stored its outcome, or given up).
+    fn dequeue(&self, queue: Queue, id: &str) {
+        self.in_process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(queue, id.to_string()));
+    }
+
     /// A lease on work taken now by this process.
     fn lease(&self, queue: Queue) -> Lease {
         let hold = match queue {
@@ -301,8 +322,10 @@ impl Delivery {
                 }
                 self.commit(&inv).await?;
                 match slot {
-                    Some(slot) => slot.send(inv.id.clone()),
-                    None => self.wake_scanner.notify_one(),
+                    Some(slot) if self.enqueue(Queue::Attempts, &inv.id) => {
+                        slot.send(inv.id.clone())
+                    }
+                    _ => self.wake_scanner.notify_one(),
                 }
             }
             DeliveryMode::FireAndForget => {
@@ -444,6 +467,13 @@ impl Delivery {
             inv.idempotency_key = None;
             inv.replayed_as = Some(new.id.clone());
             inv.updated_ms = now_ms();
+            if let Some(cb) = inv.callback.as_mut() {
+                // The replacement delivers its own callback; this one is settled.
+                if cb.status == CallbackStatus::DeadLettered {
+                    cb.status = CallbackStatus::Failed;
+                    cb.last_error = Some(format!("replaced: replayed as {}", new.id));
+                }
+            }
             self.store.put(&inv).map_err(store_failed)?;
             return Ok(Some(new));
         }

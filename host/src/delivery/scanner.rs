@@ -76,6 +76,9 @@ impl Delivery {
             };
             let full = due.len() == room;
             for inv in due {
+                if !self.enqueue(queue, &inv.id) {
+                    continue; // already queued or running here
+                }
                 let sent = tokio::select! {
                     sent = tx.send(inv.id) => sent.is_ok(),
                     () = shutdown.requested() => false,

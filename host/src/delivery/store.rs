@@ -52,7 +52,8 @@ pub trait DeliveryStore: Send + Sync + 'static {
         lease: Option<&Lease>,
     ) -> anyhow::Result<Option<Invocation>>;
 
-    /// Stores an invocation's new state, derives its indexes from it, and ends its leases.
+    /// Stores an invocation's new state, derives its indexes from it, and ends its leases. An
+    /// invocation removed meanwhile (purged, expired) stays removed.
     fn put(&self, inv: &Invocation) -> anyhow::Result<()>;
 
     /// The invocation with this id, if one is stored.

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::record::{now_ms, Attempt, Header, Invocation, Payload, Status};
+use super::store::Queue;
 use super::Delivery;
 use crate::invoke;
 use crate::model::DeliveryMode;
@@ -94,6 +95,7 @@ impl Delivery {
         }
         .instrument(span)
         .await;
+        self.dequeue(Queue::Attempts, id);
     }
 
     async fn try_attempt(&self, id: &str) -> anyhow::Result<()> {

@@ -231,8 +231,11 @@ impl DeliveryStore for SledStore {
 
     fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
         committed(self.delivery.transaction(|tx| {
-            let old = tx_get(tx, &inv.id)?;
-            tx_write(tx, old.as_ref(), inv)
+            match tx_get(tx, &inv.id)? {
+                Some(old) => tx_write(tx, Some(&old), inv),
+                // Removed meanwhile (purged, expired): a late outcome does not bring it back.
+                None => Ok(()),
+            }
         }))
     }
 
@@ -260,7 +263,7 @@ impl DeliveryStore for SledStore {
             let (_, id) = timed(&k);
             match self.delivery.get(lease_key(queue, &id))? {
                 Some(v) if parse_lease(&v).1 > now_ms => continue,
-                _ => candidates.push(id),
+                _ => candidates.push((k.to_vec(), id)),
             }
             if candidates.len() >= limit {
                 break;
@@ -272,7 +275,10 @@ impl DeliveryStore for SledStore {
         let value = lease_value(lease);
         let taken = committed(self.delivery.transaction(|tx| {
             let mut taken = Vec::new();
-            for id in &candidates {
+            for (due, id) in &candidates {
+                if tx.get(due.as_slice())?.is_none() {
+                    continue; // rescheduled or finished meanwhile
+                }
                 if let Some(v) = tx.get(lease_key(queue, id))? {
                     if parse_lease(&v).1 > now_ms {
                         continue; // taken by someone else meanwhile
@@ -523,8 +529,12 @@ mod tests {
                 .id,
             "c"
         );
-        // Removing an invocation removes the key that leads to it.
+        // Removing an invocation removes the key that leads to it, and a late put of its old
+        // state does not bring it back.
+        let late = s.get("c").unwrap().unwrap();
         assert!(s.remove("c").unwrap());
+        s.put(&late).unwrap();
+        assert!(s.get("c").unwrap().is_none());
         assert!(s
             .insert(&inv("e", Some("k")), true, None)
             .unwrap()
