@@ -340,6 +340,25 @@ pub mod conformance {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/cloudevents")
     }
 
+    /// Whether an error message about an invalid conformance event names what is wrong: an
+    /// attribute, an extension, or `data_base64`.
+    pub fn names_the_problem(message: &str) -> bool {
+        [
+            "specversion",
+            "`id`",
+            "`type`",
+            "`source`",
+            "`time`",
+            "datacontenttype",
+            "dataschema",
+            "subject",
+            "extension",
+            "data_base64",
+        ]
+        .iter()
+        .any(|n| message.contains(n))
+    }
+
     /// `(test id, event JSON)` pairs of `valid-events.json` or `invalid-events.json`.
     pub fn events(file: &str) -> Vec<(String, serde_json::Value)> {
         let text = std::fs::read_to_string(dir().join(file)).unwrap();

@@ -45,18 +45,6 @@ fn every_valid_conformance_event_round_trips_in_both_modes() {
 fn every_invalid_conformance_event_is_refused_naming_the_problem() {
     for (id, json) in conformance::events("invalid-events.json") {
         let err = structured(&json).map(|_| ()).expect_err(&id);
-        let named = [
-            "specversion",
-            "`id`",
-            "`type`",
-            "`source`",
-            "`time`",
-            "datacontenttype",
-            "dataschema",
-            "subject",
-            "extension",
-            "data_base64",
-        ];
-        assert!(named.iter().any(|n| err.contains(n)), "{id}: {err}");
+        assert!(conformance::names_the_problem(&err), "{id}: {err}");
     }
 }
