@@ -43,6 +43,8 @@ pub struct AdminState {
     pub reports: Arc<crate::gateway::TriggerReports>,
     /// The NATS connection, when the host runs with `--nats`.
     pub nats: Option<async_nats::Client>,
+    /// The store's health, for `/healthz`.
+    pub store_health: Arc<crate::store::Health>,
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -58,6 +60,12 @@ impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         if let DeployError::Internal(inner) = &e {
             tracing::error!(error = %format!("{inner:#}"), "deploy failed");
+            if crate::store::is_disk_full(inner) {
+                return ApiError(
+                    e.status(),
+                    format!("not deployed: the disk of the store is full ({inner:#}); the function is unchanged, free some space and deploy again"),
+                );
+            }
         }
         ApiError(e.status(), e.to_string())
     }
@@ -138,6 +146,13 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value
         health["nats"] = json!({ "state": ferry_triggers::nats::state(client) });
     }
     health["triggers"] = json!(state.reports.all());
+    let errors = state.store_health.errors();
+    health["store"] = if errors.is_empty() {
+        json!({ "status": "ok" })
+    } else {
+        health["status"] = json!("degraded");
+        json!({ "status": "degraded", "errors": errors })
+    };
     Json(health)
 }
 
@@ -183,6 +198,9 @@ async fn replay(
         Ok(Some(inv)) => Ok((StatusCode::ACCEPTED, Json(state.delivery.view(&inv)))),
         Ok(None) => Err(no_dead_letter(&id)),
         Err(e @ SubmitFailure::BadRequest(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ SubmitFailure::StorageFull(_)) => {
+            Err(ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))
+        }
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }

@@ -57,6 +57,9 @@ impl DeployError {
             DeployError::Component(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::TriggerConflict(_) => StatusCode::CONFLICT,
             DeployError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::Internal(e) if crate::store::is_disk_full(e) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -176,13 +179,26 @@ impl Deployer {
         let store = self.store.clone();
         let key = artifact_key(&digest, self.runtime.compat_key());
         let rec = record.clone();
+        let before = stored.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            store.put_component(&digest, &bytes)?;
-            if let Some(artifact) = artifact {
-                store.put_artifact(&key, &artifact)?;
+            let written = (|| {
+                store.put_component(&digest, &bytes)?;
+                if let Some(artifact) = artifact {
+                    store.put_artifact(&key, &artifact)?;
+                }
+                store.put_function(&rec)?;
+                crate::crashpoint::crashpoint("deploy-before-flush");
+                store.flush()
+            })();
+            if written.is_err() {
+                // The deploy is answered with an error: the record it may have written must
+                // not come back after a restart.
+                let _ = match &before {
+                    Some(old) => store.put_function(old),
+                    None => store.delete_function(&rec.name).map(drop),
+                };
             }
-            store.put_function(&rec)?;
-            store.flush()
+            written
         })
         .await
         .context("store task failed")??;
@@ -238,7 +254,7 @@ impl Deployer {
         let store = self.store.clone();
         let key = artifact_key(digest, runtime.compat_key());
         tokio::task::spawn_blocking(move || {
-            if let Some(component) = cached(&runtime, &*store, &key) {
+            if let Some(component) = cached(&runtime, &*store, &key)? {
                 return Ok((component, None));
             }
             let component = runtime.compile(&bytes)?;
@@ -288,6 +304,8 @@ impl Deployer {
                         tracing::error!(function = %record.name, error = %e, "failed to restore function");
                     }
                 },
+                // A damaged store is not a function that failed: the host must not start without it.
+                Err(e) if e.chain().any(|c| c.is::<crate::store::Damaged>()) => return Err(e),
                 Err(e) => {
                     stats.failed += 1;
                     tracing::error!(function = %record.name, error = %format!("{e:#}"), "failed to restore function");
@@ -303,7 +321,7 @@ impl Deployer {
         stats: &mut Restored,
     ) -> anyhow::Result<Deployed> {
         let key = artifact_key(&record.digest, self.runtime.compat_key());
-        let component = match cached(&self.runtime, &*self.store, &key) {
+        let component = match cached(&self.runtime, &*self.store, &key)? {
             Some(c) => {
                 stats.from_cache += 1;
                 c
@@ -325,20 +343,17 @@ impl Deployer {
     }
 }
 
-/// The cached compiled component for `key`, if present and loadable.
-fn cached(runtime: &Runtime, store: &dyn Store, key: &str) -> Option<Component> {
-    let artifact = match store.artifact(key) {
-        Ok(a) => a?,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "failed to read a cached artifact; recompiling");
-            return None;
-        }
+/// The cached compiled component for `key`, if present and loadable; an artifact this engine
+/// cannot load is compiled again, but a store that cannot be read is an error.
+fn cached(runtime: &Runtime, store: &dyn Store, key: &str) -> anyhow::Result<Option<Component>> {
+    let Some(artifact) = store.artifact(key)? else {
+        return Ok(None);
     };
     match runtime.load_artifact(&artifact) {
-        Ok(c) => Some(c),
+        Ok(c) => Ok(Some(c)),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cached artifact unusable; recompiling");
-            None
+            Ok(None)
         }
     }
 }

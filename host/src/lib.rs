@@ -11,6 +11,7 @@
 pub mod api;
 pub mod bindings;
 pub mod client;
+pub mod crashpoint;
 pub mod delivery;
 pub mod deploy;
 pub mod engine;

@@ -13,6 +13,7 @@ use ferry_host::engine::EngineOptions;
 use ferry_host::manifest::Manifest;
 use ferry_host::model::parse_size;
 use ferry_host::server::{self, ServeOptions};
+use ferry_host::store::{Damaged, Recovery};
 use serde_json::Value;
 
 /// Ferry runs WebAssembly components as functions: on HTTP requests, on CloudEvents from NATS, and
@@ -62,6 +63,20 @@ enum Command {
     /// Dead letters: invocations (or callbacks) that failed for good.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The embedded store of a stopped host: check it.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Read every record of the store and report what is unreadable (exit code 3 if anything
+    /// is). The host using the data directory must be stopped.
+    Check {
+        /// The data directory, as given to `ferry serve`.
+        #[arg(long, env = "FERRY_DATA_DIR", default_value = "./.ferry")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +160,14 @@ struct ServeArgs {
     /// baseline; slower).
     #[arg(long, env = "FERRY_FLUSH_PER_SUBMIT")]
     flush_per_submit: bool,
+    /// If the store is damaged, move it aside (to quarantine/ in the data directory) and start
+    /// with every record that can still be read from it.
+    #[arg(long, conflicts_with = "quarantine")]
+    repair: bool,
+    /// If the store is damaged, move it aside (to quarantine/ in the data directory) and start
+    /// with an empty store.
+    #[arg(long)]
+    quarantine: bool,
 }
 
 #[derive(clap::Args)]
@@ -182,12 +205,26 @@ fn emit(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// The exit code of a damaged store: `serve` refused to start, or `store check` found problems.
+const EXIT_DAMAGED: u8 = 3;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(damage) = e.chain().find_map(|c| c.downcast_ref::<Damaged>()) {
+                let dir = damage.dir.display();
+                eprintln!(
+                    "Ferry did not start. What to do:\n  \
+                     - see what is unreadable:   ferry store check --data-dir {dir}\n  \
+                     - keep what can be read:    ferry serve --repair --data-dir {dir}\n  \
+                     - start with an empty store: ferry serve --quarantine --data-dir {dir}\n\
+                     Both flags move the damaged store to {dir}/quarantine/ first; nothing is deleted."
+                );
+                return std::process::ExitCode::from(EXIT_DAMAGED);
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -195,6 +232,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Store(StoreCommand::Check { data_dir }) => store_check(&data_dir, cli.json),
         Command::Serve(args) => serve(args, cli.token),
         Command::Deploy(args) => {
             let client = AdminClient::new(&cli.admin, cli.token)?;
@@ -261,6 +299,13 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         max_timeout: args.max_timeout,
         callback_secret: args.callback_secret,
         nats: args.nats,
+        recovery: if args.repair {
+            Some(Recovery::Repair)
+        } else if args.quarantine {
+            Some(Recovery::Quarantine)
+        } else {
+            None
+        },
         delivery: DeliveryOptions {
             workers: args.workers.max(1),
             queue_size: args.queue_size.max(1),
@@ -277,6 +322,40 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             ..DeliveryOptions::default()
         },
     }))
+}
+
+fn store_check(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let report = ferry_host::store::check(data_dir)?;
+    if json {
+        say!(
+            "{:#}",
+            serde_json::json!({
+                "data_dir": data_dir,
+                "counts": report.counts.iter().map(|(k, n)| (k.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+                "problems": report.problems,
+                "notes": report.notes,
+            })
+        );
+    } else {
+        say!("store in {}", data_dir.display());
+        for (what, n) in &report.counts {
+            say!("  {n:>8} {what}");
+        }
+        for note in &report.notes {
+            say!("note: {note}");
+        }
+        for problem in &report.problems {
+            say!("problem: {problem}");
+        }
+        if report.problems.is_empty() {
+            say!("the store is sound");
+        }
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        std::process::exit(EXIT_DAMAGED.into());
+    }
 }
 
 fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> {

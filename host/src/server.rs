@@ -21,7 +21,7 @@ use crate::engine::{EngineOptions, Runtime};
 use crate::gateway::{Gateway, TriggerReports};
 use crate::manifest::Ceilings;
 use crate::registry::Registry;
-use crate::store::{SledStore, Store};
+use crate::store::{Recovery, SledStore, Store};
 
 /// Everything `ferry serve` can be told.
 #[derive(Debug, Clone)]
@@ -46,6 +46,9 @@ pub struct ServeOptions {
     pub callback_secret: Option<String>,
     /// `--nats`: the NATS server for NATS triggers.
     pub nats: Option<String>,
+    /// `--quarantine` or `--repair`: what to do when the store is damaged (else refuse to
+    /// start).
+    pub recovery: Option<Recovery>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -62,12 +65,19 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Listen first: a busy port must fail before anything is created or restored.
     let public = bind(opts.listen, "public").await?;
     let admin = bind(opts.admin_listen, "admin").await?;
-    let store = Arc::new(SledStore::open(&opts.data_dir)?);
+    let (store, recovered) = SledStore::open_or_recover(&opts.data_dir, opts.recovery)?;
+    let store = Arc::new(store);
     let data_dir = std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone());
     println!("ferry: data directory {}", data_dir.display());
+    if let Some(r) = recovered {
+        report_recovery(&r);
+    } else if let Some(flag) = opts.recovery {
+        tracing::info!(?flag, "the store is sound; nothing to recover");
+    }
     let runtime = Runtime::new(&opts.engine)?;
     let registry = Arc::new(Registry::default());
-    let deployer = restore(&opts, &runtime, &store, &registry, started)?;
+    let deployer =
+        restore(&opts, &runtime, &store, &registry, started).map_err(|e| store.as_damage(e))?;
 
     let public_url = format!("http://{}", public.local_addr()?);
     let admin_addr = admin.local_addr()?;
@@ -76,6 +86,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         runtime.clone(),
         registry.clone(),
         store.clone(),
+        store.health(),
         DeliveryOptions {
             public_url: public_url.clone(),
             callback_secret: callback_secret(&opts, &*store)?,
@@ -85,7 +96,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             ..opts.delivery.clone()
         },
         shutdown.clone(),
-    )?;
+    )
+    .map_err(|e| store.as_damage(e))?;
     let nats = match &opts.nats {
         Some(url) => Some(ferry_triggers::nats::connect(url).await?),
         None => None,
@@ -101,6 +113,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         started,
         delivery: delivery.clone(),
         nats: nats.clone(),
+        store_health: store.health(),
     });
     let gateway = Arc::new(Gateway {
         runtime,
@@ -128,6 +141,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     spawn_admin(&mut tasks, &shutdown, admin, admin_state);
+    tokio::spawn(heal_store(store.clone(), shutdown.clone()));
 
     // The one line scripts and tests wait for.
     println!("ferry: serving functions on {public_url} and the admin API on http://{admin_addr}");
@@ -191,6 +205,50 @@ async fn drain(tasks: &mut Tasks) {
 fn spawn_trigger<T: Trigger>(tasks: &mut Tasks, shutdown: &Shutdown, trigger: T) {
     let shutdown = shutdown.clone();
     tasks.spawn(async move { (T::KIND, trigger.run(shutdown).await) });
+}
+
+/// Once a second while the store is degraded (an I/O error: a full disk, say), tries to make it
+/// work again, so that the host recovers by itself once the cause is gone.
+async fn heal_store(store: Arc<SledStore>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.requested() => return,
+        }
+        if store.health().errors().is_empty() {
+            continue;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.heal()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %format!("{e:#}"), "the store is not healed yet"),
+            Err(e) => tracing::error!(error = %e, "the store's healing task failed"),
+        }
+    }
+}
+
+/// Says loudly, on standard output and in the log, that the store was damaged and what was done.
+fn report_recovery(r: &crate::store::recover::Recovered) {
+    let kept: Vec<String> = r
+        .kept
+        .iter()
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
+    let what = if kept.is_empty() {
+        "started with an empty store".to_string()
+    } else {
+        format!(
+            "kept what could be read: {}; {} unreadable record(s) left behind",
+            kept.join(", "),
+            r.lost
+        )
+    };
+    println!(
+        "ferry: WARNING: {}; moved it to {} and {what}",
+        r.damage,
+        r.moved_to.display()
+    );
+    tracing::error!(damage = %r.damage, moved_to = %r.moved_to.display(), "{what}");
 }
 
 /// Loads every stored function into the registry (from cached artifacts where it can).

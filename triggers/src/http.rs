@@ -570,19 +570,26 @@ async fn submit<R: Runtime>(runtime: &R, f: R::Function, req: Request<Incoming>)
         Err(e @ SubmitFailure::BadRequest(_)) => {
             text_response(StatusCode::BAD_REQUEST, e.to_string())
         }
-        Err(e @ SubmitFailure::QueueFull) => {
-            let mut resp = text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            resp.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            resp
-        }
+        Err(e @ SubmitFailure::QueueFull) => retry_later(StatusCode::SERVICE_UNAVAILABLE, &e, "1"),
         Err(e @ SubmitFailure::Unavailable(_)) => {
             tracing::error!(error = %e, "submit failed");
-            text_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            retry_later(StatusCode::SERVICE_UNAVAILABLE, &e, "5")
+        }
+        Err(e @ SubmitFailure::StorageFull(_)) => {
+            tracing::error!(error = %e, "submit failed");
+            retry_later(StatusCode::INSUFFICIENT_STORAGE, &e, "30")
         }
     }
+}
+
+/// A refusal that trying again later may cure, with `Retry-After` (seconds).
+fn retry_later(status: StatusCode, e: &SubmitFailure, seconds: &'static str) -> Response<Body> {
+    let mut resp = text_response(status, e.to_string());
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static(seconds),
+    );
+    resp
 }
 
 /// Reads the request, within the function's body limit, into what the delivery engine runs:

@@ -151,9 +151,12 @@ pub enum SubmitFailure {
     /// The fire-and-forget queue is full: try again shortly.
     #[error("the fire-and-forget queue is full; retry later")]
     QueueFull,
-    /// The store failed or did not become durable in time.
+    /// The store failed or did not become durable in time: nothing was accepted (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The store's disk is full: nothing was accepted (507).
+    #[error("{0}")]
+    StorageFull(String),
 }
 
 /// Why an event function did not produce a result.

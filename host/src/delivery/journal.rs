@@ -4,15 +4,22 @@
 //! this append-only file, and waits until a `fdatasync` that covers it has finished. One task
 //! does all file I/O: it writes whatever submits have appended since the last sync and syncs once
 //! for all of them (group commit), so durability costs one disk sync per batch, not per event.
-//! Every second it checkpoints: flushes the store (which then holds every journaled record
-//! durably) and empties the journal. After a crash, records still in the journal are written
-//! back into the store before anything else runs.
+//! Each batch has one outcome: every submit in it is answered after the sync succeeded, or gets
+//! the error if the write or the sync failed (a full disk): then the file is cut back to where
+//! the batch began, and nothing of it is acknowledged.
+//!
+//! Every second (when the journal holds anything) it checkpoints: writes what is pending, makes
+//! the store durable (fsync and seal, see [`crate::store::durable`]) — which then holds every
+//! journaled record — and only then empties the file. At start, the records a previous process
+//! left are written back into the store and made durable before anything else runs; the file
+//! keeps them until the first checkpoint, so a crash during recovery loses nothing either.
 //!
 //! Record framing: `len: u32 LE | crc32(payload): u32 LE | payload (JSON invocation)`. A torn or
-//! corrupt tail (a crash mid-write, never acknowledged) ends the replay.
+//! corrupt tail (a crash mid-write, never acknowledged) ends the replay and is cut off.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,24 +29,38 @@ use tokio::sync::{watch, Notify};
 
 use super::record::Invocation;
 use super::store::DeliveryStore;
+use crate::crashpoint::crashpoint;
+use crate::store::Health;
 
 /// How often the journal is folded into the store and emptied.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// How a batch of submits ended: None while it is pending or being written.
+type Outcome = Option<Result<(), Arc<str>>>;
+
+/// Submits appended since the last write: one batch.
 struct Pending {
     buf: Vec<u8>,
-    /// Sequence number of the last record appended.
-    seq: u64,
+    /// Told how the batch's write and sync ended.
+    batch: watch::Sender<Outcome>,
 }
+
+/// The journal file and the length of what it holds that is whole and synced.
+struct Output {
+    file: File,
+    len: u64,
+}
+
+/// A submit's place in a batch: wait on it with [`Journal::durable`].
+pub struct Ticket(watch::Receiver<Outcome>);
 
 /// The submit journal of one process: submits append to it and wait for its sync.
 pub struct Journal {
     path: PathBuf,
     store: Arc<dyn DeliveryStore>,
+    health: Arc<Health>,
     pending: Mutex<Pending>,
-    file: Mutex<File>,
-    /// The highest sequence number known to be durable.
-    synced: watch::Sender<u64>,
+    output: Mutex<Output>,
     wake: Notify,
     /// Benchmark baseline: every submit writes and syncs on its own, one at a time.
     per_submit: bool,
@@ -54,8 +75,9 @@ fn frame(inv: &Invocation) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The records of a journal file, up to the first torn or corrupt one.
-fn read_records(bytes: &[u8]) -> Vec<Invocation> {
+/// The records of a journal file up to the first torn or corrupt one, and how many bytes they
+/// take.
+fn read_records(bytes: &[u8]) -> (Vec<Invocation>, usize) {
     let mut out = Vec::new();
     let mut rest = bytes;
     while let Some((len, tail)) = rest.split_first_chunk::<4>() {
@@ -76,29 +98,64 @@ fn read_records(bytes: &[u8]) -> Vec<Invocation> {
         }
         rest = &tail[len..];
     }
-    out
+    (out, bytes.len() - rest.len())
+}
+
+/// What a journal file holds (for `ferry store check`).
+#[derive(Debug, Default)]
+pub struct JournalInfo {
+    /// Whole records.
+    pub records: usize,
+    /// Bytes after the last whole record.
+    pub torn_bytes: usize,
+}
+
+/// Reads a journal file without changing it; a missing file holds nothing.
+pub fn inspect(path: &Path) -> anyhow::Result<JournalInfo> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JournalInfo::default()),
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+    };
+    let (records, len) = read_records(&bytes);
+    Ok(JournalInfo {
+        records: records.len(),
+        torn_bytes: bytes.len() - len,
+    })
+}
+
+/// The whole records of a journal file (for a store that reopens after an I/O error).
+pub fn read_file(path: &Path) -> anyhow::Result<Vec<Invocation>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(read_records(&bytes).0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
 }
 
 // Both locks are used as they are when poisoned: nothing that runs under them panics halfway
-// through a change (appending a framed record, bumping the counter, writing or emptying the
-// file), so what they guard stays valid, and submits must go on being made durable.
+// through a change (appending a framed record, writing or cutting back the file), so what they
+// guard stays valid, and submits must go on being made durable.
 impl Journal {
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn file(&self) -> MutexGuard<'_, File> {
-        self.file.lock().unwrap_or_else(|e| e.into_inner())
+    fn output(&self) -> MutexGuard<'_, Output> {
+        self.output.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens the journal in `dir`, first writing back into the store whatever a previous
-    /// process journaled but did not checkpoint. Returns the journal and the recovered records.
+    /// Opens the journal in `dir`. Returns it and the records a previous process journaled but
+    /// did not checkpoint: the caller writes them back into the store and makes the store
+    /// durable before [`Journal::run`] starts (whose first checkpoint empties the file).
     pub fn open(
         dir: &Path,
         store: Arc<dyn DeliveryStore>,
+        health: Arc<Health>,
         per_submit: bool,
     ) -> anyhow::Result<(Arc<Self>, Vec<Invocation>)> {
-        let path = dir.join("submits.journal");
+        let path = dir.join(crate::store::durable::JOURNAL_FILE);
+        let created = !path.exists();
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -107,19 +164,36 @@ impl Journal {
             .open(&path)
             .with_context(|| format!("failed to open the submit journal {}", path.display()))?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let recovered = read_records(&bytes);
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("failed to read the submit journal {}", path.display()))?;
+        let (recovered, len) = read_records(&bytes);
+        if len < bytes.len() {
+            tracing::warn!(
+                journal = %path.display(),
+                records = recovered.len(),
+                ignored_bytes = bytes.len() - len,
+                "the submit journal ends with a torn record (a write cut short, never acknowledged); cutting it off"
+            );
+            file.set_len(len as u64)?;
+            file.sync_all()?;
+        }
+        if created {
+            file.sync_all()?;
+            crate::store::durable::sync_dir(dir)?;
+        }
+        crashpoint("journal-opened");
         let journal = Arc::new(Self {
             path,
             store,
+            health,
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
-                seq: 0,
+                batch: watch::Sender::new(None),
             }),
-            file: Mutex::new(file),
-            synced: watch::Sender::new(0),
+            output: Mutex::new(Output {
+                file,
+                len: len as u64,
+            }),
             wake: Notify::new(),
             per_submit,
         });
@@ -133,79 +207,120 @@ impl Journal {
             let framed = frame(inv)?;
             let this = self.clone();
             return tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let mut file = this.file();
-                file.write_all(&framed)?;
-                file.sync_data()?;
-                Ok(())
+                let mut out = this.output();
+                this.write(&mut out, &framed)
             })
             .await?;
         }
-        let seq = self.append(inv)?;
-        self.durable(seq).await
+        let ticket = self.append(inv)?;
+        self.durable(ticket).await
     }
 
-    /// Appends a submitted invocation; returns its sequence number.
-    pub fn append(&self, inv: &Invocation) -> anyhow::Result<u64> {
+    /// Appends a submitted invocation to the next batch.
+    pub fn append(&self, inv: &Invocation) -> anyhow::Result<Ticket> {
         let framed = frame(inv)?;
         let mut p = self.pending();
         p.buf.extend_from_slice(&framed);
-        p.seq += 1;
-        Ok(p.seq)
+        Ok(Ticket(p.batch.subscribe()))
     }
 
-    /// The sequence number of the latest record appended.
-    pub fn latest(&self) -> u64 {
-        self.pending().seq
+    /// A ticket that is settled once everything appended so far has been written.
+    pub fn barrier(&self) -> Ticket {
+        Ticket(self.pending().batch.subscribe())
     }
 
-    /// Returns once record `seq` (and every one before it) is durable.
-    pub async fn durable(self: &Arc<Self>, seq: u64) -> anyhow::Result<()> {
-        let mut synced = self.synced.subscribe();
+    /// Returns once the ticket's batch is durable, or with the error that kept it from being so.
+    pub async fn durable(self: &Arc<Self>, mut ticket: Ticket) -> anyhow::Result<()> {
         self.wake.notify_one();
-        synced.wait_for(|s| *s >= seq).await?;
-        Ok(())
-    }
-
-    /// Writes and syncs what is pending; returns the sequence number now durable.
-    fn sync_now(&self) -> anyhow::Result<u64> {
-        let mut file = self.file();
-        let (buf, seq) = {
-            let mut p = self.pending();
-            (std::mem::take(&mut p.buf), p.seq)
-        };
-        if !buf.is_empty() {
-            file.write_all(&buf)
-                .and_then(|_| file.sync_data())
-                .with_context(|| {
-                    format!("failed to write the submit journal {}", self.path.display())
-                })?;
+        let outcome = ticket.0.wait_for(Option::is_some).await?.clone();
+        match outcome {
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            _ => Ok(()),
         }
-        self.synced.send_if_modified(|s| {
-            let advanced = seq > *s;
-            *s = (*s).max(seq);
-            advanced
-        });
-        Ok(seq)
     }
 
-    /// Folds the journal into the store: flush the store (every journaled record was applied
-    /// to it before being journaled), then empty the file.
-    fn checkpoint(&self) -> anyhow::Result<()> {
-        let mut file = self.file();
-        let seq = {
+    /// Writes `buf` after what the file holds and syncs it; on failure, cuts the file back, so a
+    /// partial write never sits before later records.
+    fn write(&self, out: &mut Output, buf: &[u8]) -> anyhow::Result<()> {
+        let result = out
+            .file
+            .write_all_at(buf, out.len)
+            .and_then(|()| out.file.sync_data())
+            .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
+        match &result {
+            Ok(()) => out.len += buf.len() as u64,
+            Err(_) => {
+                let _ = out.file.set_len(out.len);
+            }
+        }
+        self.health.record("journal", &result);
+        result
+    }
+
+    /// Writes and syncs the pending batch, and tells its submits how that went.
+    fn sync_pending(&self, out: &mut Output) -> anyhow::Result<()> {
+        let (buf, batch) = {
             let mut p = self.pending();
-            // Records still only in memory are made durable by this store flush too.
-            p.buf.clear();
-            p.seq
+            let batch = std::mem::replace(&mut p.batch, watch::Sender::new(None));
+            (std::mem::take(&mut p.buf), batch)
         };
+        let result = if buf.is_empty() {
+            Ok(())
+        } else {
+            self.write(out, &buf)
+        };
+        batch.send_replace(Some(
+            result
+                .as_ref()
+                .map(drop)
+                .map_err(|e| Arc::from(format!("{e:#}"))),
+        ));
+        result
+    }
+
+    fn sync_now(&self) -> anyhow::Result<()> {
+        let mut out = self.output();
+        self.sync_pending(&mut out)
+    }
+
+    /// After a failed write: whether the file takes writes again (a block written past the end,
+    /// synced, and cut off), so that the journal's health recovers without waiting for a submit.
+    fn probe(&self) {
+        if !self.health.errors().contains_key("journal") {
+            return;
+        }
+        let out = self.output();
+        let result = out
+            .file
+            .write_all_at(&[0u8; 4096], out.len)
+            .and_then(|()| out.file.sync_data())
+            .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
+        let _ = out.file.set_len(out.len);
+        self.health.record("journal", &result);
+    }
+
+    /// Whether a checkpoint has anything to fold into the store.
+    fn holds_anything(&self) -> bool {
+        self.output().len > 0 || !self.pending().buf.is_empty()
+    }
+
+    /// Folds the journal into the store: write what is pending, make the store durable (every
+    /// journaled record was applied to it before being journaled), then empty the file.
+    fn checkpoint(&self) -> anyhow::Result<()> {
+        let mut out = self.output();
+        self.sync_pending(&mut out)?;
+        if out.len == 0 {
+            return Ok(());
+        }
         self.store.flush_delivery()?;
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        self.synced.send_if_modified(|s| {
-            let advanced = seq > *s;
-            *s = (*s).max(seq);
-            advanced
-        });
+        crashpoint("checkpoint-before-truncate");
+        out.file
+            .set_len(0)
+            .and_then(|()| out.file.sync_data())
+            .with_context(|| {
+                format!("failed to empty the submit journal {}", self.path.display())
+            })?;
+        out.len = 0;
         Ok(())
     }
 
@@ -232,10 +347,13 @@ impl Journal {
             let this = self.clone();
             let checkpoint = !woken || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
             let result = tokio::task::spawn_blocking(move || {
-                if checkpoint {
+                if checkpoint && this.holds_anything() {
                     this.checkpoint()
+                } else if checkpoint {
+                    this.probe();
+                    this.sync_now()
                 } else {
-                    this.sync_now().map(drop)
+                    this.sync_now()
                 }
             })
             .await;
@@ -245,9 +363,10 @@ impl Journal {
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(error = %format!("{e:#}"), "the submit journal failed; retrying");
+                    // The batch's submits were told; try again shortly (a checkpoint, or the
+                    // next batch).
+                    tracing::error!(error = %format!("{e:#}"), "the submit journal failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    self.wake.notify_one();
                 }
                 Err(e) => tracing::error!(error = %e, "the journal task failed"),
             }
@@ -295,6 +414,7 @@ mod tests {
         }
         let ids = |b: &[u8]| {
             read_records(b)
+                .0
                 .into_iter()
                 .map(|i| i.id)
                 .collect::<Vec<_>>()

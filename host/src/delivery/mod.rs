@@ -158,6 +158,7 @@ impl Delivery {
         runtime: Arc<Runtime>,
         registry: Arc<Registry>,
         store: Arc<dyn DeliveryStore>,
+        health: Arc<crate::store::Health>,
         options: DeliveryOptions,
         shutdown: Shutdown,
     ) -> anyhow::Result<Arc<Self>> {
@@ -176,6 +177,7 @@ impl Delivery {
         let (journal, journaled) = Journal::open(
             &options.journal_dir,
             store.clone(),
+            health,
             options.flush_per_submit,
         )?;
         Self::restore_journaled(&*store, journaled)?;
@@ -207,7 +209,9 @@ impl Delivery {
     }
 
     /// Writes back submits that a previous process journaled (and acknowledged) but had not yet
-    /// checkpointed into the store.
+    /// checkpointed into the store, and makes them durable there. The journal keeps them until
+    /// its first checkpoint, so a crash in between replays them again (those already in the
+    /// store are skipped).
     fn restore_journaled(
         store: &dyn DeliveryStore,
         journaled: Vec<Invocation>,
@@ -217,6 +221,7 @@ impl Delivery {
             if store.get(&inv.id)?.is_none() {
                 store.insert(&inv, false, None)?;
             }
+            crate::crashpoint::crashpoint("journal-replaying");
         }
         store.flush_delivery()?;
         if n > 0 {
@@ -317,10 +322,17 @@ impl Delivery {
                 let lease = slot.as_ref().map(|_| self.lease(Queue::Attempts));
                 if let Some(existing) = self.store_new(&inv, check_key, lease.as_ref())? {
                     // It may still be on its way to disk: wait for what is journaled so far.
-                    self.durable(self.journal.latest()).await?;
+                    Self::within(self.journal.durable(self.journal.barrier())).await?;
                     return Ok((existing, false));
                 }
-                self.commit(&inv).await?;
+                if let Err(e) = self.commit(&inv).await {
+                    // Not acknowledged, so it must not run either (nor hold its lease, nor its
+                    // idempotency key): the caller was told it failed.
+                    if let Err(removing) = self.store.remove(&inv.id) {
+                        tracing::warn!(invocation_id = %inv.id, error = %format!("{removing:#}"), "an invocation that was not made durable could not be removed; it may still run");
+                    }
+                    return Err(e);
+                }
                 match slot {
                     Some(slot) if self.enqueue(Queue::Attempts, &inv.id) => {
                         slot.send(inv.id.clone())
@@ -358,18 +370,12 @@ impl Delivery {
         Self::within(self.journal.commit(inv)).await
     }
 
-    async fn durable(&self, seq: u64) -> Result<(), SubmitFailure> {
-        Self::within(self.journal.durable(seq)).await
-    }
-
     async fn within(
         f: impl std::future::Future<Output = anyhow::Result<()>>,
     ) -> Result<(), SubmitFailure> {
         match tokio::time::timeout(Duration::from_secs(30), f).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SubmitFailure::Unavailable(format!(
-                "the store could not be flushed: {e:#}"
-            ))),
+            Ok(Err(e)) => Err(store_failed(e)),
             Err(_) => Err(SubmitFailure::Unavailable(
                 "the store did not flush within 30s".into(),
             )),
@@ -506,8 +512,18 @@ impl Delivery {
     }
 }
 
+/// A store error as a submit's answer: 507 when the disk is full, else 503; both say the submit
+/// was not accepted, so trying again later is safe.
 fn store_failed(e: anyhow::Error) -> SubmitFailure {
-    SubmitFailure::Unavailable(format!("the store failed: {e:#}"))
+    if crate::store::is_disk_full(&e) {
+        SubmitFailure::StorageFull(format!(
+            "not accepted: the disk of the store is full ({e:#}); nothing was stored, retry later"
+        ))
+    } else {
+        SubmitFailure::Unavailable(format!(
+            "not accepted: the store failed ({e:#}); nothing was stored, retry later"
+        ))
+    }
 }
 
 /// The idempotency key of a submit: the caller's `Idempotency-Key`, or an event's `source` + `id`,

@@ -64,6 +64,7 @@ impl Delivery {
         loop {
             // Take no more than the workers can start soon: what is taken is leased.
             let room = tx.capacity().max(1);
+            let mut failed = false;
             let due = match self
                 .store
                 .take_due(queue, now_ms(), &self.lease(queue), room)
@@ -71,6 +72,7 @@ impl Delivery {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "taking due work failed");
+                    failed = true;
                     Vec::new()
                 }
             };
@@ -92,6 +94,8 @@ impl Delivery {
                 continue;
             }
             let until_next = match self.store.next_due(queue) {
+                // A failing store is tried again in a second, not in a tight loop.
+                _ if failed => Duration::from_secs(1),
                 Ok(Some(at)) => Duration::from_millis(at.saturating_sub(now_ms())),
                 _ => Duration::from_secs(1),
             };

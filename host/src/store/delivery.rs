@@ -161,28 +161,35 @@ impl SledStore {
     /// Brings a delivery tree written by an earlier layout up to date: derives the indexes it
     /// lacks from the records. Runs once; the version key marks it done.
     pub(super) fn upgrade_delivery(&self) -> anyhow::Result<()> {
-        if self.delivery.get(b"v")?.as_deref() == Some(&[LAYOUT][..]) {
+        if self.t()?.delivery.get(b"v")?.as_deref() == Some(&[LAYOUT][..]) {
             return Ok(());
         }
         let mut n = 0;
-        for kv in self.delivery.scan_prefix(b"i") {
+        for kv in self.t()?.delivery.scan_prefix(b"i") {
             let (_, v) = kv?;
             let inv: Invocation = serde_json::from_slice(&v).context("corrupt invocation")?;
             for k in index_keys(&inv) {
-                self.delivery.insert(k, &[][..])?;
+                self.t()?.delivery.insert(k, &[][..])?;
             }
             n += 1;
         }
-        self.delivery.insert(b"v", &[LAYOUT][..])?;
-        self.delivery.flush()?;
+        self.t()?.delivery.insert(b"v", &[LAYOUT][..])?;
+        self.t()?.delivery.flush()?;
         if n > 0 {
             tracing::info!(invocations = n, "re-indexed the delivery store");
         }
         Ok(())
     }
 
+    /// Derives every index again from the records (after a repair copied only the records).
+    pub(super) fn upgrade_delivery_from_scratch(&self) -> anyhow::Result<()> {
+        self.t()?.delivery.remove(b"v")?;
+        self.upgrade_delivery()
+    }
+
     fn ids_with_prefix(&self, prefix: &[u8]) -> anyhow::Result<Vec<String>> {
-        self.delivery
+        self.t()?
+            .delivery
             .scan_prefix(prefix)
             .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[prefix.len()..]).into_owned()))
             .collect()
@@ -196,51 +203,55 @@ impl DeliveryStore for SledStore {
         check_key: bool,
         lease: Option<&Lease>,
     ) -> anyhow::Result<Option<Invocation>> {
-        if inv.idempotency_key.is_none() {
-            // Nothing to check or claim: a new record and its indexes, one atomic batch.
-            let mut batch = sled::Batch::default();
-            for k in index_keys(inv) {
-                batch.insert(k, &[][..]);
+        self.noted((|| {
+            if inv.idempotency_key.is_none() {
+                // Nothing to check or claim: a new record and its indexes, one atomic batch.
+                let mut batch = sled::Batch::default();
+                for k in index_keys(inv) {
+                    batch.insert(k, &[][..]);
+                }
+                if let Some(lease) = lease {
+                    batch.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease));
+                }
+                batch.insert(record_key(&inv.id), serde_json::to_vec(inv)?);
+                self.t()?.delivery.apply_batch(batch)?;
+                return Ok(None);
             }
-            if let Some(lease) = lease {
-                batch.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease));
-            }
-            batch.insert(record_key(&inv.id), serde_json::to_vec(inv)?);
-            self.delivery.apply_batch(batch)?;
-            return Ok(None);
-        }
-        committed(self.delivery.transaction(|tx| {
-            if let Some(key) = &inv.idempotency_key {
-                if check_key {
-                    if let Some(id) = tx.get(idem_key(key))? {
-                        let id = String::from_utf8_lossy(&id).into_owned();
-                        if let Some(existing) = tx_get(tx, &id)? {
-                            return Ok(Some(existing));
+            committed(self.t()?.delivery.transaction(|tx| {
+                if let Some(key) = &inv.idempotency_key {
+                    if check_key {
+                        if let Some(id) = tx.get(idem_key(key))? {
+                            let id = String::from_utf8_lossy(&id).into_owned();
+                            if let Some(existing) = tx_get(tx, &id)? {
+                                return Ok(Some(existing));
+                            }
                         }
                     }
+                    tx.insert(idem_key(key), inv.id.as_bytes())?;
                 }
-                tx.insert(idem_key(key), inv.id.as_bytes())?;
-            }
-            tx_write(tx, None, inv)?;
-            if let Some(lease) = lease {
-                tx.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease))?;
-            }
-            Ok(None)
-        }))
+                tx_write(tx, None, inv)?;
+                if let Some(lease) = lease {
+                    tx.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease))?;
+                }
+                Ok(None)
+            }))
+        })())
     }
 
     fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
-        committed(self.delivery.transaction(|tx| {
-            match tx_get(tx, &inv.id)? {
-                Some(old) => tx_write(tx, Some(&old), inv),
-                // Removed meanwhile (purged, expired): a late outcome does not bring it back.
-                None => Ok(()),
-            }
-        }))
+        self.noted((|| {
+            committed(self.t()?.delivery.transaction(|tx| {
+                match tx_get(tx, &inv.id)? {
+                    Some(old) => tx_write(tx, Some(&old), inv),
+                    // Removed meanwhile (purged, expired): a late outcome does not bring it back.
+                    None => Ok(()),
+                }
+            }))
+        })())
     }
 
     fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
-        match self.delivery.get(record_key(id))? {
+        match self.t()?.delivery.get(record_key(id))? {
             Some(v) => Ok(Some(
                 serde_json::from_slice(&v).with_context(|| format!("corrupt invocation {id}"))?,
             )),
@@ -255,47 +266,50 @@ impl DeliveryStore for SledStore {
         lease: &Lease,
         limit: usize,
     ) -> anyhow::Result<Vec<Invocation>> {
-        let start = due_key(queue, 0, "");
-        let end = due_key(queue, now_ms.saturating_add(1), "");
-        let mut candidates = Vec::new();
-        for kv in self.delivery.range(start..end) {
-            let (k, _) = kv?;
-            let (_, id) = timed(&k);
-            match self.delivery.get(lease_key(queue, &id))? {
-                Some(v) if parse_lease(&v).1 > now_ms => continue,
-                _ => candidates.push((k.to_vec(), id)),
-            }
-            if candidates.len() >= limit {
-                break;
-            }
-        }
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let value = lease_value(lease);
-        let taken = committed(self.delivery.transaction(|tx| {
-            let mut taken = Vec::new();
-            for (due, id) in &candidates {
-                if tx.get(due.as_slice())?.is_none() {
-                    continue; // rescheduled or finished meanwhile
+        self.noted((|| {
+            let start = due_key(queue, 0, "");
+            let end = due_key(queue, now_ms.saturating_add(1), "");
+            let mut candidates = Vec::new();
+            for kv in self.t()?.delivery.range(start..end) {
+                let (k, _) = kv?;
+                let (_, id) = timed(&k);
+                match self.t()?.delivery.get(lease_key(queue, &id))? {
+                    Some(v) if parse_lease(&v).1 > now_ms => continue,
+                    _ => candidates.push((k.to_vec(), id)),
                 }
-                if let Some(v) = tx.get(lease_key(queue, id))? {
-                    if parse_lease(&v).1 > now_ms {
-                        continue; // taken by someone else meanwhile
+                if candidates.len() >= limit {
+                    break;
+                }
+            }
+            if candidates.is_empty() {
+                return Ok(Vec::new());
+            }
+            let value = lease_value(lease);
+            let taken = committed(self.t()?.delivery.transaction(|tx| {
+                let mut taken = Vec::new();
+                for (due, id) in &candidates {
+                    if tx.get(due.as_slice())?.is_none() {
+                        continue; // rescheduled or finished meanwhile
+                    }
+                    if let Some(v) = tx.get(lease_key(queue, id))? {
+                        if parse_lease(&v).1 > now_ms {
+                            continue; // taken by someone else meanwhile
+                        }
+                    }
+                    if let Some(inv) = tx_get(tx, id)? {
+                        tx.insert(lease_key(queue, id), value.as_slice())?;
+                        taken.push(inv);
                     }
                 }
-                if let Some(inv) = tx_get(tx, id)? {
-                    tx.insert(lease_key(queue, id), value.as_slice())?;
-                    taken.push(inv);
-                }
-            }
+                Ok(taken)
+            }))?;
             Ok(taken)
-        }))?;
-        Ok(taken)
+        })())
     }
 
     fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>> {
         Ok(self
+            .t()?
             .delivery
             .scan_prefix(queue_prefix(queue))
             .next()
@@ -314,7 +328,7 @@ impl DeliveryStore for SledStore {
     }
 
     fn remove(&self, id: &str) -> anyhow::Result<bool> {
-        committed(self.delivery.transaction(|tx| {
+        committed(self.t()?.delivery.transaction(|tx| {
             let Some(inv) = tx_get(tx, id)? else {
                 return Ok(false);
             };
@@ -337,6 +351,7 @@ impl DeliveryStore for SledStore {
         let start = expiry_key(0, "");
         let end = expiry_key(before_ms, "");
         let ids: Vec<String> = self
+            .t()?
             .delivery
             .range(start..end)
             .take(limit)
@@ -363,10 +378,10 @@ impl DeliveryStore for SledStore {
 
     fn release_leases(&self, owner_prefix: &str) -> anyhow::Result<usize> {
         let mut n = 0;
-        for kv in self.delivery.scan_prefix(b"l") {
+        for kv in self.t()?.delivery.scan_prefix(b"l") {
             let (k, v) = kv?;
             if parse_lease(&v).0.starts_with(owner_prefix) {
-                self.delivery.remove(k)?;
+                self.t()?.delivery.remove(k)?;
                 n += 1;
             }
         }

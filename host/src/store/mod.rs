@@ -2,13 +2,21 @@
 //! content hash and engine compatibility, and function records. The embedded backend is sled, in
 //! one data directory; a shared backend (NATS JetStream) can implement the same trait.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 
+use crate::crashpoint::crashpoint;
 use crate::model::FunctionRecord;
 
 mod delivery;
+pub mod durable;
+pub mod recover;
+
+pub use durable::{is_disk_full, Damaged, Health};
+pub use recover::{check, Recovery};
 
 /// The storage port of the runtime. Writes become durable on [`Store::flush`].
 pub trait Store: Send + Sync + 'static {
@@ -48,7 +56,7 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         value: &[u8],
     ) -> anyhow::Result<()>;
-    /// Makes every write so far durable.
+    /// Makes every write so far durable (fsynced, and sealed).
     fn flush(&self) -> anyhow::Result<()>;
 }
 
@@ -62,8 +70,22 @@ pub fn artifact_key(digest: &str, compat: &str) -> String {
     format!("{digest}/{compat}")
 }
 
+/// The settings key of the generation the seal counts (see [`durable`]).
+const GENERATION_KEY: &str = "\0generation";
+
 /// The embedded sled backend.
 pub struct SledStore {
+    /// The data directory (the store itself is in its `db` directory).
+    dir: PathBuf,
+    /// Held while a durable flush runs; the start time of the previous durable flush.
+    synced: Mutex<Option<SystemTime>>,
+    health: Arc<Health>,
+    /// The open database; None while it is being reopened after an I/O error.
+    trees: RwLock<Option<Arc<Trees>>>,
+}
+
+/// The sled database and its trees.
+pub(crate) struct Trees {
     db: sled::Db,
     components: sled::Tree,
     artifacts: sled::Tree,
@@ -75,61 +97,357 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the store in the data directory `dir`, upgrading older delivery
-    /// records. Only one process may have it open.
+    /// records. Only one process may have it open. A store that lost durable writes, or whose
+    /// seal, journal or function records are missing or unreadable, is refused with
+    /// [`Damaged`].
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .with_context(|| {
-                format!(
-                    "failed to open the store in {} (is another ferry using it?)",
-                    dir.display()
+        create_private_dir(dir)?;
+        let seal = durable::read_seal(dir)?;
+        if let Some(seal) = &seal {
+            if !dir.join(durable::DB_DIR).join("db").exists() {
+                return Err(Damaged::new(
+                    dir,
+                    Path::new(durable::DB_DIR).join("db"),
+                    "the store file is missing although the seal says it was written",
                 )
-            })?;
-        let store = Self {
-            components: db.open_tree("components")?,
-            artifacts: db.open_tree("artifacts")?,
-            functions: db.open_tree("functions")?,
-            delivery: db.open_tree("delivery")?,
-            settings: db.open_tree("settings")?,
-            trigger_state: db.open_tree("trigger_state")?,
-            db,
-        };
-        store.upgrade_delivery()?;
+                .into());
+            }
+            if seal.journal && !dir.join(durable::JOURNAL_FILE).exists() {
+                return Err(Damaged::new(
+                    dir,
+                    durable::JOURNAL_FILE,
+                    "the submit journal is missing; submits it held may be lost",
+                )
+                .into());
+            }
+        }
+        let store = Self::open_unchecked(dir)?;
+        let generation = store.generation().map_err(|e| store.as_damage(e))?;
+        match seal {
+            Some(seal) if generation < seal.generation => {
+                return Err(Damaged::new(
+                    dir,
+                    durable::DB_DIR,
+                    format!(
+                        "it holds writes up to generation {generation} but generation {} was made durable: part of it is truncated or corrupt, and sled dropped what it could not read",
+                        seal.generation
+                    ),
+                )
+                .into());
+            }
+            Some(_) => {}
+            None if generation > 0 => {
+                return Err(Damaged::new(
+                    dir,
+                    durable::SEAL_FILE,
+                    "the seal file is missing, but the store was sealed before",
+                )
+                .into());
+            }
+            // A new store, or one from before seals: seal what it holds now.
+            None => store.flush()?,
+        }
+        store.check_functions().map_err(|e| store.as_damage(e))?;
+        store.upgrade_delivery().map_err(|e| store.as_damage(e))?;
         Ok(store)
     }
+
+    /// Opens the sled database and its trees in `dir`.
+    fn open_trees(dir: &Path) -> anyhow::Result<Trees> {
+        let corrupt = |e: sled::Error| -> anyhow::Error {
+            match e {
+                e @ sled::Error::Corruption { .. } => {
+                    Damaged::new(dir, durable::DB_DIR, format!("sled cannot open it: {e}")).into()
+                }
+                e => anyhow::Error::new(e).context(format!(
+                    "failed to open the store in {} (is another ferry using it?)",
+                    dir.display()
+                )),
+            }
+        };
+        let db = sled::Config::new()
+            .path(dir.join(durable::DB_DIR))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(corrupt)?;
+        let tree = |name: &str| db.open_tree(name).map_err(corrupt);
+        Ok(Trees {
+            components: tree("components")?,
+            artifacts: tree("artifacts")?,
+            functions: tree("functions")?,
+            delivery: tree("delivery")?,
+            settings: tree("settings")?,
+            trigger_state: tree("trigger_state")?,
+            db,
+        })
+    }
+
+    /// Opens the sled database in `dir` without any check.
+    fn open_unchecked(dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            synced: Mutex::new(None),
+            health: Arc::new(Health::default()),
+            trees: RwLock::new(Some(Arc::new(Self::open_trees(dir)?))),
+        })
+    }
+
+    /// After an I/O error (a full disk), sled fails every later write until it is reopened.
+    /// Once the data directory takes writes again, this closes the database, opens it anew,
+    /// writes back the journaled submits it may have lost, and makes it durable; until then
+    /// every operation fails with a clear error. Returns whether the store works (again).
+    pub fn heal(&self) -> anyhow::Result<bool> {
+        if self.health.errors().is_empty() && self.t().is_ok() {
+            return Ok(true);
+        }
+        durable::probe_space(&self.dir)?;
+        if self.t().is_ok() {
+            match self.flush() {
+                Ok(()) => return Ok(true),
+                Err(e) if !sled_failed(&e) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        self.reopen()?;
+        Ok(true)
+    }
+
+    fn reopen(&self) -> anyhow::Result<()> {
+        let taken = self.trees.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut old) = taken {
+            // Operations in flight hold the database for a moment.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(trees) => {
+                        drop(trees);
+                        break;
+                    }
+                    Err(still) if std::time::Instant::now() >= deadline => {
+                        *self.trees.write().unwrap_or_else(|e| e.into_inner()) = Some(still);
+                        anyhow::bail!("the store is still in use; reopening it later");
+                    }
+                    Err(still) => {
+                        old = still;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        tracing::warn!("reopening the store after an I/O error");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let trees = loop {
+            match Self::open_trees(&self.dir) {
+                Ok(t) => break t,
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                // sled's flusher thread lets go of the file a moment after the close.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        };
+        *self.trees.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(trees));
+        let restored = self.restore_journal()?;
+        self.flush()?;
+        tracing::info!(restored, "the store is reopened and works again");
+        Ok(())
+    }
+
+    /// Writes back the submits of the journal file that the store lacks (acknowledged ones
+    /// whose store write was lost with the failed database).
+    fn restore_journal(&self) -> anyhow::Result<usize> {
+        use crate::delivery::store::DeliveryStore as _;
+        let mut n = 0;
+        for inv in crate::delivery::journal::read_file(&self.dir.join(durable::JOURNAL_FILE))? {
+            if self.get(&inv.id)?.is_none() {
+                self.insert(&inv, false, None)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The open database, or an error while it is being reopened.
+    pub(crate) fn t(&self) -> anyhow::Result<Arc<Trees>> {
+        self.trees
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                anyhow::anyhow!("the store is being reopened after an I/O error; retry shortly")
+            })
+    }
+
+    /// The generation of the last durable flush the store holds (0 for a new store).
+    fn generation(&self) -> anyhow::Result<u64> {
+        match self.t()?.settings.get(GENERATION_KEY)? {
+            None => Ok(0),
+            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+                Ok(b) => Ok(u64::from_be_bytes(b)),
+                Err(_) => Err(Damaged::new(
+                    &self.dir,
+                    durable::DB_DIR,
+                    "the store's generation record is unreadable",
+                )
+                .into()),
+            },
+        }
+    }
+
+    /// Every function record must be readable, and its component present.
+    fn check_functions(&self) -> anyhow::Result<()> {
+        for kv in self.t()?.functions.iter() {
+            let (k, v) = kv.map_err(|e| self.damaged(format!("reading function records: {e}")))?;
+            let name = String::from_utf8_lossy(&k);
+            let record: FunctionRecord = serde_json::from_slice(&v).map_err(|e| {
+                self.damaged(format!("the record of function {name} is unreadable: {e}"))
+            })?;
+            if !self.t()?.components.contains_key(&record.digest)? {
+                return Err(self.damaged(format!(
+                    "the component of function {name} (sha256 {}) is missing",
+                    record.digest
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// An error as [`Damaged`] when sled found corrupt data anywhere in its chain, else as it is.
+    pub fn as_damage(&self, e: anyhow::Error) -> anyhow::Error {
+        let corrupt = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<sled::Error>(),
+                Some(sled::Error::Corruption { .. })
+            )
+        });
+        if corrupt && !e.chain().any(|c| c.is::<Damaged>()) {
+            return self.damaged(format!("{e:#}"));
+        }
+        e
+    }
+
+    /// Notes a write error that leaves sled failing (a full disk): the store is degraded, and
+    /// the healing task reopens it once the disk takes writes again.
+    pub(crate) fn noted<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Err(e) = &result {
+            if sled_failed(e) {
+                self.health
+                    .record::<()>("store", &Err(anyhow::anyhow!("{e:#}")));
+            }
+        }
+        result
+    }
+
+    /// A read error as [`Damaged`] when sled found corrupt data, else as it is.
+    fn unreadable(&self, e: sled::Error, what: std::fmt::Arguments<'_>) -> anyhow::Error {
+        match e {
+            sled::Error::Corruption { .. } => self.damaged(format!("{what} cannot be read: {e}")),
+            e => anyhow::Error::new(e).context(format!("failed to read {what}")),
+        }
+    }
+
+    fn damaged(&self, problem: String) -> anyhow::Error {
+        Damaged::new(&self.dir, durable::DB_DIR, problem).into()
+    }
+
+    /// The store's health, shared with the submit journal.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The durable flush: the next generation into the store, sled's flush, fsync of every
+    /// changed file and directory, then the seal.
+    fn flush_durably(&self) -> anyhow::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation()? + 1;
+        self.t()?
+            .settings
+            .insert(GENERATION_KEY, &generation.to_be_bytes())?;
+        self.t()?.db.flush().context("failed to flush the store")?;
+        let started = SystemTime::now();
+        durable::sync_changed(&self.dir.join(durable::DB_DIR), *synced)
+            .context("failed to fsync the store")?;
+        crashpoint("store-before-seal");
+        let seal = durable::Seal {
+            generation,
+            journal: self.dir.join(durable::JOURNAL_FILE).exists(),
+        };
+        durable::write_seal(&self.dir, &seal).context("failed to write the store's seal")?;
+        *synced = Some(started);
+        Ok(())
+    }
+}
+
+/// Whether an error is sled's own failure state: after an I/O error it fails every write until
+/// the database is reopened.
+fn sled_failed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<sled::Error>(),
+            Some(sled::Error::Io(_) | sled::Error::ReportableBug(_))
+        )
+    })
+}
+
+/// Creates the data directory if needed, readable by its owner only (0700).
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let fail = |e| {
+        anyhow::Error::new(e).context(format!(
+            "the data directory {} cannot be used",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
+    std::fs::read_dir(dir).map_err(fail)?;
+    Ok(())
 }
 
 impl Store for SledStore {
     fn put_component(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        self.components.insert(digest, bytes)?;
+        self.t()?.components.insert(digest, bytes)?;
         Ok(())
     }
 
     fn component(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.components.get(digest)?.map(|v| v.to_vec()))
+        let v = self
+            .t()?
+            .components
+            .get(digest)
+            .map_err(|e| self.unreadable(e, format_args!("component {digest}")))?;
+        Ok(v.map(|v| v.to_vec()))
     }
 
     fn put_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        self.artifacts.insert(key, bytes)?;
+        self.t()?.artifacts.insert(key, bytes)?;
         Ok(())
     }
 
     fn artifact(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.artifacts.get(key)?.map(|v| v.to_vec()))
+        let v = self
+            .t()?
+            .artifacts
+            .get(key)
+            .map_err(|e| self.unreadable(e, format_args!("compiled artifact {key}")))?;
+        Ok(v.map(|v| v.to_vec()))
     }
 
     fn put_function(&self, record: &FunctionRecord) -> anyhow::Result<()> {
-        self.functions
+        self.t()?
+            .functions
             .insert(&record.name, serde_json::to_vec(record)?)?;
         Ok(())
     }
 
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>> {
-        match self.functions.get(name)? {
+        match self.t()?.functions.get(name)? {
             Some(v) => {
                 let record: FunctionRecord = serde_json::from_slice(&v)
                     .with_context(|| format!("corrupt record for function {name}"))?;
@@ -140,7 +458,8 @@ impl Store for SledStore {
     }
 
     fn functions(&self) -> anyhow::Result<Vec<FunctionRecord>> {
-        self.functions
+        self.t()?
+            .functions
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
@@ -150,18 +469,19 @@ impl Store for SledStore {
     }
 
     fn delete_function(&self, name: &str) -> anyhow::Result<bool> {
-        Ok(self.functions.remove(name)?.is_some())
+        Ok(self.t()?.functions.remove(name)?.is_some())
     }
 
     fn setting(&self, key: &str) -> anyhow::Result<Option<String>> {
         Ok(self
+            .t()?
             .settings
             .get(key)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn put_setting(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.settings.insert(key, value.as_bytes())?;
+        self.t()?.settings.insert(key, value.as_bytes())?;
         Ok(())
     }
 
@@ -172,7 +492,7 @@ impl Store for SledStore {
         key: &str,
     ) -> anyhow::Result<Option<Vec<u8>>> {
         let k = trigger_state_key(kind, function, key);
-        Ok(self.trigger_state.get(k)?.map(|v| v.to_vec()))
+        Ok(self.t()?.trigger_state.get(k)?.map(|v| v.to_vec()))
     }
 
     fn put_trigger_state(
@@ -182,14 +502,16 @@ impl Store for SledStore {
         key: &str,
         value: &[u8],
     ) -> anyhow::Result<()> {
-        self.trigger_state
+        self.t()?
+            .trigger_state
             .insert(trigger_state_key(kind, function, key), value)?;
         Ok(())
     }
 
     fn flush(&self) -> anyhow::Result<()> {
-        self.db.flush().context("failed to flush the store")?;
-        Ok(())
+        let result = self.flush_durably();
+        self.health.record("store", &result);
+        result
     }
 }
 
@@ -264,7 +586,9 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
-        s.functions
+        s.t()
+            .unwrap()
+            .functions
             .insert("f", serde_json::to_vec(&old).unwrap())
             .unwrap();
         let r = s.function("f").unwrap().unwrap();
