@@ -19,6 +19,11 @@ if ! command -v nats-server >/dev/null; then
 fi
 command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
 
+# The durability tests trace the host's syscalls.
+if ! command -v strace >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq strace || sudo apt-get install -y -qq strace
+fi
+
 # The end-to-end tests start the ferry binary, which `cargo test` alone does not build.
 cargo build --workspace --bins
 

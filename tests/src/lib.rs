@@ -53,6 +53,11 @@ pub struct Ferry {
     pub admin: String,
     log: PathBuf,
     extra_args: Vec<String>,
+    /// Extra environment of the next start (`FERRY_CRASH_AT`, say).
+    pub env: Vec<(String, String)>,
+    /// What runs `ferry serve` instead of the binary under test (a wrapper that runs it under
+    /// strace, say).
+    pub bin: Option<PathBuf>,
     /// What the host printed on standard output up to its ready line.
     stdout: Vec<String>,
     pub http: Client,
@@ -66,8 +71,16 @@ impl Ferry {
 
     /// Starts a host with extra `ferry serve` arguments.
     pub fn start_with(args: &[&str]) -> Ferry {
+        let mut f = Self::stopped(args);
+        f.spawn();
+        f
+    }
+
+    /// A host with a fresh data directory and these `ferry serve` arguments, not started yet:
+    /// set its `data_dir` or `env`, then [`Ferry::start_again`] or [`Ferry::run_to_exit`].
+    pub fn stopped(args: &[&str]) -> Ferry {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let mut f = Ferry {
+        Ferry {
             child: None,
             data_dir: tmp.path().join("data"),
             log: tmp.path().join("ferry.log"),
@@ -75,37 +88,93 @@ impl Ferry {
             public: String::new(),
             admin: String::new(),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            bin: None,
             stdout: Vec::new(),
             http: Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),
-        };
-        f.spawn();
-        f
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts the host and waits for it to exit by itself (a refusal to start, a crash point)
+    /// within `within`; returns its exit status. Panics if it becomes ready instead.
+    pub fn run_to_exit(&mut self, extra: &[&str], within: Duration) -> std::process::ExitStatus {
+        assert!(self.child.is_none(), "the host is still running");
+        let mut child = self
+            .command()
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("failed to start ferry");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for ferry") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ferry did not exit within {within:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = Command::new(ferry_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.extra_args)
-            .env("FERRY_LOG", "info,ferry_host=debug")
-            .env_remove("FERRY_TOKEN")
+        let mut cmd = Command::new(self.bin.clone().unwrap_or_else(ferry_bin));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .args(&self.extra_args)
+        .env("FERRY_LOG", "info,ferry_host=debug")
+        .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_CRASH_AT")
+        .envs(self.env.iter().map(|(k, v)| (k, v)))
+        .stderr(log);
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Starts the host with extra arguments for this start only.
+    pub fn start_again_with(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "the host is still running");
+        self.spawn_with(extra);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
+        if !self.try_spawn(extra) {
+            panic!("ferry exited before it was ready; log:\n{}", self.log());
+        }
+    }
+
+    /// Starts the host again; false (and not running) when it exited before it was ready, at a
+    /// crash point, say.
+    pub fn try_start_again(&mut self) -> bool {
+        assert!(self.child.is_none(), "the host is still running");
+        self.try_spawn(&[])
+    }
+
+    fn try_spawn(&mut self, extra: &[&str]) -> bool {
+        let mut child = self
+            .command()
+            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(log)
             .spawn()
             .expect("failed to start ferry");
         let stdout = child.stdout.take().unwrap();
@@ -118,6 +187,7 @@ impl Ferry {
             }
         });
         self.child = Some(child);
+        self.stdout.clear();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -130,8 +200,19 @@ impl Ferry {
                             .expect("ready line names both listeners");
                         self.public = public.to_string();
                         self.admin = admin.to_string();
-                        return;
+                        return true;
                     }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Standard output closed: the process ended (or is ending).
+                    let mut child = self.child.take().unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
                 }
                 Err(_) => panic!("ferry did not start within 60s; log:\n{}", self.log()),
             }
@@ -181,6 +262,28 @@ impl Ferry {
                     "ferry did not exit within {within:?} of SIGTERM; log:\n{}",
                     self.log()
                 );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id of the running host.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the host is running").id()
+    }
+
+    /// Waits up to `within` for the host to exit by itself (at a crash point, say).
+    pub fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the host was started");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for ferry") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ferry did not exit within {within:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

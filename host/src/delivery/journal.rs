@@ -312,6 +312,7 @@ impl Journal {
         if out.len == 0 {
             return Ok(());
         }
+        crashpoint("checkpoint-start");
         self.store.flush_delivery()?;
         crashpoint("checkpoint-before-truncate");
         out.file

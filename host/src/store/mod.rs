@@ -246,8 +246,12 @@ impl SledStore {
         };
         *self.trees.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(trees));
         let restored = self.restore_journal()?;
+        // Outcomes that could not be written left their leases behind. One process has the
+        // embedded store, and it never queues what it already runs, so every lease can end:
+        // what was not finished is due again.
+        let released = crate::delivery::store::DeliveryStore::release_leases(self, "")?;
         self.flush()?;
-        tracing::info!(restored, "the store is reopened and works again");
+        tracing::info!(restored, released, "the store is reopened and works again");
         Ok(())
     }
 

@@ -1,0 +1,564 @@
+//! Crash safety beyond one `kill -9`: a crash during recovery, the order of the syscalls that make
+//! a 202 durable, a full disk, and a damaged store. Every test runs the real `ferry` binary; the
+//! crashes inside narrow windows use its crash points (`FERRY_CRASH_AT`), which abort the process
+//! as `kill -9` would.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ferry_tests::{eventually, guests, Ferry};
+
+fn deploy_hello(ferry: &Ferry) {
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert!(status == 201 || status == 200, "{body}");
+}
+
+fn journal_len(ferry: &Ferry) -> u64 {
+    std::fs::metadata(ferry.data_dir.join("submits.journal"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Submits until the host stops answering (it aborted at a crash point); returns the ids that
+/// were acknowledged with 202.
+fn submit_until_down(ferry: &Ferry, max: usize) -> Vec<String> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..max {
+        let resp = http
+            .post(ferry.url("/hello-http/durable"))
+            .header("prefer", "respond-async")
+            .send();
+        match resp {
+            Ok(r) if r.status().as_u16() == 202 => {
+                let v: serde_json::Value = r.json().unwrap();
+                acked.push(v["id"].as_str().unwrap().to_string());
+            }
+            Ok(r) => panic!("submit answered {}", r.status()),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+/// Every id reaches `succeeded` on the running host.
+fn all_succeed(ferry: &Ferry, ids: &[String]) {
+    for id in ids {
+        let v = ferry.finished(id);
+        assert_eq!(v["status"], "succeeded", "{id}: {v}");
+    }
+}
+
+#[test]
+fn a_crash_while_replaying_the_journal_loses_no_acknowledged_submit() {
+    let mut ferry = Ferry::start();
+    deploy_hello(&ferry);
+    ferry.terminate(Duration::from_secs(30));
+
+    // 1. The host dies at its first checkpoint, before the store is flushed: what it
+    //    acknowledged is in the journal.
+    ferry.env = vec![("FERRY_CRASH_AT".into(), "checkpoint-start".into())];
+    ferry.start_again();
+    let acked = submit_until_down(&ferry, 100_000);
+    assert!(!acked.is_empty(), "some submits were acknowledged");
+    assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
+    let journaled = journal_len(&ferry);
+    assert!(journaled > 0, "the journal holds the acknowledged submits");
+
+    // 2. The next start dies while writing them back into the store: the journal must still
+    //    hold them (it is emptied only once they are durable in the store).
+    ferry.env = vec![("FERRY_CRASH_AT".into(), "journal-replaying".into())];
+    let status = ferry.run_to_exit(&[], Duration::from_secs(60));
+    assert!(!status.success(), "the crash point ended the start");
+    assert!(
+        ferry
+            .log()
+            .contains("crash point journal-replaying reached"),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(
+        journal_len(&ferry),
+        journaled,
+        "a crash during recovery left the journal as it was"
+    );
+
+    // 3. A clean start runs every acknowledged submit.
+    ferry.env.clear();
+    ferry.start_again();
+    all_succeed(&ferry, &acked);
+    println!(
+        "{} submits acknowledged before the crash, all run after a second crash during recovery",
+        acked.len()
+    );
+}
+
+/// One completed syscall of an `strace -f -y` trace.
+#[derive(Debug)]
+struct Call {
+    name: String,
+    /// The path strace resolved the first (fd) argument to, if any.
+    path: String,
+    /// The rest of the arguments as printed.
+    args: String,
+    ok: bool,
+}
+
+/// Parses an `strace -f -y -s N` trace into calls in the order strace printed their entries.
+/// strace may print two threads' stops out of their real order, so each call is placed where it
+/// was entered (an `<unfinished ...>` line); its result comes from its `<... resumed>` line. What
+/// the trace shows after a call's entry started after that call began.
+fn parse_trace(text: &str) -> Vec<Call> {
+    let mut open: HashMap<String, usize> = HashMap::new();
+    let mut calls: Vec<Call> = Vec::new();
+    for line in text.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(start) = rest.strip_suffix(" <unfinished ...>") {
+            if let Some((name, args)) = start.split_once('(') {
+                open.insert(pid.to_string(), calls.len());
+                calls.push(call(name, args, true));
+            }
+        } else if let Some(resumed) = rest.strip_prefix("<... ") {
+            let (Some(i), Some((_, ret))) = (open.remove(pid), resumed.rsplit_once(") = ")) else {
+                continue;
+            };
+            calls[i].ok = !ret.trim_start().starts_with('-');
+        } else if let Some((name, args)) = rest.split_once('(') {
+            if let Some((args, ret)) = args.rsplit_once(") = ") {
+                calls.push(call(name, args, !ret.trim_start().starts_with('-')));
+            }
+        }
+    }
+    calls
+}
+
+fn call(name: &str, args: &str, ok: bool) -> Call {
+    let path = args
+        .split_once('<')
+        .and_then(|(_, p)| p.split_once('>'))
+        .map(|(p, _)| p.to_string())
+        .unwrap_or_default();
+    Call {
+        name: name.to_string(),
+        path,
+        args: args.to_string(),
+        ok,
+    }
+}
+
+#[test]
+fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_store_is_fsynced() {
+    let strace = Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|o| o.status.success()),
+        "this test needs strace (scripts/test.sh installs it)"
+    );
+    let mut ferry = Ferry::start();
+    deploy_hello(&ferry);
+    ferry.terminate(Duration::from_secs(30));
+
+    // The same host under strace: strace runs `ferry` itself.
+    let trace = ferry.data_dir.parent().unwrap().join("strace.txt");
+    let real = ferry_tests::ferry_bin();
+    let wrapper = ferry.data_dir.parent().unwrap().join("ferry-under-strace");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec strace -f -y -qq -s 100000 -o {} -e trace=write,pwrite64,writev,fsync,fdatasync,ftruncate,sync_file_range {} \"$@\"\n",
+            trace.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    ferry.bin = Some(wrapper);
+    ferry.start_again();
+
+    // Three bursts; after each, wait until a checkpoint has emptied the journal.
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        for _ in 0..40 {
+            acked.push(ferry.submit_ok("/hello-http/traced", &[]));
+        }
+        eventually(
+            "a checkpoint to empty the journal",
+            Duration::from_secs(30),
+            || (journal_len(&ferry) == 0).then_some(()),
+        );
+    }
+    all_succeed(&ferry, &acked);
+    // SIGTERM to `ferry` itself (strace's child), then strace ends with it.
+    let strace_pid = ferry.pid();
+    let pgrep = Command::new("pgrep")
+        .args(["-P", &strace_pid.to_string()])
+        .output()
+        .unwrap();
+    let ferry_pid = String::from_utf8_lossy(&pgrep.stdout).trim().to_string();
+    assert!(!ferry_pid.is_empty(), "ferry runs under strace");
+    Command::new("kill")
+        .args(["-TERM", &ferry_pid])
+        .status()
+        .unwrap();
+    assert!(ferry.wait_for_exit(Duration::from_secs(60)).success());
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let calls = parse_trace(&text);
+    let data_dir = std::fs::canonicalize(&ferry.data_dir).unwrap();
+    let store = data_dir.join("db");
+    let journal = data_dir.join("submits.journal").display().to_string();
+    let in_store = |p: &str| Path::new(p).starts_with(&store);
+
+    // (a) Before every truncation of the journal, every store file written since its last
+    //     fsync has been fsynced again.
+    let mut dirty: HashSet<String> = HashSet::new();
+    let mut truncations = 0;
+    // (b) Every 202 follows the fdatasync of the journal write that holds its id.
+    let mut written_at: HashMap<String, usize> = HashMap::new(); // id -> journal write index
+    let mut last_journal_sync = None;
+    let mut checked_202 = 0;
+    for (i, c) in calls.iter().enumerate() {
+        match c.name.as_str() {
+            "write" | "pwrite64" | "writev" if in_store(&c.path) && c.ok => {
+                dirty.insert(c.path.clone());
+            }
+            "write" | "pwrite64" if c.path == journal && c.ok => {
+                for id in acked.iter().filter(|id| c.args.contains(id.as_str())) {
+                    written_at.entry(id.clone()).or_insert(i);
+                }
+            }
+            "fsync" | "fdatasync" if c.ok => {
+                dirty.remove(&c.path);
+                if c.path == journal {
+                    last_journal_sync = Some(i);
+                }
+            }
+            "ftruncate" if c.path == journal && c.args.ends_with(", 0") => {
+                assert!(
+                    dirty.is_empty(),
+                    "the journal was emptied (call {i}) while these store files held writes not yet fsynced: {dirty:?}"
+                );
+                truncations += 1;
+            }
+            "write" | "writev" if c.args.contains("HTTP/1.1 202 Accepted") => {
+                let id = acked
+                    .iter()
+                    .find(|id| c.args.contains(id.as_str()))
+                    .unwrap_or_else(|| panic!("a 202 for an id the test did not get: {}", c.args));
+                let w = written_at.get(id).unwrap_or_else(|| {
+                    panic!("the 202 for {id} (call {i}) came before any journal write of it")
+                });
+                assert!(
+                    last_journal_sync.is_some_and(|s| s > *w),
+                    "the 202 for {id} (call {i}) came before the journal write {w} was fdatasynced"
+                );
+                checked_202 += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(checked_202, acked.len(), "every 202 was found in the trace");
+    assert!(
+        truncations >= 3,
+        "the journal was emptied after each burst ({truncations})"
+    );
+    println!(
+        "strace: {} calls, {checked_202} 202s each after its journal fdatasync, {truncations} journal truncations each after the store's fsyncs",
+        calls.len()
+    );
+}
+
+/// A tmpfs of `size` mounted on a new directory for the test; unmounted when dropped.
+struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("fs");
+        std::fs::create_dir(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it, which needs root (or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at, dir)
+    }
+
+    /// Fills the filesystem with a file until a write fails.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for size in [1 << 16, 1 << 12, 1 << 9, 1] {
+            let block = vec![0u8; size];
+            while f.write_all(&block).is_ok() {}
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
+    let fs = Tmpfs::mount("48m");
+    let mut ferry = Ferry::stopped(&[]);
+    ferry.data_dir = fs.0.join("data");
+    ferry.start_again();
+    deploy_hello(&ferry);
+    let before: Vec<String> = (0..10)
+        .map(|_| ferry.submit_ok("/hello-http/before", &[]))
+        .collect();
+    all_succeed(&ferry, &before);
+    let pending: Vec<String> = (0..5)
+        .map(|_| ferry.submit_ok("/hello-http/before", &[]))
+        .collect();
+
+    let filler = fs.fill();
+    // Submits: 507 with Retry-After and a message. A submit that still fits in a block the
+    // journal already has may be accepted: then it must not be lost either.
+    let mut pending = pending;
+    let mut refused = 0;
+    for _ in 0..200 {
+        let resp = ferry.submit("/hello-http/full", &[], "x");
+        let status = resp.status().as_u16();
+        let retry = resp.headers().get("retry-after").is_some();
+        let text = resp.text().unwrap();
+        if status == 202 {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            pending.push(v["id"].as_str().unwrap().to_string());
+            continue;
+        }
+        assert_eq!(status, 507, "{text}");
+        assert!(retry, "507 carries Retry-After");
+        assert!(text.contains("disk") && text.contains("full"), "{text}");
+        refused += 1;
+        if refused == 20 {
+            break;
+        }
+    }
+    assert_eq!(refused, 20, "a full disk refuses submits");
+    // Deploys: 507, and the function stays as it was.
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::MISBEHAVE));
+    assert_eq!(status, 507, "{body}");
+    let (_, f) = ferry.admin_get("/v1/functions/hello-http");
+    assert_eq!(f["version"], 1, "{f}");
+    let (_, health) = ferry.admin_get("/healthz");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["store"]["status"], "degraded", "{health}");
+    assert!(ferry.is_running(), "the host stays up");
+
+    // Space returns: the host recovers by itself.
+    std::fs::remove_file(filler).unwrap();
+    eventually("the store to heal", Duration::from_secs(30), || {
+        let (_, h) = ferry.admin_get("/healthz");
+        (h["status"] == "ok").then_some(())
+    });
+    let after: Vec<String> = (0..10)
+        .map(|_| ferry.submit_ok("/hello-http/after", &[]))
+        .collect();
+    all_succeed(&ferry, &after);
+    all_succeed(&ferry, &pending);
+
+    // Nothing written before was damaged, and nothing acknowledged was lost.
+    ferry.terminate(Duration::from_secs(30));
+    ferry.start_again();
+    for id in before.iter().chain(&pending).chain(&after) {
+        assert_eq!(ferry.finished(id)["status"], "succeeded", "{id}");
+    }
+    println!(
+        "full disk: {refused} submits and 1 deploy refused with 507; healed without a restart"
+    );
+    drop(ferry);
+}
+
+/// A copy of a stopped host's data directory, to damage.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = at.min(bytes.len() - 1);
+    bytes[at] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_store_is_refused_naming_the_file_and_can_be_checked_repaired_or_quarantined() {
+    let mut ferry = Ferry::start();
+    for (name, wasm) in [
+        ("hello-http", guests::HELLO_HTTP),
+        ("misbehave", guests::MISBEHAVE),
+        ("flaky", guests::FLAKY),
+        ("echo-event", guests::ECHO_EVENT),
+    ] {
+        let (status, body) = ferry.deploy_raw(name, guests::bytes(wasm));
+        assert_eq!(status, 201, "{body}");
+    }
+    let ids: Vec<String> = (0..20)
+        .map(|_| ferry.submit_ok("/hello-http/kept", &[]))
+        .collect();
+    all_succeed(&ferry, &ids);
+    ferry.terminate(Duration::from_secs(30));
+    let good = ferry.data_dir.parent().unwrap().join("good");
+    copy_dir(&ferry.data_dir, &good);
+
+    let blobs = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("db/blobs"))
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    type Damage = fn(&Path, &[PathBuf]);
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "a flipped bit in a blob",
+            |_, blobs| flip_byte(&blobs[0], 4096),
+            "db",
+        ),
+        (
+            "a truncated store file",
+            |d, _| {
+                let f = d.join("db/db");
+                let len = std::fs::metadata(&f).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&f)
+                    .unwrap()
+                    .set_len(len / 2)
+                    .unwrap();
+            },
+            "db",
+        ),
+        (
+            "a deleted store file",
+            |d, _| std::fs::remove_file(d.join("db/db")).unwrap(),
+            "db/db",
+        ),
+        (
+            "a deleted journal",
+            |d, _| std::fs::remove_file(d.join("submits.journal")).unwrap(),
+            "submits.journal",
+        ),
+        (
+            "a garbled seal",
+            |d, _| std::fs::write(d.join("store.seal"), b"{\"gen").unwrap(),
+            "store.seal",
+        ),
+    ];
+    for (what, damage, file) in cases {
+        let _ = std::fs::remove_dir_all(&ferry.data_dir);
+        copy_dir(&good, &ferry.data_dir);
+        let b = blobs(&ferry.data_dir);
+        damage(&ferry.data_dir, &b);
+        let log_before = ferry.log().len();
+        let status = ferry.run_to_exit(&[], Duration::from_secs(60));
+        let log = ferry.log()[log_before..].to_string();
+        assert_eq!(status.code(), Some(3), "{what}: exit code 3; log:\n{log}");
+        let named = ferry.data_dir.join(file).display().to_string();
+        assert!(
+            log.contains("is damaged") && log.contains(&named),
+            "{what}: the message names {named}; log:\n{log}"
+        );
+        assert!(
+            log.contains("--repair") && log.contains("--quarantine"),
+            "{what}: {log}"
+        );
+        assert!(!log.contains("panicked"), "{what}: {log}");
+
+        // `ferry store check` agrees.
+        let check = Command::new(ferry_tests::ferry_bin())
+            .args(["store", "check", "--data-dir"])
+            .arg(&ferry.data_dir)
+            .output()
+            .unwrap();
+        assert_eq!(
+            check.status.code(),
+            Some(3),
+            "{what}: store check exit code"
+        );
+
+        // --repair starts with what can be read, loudly, and keeps the damaged store aside.
+        ferry.start_again_with(&["--repair"]);
+        assert!(
+            ferry.stdout().contains("WARNING") && ferry.stdout().contains("quarantine"),
+            "{what}: {}",
+            ferry.stdout()
+        );
+        let (_, health) = ferry.admin_get("/healthz");
+        println!(
+            "{what}: refused (exit 3, names {file}); --repair kept {} of 4 functions",
+            health["functions"]
+        );
+        ferry.terminate(Duration::from_secs(30));
+        let check = Command::new(ferry_tests::ferry_bin())
+            .args(["store", "check", "--data-dir"])
+            .arg(&ferry.data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{what}: the repaired store checks out: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        assert!(
+            ferry
+                .data_dir
+                .join("quarantine")
+                .read_dir()
+                .unwrap()
+                .count()
+                == 1
+        );
+    }
+
+    // --quarantine starts empty; the sound store is untouched by either flag.
+    let _ = std::fs::remove_dir_all(&ferry.data_dir);
+    copy_dir(&good, &ferry.data_dir);
+    std::fs::remove_file(ferry.data_dir.join("db/db")).unwrap();
+    ferry.start_again_with(&["--quarantine"]);
+    let (_, health) = ferry.admin_get("/healthz");
+    assert_eq!(health["functions"], 0);
+    ferry.terminate(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&ferry.data_dir);
+    copy_dir(&good, &ferry.data_dir);
+    ferry.start_again_with(&["--repair"]);
+    let (_, health) = ferry.admin_get("/healthz");
+    assert_eq!(health["functions"], 4, "a sound store is used as it is");
+    assert!(!ferry.data_dir.join("quarantine").exists());
+    for id in &ids {
+        assert_eq!(ferry.finished(id)["status"], "succeeded");
+    }
+}
