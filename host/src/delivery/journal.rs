@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -161,6 +161,7 @@ impl Journal {
             .read(true)
             .write(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("failed to open the submit journal {}", path.display()))?;
         let mut bytes = Vec::new();

@@ -145,6 +145,8 @@ pub struct Delivery {
     wake_callbacks: Notify,
     /// The process's shutdown signal: every task of the engine ends on it.
     shutdown: Shutdown,
+    /// When the shutdown signal came.
+    stop_requested: std::sync::OnceLock<tokio::time::Instant>,
     /// Every task of the engine, so that shutdown can wait for them.
     tasks: TaskTracker,
     guard: CallbackGuard,
@@ -198,6 +200,7 @@ impl Delivery {
             wake_scanner: Notify::new(),
             wake_callbacks: Notify::new(),
             shutdown,
+            stop_requested: std::sync::OnceLock::new(),
             tasks,
             guard,
             http,
@@ -236,8 +239,15 @@ impl Delivery {
         let released = self
             .store
             .release_leases(&format!("{}/", self.options.host_id))?;
-        let mut lost = 0;
+        let (mut lost, mut requeued) = (0, 0);
         for mut inv in self.store.unfinished()? {
+            if inv.mode == DeliveryMode::FireAndForget && inv.handed_back() {
+                // Handed back by a graceful stop before it ever started: run it now.
+                if self.ff.try_send(inv.id.clone()).is_ok() {
+                    requeued += 1;
+                    continue;
+                }
+            }
             if inv.mode == DeliveryMode::FireAndForget {
                 inv.status = Status::Failed;
                 inv.error = Some(
@@ -250,10 +260,31 @@ impl Delivery {
             }
         }
         self.store.flush_delivery()?;
-        if released + lost > 0 {
-            tracing::info!(released, lost, "recovered unfinished invocations");
+        if released + lost + requeued > 0 {
+            tracing::info!(released, lost, requeued, "recovered unfinished invocations");
         }
         Ok(())
+    }
+
+    /// Keeps a queued fire-and-forget invocation that a graceful stop did not run for the next
+    /// start; false when it is gone or already started.
+    fn hand_back(&self, id: &str) -> bool {
+        let result = (|| -> anyhow::Result<bool> {
+            let Some(mut inv) = self.store.get(id)? else {
+                return Ok(false);
+            };
+            if inv.status.is_final() || inv.attempts > 0 {
+                return Ok(false);
+            }
+            inv.due_ms = Some(now_ms());
+            inv.updated_ms = now_ms();
+            self.store.put(&inv)?;
+            Ok(true)
+        })();
+        result.unwrap_or_else(|e| {
+            tracing::warn!(invocation_id = %id, error = %format!("{e:#}"), "a queued fire-and-forget invocation could not be kept for the next start");
+            false
+        })
     }
 
     /// Marks work as queued in this process; false when it already is.
@@ -420,11 +451,16 @@ impl Delivery {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// When the shutdown signal came (now, if it has not been seen yet).
+    fn stop_requested_at(&self) -> tokio::time::Instant {
+        *self.stop_requested.get_or_init(tokio::time::Instant::now)
+    }
+
     /// Resolves once shutdown has been requested and the grace period has passed since.
     async fn grace_expired(&self) {
         let mut shutdown = self.shutdown.clone();
         shutdown.requested().await;
-        tokio::time::sleep(self.options.shutdown_grace).await;
+        tokio::time::sleep_until(self.stop_requested_at() + self.options.shutdown_grace).await;
     }
 
     /// Waits until every task of the engine has ended, after the shutdown signal: attempts in

@@ -229,6 +229,15 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// A fire-and-forget invocation that a graceful stop kept for the next start: it never
+    /// started (a fire-and-forget invocation has a due time only then).
+    pub fn handed_back(&self) -> bool {
+        self.mode == DeliveryMode::FireAndForget
+            && self.status == Status::Pending
+            && self.attempts == 0
+            && self.due_ms.is_some()
+    }
+
     /// Makes it pending with its next attempt due at `due_ms`.
     pub fn due_at(&mut self, due_ms: u64) {
         self.status = Status::Pending;

@@ -19,7 +19,7 @@ pub(super) fn spawn(
     ff: mpsc::Receiver<String>,
     callbacks: mpsc::Receiver<String>,
 ) {
-    let pool = |rx: mpsc::Receiver<String>, size: usize, callbacks: bool| {
+    let pool = |rx: mpsc::Receiver<String>, size: usize, kind: Pool| {
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..size {
             let (this, rx) = (this.clone(), rx.clone());
@@ -27,25 +27,40 @@ pub(super) fn spawn(
                 let mut shutdown = this.shutdown.clone();
                 loop {
                     let next = tokio::select! {
-                        id = next(&rx) => id,
+                        biased;
                         () = shutdown.requested() => None,
+                        id = next(&rx) => id,
                     };
                     let Some(id) = next else { break };
-                    if callbacks {
-                        this.deliver_callback(&id).await;
-                    } else {
-                        this.attempt(&id).await;
+                    match kind {
+                        Pool::Callbacks => this.deliver_callback(&id).await,
+                        Pool::Attempts | Pool::FireAndForget => this.attempt(&id).await,
                     }
+                }
+                if kind == Pool::FireAndForget {
+                    this.drain_fire_and_forget(&rx).await;
                 }
             });
         }
     };
-    pool(ready, this.options.workers, false);
-    pool(ff, this.options.workers, false);
-    pool(callbacks, 8, true);
+    pool(ready, this.options.workers, Pool::Attempts);
+    pool(ff, this.options.workers, Pool::FireAndForget);
+    pool(callbacks, 8, Pool::Callbacks);
     this.tasks.spawn(this.clone().scan(Queue::Attempts));
     this.tasks.spawn(this.clone().scan(Queue::Callbacks));
     this.tasks.spawn(this.clone().janitor());
+    let (this, mut shutdown) = (this.clone(), this.shutdown.clone());
+    this.tasks.clone().spawn(async move {
+        shutdown.requested().await;
+        let _ = this.stop_requested.set(tokio::time::Instant::now());
+    });
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Attempts,
+    FireAndForget,
+    Callbacks,
 }
 
 async fn next(rx: &Mutex<mpsc::Receiver<String>>) -> Option<String> {
@@ -53,6 +68,30 @@ async fn next(rx: &Mutex<mpsc::Receiver<String>>) -> Option<String> {
 }
 
 impl Delivery {
+    /// After the shutdown signal: runs the fire-and-forget invocations still queued while the
+    /// grace period lasts, and hands the rest back to the store, to run after the next start
+    /// (they never started, so at most once still holds).
+    async fn drain_fire_and_forget(&self, rx: &Mutex<mpsc::Receiver<String>>) {
+        let deadline = self.stop_requested_at() + self.options.shutdown_grace;
+        let mut handed_back = 0;
+        loop {
+            let Ok(id) = rx.lock().await.try_recv() else {
+                break;
+            };
+            if tokio::time::Instant::now() < deadline {
+                self.attempt(&id).await;
+            } else if self.hand_back(&id) {
+                handed_back += 1;
+            }
+        }
+        if handed_back > 0 {
+            tracing::info!(
+                handed_back,
+                "fire-and-forget invocations not run before the stop are kept for the next start"
+            );
+        }
+    }
+
     /// Finds due attempts (or callbacks) and hands them to workers; sleeps until the next one
     /// is due or new work arrives.
     async fn scan(self: Arc<Self>, queue: Queue) {

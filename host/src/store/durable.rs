@@ -80,8 +80,14 @@ pub(super) fn read_seal(dir: &Path) -> Result<Option<Seal>, Damaged> {
 /// Replaces the seal atomically and durably: a new file, synced, renamed over the old one, and
 /// the directory synced.
 pub(super) fn write_seal(dir: &Path, seal: &Seal) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = dir.join(format!("{SEAL_FILE}.tmp"));
-    let mut f = File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(&serde_json::to_vec(seal)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(SEAL_FILE))?;

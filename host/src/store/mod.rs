@@ -170,6 +170,15 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(corrupt)?;
+        // sled creates its files with the default mode; its directory is the owner's alone.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(
+                dir.join(durable::DB_DIR),
+                std::fs::Permissions::from_mode(0o700),
+            );
+        }
         let tree = |name: &str| db.open_tree(name).map_err(corrupt);
         Ok(Trees {
             components: tree("components")?,

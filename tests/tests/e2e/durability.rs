@@ -431,6 +431,13 @@ fn a_damaged_store_is_refused_naming_the_file_and_can_be_checked_repaired_or_qua
         .collect();
     all_succeed(&ferry, &ids);
     ferry.terminate(Duration::from_secs(30));
+    // The data is the owner's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ferry.data_dir), 0o700);
+    assert_eq!(mode(&ferry.data_dir.join("db")), 0o700);
+    assert_eq!(mode(&ferry.data_dir.join("submits.journal")), 0o600);
+    assert_eq!(mode(&ferry.data_dir.join("store.seal")), 0o600);
     let good = ferry.data_dir.parent().unwrap().join("good");
     copy_dir(&ferry.data_dir, &good);
 

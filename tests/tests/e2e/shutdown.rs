@@ -109,3 +109,51 @@ fn sigterm_records_attempts_in_flight_and_exits_within_the_grace_period() {
         "{v}"
     );
 }
+
+#[test]
+fn sigterm_keeps_queued_fire_and_forget_work_for_the_next_start() {
+    let (receiver, gate) = holder();
+    let mut ferry = Ferry::start_with(&["--workers", "1", "--shutdown-grace", "1s"]);
+    let manifest = format!(
+        "name = \"ff\"\n[delivery]\nmode = \"fire-and-forget\"\n[outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n",
+        receiver.addr
+    );
+    let (status, body) = ferry.deploy_manifest("ff", guests::bytes(guests::MISBEHAVE), &manifest);
+    assert_eq!(status, 201, "{body}");
+    // The one fire-and-forget worker is held; fifty more wait in the queue behind it.
+    let held = ferry.submit_ok("/ff/hold", &[]);
+    eventually("the worker to be held", Duration::from_secs(60), || {
+        (holds(&receiver) == 1).then_some(())
+    });
+    let queued: Vec<String> = (0..50)
+        .map(|_| ferry.submit_ok("/ff/record", &[]))
+        .collect();
+
+    // SIGTERM: the held attempt outlasts the grace period; the queue is not run in time, so it
+    // is kept, not dropped.
+    let status = ferry.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    assert!(
+        ferry.log().contains("handed_back=50"),
+        "the queued invocations were kept: {}",
+        ferry.log()
+    );
+    gate.open();
+    ferry.start_again();
+    assert!(ferry.log().contains("requeued=50"), "{}", ferry.log());
+    for id in &queued {
+        assert_eq!(ferry.finished(id)["status"], "succeeded", "{id}");
+    }
+    let hits = receiver.requests();
+    for id in &queued {
+        let runs = hits
+            .iter()
+            .filter(|r| r.path == format!("/hit/{id}"))
+            .count();
+        assert_eq!(runs, 1, "{id} ran once");
+    }
+    // The one that was running when the grace period ended is lost, and says so.
+    let v = ferry.invocation(&held, 0);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("lost"), "{v}");
+}
