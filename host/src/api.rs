@@ -45,6 +45,68 @@ pub struct AdminState {
     pub nats: Option<async_nats::Client>,
     /// The store's health, for `/healthz`.
     pub store_health: Arc<crate::store::Health>,
+    /// The store, for backups.
+    pub store: Arc<crate::store::SledStore>,
+}
+
+/// Collects what a blocking writer writes into chunks for a streamed response body.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    const CHUNK: usize = 256 * 1024;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// A consistent copy of every record of the store, streamed while the host serves (see
+/// `crate::store::backup`). A failure midway ends the stream without its end record, which the
+/// reader refuses.
+async fn backup(State(state): State<Arc<AdminState>>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        match store.write_backup(&mut out) {
+            Ok(counts) => tracing::info!(?counts, "backup written"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "backup failed"),
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -92,6 +154,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/deadletters/{id}", get(dead_letter).delete(purge_one))
         .route("/v1/deadletters/{id}/replay", axum::routing::post(replay))
         .route("/v1/callback-secret", get(callback_secret))
+        .route("/v1/store/backup", get(backup))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))

@@ -78,6 +78,20 @@ impl AdminClient {
         format!("no answer from {host}:{port}")
     }
 
+    /// Streams a backup of the host's store into `out`.
+    pub fn backup(&self, out: &mut std::fs::File) -> anyhow::Result<()> {
+        let mut resp = self.send(self.http.get(format!("{}/v1/store/backup", self.base)))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return self
+                .json(resp)
+                .map(drop)
+                .and_then(|()| bail!("the host refused the backup ({status})"));
+        }
+        resp.copy_to(out).context("the backup stream was cut off")?;
+        Ok(())
+    }
+
     fn json(&self, resp: Response) -> anyhow::Result<Value> {
         let status = resp.status();
         let text = resp.text().unwrap_or_default();

@@ -66,6 +66,20 @@ enum Command {
     /// The embedded store of a stopped host: check it.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Copy every record of a running host's store into DIR (the host goes on serving).
+    Backup {
+        /// A new or empty directory for the backup.
+        dir: PathBuf,
+    },
+    /// Make a new store in --data-dir from a backup made by `ferry backup` (the host must be
+    /// stopped, and the data directory must hold no store).
+    Restore {
+        /// The backup directory.
+        dir: PathBuf,
+        /// The data directory to restore into, as given to `ferry serve`.
+        #[arg(long, env = "FERRY_DATA_DIR", default_value = "./.ferry")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +247,19 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Store(StoreCommand::Check { data_dir }) => store_check(&data_dir, cli.json),
+        Command::Backup { dir } => {
+            let client = AdminClient::new(&cli.admin, cli.token)?;
+            backup(&client, &dir, cli.json)
+        }
+        Command::Restore { dir, data_dir } => {
+            let counts = ferry_host::store::backup::restore(&dir, &data_dir)?;
+            print_counts(
+                &format!("restored into {}", data_dir.display()),
+                &counts,
+                cli.json,
+            );
+            Ok(())
+        }
         Command::Serve(args) => serve(args, cli.token),
         Command::Deploy(args) => {
             let client = AdminClient::new(&cli.admin, cli.token)?;
@@ -322,6 +349,57 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             ..DeliveryOptions::default()
         },
     }))
+}
+
+fn print_counts(what: &str, counts: &[(&str, usize)], json: bool) {
+    if json {
+        let map: serde_json::Map<String, Value> = counts
+            .iter()
+            .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
+            .collect();
+        say!("{}", serde_json::json!({ "done": what, "counts": map }));
+    } else {
+        say!("{what}");
+        for (k, n) in counts {
+            say!("  {n:>8} {k}");
+        }
+    }
+}
+
+/// `ferry backup DIR`: streams the backup into a temporary file, checks it whole, syncs it, and
+/// only then gives it its name.
+fn backup(client: &AdminClient, dir: &Path, json: bool) -> anyhow::Result<()> {
+    use ferry_host::store::backup::{verify, BACKUP_FILE};
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let file = dir.join(BACKUP_FILE);
+    if file.exists() {
+        bail!(
+            "{} already holds a backup; choose a new directory",
+            dir.display()
+        );
+    }
+    let partial = dir.join(format!("{BACKUP_FILE}.partial"));
+    let mut out = std::fs::File::create(&partial)
+        .with_context(|| format!("failed to create {}", partial.display()))?;
+    let written = client.backup(&mut out).and_then(|()| {
+        out.sync_all()?;
+        verify(&partial)
+    });
+    let counts = match written {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.context("no backup was made"));
+        }
+    };
+    std::fs::rename(&partial, &file)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    print_counts(
+        &format!("backup written to {}", file.display()),
+        &counts,
+        json,
+    );
+    Ok(())
 }
 
 fn store_check(data_dir: &Path, json: bool) -> anyhow::Result<()> {

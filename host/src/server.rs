@@ -114,6 +114,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         delivery: delivery.clone(),
         nats: nats.clone(),
         store_health: store.health(),
+        store: store.clone(),
     });
     let gateway = Arc::new(Gateway {
         runtime,

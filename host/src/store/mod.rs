@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use crate::crashpoint::crashpoint;
 use crate::model::FunctionRecord;
 
+pub mod backup;
 mod delivery;
 pub mod durable;
 pub mod recover;

@@ -569,3 +569,100 @@ fn a_damaged_store_is_refused_naming_the_file_and_can_be_checked_repaired_or_qua
         assert_eq!(ferry.finished(id)["status"], "succeeded");
     }
 }
+
+#[test]
+fn a_backup_of_a_running_host_restores_into_a_new_store() {
+    let mut ferry = Ferry::start();
+    deploy_hello(&ferry);
+    let (status, body) = ferry.deploy_raw("misbehave", guests::bytes(guests::MISBEHAVE));
+    assert_eq!(status, 201, "{body}");
+    let before: Vec<String> = (0..20)
+        .map(|_| ferry.submit_ok("/hello-http/backed-up", &[]))
+        .collect();
+    all_succeed(&ferry, &before);
+
+    // The backup runs while submits go on.
+    let base = ferry.public.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = http
+                    .post(format!("{base}/hello-http/during"))
+                    .header("prefer", "respond-async")
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                n += 1;
+            }
+            n
+        })
+    };
+    let dir = ferry.data_dir.parent().unwrap().join("backup");
+    let out = ferry.cli(&["backup", dir.to_str().unwrap()], None);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let during = busy.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("backup written") && stdout.contains("2 functions"),
+        "{stdout}"
+    );
+    let out = ferry.cli(&["backup", dir.to_str().unwrap()], None);
+    assert!(
+        !out.status.success(),
+        "a second backup into the same directory is refused"
+    );
+
+    // Restore into a new data directory and start a host on it.
+    let mut restored = Ferry::stopped(&[]);
+    let restore = |data: &Path, from: &Path| {
+        Command::new(ferry_tests::ferry_bin())
+            .arg("restore")
+            .arg(from)
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let out = restore(&restored.data_dir, &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restored.start_again();
+    let (_, health) = restored.admin_get("/healthz");
+    assert_eq!(health["functions"], 2, "{health}");
+    for id in &before {
+        assert_eq!(restored.finished(id)["status"], "succeeded", "{id}");
+    }
+    assert_eq!(restored.get("/hello-http/x").0, 200);
+    restored.terminate(Duration::from_secs(30));
+
+    // A data directory with a store is refused; so is a damaged backup, which writes nothing.
+    let out = restore(&restored.data_dir, &dir);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a store"));
+    flip_byte(&dir.join("ferry-backup.bin"), 1000);
+    let fresh = dir.parent().unwrap().join("fresh");
+    let out = restore(&fresh, &dir);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("damaged"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !fresh.join("db").exists(),
+        "a refused restore writes nothing"
+    );
+    println!("backup taken while {during} submits were answered; restored with 2 functions and every earlier invocation");
+}
