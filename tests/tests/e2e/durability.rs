@@ -572,7 +572,7 @@ fn a_damaged_store_is_refused_naming_the_file_and_can_be_checked_repaired_or_qua
 
 #[test]
 fn a_backup_of_a_running_host_restores_into_a_new_store() {
-    let mut ferry = Ferry::start();
+    let ferry = Ferry::start();
     deploy_hello(&ferry);
     let (status, body) = ferry.deploy_raw("misbehave", guests::bytes(guests::MISBEHAVE));
     assert_eq!(status, 201, "{body}");
