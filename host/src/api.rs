@@ -248,7 +248,11 @@ async fn dead_letter(
         .find(|i| i.id == id)
         .ok_or_else(|| no_dead_letter(&id))?;
     let mut v = state.delivery.view(inv);
-    v.payload = Some(inv.payload.to_json());
+    v.payload = state
+        .delivery
+        .payload(&id)
+        .map_err(internal)?
+        .map(|p| p.to_json());
     Ok(Json(v))
 }
 

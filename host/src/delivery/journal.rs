@@ -394,11 +394,11 @@ mod tests {
             updated_ms: 1,
             due_ms: Some(1),
             policy: RetryPolicy::default(),
-            payload: Payload::Event {
+            payload: Some(Payload::Event {
                 event: StoredEvent::new(
                     &ferry_triggers::cloudevents::CloudEvent::new(id, "/test", "t").unwrap(),
                 ),
-            },
+            }),
             result: None,
             error: None,
             history: vec![],

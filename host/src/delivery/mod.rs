@@ -413,6 +413,11 @@ impl Delivery {
         }
     }
 
+    /// The payload of an invocation (the request or event it runs), if it exists.
+    pub fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>> {
+        self.store.payload(id)
+    }
+
     /// The invocation as stored now, if it exists (finished ones are kept for the retention).
     pub fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
         self.store.get(id)
@@ -498,7 +503,18 @@ impl Delivery {
                 .submit(SubmitRequest {
                     function,
                     mode: Some(DeliveryMode::StoreAndForward),
-                    payload: inv.payload.clone(),
+                    payload: match inv.payload.take() {
+                        Some(p) => p,
+                        None => self
+                            .store
+                            .payload(id)
+                            .map_err(store_failed)?
+                            .ok_or_else(|| {
+                                SubmitFailure::BadRequest(format!(
+                                    "the stored payload of {id} is missing; it cannot be replayed"
+                                ))
+                            })?,
+                    },
                     callback_url: inv.callback.as_ref().map(|c| c.url.clone()),
                     idempotency_key: None,
                     replaces_key: Some(inv.idempotency_key.clone()),
@@ -599,7 +615,7 @@ fn new_invocation(
             DeliveryMode::StoreAndForward => f.record.delivery.retry,
             DeliveryMode::FireAndForget => RetryPolicy::once(),
         },
-        payload: req.payload,
+        payload: Some(req.payload),
         result: None,
         error: None,
         history: Vec::new(),

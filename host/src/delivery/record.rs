@@ -105,6 +105,50 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The payload as the store keeps it: `meta length: u32 LE | meta (JSON) | body`, where the
+    /// meta is the payload without its body, so a request body is kept as its raw bytes.
+    pub fn to_stored(&self) -> Vec<u8> {
+        let (meta, body): (Vec<u8>, &[u8]) = match self {
+            Payload::Http {
+                method,
+                path,
+                headers,
+                body,
+            } => {
+                let meta = Payload::Http {
+                    method: method.clone(),
+                    path: path.clone(),
+                    headers: headers.clone(),
+                    body: Vec::new(),
+                };
+                (serde_json::to_vec(&meta).unwrap_or_default(), body)
+            }
+            Payload::Event { .. } => (serde_json::to_vec(self).unwrap_or_default(), &[]),
+        };
+        let mut out = Vec::with_capacity(4 + meta.len() + body.len());
+        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The payload from [`Payload::to_stored`]'s form.
+    pub fn from_stored(bytes: &[u8]) -> anyhow::Result<Payload> {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| anyhow::anyhow!("a stored payload is cut short"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (meta, body) = (rest.get(..len), rest.get(len..));
+        let (Some(meta), Some(body)) = (meta, body) else {
+            anyhow::bail!("a stored payload is cut short");
+        };
+        let mut payload: Payload = serde_json::from_slice(meta)?;
+        if let Payload::Http { body: b, .. } = &mut payload {
+            *b = body.to_vec();
+        }
+        Ok(payload)
+    }
+
     /// The payload as JSON for people: an event as its JSON event format (an object).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
@@ -210,8 +254,11 @@ pub struct Invocation {
     pub due_ms: Option<u64>,
     /// Its retry policy, fixed at submit time.
     pub policy: RetryPolicy,
-    /// What each attempt runs.
-    pub payload: Payload,
+    /// What each attempt runs. The store keeps it apart from the record (written once, read
+    /// only to run or show it), so records read back from the store hold None: ask the store
+    /// for the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Payload>,
     /// The result: for HTTP functions `{status, headers, body}`, for event functions the
     /// result event (structured JSON) or null.
     pub result: Option<serde_json::Value>,
@@ -229,6 +276,28 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// The record without its payload (which is cloned only if it is needed).
+    pub fn without_payload(&self) -> Invocation {
+        Invocation {
+            id: self.id.clone(),
+            function: self.function.clone(),
+            mode: self.mode,
+            status: self.status,
+            attempts: self.attempts,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            due_ms: self.due_ms,
+            policy: self.policy,
+            payload: None,
+            result: self.result.clone(),
+            error: self.error.clone(),
+            history: self.history.clone(),
+            callback: self.callback.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            replayed_as: self.replayed_as.clone(),
+        }
+    }
+
     /// A fire-and-forget invocation that a graceful stop kept for the next start: it never
     /// started (a fire-and-forget invocation has a due time only then).
     pub fn handed_back(&self) -> bool {

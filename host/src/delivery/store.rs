@@ -3,7 +3,7 @@
 //! under leases (an owner and an expiry), so several processes can share one backend: a lease
 //! keeps others off an invocation while its owner runs it, and lapses if the owner dies.
 
-use super::record::Invocation;
+use super::record::{Invocation, Payload};
 
 /// The two work queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,8 +56,12 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// invocation removed meanwhile (purged, expired) stays removed.
     fn put(&self, inv: &Invocation) -> anyhow::Result<()>;
 
-    /// The invocation with this id, if one is stored.
+    /// The invocation with this id, if one is stored, without its payload (records are read
+    /// often, payloads only to run or show them).
     fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>>;
+
+    /// The payload of the invocation with this id, if one is stored.
+    fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>>;
 
     /// Takes up to `limit` invocations due on `queue` at or before `now_ms` that no live lease
     /// holds, earliest first, and leases them to `lease.owner`.

@@ -167,7 +167,21 @@ impl Delivery {
                 inv.function
             )));
         };
-        match &inv.payload {
+        let loaded;
+        let payload = match &inv.payload {
+            Some(p) => p,
+            None => {
+                loaded = self
+                    .store
+                    .payload(&inv.id)
+                    .map_err(|e| {
+                        Failure::retry(format!("reading the stored payload failed: {e:#}"))
+                    })?
+                    .ok_or_else(|| Failure::permanent("the stored payload is missing"))?;
+                &loaded
+            }
+        };
+        match payload {
             Payload::Http {
                 method,
                 path,

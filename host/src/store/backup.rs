@@ -72,11 +72,16 @@ impl SledStore {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(|e| self.as_damage(e.into()))?;
                 let skip = (part == 4 && k.as_ref() == GENERATION_KEY.as_bytes())
-                    || (part == 6 && k.first() != Some(&b'i'));
+                    || (part == 6 && !matches!(k.first(), Some(b'i' | b'p')));
                 if skip {
                     continue;
                 }
-                frame(out, part, &k, &v)?;
+                if part == 6 && k.first() == Some(&b'p') {
+                    let id = String::from_utf8_lossy(&k[1..]);
+                    frame(out, part, &k, &self.inline_payload_value(&id, &v)?)?;
+                } else {
+                    frame(out, part, &k, &v)?;
+                }
                 frames += 1;
                 n += 1;
             }

@@ -3,7 +3,8 @@
 //!
 //! | prefix | key | value | present when |
 //! | --- | --- | --- | --- |
-//! | `i` | id | the invocation (JSON) | stored |
+//! | `i` | id | the invocation (JSON), without its payload | stored |
+//! | `p` | id | the payload ([`crate::delivery::record::Payload::to_stored`]: a request body as raw bytes) | stored |
 //! | `d` / `c` | due time (8 bytes, big-endian) + id | — | due on the attempt / callback queue |
 //! | `l` | `a`/`c` + id | owner, NUL, until (8 bytes) | leased |
 //! | `k` | idempotency key | id | the key leads to the id |
@@ -18,12 +19,13 @@ use anyhow::Context as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::SledStore;
-use crate::delivery::record::{CallbackStatus, Invocation};
+use crate::delivery::record::{CallbackStatus, Invocation, Payload};
 use crate::delivery::store::{DeliveryStore, Lease, Queue};
 use crate::model::DeliveryMode;
 
-/// The layout this code writes; older stores are re-indexed when opened.
-const LAYOUT: u8 = 2;
+/// The layout this code writes; older stores are re-indexed when opened (layout 3 moved payloads
+/// out of the records).
+const LAYOUT: u8 = 3;
 
 fn record_key(id: &str) -> Vec<u8> {
     [b"i".as_slice(), id.as_bytes()].concat()
@@ -47,6 +49,21 @@ fn lease_key(queue: Queue, id: &str) -> Vec<u8> {
     };
     [q, id.as_bytes()].concat()
 }
+
+fn payload_key(id: &str) -> Vec<u8> {
+    [b"p".as_slice(), id.as_bytes()].concat()
+}
+
+/// Payloads this large are kept in a file of their own (`payloads/<id>`), written once, instead
+/// of in the database, whose pages would copy them again on every rewrite.
+const LARGE_PAYLOAD: usize = 64 * 1024;
+/// The first byte of a `p` value: the payload follows, or it is in its file.
+const INLINE: u8 = 0;
+const IN_FILE: u8 = 1;
+
+/// What goes into the tree for one invocation: the record without its payload, and the `p`
+/// value when it has a payload.
+type Prepared = (Vec<u8>, Option<Vec<u8>>);
 
 fn idem_key(key: &str) -> Vec<u8> {
     [b"k".as_slice(), key.as_bytes()].concat()
@@ -133,8 +150,14 @@ fn tx_get(tx: &TransactionalTree, id: &str) -> TxResult<Option<Invocation>> {
     }
 }
 
-/// Writes `inv` and its indexes, removing the indexes of `old`, and ends its leases.
-fn tx_write(tx: &TransactionalTree, old: Option<&Invocation>, inv: &Invocation) -> TxResult<()> {
+/// Writes `inv` (as [`SledStore::prepare`] made it) and its indexes, removing the indexes of
+/// `old`, and ends its leases.
+fn tx_write(
+    tx: &TransactionalTree,
+    old: Option<&Invocation>,
+    inv: &Invocation,
+    prepared: &Prepared,
+) -> TxResult<()> {
     let before = old.map(index_keys).unwrap_or_default();
     let after = index_keys(inv);
     for k in before.difference(&after) {
@@ -145,8 +168,11 @@ fn tx_write(tx: &TransactionalTree, old: Option<&Invocation>, inv: &Invocation) 
     }
     tx.remove(lease_key(Queue::Attempts, &inv.id))?;
     tx.remove(lease_key(Queue::Callbacks, &inv.id))?;
-    let bytes = serde_json::to_vec(inv).map_err(abort)?;
-    tx.insert(record_key(&inv.id), bytes)?;
+    let (record, payload) = prepared;
+    if let Some(payload) = payload {
+        tx.insert(payload_key(&inv.id), payload.as_slice())?;
+    }
+    tx.insert(record_key(&inv.id), record.as_slice())?;
     Ok(())
 }
 
@@ -158,6 +184,73 @@ fn committed<T>(r: Result<T, TransactionError<anyhow::Error>>) -> anyhow::Result
 }
 
 impl SledStore {
+    pub(super) fn payload_file(&self, id: &str) -> std::path::PathBuf {
+        self.dir.join(super::durable::PAYLOAD_DIR).join(id)
+    }
+
+    /// The record as stored (without its payload) and its `p` value; a large payload is written
+    /// to its file now (made durable by the next durable flush; the journal holds it until then).
+    fn prepare(&self, inv: &Invocation) -> anyhow::Result<Prepared> {
+        let Some(p) = &inv.payload else {
+            return Ok((serde_json::to_vec(inv)?, None));
+        };
+        let record = serde_json::to_vec(&inv.without_payload())?;
+        let bytes = p.to_stored();
+        if bytes.len() < LARGE_PAYLOAD {
+            let mut v = Vec::with_capacity(bytes.len() + 1);
+            v.push(INLINE);
+            v.extend_from_slice(&bytes);
+            return Ok((record, Some(v)));
+        }
+        let path = self.payload_file(&inv.id);
+        std::fs::write(&path, &bytes)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        Ok((record, Some(vec![IN_FILE])))
+    }
+
+    /// Whether a `p` value (and its file, when it is in one) can be read.
+    pub(super) fn payload_value_ok(&self, id: &str, v: &[u8]) -> bool {
+        match v.split_first() {
+            Some((&INLINE, rest)) => Payload::from_stored(rest).is_ok(),
+            Some((&IN_FILE, _)) => {
+                std::fs::read(self.payload_file(id)).is_ok_and(|b| Payload::from_stored(&b).is_ok())
+            }
+            _ => false,
+        }
+    }
+
+    /// A `p` value with the payload in it (read from its file if need be), for a backup.
+    pub(super) fn inline_payload_value(&self, id: &str, v: &[u8]) -> anyhow::Result<Vec<u8>> {
+        match v.split_first() {
+            Some((&IN_FILE, _)) => {
+                let path = self.payload_file(id);
+                let mut out = vec![INLINE];
+                out.extend(
+                    std::fs::read(&path)
+                        .with_context(|| format!("failed to read {}", path.display()))?,
+                );
+                Ok(out)
+            }
+            _ => Ok(v.to_vec()),
+        }
+    }
+
+    /// Payload files whose invocation is gone (a crash between writing the file and the record,
+    /// or between removing the record and the file); returns how many were removed.
+    pub(super) fn remove_orphan_payloads(&self) -> anyhow::Result<usize> {
+        let dir = self.dir.join(super::durable::PAYLOAD_DIR);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if self.t()?.delivery.get(record_key(&id))?.is_none() {
+                let _ = std::fs::remove_file(entry.path());
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Brings a delivery tree written by an earlier layout up to date: derives the indexes it
     /// lacks from the records. Runs once; the version key marks it done.
     pub(super) fn upgrade_delivery(&self) -> anyhow::Result<()> {
@@ -170,6 +263,16 @@ impl SledStore {
             let inv: Invocation = serde_json::from_slice(&v).context("corrupt invocation")?;
             for k in index_keys(&inv) {
                 self.t()?.delivery.insert(k, &[][..])?;
+            }
+            if inv.payload.is_some() {
+                // Written before payloads had keys of their own.
+                let (record, payload) = self.prepare(&inv)?;
+                let mut batch = sled::Batch::default();
+                if let Some(payload) = payload {
+                    batch.insert(payload_key(&inv.id), payload);
+                }
+                batch.insert(record_key(&inv.id), record);
+                self.t()?.delivery.apply_batch(batch)?;
             }
             n += 1;
         }
@@ -213,10 +316,15 @@ impl DeliveryStore for SledStore {
                 if let Some(lease) = lease {
                     batch.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease));
                 }
-                batch.insert(record_key(&inv.id), serde_json::to_vec(inv)?);
+                let (record, payload) = self.prepare(inv)?;
+                if let Some(payload) = payload {
+                    batch.insert(payload_key(&inv.id), payload);
+                }
+                batch.insert(record_key(&inv.id), record);
                 self.t()?.delivery.apply_batch(batch)?;
                 return Ok(None);
             }
+            let prepared = self.prepare(inv)?;
             committed(self.t()?.delivery.transaction(|tx| {
                 if let Some(key) = &inv.idempotency_key {
                     if check_key {
@@ -229,7 +337,7 @@ impl DeliveryStore for SledStore {
                     }
                     tx.insert(idem_key(key), inv.id.as_bytes())?;
                 }
-                tx_write(tx, None, inv)?;
+                tx_write(tx, None, inv, &prepared)?;
                 if let Some(lease) = lease {
                     tx.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease))?;
                 }
@@ -240,14 +348,38 @@ impl DeliveryStore for SledStore {
 
     fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
         self.noted((|| {
+            let prepared = self.prepare(inv)?;
             committed(self.t()?.delivery.transaction(|tx| {
                 match tx_get(tx, &inv.id)? {
-                    Some(old) => tx_write(tx, Some(&old), inv),
+                    Some(old) => tx_write(tx, Some(&old), inv, &prepared),
                     // Removed meanwhile (purged, expired): a late outcome does not bring it back.
                     None => Ok(()),
                 }
             }))
         })())
+    }
+
+    fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>> {
+        if let Some(v) = self.t()?.delivery.get(payload_key(id))? {
+            let bytes = match v.split_first() {
+                Some((&INLINE, rest)) => rest.to_vec(),
+                Some((&IN_FILE, _)) => {
+                    let path = self.payload_file(id);
+                    std::fs::read(&path).map_err(|e| {
+                        self.damaged(format!(
+                            "the payload file {} of invocation {id} cannot be read: {e}",
+                            path.display()
+                        ))
+                    })?
+                }
+                _ => anyhow::bail!("corrupt payload of invocation {id}"),
+            };
+            return Payload::from_stored(&bytes)
+                .map(Some)
+                .with_context(|| format!("corrupt payload of invocation {id}"));
+        }
+        // A record from before payloads had keys of their own holds its payload.
+        Ok(self.get(id)?.and_then(|inv| inv.payload))
     }
 
     fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
@@ -328,7 +460,7 @@ impl DeliveryStore for SledStore {
     }
 
     fn remove(&self, id: &str) -> anyhow::Result<bool> {
-        committed(self.t()?.delivery.transaction(|tx| {
+        let removed = committed(self.t()?.delivery.transaction(|tx| {
             let Some(inv) = tx_get(tx, id)? else {
                 return Ok(false);
             };
@@ -343,8 +475,18 @@ impl DeliveryStore for SledStore {
                 }
             }
             tx.remove(record_key(id))?;
+            tx.remove(payload_key(id))?;
             Ok(true)
-        }))
+        }))?;
+        if removed {
+            match std::fs::remove_file(self.payload_file(id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(invocation_id = %id, error = %e, "a payload file could not be removed; it goes at the next start");
+                }
+                _ => {}
+            }
+        }
+        Ok(removed)
     }
 
     fn expire(&self, before_ms: u64, limit: usize) -> anyhow::Result<usize> {
@@ -410,12 +552,12 @@ mod tests {
             updated_ms: 10,
             due_ms: Some(100),
             policy: RetryPolicy::default(),
-            payload: Payload::Http {
+            payload: Some(Payload::Http {
                 method: "GET".into(),
                 path: "/".into(),
                 headers: vec![],
                 body: vec![],
-            },
+            }),
             result: None,
             error: None,
             history: vec![],
@@ -554,5 +696,60 @@ mod tests {
             .insert(&inv("e", Some("k")), true, None)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn payloads_are_kept_apart_from_records_and_go_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut a = inv("a", None);
+        let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        if let Some(Payload::Http { body: b, .. }) = a.payload.as_mut() {
+            *b = body.clone();
+        }
+        s.insert(&a, false, None).unwrap();
+        let stored = s.get("a").unwrap().unwrap();
+        assert!(
+            stored.payload.is_none(),
+            "records are read without their payload"
+        );
+        let raw = s
+            .t()
+            .unwrap()
+            .delivery
+            .get(record_key("a"))
+            .unwrap()
+            .unwrap();
+        assert!(raw.len() < 1000, "the record is small: {} bytes", raw.len());
+        // A state change leaves the payload alone.
+        let mut done = stored.clone();
+        done.status = crate::delivery::record::Status::Succeeded;
+        done.due_ms = None;
+        s.put(&done).unwrap();
+        match s.payload("a").unwrap() {
+            Some(Payload::Http { body: b, .. }) => assert_eq!(b, body),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.remove("a").unwrap());
+        assert!(s.payload("a").unwrap().is_none());
+        assert!(s
+            .t()
+            .unwrap()
+            .delivery
+            .get(payload_key("a"))
+            .unwrap()
+            .is_none());
+
+        // A record from before payloads had keys of their own is moved apart on open.
+        let legacy = inv("b", None);
+        let t = s.t().unwrap();
+        t.delivery
+            .insert(record_key("b"), serde_json::to_vec(&legacy).unwrap())
+            .unwrap();
+        t.delivery.insert(b"v", &[2u8][..]).unwrap();
+        drop(t);
+        s.upgrade_delivery().unwrap();
+        assert!(s.get("b").unwrap().unwrap().payload.is_none());
+        assert_eq!(s.payload("b").unwrap(), legacy.payload);
     }
 }

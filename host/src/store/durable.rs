@@ -27,6 +27,8 @@ pub const SEAL_FILE: &str = "store.seal";
 pub const JOURNAL_FILE: &str = "submits.journal";
 /// The store's own directory in the data directory.
 pub const DB_DIR: &str = "db";
+/// Large invocation payloads, one file each, beside the database.
+pub const PAYLOAD_DIR: &str = "payloads";
 /// Where `--quarantine` and `--repair` move a damaged store.
 pub const QUARANTINE_DIR: &str = "quarantine";
 

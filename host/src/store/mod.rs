@@ -150,11 +150,19 @@ impl SledStore {
         }
         store.check_functions().map_err(|e| store.as_damage(e))?;
         store.upgrade_delivery().map_err(|e| store.as_damage(e))?;
+        let orphans = store.remove_orphan_payloads()?;
+        if orphans > 0 {
+            tracing::info!(
+                orphans,
+                "removed payload files of invocations that are gone"
+            );
+        }
         Ok(store)
     }
 
     /// Opens the sled database and its trees in `dir`.
     fn open_trees(dir: &Path) -> anyhow::Result<Trees> {
+        create_private_dir(&dir.join(durable::PAYLOAD_DIR))?;
         let corrupt = |e: sled::Error| -> anyhow::Error {
             match e {
                 e @ sled::Error::Corruption { .. } => {
@@ -383,6 +391,7 @@ impl SledStore {
         self.t()?.db.flush().context("failed to flush the store")?;
         let started = SystemTime::now();
         durable::sync_changed(&self.dir.join(durable::DB_DIR), *synced)
+            .and_then(|_| durable::sync_changed(&self.dir.join(durable::PAYLOAD_DIR), *synced))
             .context("failed to fsync the store")?;
         crashpoint("store-before-seal");
         let seal = durable::Seal {

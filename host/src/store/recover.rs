@@ -84,7 +84,12 @@ fn quarantine(dir: &Path) -> anyhow::Result<PathBuf> {
         .replace(':', "-");
     let to = dir.join(durable::QUARANTINE_DIR).join(stamp);
     std::fs::create_dir_all(&to).with_context(|| format!("failed to create {}", to.display()))?;
-    for name in [durable::DB_DIR, durable::SEAL_FILE, durable::JOURNAL_FILE] {
+    for name in [
+        durable::DB_DIR,
+        durable::SEAL_FILE,
+        durable::JOURNAL_FILE,
+        durable::PAYLOAD_DIR,
+    ] {
         let from = dir.join(name);
         if from.exists() {
             std::fs::rename(&from, to.join(name))
@@ -166,16 +171,25 @@ fn salvage(
     }
     let mut invocations = 0;
     for (k, v) in entries(&old.t()?.delivery, &mut lost) {
-        if k.first() != Some(&b'i') {
+        let readable = match k.first() {
+            Some(b'i') => serde_json::from_slice::<Invocation>(&v).is_ok(),
+            Some(b'p') => {
+                // A large payload is in a file of the quarantined store: bring it along.
+                let id = String::from_utf8_lossy(&k[1..]).into_owned();
+                old.payload_value_ok(&id, &v)
+                    && (v.len() > 1
+                        || std::fs::copy(old.payload_file(&id), new.payload_file(&id)).is_ok())
+            }
+            _ => continue, // indexes are derived again
+        };
+        if !readable {
+            lost += 1;
             continue;
         }
-        match serde_json::from_slice::<Invocation>(&v) {
-            Ok(_) => {
-                new.t()?.delivery.insert(k, v)?;
-                invocations += 1;
-            }
-            Err(_) => lost += 1,
+        if k.first() == Some(&b'i') {
+            invocations += 1;
         }
+        new.t()?.delivery.insert(k, v)?;
     }
     Ok((
         vec![
@@ -254,6 +268,14 @@ pub fn check(dir: &Path) -> anyhow::Result<CheckReport> {
     }
     let delivery = count(&store.t()?.delivery, &mut report.problems, "invocations");
     let mut invocations = 0;
+    for (k, v) in delivery.iter().filter(|(k, _)| k.first() == Some(&b'p')) {
+        if !store.payload_value_ok(&String::from_utf8_lossy(&k[1..]), v) {
+            report.problems.push(format!(
+                "the payload of invocation {} is unreadable",
+                String::from_utf8_lossy(&k[1..])
+            ));
+        }
+    }
     for (k, v) in delivery.iter().filter(|(k, _)| k.first() == Some(&b'i')) {
         invocations += 1;
         if let Err(e) = serde_json::from_slice::<Invocation>(v) {

@@ -217,8 +217,10 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
     let calls = parse_trace(&text);
     let data_dir = std::fs::canonicalize(&ferry.data_dir).unwrap();
     let store = data_dir.join("db");
+    let payloads = data_dir.join("payloads");
     let journal = data_dir.join("submits.journal").display().to_string();
-    let in_store = |p: &str| Path::new(p).starts_with(&store);
+    let in_store =
+        |p: &str| Path::new(p).starts_with(&store) || Path::new(p).starts_with(&payloads);
 
     // (a) Before every truncation of the journal, every store file written since its last
     //     fsync has been fsynced again.
@@ -665,4 +667,83 @@ fn a_backup_of_a_running_host_restores_into_a_new_store() {
         "a refused restore writes nothing"
     );
     println!("backup taken while {during} submits were answered; restored with 2 functions and every earlier invocation");
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| {
+                    let e = e.unwrap();
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn large_payloads_are_stored_once_and_leave_with_their_invocation() {
+    let mut ferry = Ferry::start();
+    let manifest = "name = \"misbehave\"\n[delivery]\nmax_attempts = 1\n";
+    let (status, body) =
+        ferry.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), manifest);
+    assert_eq!(status, 201, "{body}");
+    let db_before = dir_size(&ferry.data_dir.join("db"));
+    // Ten 2 MB bodies whose invocations fail for good: they stay, as dead letters.
+    let body: String = "0123456789abcdef".repeat(2 << 16);
+    let ids: Vec<String> = (0..10)
+        .map(|_| {
+            let r = ferry.submit("/misbehave/status?code=500", &[], &body);
+            assert_eq!(r.status().as_u16(), 202);
+            r.json::<serde_json::Value>().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for id in &ids {
+        assert_eq!(ferry.finished(id)["status"], "dead_lettered");
+    }
+    ferry.terminate(Duration::from_secs(30));
+    let bodies = (body.len() * ids.len()) as u64;
+    let payloads = dir_size(&ferry.data_dir.join("payloads"));
+    let db_growth = dir_size(&ferry.data_dir.join("db")).saturating_sub(db_before);
+    println!(
+        "{bodies} bytes of bodies: {payloads} bytes of payload files, the database grew {db_growth} bytes"
+    );
+    assert!(
+        payloads >= bodies && payloads < bodies + bodies / 20,
+        "each body once"
+    );
+    assert!(
+        db_growth < bodies / 4,
+        "the database does not copy the bodies ({db_growth})"
+    );
+
+    // The payload is there after a restart, to show and to replay; purging takes it away.
+    ferry.start_again();
+    let (status, dead) = ferry.admin_get(&format!("/v1/deadletters/{}", ids[0]));
+    assert_eq!(status, 200);
+    use base64::Engine as _;
+    let shown = base64::engine::general_purpose::STANDARD
+        .decode(dead["payload"]["body"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(shown, body.as_bytes(), "the stored body, every byte");
+    let resp = ferry
+        .http
+        .delete(ferry.admin_url("/v1/deadletters"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        dir_size(&ferry.data_dir.join("payloads")),
+        0,
+        "purged payloads are gone"
+    );
 }
