@@ -97,6 +97,43 @@ pub struct Deployer {
     enabled: Vec<&'static str>,
     /// Deploys and removals run one at a time, so versions and route checks never race.
     lock: tokio::sync::Mutex<()>,
+    /// How many versions of each function keep their component (the deployed one included).
+    keep_versions: usize,
+}
+
+/// The settings key of a function's recent component digests, newest first.
+fn versions_key(name: &str) -> String {
+    format!("versions\u{0}{name}")
+}
+
+/// Records `digest` as the newest version of `name`, keeping `keep` of them.
+fn remember_version(
+    store: &dyn Store,
+    name: &str,
+    digest: &str,
+    keep: usize,
+) -> anyhow::Result<()> {
+    let mut list = recent_versions(store, name)?;
+    list.retain(|d| d != digest);
+    list.insert(0, digest.to_string());
+    list.truncate(keep.max(1));
+    store.put_setting(&versions_key(name), &serde_json::to_string(&list)?)
+}
+
+fn recent_versions(store: &dyn Store, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(match store.setting(&versions_key(name))? {
+        Some(text) => serde_json::from_str(&text).unwrap_or_default(),
+        None => Vec::new(),
+    })
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Components no function needs any more.
+    pub components: usize,
+    /// Compiled artifacts of those, and of other engine builds.
+    pub artifacts: usize,
 }
 
 impl Deployer {
@@ -107,6 +144,7 @@ impl Deployer {
         registry: Arc<Registry>,
         ceilings: Ceilings,
         enabled: Vec<&'static str>,
+        keep_versions: usize,
     ) -> Self {
         Self {
             runtime,
@@ -115,6 +153,58 @@ impl Deployer {
             ceilings,
             enabled,
             lock: tokio::sync::Mutex::new(()),
+            keep_versions: keep_versions.max(1),
+        }
+    }
+
+    /// Removes components that neither a function record nor the last `--keep-versions`
+    /// versions of a function need, the artifacts compiled from them, and artifacts of other
+    /// engine builds. Runs under the deploy lock (or before anything is served).
+    fn collect_garbage(&self) -> anyhow::Result<Collected> {
+        let store = &*self.store;
+        let mut needed = std::collections::HashSet::new();
+        for f in store.functions()? {
+            needed.extend(recent_versions(store, &f.name)?);
+            needed.insert(f.digest);
+        }
+        let mut collected = Collected::default();
+        for digest in store.component_digests()? {
+            if !needed.contains(&digest) {
+                store.remove_component(&digest)?;
+                collected.components += 1;
+            }
+        }
+        let compat = self.runtime.compat_key();
+        for key in store.artifact_keys()? {
+            let keep = key
+                .split_once('/')
+                .is_some_and(|(digest, c)| c == compat && needed.contains(digest));
+            if !keep {
+                store.remove_artifact(&key)?;
+                collected.artifacts += 1;
+            }
+        }
+        if collected != Collected::default() {
+            store.flush()?;
+            tracing::info!(
+                components = collected.components,
+                artifacts = collected.artifacts,
+                "removed components and compiled code no function version needs"
+            );
+        }
+        Ok(collected)
+    }
+
+    /// [`Deployer::collect_garbage`] off the async threads; a failure is logged, not returned
+    /// (the deploy or removal it follows has succeeded).
+    async fn collect_garbage_now(self: &Arc<Self>) {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.collect_garbage()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "garbage collection of components failed")
+            }
+            Err(e) => tracing::warn!(error = %e, "garbage collection of components failed"),
         }
     }
 
@@ -125,7 +215,7 @@ impl Deployer {
 
     /// Deploys `bytes` as the function `url_name` described by `manifest`.
     pub async fn deploy(
-        &self,
+        self: &Arc<Self>,
         url_name: &str,
         manifest: Manifest,
         bytes: Bytes,
@@ -180,6 +270,7 @@ impl Deployer {
         let key = artifact_key(&digest, self.runtime.compat_key());
         let rec = record.clone();
         let before = stored.clone();
+        let keep = self.keep_versions;
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let written = (|| {
                 store.put_component(&digest, &bytes)?;
@@ -187,6 +278,7 @@ impl Deployer {
                     store.put_artifact(&key, &artifact)?;
                 }
                 store.put_function(&rec)?;
+                remember_version(&*store, &rec.name, &rec.digest, keep)?;
                 crate::crashpoint::crashpoint("deploy-before-flush");
                 store.flush()
             })();
@@ -204,6 +296,7 @@ impl Deployer {
         .context("store task failed")??;
         self.registry.commit(snapshot);
         tracing::info!(function = %record.name, version = record.version, world = %record.world, "deployed");
+        self.collect_garbage_now().await;
         Ok(Deployment {
             record,
             replaced: stored.is_some(),
@@ -269,12 +362,13 @@ impl Deployer {
     }
 
     /// Removes a function; false when there was none.
-    pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<bool, DeployError> {
         let _guard = self.lock.lock().await;
         let store = self.store.clone();
         let n = name.to_string();
         let existed = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
             let existed = store.delete_function(&n)?;
+            store.put_setting(&versions_key(&n), "[]")?;
             store.flush()?;
             Ok(existed)
         })
@@ -285,6 +379,7 @@ impl Deployer {
         if existed || live {
             tracing::info!(function = %name, "removed");
         }
+        self.collect_garbage_now().await;
         Ok(existed || live)
     }
 
@@ -311,6 +406,10 @@ impl Deployer {
                     tracing::error!(function = %record.name, error = %format!("{e:#}"), "failed to restore function");
                 }
             }
+        }
+        if stats.failed == 0 {
+            // Only when every function is back: a function that failed still needs its bytes.
+            self.collect_garbage()?;
         }
         Ok(stats)
     }

@@ -174,6 +174,10 @@ struct ServeArgs {
     /// baseline; slower).
     #[arg(long, env = "FERRY_FLUSH_PER_SUBMIT")]
     flush_per_submit: bool,
+    /// How many versions of each function keep their component in the store (the deployed one
+    /// included); older components and their compiled code are removed.
+    #[arg(long, env = "FERRY_KEEP_VERSIONS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    keep_versions: u32,
     /// If the store is damaged, move it aside (to quarantine/ in the data directory) and start
     /// with every record that can still be read from it.
     #[arg(long, conflicts_with = "quarantine")]
@@ -326,6 +330,7 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         max_timeout: args.max_timeout,
         callback_secret: args.callback_secret,
         nats: args.nats,
+        keep_versions: args.keep_versions as usize,
         recovery: if args.repair {
             Some(Recovery::Repair)
         } else if args.quarantine {

@@ -49,6 +49,8 @@ pub struct ServeOptions {
     /// `--quarantine` or `--repair`: what to do when the store is damaged (else refuse to
     /// start).
     pub recovery: Option<Recovery>,
+    /// `--keep-versions`: how many versions of each function keep their component.
+    pub keep_versions: usize,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -271,6 +273,7 @@ fn restore(
         registry.clone(),
         ceilings,
         enabled_triggers(opts),
+        opts.keep_versions,
     ));
     let restored = tokio::task::block_in_place(|| deployer.restore())?;
     tracing::info!(

@@ -29,6 +29,14 @@ pub trait Store: Send + Sync + 'static {
     fn put_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()>;
     /// The precompiled artifact under this [`artifact_key`], if kept.
     fn artifact(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// The digests of every kept component.
+    fn component_digests(&self) -> anyhow::Result<Vec<String>>;
+    /// Forgets a component's bytes.
+    fn remove_component(&self, digest: &str) -> anyhow::Result<()>;
+    /// The keys of every kept artifact.
+    fn artifact_keys(&self) -> anyhow::Result<Vec<String>>;
+    /// Forgets an artifact.
+    fn remove_artifact(&self, key: &str) -> anyhow::Result<()>;
     /// Writes a function's record, replacing the one of the same name.
     fn put_function(&self, record: &FunctionRecord) -> anyhow::Result<()>;
     /// The record of the function with this name, upgraded to the current form.
@@ -64,6 +72,14 @@ pub trait Store: Send + Sync + 'static {
 /// `kind NUL function NUL key`: no part can contain NUL, so keys never collide.
 fn trigger_state_key(kind: &str, function: &str, key: &str) -> Vec<u8> {
     [kind.as_bytes(), function.as_bytes(), key.as_bytes()].join(&0u8)
+}
+
+/// Every key of a tree, as text.
+fn keys(tree: &sled::Tree) -> anyhow::Result<Vec<String>> {
+    tree.iter()
+        .keys()
+        .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+        .collect()
 }
 
 /// The artifact cache key for a component digest under an engine compatibility key.
@@ -460,6 +476,24 @@ impl Store for SledStore {
             .get(key)
             .map_err(|e| self.unreadable(e, format_args!("compiled artifact {key}")))?;
         Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn component_digests(&self) -> anyhow::Result<Vec<String>> {
+        keys(&self.t()?.components)
+    }
+
+    fn remove_component(&self, digest: &str) -> anyhow::Result<()> {
+        self.t()?.components.remove(digest)?;
+        Ok(())
+    }
+
+    fn artifact_keys(&self) -> anyhow::Result<Vec<String>> {
+        keys(&self.t()?.artifacts)
+    }
+
+    fn remove_artifact(&self, key: &str) -> anyhow::Result<()> {
+        self.t()?.artifacts.remove(key)?;
+        Ok(())
     }
 
     fn put_function(&self, record: &FunctionRecord) -> anyhow::Result<()> {

@@ -747,3 +747,50 @@ fn large_payloads_are_stored_once_and_leave_with_their_invocation() {
         "purged payloads are gone"
     );
 }
+
+/// `ferry store check --json` counts on a stopped host's data directory.
+fn store_counts(data_dir: &Path) -> serde_json::Value {
+    let out = Command::new(ferry_tests::ferry_bin())
+        .args(["--json", "store", "check", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["counts"].clone()
+}
+
+#[test]
+fn components_of_old_and_removed_versions_are_collected() {
+    let mut ferry = Ferry::start_with(&["--keep-versions", "2"]);
+    for wasm in [guests::HELLO_HTTP, guests::MISBEHAVE, guests::ECHO_EVENT] {
+        let (status, body) = ferry.deploy_raw("f", guests::bytes(wasm));
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let (status, body) = ferry.deploy_raw("g", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    ferry.terminate(Duration::from_secs(30));
+    // f keeps its last two versions (echo-event, misbehave); g shares hello-http's bytes.
+    let counts = store_counts(&ferry.data_dir);
+    assert_eq!(counts["components"], 3, "{counts}");
+    assert_eq!(counts["compiled artifacts"], 3, "{counts}");
+
+    ferry.start_again();
+    let resp = ferry
+        .http
+        .delete(ferry.admin_url("/v1/functions/f"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(ferry.get("/g/x").0, 200, "g still runs");
+    ferry.terminate(Duration::from_secs(30));
+    let counts = store_counts(&ferry.data_dir);
+    assert_eq!(
+        counts["components"], 1,
+        "only g's component is left: {counts}"
+    );
+    assert_eq!(counts["compiled artifacts"], 1, "{counts}");
+}
