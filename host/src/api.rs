@@ -89,7 +89,10 @@ impl std::io::Write for ChunkWriter {
 async fn backup(State(state): State<Arc<AdminState>>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let store = state.store.clone();
+    // Deploys and removals wait while the backup reads the store.
+    let hold = state.deployer.hold().await;
     tokio::task::spawn_blocking(move || {
+        let _hold = hold;
         let mut out = ChunkWriter {
             tx,
             buf: Vec::new(),

@@ -96,7 +96,7 @@ pub struct Deployer {
     /// The trigger kinds this host runs (`nats` only with `ferry serve --nats`).
     enabled: Vec<&'static str>,
     /// Deploys and removals run one at a time, so versions and route checks never race.
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
     /// How many versions of each function keep their component (the deployed one included).
     keep_versions: usize,
 }
@@ -152,7 +152,7 @@ impl Deployer {
             registry,
             ceilings,
             enabled,
-            lock: tokio::sync::Mutex::new(()),
+            lock: Arc::new(tokio::sync::Mutex::new(())),
             keep_versions: keep_versions.max(1),
         }
     }
@@ -206,6 +206,12 @@ impl Deployer {
             }
             Err(e) => tracing::warn!(error = %e, "garbage collection of components failed"),
         }
+    }
+
+    /// Holds deploys, removals and the garbage collection of components until the guard is
+    /// dropped (a backup reads function records, then components: none may go in between).
+    pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.lock.clone().lock_owned().await
     }
 
     /// The deployed functions.

@@ -803,8 +803,10 @@ impl Ferry {
             .get(self.url(&format!("/_ferry/invocations/{id}?wait={wait_s}s")))
             .send()
             .expect("status request");
-        assert_eq!(resp.status().as_u16(), 200);
-        resp.json().unwrap()
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        assert_eq!(status, 200, "status of {id}: {text}");
+        serde_json::from_str(&text).unwrap()
     }
 
     /// Polls until the invocation has finished.

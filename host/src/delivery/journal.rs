@@ -49,6 +49,8 @@ struct Pending {
 struct Output {
     file: File,
     len: u64,
+    /// The store's reopen count when the journal's records were last written back into it.
+    restored_at: u64,
 }
 
 /// A submit's place in a batch: wait on it with [`Journal::durable`].
@@ -75,30 +77,47 @@ fn frame(inv: &Invocation) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The records of a journal file up to the first torn or corrupt one, and how many bytes they
-/// take.
-fn read_records(bytes: &[u8]) -> (Vec<Invocation>, usize) {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-        let Some((crc, tail)) = tail.split_first_chunk::<4>() else {
-            break;
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        let crc = u32::from_le_bytes(*crc);
-        let Some(payload) = tail.get(..len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        match serde_json::from_slice(payload) {
-            Ok(inv) => out.push(inv),
-            Err(_) => break,
-        }
-        rest = &tail[len..];
+/// The record that starts at the front of `bytes`, and its length with framing, if it is whole
+/// and its checksum and JSON hold.
+fn record_at(bytes: &[u8]) -> Option<(Invocation, usize)> {
+    let (len, tail) = bytes.split_first_chunk::<4>()?;
+    let (crc, tail) = tail.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let payload = tail.get(..len)?;
+    if crc32fast::hash(payload) != u32::from_le_bytes(*crc) {
+        return None;
     }
-    (out, bytes.len() - rest.len())
+    let inv = serde_json::from_slice(payload).ok()?;
+    Some((inv, 8 + len))
+}
+
+/// The records of a journal file, and the offset just past the last whole one. A torn or
+/// corrupt record ends the file, unless whole records follow it (then the bad bytes are
+/// skipped, counted in the third value, and reading goes on: a power cut can persist the later
+/// pages of a batch that was never acknowledged, and a record that a flipped bit damaged must
+/// not take the acknowledged ones after it along).
+fn read_records(bytes: &[u8]) -> (Vec<Invocation>, usize, usize) {
+    let mut out = Vec::new();
+    let (mut at, mut end, mut skipped) = (0, 0, 0);
+    while at < bytes.len() {
+        if let Some((inv, n)) = record_at(&bytes[at..]) {
+            out.push(inv);
+            at += n;
+            end = at;
+            continue;
+        }
+        // Resynchronise: the next offset where a whole record starts (a JSON object).
+        let next = (at + 1..bytes.len().saturating_sub(8))
+            .find(|&i| bytes.get(i + 8) == Some(&b'{') && record_at(&bytes[i..]).is_some());
+        match next {
+            Some(i) => {
+                skipped += i - at;
+                at = i;
+            }
+            None => break,
+        }
+    }
+    (out, end, skipped)
 }
 
 /// What a journal file holds (for `ferry store check`).
@@ -108,6 +127,8 @@ pub struct JournalInfo {
     pub records: usize,
     /// Bytes after the last whole record.
     pub torn_bytes: usize,
+    /// Bytes of corrupt records with whole records after them.
+    pub skipped_bytes: usize,
 }
 
 /// Reads a journal file without changing it; a missing file holds nothing.
@@ -117,10 +138,11 @@ pub fn inspect(path: &Path) -> anyhow::Result<JournalInfo> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JournalInfo::default()),
         Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
     };
-    let (records, len) = read_records(&bytes);
+    let (records, len, skipped) = read_records(&bytes);
     Ok(JournalInfo {
         records: records.len(),
         torn_bytes: bytes.len() - len,
+        skipped_bytes: skipped,
     })
 }
 
@@ -167,7 +189,15 @@ impl Journal {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .with_context(|| format!("failed to read the submit journal {}", path.display()))?;
-        let (recovered, len) = read_records(&bytes);
+        let (recovered, len, skipped) = read_records(&bytes);
+        if skipped > 0 {
+            tracing::error!(
+                journal = %path.display(),
+                records = recovered.len(),
+                skipped_bytes = skipped,
+                "the submit journal holds corrupt bytes with whole records after them; kept every whole record"
+            );
+        }
         if len < bytes.len() {
             tracing::warn!(
                 journal = %path.display(),
@@ -194,6 +224,7 @@ impl Journal {
             output: Mutex::new(Output {
                 file,
                 len: len as u64,
+                restored_at: 0,
             }),
             wake: Notify::new(),
             per_submit,
@@ -313,8 +344,25 @@ impl Journal {
         if out.len == 0 {
             return Ok(());
         }
+        let reopens = self.store.reopens();
+        if reopens != out.restored_at {
+            // The store reopened after an I/O error and lost what it held only in memory: the
+            // journal holds every submit acknowledged since its last checkpoint.
+            let mut restored = 0;
+            for inv in read_file(&self.path)? {
+                if self.store.restore(&inv)? {
+                    restored += 1;
+                }
+            }
+            out.restored_at = reopens;
+            tracing::info!(restored, "wrote the journal back into the reopened store");
+        }
         crashpoint("checkpoint-start");
         self.store.flush_delivery()?;
+        if self.store.reopens() != reopens {
+            // Reopened during the flush: write back first, at the next checkpoint.
+            return Ok(());
+        }
         crashpoint("checkpoint-before-truncate");
         out.file
             .set_len(0)
@@ -326,17 +374,19 @@ impl Journal {
         Ok(())
     }
 
-    /// Syncs submits as they come (group commit) and checkpoints every second, until shutdown;
-    /// then checkpoints once more, so the journal is empty when the process ends. Start it after
-    /// the records [`Journal::open`] recovered are in the store and flushed.
-    pub async fn run(self: Arc<Self>, mut shutdown: ferry_triggers::Shutdown) {
+    /// Syncs submits as they come (group commit) and checkpoints every second, until `closing`
+    /// turns true (after the triggers have drained, so that submits still in flight during
+    /// shutdown are made durable); then checkpoints once more, so the journal is empty when the
+    /// process ends. Start it after the records [`Journal::open`] recovered are in the store and
+    /// flushed.
+    pub async fn run(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
         let mut last_checkpoint = Instant::now();
         loop {
             let due = CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed());
             let woken = tokio::select! {
                 _ = self.wake.notified() => true,
                 _ = tokio::time::sleep(due) => false,
-                () = shutdown.requested() => {
+                () = async { let _ = closing.wait_for(|c| *c).await; } => {
                     let this = self.clone();
                     match tokio::task::spawn_blocking(move || this.checkpoint()).await {
                         Ok(Ok(())) => tracing::debug!("the submit journal is folded into the store"),
@@ -409,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn framing_stops_at_a_torn_or_corrupt_tail() {
+    fn framing_stops_at_a_torn_tail_and_skips_a_corrupt_record_before_whole_ones() {
         let mut bytes = Vec::new();
         for id in ["a", "b", "c"] {
             bytes.extend(frame(&inv(id)).unwrap());
@@ -424,9 +474,27 @@ mod tests {
         assert_eq!(ids(&bytes), ["a", "b", "c"]);
         assert_eq!(ids(&bytes[..bytes.len() - 3]), ["a", "b"], "torn tail");
         let mut corrupt = bytes.clone();
-        let second = frame(&inv("a")).unwrap().len() + 10;
-        corrupt[second] ^= 0xff;
-        assert_eq!(ids(&corrupt), ["a"], "a flipped byte ends the replay");
+        let first = frame(&inv("a")).unwrap().len();
+        corrupt[first + 10] ^= 0xff;
+        assert_eq!(
+            ids(&corrupt),
+            ["a", "c"],
+            "a flipped byte loses one record, not the rest"
+        );
+        let (_, end, skipped) = read_records(&corrupt);
+        assert_eq!(end, corrupt.len());
+        assert_eq!(skipped, frame(&inv("b")).unwrap().len());
+        // A zero-filled hole (pages of an unacknowledged batch that a power cut did not keep).
+        let mut holed = bytes.clone();
+        holed[first..first + 20].fill(0);
+        assert_eq!(ids(&holed), ["a", "c"]);
+        let mut torn_last = bytes.clone();
+        let n = torn_last.len();
+        torn_last[n - 5] ^= 1;
+        assert_eq!(
+            read_records(&torn_last).1,
+            n - frame(&inv("c")).unwrap().len()
+        );
         assert!(ids(&[]).is_empty());
     }
 }

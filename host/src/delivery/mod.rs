@@ -147,6 +147,9 @@ pub struct Delivery {
     shutdown: Shutdown,
     /// When the shutdown signal came.
     stop_requested: std::sync::OnceLock<tokio::time::Instant>,
+    /// Ends the journal task, after everything else has stopped.
+    journal_closing: tokio::sync::watch::Sender<bool>,
+    journal_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Every task of the engine, so that shutdown can wait for them.
     tasks: TaskTracker,
     guard: CallbackGuard,
@@ -184,7 +187,8 @@ impl Delivery {
         )?;
         Self::restore_journaled(&*store, journaled)?;
         let tasks = TaskTracker::new();
-        tasks.spawn(journal.clone().run(shutdown.clone()));
+        let (journal_closing, closing) = tokio::sync::watch::channel(false);
+        let journal_task = tokio::spawn(journal.clone().run(closing));
         let this = Arc::new(Self {
             runtime,
             registry,
@@ -201,6 +205,8 @@ impl Delivery {
             wake_callbacks: Notify::new(),
             shutdown,
             stop_requested: std::sync::OnceLock::new(),
+            journal_closing,
+            journal_task: Mutex::new(Some(journal_task)),
             tasks,
             guard,
             http,
@@ -221,9 +227,7 @@ impl Delivery {
     ) -> anyhow::Result<()> {
         let n = journaled.len();
         for inv in journaled {
-            if store.get(&inv.id)?.is_none() {
-                store.insert(&inv, false, None)?;
-            }
+            store.restore(&inv)?;
             crate::crashpoint::crashpoint("journal-replaying");
         }
         store.flush_delivery()?;
@@ -242,7 +246,10 @@ impl Delivery {
         let (mut lost, mut requeued) = (0, 0);
         for mut inv in self.store.unfinished()? {
             if inv.mode == DeliveryMode::FireAndForget && inv.handed_back() {
-                // Handed back by a graceful stop before it ever started: run it now.
+                // Handed back by a graceful stop before it ever started: run it now. The mark
+                // goes first, so that a crash while it runs cannot queue it a second time.
+                inv.due_ms = None;
+                self.store.put(&inv)?;
                 if self.ff.try_send(inv.id.clone()).is_ok() {
                     requeued += 1;
                     continue;
@@ -354,6 +361,17 @@ impl Delivery {
                 if let Some(existing) = self.store_new(&inv, check_key, lease.as_ref())? {
                     // It may still be on its way to disk: wait for what is journaled so far.
                     Self::within(self.journal.durable(self.journal.barrier())).await?;
+                    // Its own submit may have failed meanwhile (and removed it).
+                    if self
+                        .store
+                        .get(&existing.id)
+                        .map_err(store_failed)?
+                        .is_none()
+                    {
+                        return Err(SubmitFailure::Unavailable(
+                            "not accepted: an earlier submit with the same key was not stored; retry".into(),
+                        ));
+                    }
                     return Ok((existing, false));
                 }
                 if let Err(e) = self.commit(&inv).await {
@@ -474,6 +492,18 @@ impl Delivery {
     pub async fn stopped(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+        // Only now: submits in flight while the triggers drained still needed it.
+        self.journal_closing.send_replace(true);
+        let task = self
+            .journal_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the journal task failed");
+            }
+        }
     }
 
     /// Dead-lettered invocations (and invocations whose callback was dead-lettered).

@@ -96,4 +96,15 @@ pub trait DeliveryStore: Send + Sync + 'static {
 
     /// Makes everything stored so far durable.
     fn flush_delivery(&self) -> anyhow::Result<()>;
+
+    /// Writes back a journaled submit: the whole invocation when the store lacks it, or its
+    /// payload when that is missing or unreadable (a payload file lost to a power cut). True
+    /// when anything was written.
+    fn restore(&self, inv: &Invocation) -> anyhow::Result<bool>;
+
+    /// How many times the backend reopened itself after an I/O error; what it held only in
+    /// memory before each reopen is gone, so the journal writes its records back.
+    fn reopens(&self) -> u64 {
+        0
+    }
 }

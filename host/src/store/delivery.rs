@@ -253,9 +253,9 @@ impl SledStore {
 
     /// Brings a delivery tree written by an earlier layout up to date: derives the indexes it
     /// lacks from the records. Runs once; the version key marks it done.
-    pub(super) fn upgrade_delivery(&self) -> anyhow::Result<()> {
+    pub(super) fn upgrade_delivery(&self) -> anyhow::Result<usize> {
         if self.t()?.delivery.get(b"v")?.as_deref() == Some(&[LAYOUT][..]) {
-            return Ok(());
+            return Ok(0);
         }
         let mut n = 0;
         for kv in self.t()?.delivery.scan_prefix(b"i") {
@@ -281,13 +281,13 @@ impl SledStore {
         if n > 0 {
             tracing::info!(invocations = n, "re-indexed the delivery store");
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Derives every index again from the records (after a repair copied only the records).
     pub(super) fn upgrade_delivery_from_scratch(&self) -> anyhow::Result<()> {
         self.t()?.delivery.remove(b"v")?;
-        self.upgrade_delivery()
+        self.upgrade_delivery().map(drop)
     }
 
     fn ids_with_prefix(&self, prefix: &[u8]) -> anyhow::Result<Vec<String>> {
@@ -528,6 +528,30 @@ impl DeliveryStore for SledStore {
             }
         }
         Ok(n)
+    }
+
+    fn restore(&self, inv: &Invocation) -> anyhow::Result<bool> {
+        if self.get(&inv.id)?.is_none() {
+            self.insert(inv, false, None)?;
+            return Ok(true);
+        }
+        let intact = self
+            .t()?
+            .delivery
+            .get(payload_key(&inv.id))?
+            .is_some_and(|v| self.payload_value_ok(&inv.id, &v));
+        if intact || inv.payload.is_none() {
+            return Ok(false);
+        }
+        let (_, payload) = self.prepare(inv)?;
+        if let Some(payload) = payload {
+            self.t()?.delivery.insert(payload_key(&inv.id), payload)?;
+        }
+        Ok(true)
+    }
+
+    fn reopens(&self) -> u64 {
+        SledStore::reopens(self)
     }
 
     fn flush_delivery(&self) -> anyhow::Result<()> {

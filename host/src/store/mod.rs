@@ -99,6 +99,12 @@ pub struct SledStore {
     health: Arc<Health>,
     /// The open database; None while it is being reopened after an I/O error.
     trees: RwLock<Option<Arc<Trees>>>,
+    /// How many times the database was reopened (the journal writes its records back after
+    /// each reopen before it empties itself).
+    reopens: std::sync::atomic::AtomicU64,
+    /// A durable flush failed after sled's own flush (an fsync or the seal): what the kernel
+    /// reports afterwards cannot be trusted until the database is read again from disk.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 /// The sled database and its trees.
@@ -161,12 +167,24 @@ impl SledStore {
                 )
                 .into());
             }
-            // A new store, or one from before seals: seal what it holds now.
-            None => store.flush()?,
+            // A new store, or one from before seals: seal what it holds now (generation 0
+            // first, so that a crash before the first durable flush is not taken for damage).
+            None => {
+                let seal = durable::Seal {
+                    generation,
+                    journal: dir.join(durable::JOURNAL_FILE).exists(),
+                };
+                durable::write_seal(dir, &seal).context("failed to write the store's seal")?;
+                store.flush()?;
+            }
         }
         store.check_functions().map_err(|e| store.as_damage(e))?;
-        store.upgrade_delivery().map_err(|e| store.as_damage(e))?;
-        let orphans = store.remove_orphan_payloads()?;
+        if store.upgrade_delivery().map_err(|e| store.as_damage(e))? > 0 {
+            store.flush()?;
+        }
+        let orphans = store
+            .remove_orphan_payloads()
+            .map_err(|e| store.as_damage(e))?;
         if orphans > 0 {
             tracing::info!(
                 orphans,
@@ -223,6 +241,8 @@ impl SledStore {
             synced: Mutex::new(None),
             health: Arc::new(Health::default()),
             trees: RwLock::new(Some(Arc::new(Self::open_trees(dir)?))),
+            reopens: std::sync::atomic::AtomicU64::new(0),
+            broken: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -231,14 +251,16 @@ impl SledStore {
     /// writes back the journaled submits it may have lost, and makes it durable; until then
     /// every operation fails with a clear error. Returns whether the store works (again).
     pub fn heal(&self) -> anyhow::Result<bool> {
-        if self.health.errors().is_empty() && self.t().is_ok() {
+        use std::sync::atomic::Ordering;
+        let broken = self.broken.load(Ordering::SeqCst);
+        if !broken && self.health.errors().is_empty() && self.t().is_ok() {
             return Ok(true);
         }
         durable::probe_space(&self.dir)?;
-        if self.t().is_ok() {
+        if !broken && self.t().is_ok() {
             match self.flush() {
                 Ok(()) => return Ok(true),
-                Err(e) if !sled_failed(&e) => return Err(e),
+                Err(e) if !sled_failed(&e) && !self.broken.load(Ordering::SeqCst) => return Err(e),
                 Err(_) => {}
             }
         }
@@ -278,8 +300,21 @@ impl SledStore {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
             }
         };
+        // Counted before the new database is in use: a checkpoint that flushed it sees the
+        // count change and writes its journal back before it empties itself.
+        self.reopens
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.trees.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(trees));
-        let restored = self.restore_journal()?;
+        self.broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // What the journal file holds now goes back at once (the journal's next checkpoint
+        // also writes back what it appends meanwhile, before it empties itself).
+        let mut restored = 0;
+        for inv in crate::delivery::journal::read_file(&self.dir.join(durable::JOURNAL_FILE))? {
+            if crate::delivery::store::DeliveryStore::restore(self, &inv)? {
+                restored += 1;
+            }
+        }
         // Outcomes that could not be written left their leases behind. One process has the
         // embedded store, and it never queues what it already runs, so every lease can end:
         // what was not finished is due again.
@@ -289,18 +324,9 @@ impl SledStore {
         Ok(())
     }
 
-    /// Writes back the submits of the journal file that the store lacks (acknowledged ones
-    /// whose store write was lost with the failed database).
-    fn restore_journal(&self) -> anyhow::Result<usize> {
-        use crate::delivery::store::DeliveryStore as _;
-        let mut n = 0;
-        for inv in crate::delivery::journal::read_file(&self.dir.join(durable::JOURNAL_FILE))? {
-            if self.get(&inv.id)?.is_none() {
-                self.insert(&inv, false, None)?;
-                n += 1;
-            }
-        }
-        Ok(n)
+    /// How many times the database was reopened after an I/O error.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The open database, or an error while it is being reopened.
@@ -406,15 +432,24 @@ impl SledStore {
             .insert(GENERATION_KEY, &generation.to_be_bytes())?;
         self.t()?.db.flush().context("failed to flush the store")?;
         let started = SystemTime::now();
-        durable::sync_changed(&self.dir.join(durable::DB_DIR), *synced)
+        let synced_now = durable::sync_changed(&self.dir.join(durable::DB_DIR), *synced)
             .and_then(|_| durable::sync_changed(&self.dir.join(durable::PAYLOAD_DIR), *synced))
-            .context("failed to fsync the store")?;
-        crashpoint("store-before-seal");
-        let seal = durable::Seal {
-            generation,
-            journal: self.dir.join(durable::JOURNAL_FILE).exists(),
-        };
-        durable::write_seal(&self.dir, &seal).context("failed to write the store's seal")?;
+            .context("failed to fsync the store")
+            .and_then(|_| {
+                crashpoint("store-before-seal");
+                let seal = durable::Seal {
+                    generation,
+                    journal: self.dir.join(durable::JOURNAL_FILE).exists(),
+                };
+                durable::write_seal(&self.dir, &seal).context("failed to write the store's seal")
+            });
+        if let Err(e) = synced_now {
+            // After a failed fsync the kernel may have dropped the pages it could not write
+            // and report the next fsync as a success: only reading the store again from disk
+            // tells what it holds.
+            self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e);
+        }
         *synced = Some(started);
         Ok(())
     }

@@ -297,6 +297,12 @@ pub fn check(dir: &Path) -> anyhow::Result<CheckReport> {
         "trigger states",
     );
     let journal = crate::delivery::journal::inspect(&dir.join(durable::JOURNAL_FILE))?;
+    if journal.skipped_bytes > 0 {
+        report.problems.push(format!(
+            "the submit journal holds {} corrupt bytes with whole records after them (the host keeps every whole record)",
+            journal.skipped_bytes
+        ));
+    }
     if journal.torn_bytes > 0 {
         report.notes.push(format!(
             "the submit journal ends with {} bytes that are not a whole record (a write cut short by a crash; never acknowledged)",

@@ -380,6 +380,29 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
     let after: Vec<String> = (0..10)
         .map(|_| ferry.submit_ok("/hello-http/after", &[]))
         .collect();
+    let missing: Vec<(&str, &String)> = [
+        ("before", &before),
+        ("pending", &pending),
+        ("after", &after),
+    ]
+    .into_iter()
+    .flat_map(|(what, ids)| ids.iter().map(move |id| (what, id)))
+    .filter(|(_, id)| {
+        ferry
+            .http
+            .get(ferry.url(&format!("/_ferry/invocations/{id}")))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+            == 404
+    })
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged and lost: {missing:?}; log:\n{}",
+        ferry.log()
+    );
     all_succeed(&ferry, &after);
     all_succeed(&ferry, &pending);
 
