@@ -102,24 +102,13 @@ impl Ferry {
     /// within `within`; returns its exit status. Panics if it becomes ready instead.
     pub fn run_to_exit(&mut self, extra: &[&str], within: Duration) -> std::process::ExitStatus {
         assert!(self.child.is_none(), "the host is still running");
-        let mut child = self
+        let child = self
             .command()
             .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("failed to start ferry");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for ferry") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ferry did not exit within {within:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(child, within, "")
     }
 
     fn command(&self) -> Command {
@@ -244,12 +233,22 @@ impl Ferry {
 
     /// Sends SIGTERM (a clean shutdown) and waits up to `within` for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("the host is running");
+        let child = self.child.take().expect("the host is running");
         let sent = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("running kill");
         assert!(sent.success(), "kill -TERM failed");
+        self.wait_exit(child, within, " of SIGTERM")
+    }
+
+    /// Waits up to `within` for `child` to exit; kills it and fails the test if it does not.
+    fn wait_exit(
+        &self,
+        mut child: Child,
+        within: Duration,
+        after: &str,
+    ) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().expect("waiting for ferry") {
@@ -259,7 +258,7 @@ impl Ferry {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "ferry did not exit within {within:?} of SIGTERM; log:\n{}",
+                    "ferry did not exit within {within:?}{after}; log:\n{}",
                     self.log()
                 );
             }
@@ -274,19 +273,8 @@ impl Ferry {
 
     /// Waits up to `within` for the host to exit by itself (at a crash point, say).
     pub fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("the host was started");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for ferry") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ferry did not exit within {within:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().expect("the host was started");
+        self.wait_exit(child, within, "")
     }
 
     /// Starts the host again on the same data directory (new ports) after it has stopped.
@@ -769,6 +757,19 @@ pub mod webhook {
 }
 
 impl Ferry {
+    /// Deploys the `misbehave` guest as `misbehave`, recording every `/record` invocation at
+    /// `receiver` (`GET /hit/<invocation id>`) and retrying failures quickly, many times.
+    pub fn deploy_recorder(&self, receiver: &receiver::Receiver) {
+        let manifest = format!(
+            "name = \"misbehave\"\n[delivery]\nmax_attempts = 1000\nbackoff = {{ initial = \"20ms\", max = \"500ms\" }}\n\
+             [outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n",
+            receiver.addr
+        );
+        let (status, body) =
+            self.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), &manifest);
+        assert_eq!(status, 201, "{body}");
+    }
+
     /// POSTs `body` to a function path with `Prefer: respond-async` and extra headers.
     pub fn submit(
         &self,

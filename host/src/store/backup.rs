@@ -52,6 +52,20 @@ fn frame(out: &mut impl Write, part: u8, key: &[u8], value: &[u8]) -> std::io::R
 /// Counts per part, in [`PARTS`] order.
 pub type Counts = Vec<(&'static str, usize)>;
 
+impl super::Trees {
+    /// The tree of a backup part (see [`PARTS`]).
+    fn part(&self, part: u8) -> &sled::Tree {
+        match part {
+            1 => &self.functions,
+            2 => &self.components,
+            3 => &self.artifacts,
+            4 => &self.settings,
+            5 => &self.trigger_state,
+            _ => &self.delivery,
+        }
+    }
+}
+
 impl SledStore {
     /// Writes every record of the store as a backup stream.
     pub fn write_backup(&self, out: &mut impl Write) -> anyhow::Result<Counts> {
@@ -60,14 +74,7 @@ impl SledStore {
         let mut frames: u64 = 0;
         let mut counts = Vec::new();
         for (part, name) in PARTS {
-            let tree = match part {
-                1 => &t.functions,
-                2 => &t.components,
-                3 => &t.artifacts,
-                4 => &t.settings,
-                5 => &t.trigger_state,
-                _ => &t.delivery,
-            };
+            let tree = t.part(part);
             let mut n = 0;
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(|e| self.as_damage(e.into()))?;
@@ -185,15 +192,7 @@ pub fn restore(from: &Path, dir: &Path) -> anyhow::Result<Counts> {
         let t = store.t()?;
         let f = std::fs::File::open(&file)?;
         read_frames(f, |part, key, value| {
-            let tree = match part {
-                1 => &t.functions,
-                2 => &t.components,
-                3 => &t.artifacts,
-                4 => &t.settings,
-                5 => &t.trigger_state,
-                _ => &t.delivery,
-            };
-            tree.insert(key, value)?;
+            t.part(part).insert(key, value)?;
             Ok(())
         })?;
         drop(t);

@@ -115,14 +115,7 @@ fn crash_loop_loses_nothing_acknowledged() {
     let mut rng = Rng(seed);
     let recv = Receiver::start();
     let mut ferry = Ferry::start();
-    let manifest = format!(
-        "name = \"misbehave\"\n[delivery]\nmax_attempts = 1000\nbackoff = {{ initial = \"20ms\", max = \"500ms\" }}\n\
-         [outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n",
-        recv.addr
-    );
-    let (status, body) =
-        ferry.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), &manifest);
-    assert_eq!(status, 201, "{body}");
+    ferry.deploy_recorder(&recv);
 
     let mut all_acked: Vec<String> = Vec::new();
     let mut deployed: Vec<String> = Vec::new();

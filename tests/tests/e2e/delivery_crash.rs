@@ -18,14 +18,7 @@ const CLIENTS: usize = 8;
 fn acknowledged_submits_survive_sigkill() {
     let recv = Receiver::start();
     let mut ferry = Ferry::start();
-    let manifest = format!(
-        "name = \"misbehave\"\n[delivery]\nmax_attempts = 1000\nbackoff = {{ initial = \"20ms\", max = \"500ms\" }}\n\
-         [outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n",
-        recv.addr
-    );
-    let (status, body) =
-        ferry.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), &manifest);
-    assert_eq!(status, 201, "{body}");
+    ferry.deploy_recorder(&recv);
 
     let base = Arc::new(RwLock::new(ferry.public.clone()));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
