@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ferry_tests::receiver::Receiver;
-use ferry_tests::{eventually, guests, Ferry};
+use ferry_tests::{eventually, Ferry};
 
 const TOTAL: usize = 5_000;
 const KILL_AT: usize = 2_000;
