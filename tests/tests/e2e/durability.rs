@@ -336,6 +336,27 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
     let pending: Vec<String> = (0..5)
         .map(|_| ferry.submit_ok("/hello-http/before", &[]))
         .collect();
+    // One attempt runs across the fill: it finishes while the disk is full, so its outcome
+    // cannot be written. It must not run again and again.
+    let gate = ferry_tests::Gate::default();
+    let held = gate.clone();
+    let recv = ferry_tests::receiver::Receiver::with(move |req, _| {
+        if req.path == "/hit/hold" {
+            held.wait();
+        }
+        (200, vec![])
+    });
+    ferry.deploy_recorder(&recv);
+    let runs = || {
+        recv.requests()
+            .iter()
+            .filter(|r| r.path == "/hit/hold")
+            .count()
+    };
+    let across = ferry.submit_ok("/misbehave/hold", &[]);
+    eventually("the attempt to be running", Duration::from_secs(60), || {
+        (runs() == 1).then_some(())
+    });
 
     let filler = fs.fill();
     // Submits: 507 with Retry-After and a message. A submit that still fits in a block the
@@ -366,6 +387,13 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
     assert_eq!(status, 507, "{body}");
     let (_, f) = ferry.admin_get("/v1/functions/hello-http");
     assert_eq!(f["version"], 1, "{f}");
+    let log_len = ferry.log().len();
+    gate.open();
+    eventually("the outcome write to fail", Duration::from_secs(60), || {
+        ferry.log()[log_len..]
+            .contains("recording an attempt failed")
+            .then_some(())
+    });
     let (_, health) = ferry.admin_get("/healthz");
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["store"]["status"], "degraded", "{health}");
@@ -405,6 +433,12 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
     );
     all_succeed(&ferry, &after);
     all_succeed(&ferry, &pending);
+    assert_eq!(ferry.finished(&across)["status"], "succeeded");
+    assert!(
+        runs() <= 2,
+        "an attempt whose outcome could not be written ran {} times",
+        runs()
+    );
 
     // Nothing written before was damaged, and nothing acknowledged was lost.
     ferry.terminate(Duration::from_secs(30));
@@ -413,7 +447,8 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
         assert_eq!(ferry.finished(id)["status"], "succeeded", "{id}");
     }
     println!(
-        "full disk: {refused} submits and 1 deploy refused with 507; healed without a restart"
+        "full disk: {refused} submits and 1 deploy refused with 507; healed without a restart; the attempt across the fill ran {} time(s)",
+        runs()
     );
     drop(ferry);
 }
@@ -575,6 +610,19 @@ fn a_damaged_store_is_refused_naming_the_file_and_can_be_checked_repaired_or_qua
                 == 1
         );
     }
+
+    // A data directory that cannot be used at all (here a file in its place): a clear error,
+    // exit 1, and nothing created.
+    let mut unusable = Ferry::stopped(&[]);
+    std::fs::create_dir_all(unusable.data_dir.parent().unwrap()).unwrap();
+    std::fs::write(&unusable.data_dir, b"not a directory").unwrap();
+    let status = unusable.run_to_exit(&[], Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1));
+    let log = unusable.log();
+    assert!(
+        log.contains("cannot be used") && log.contains(&unusable.data_dir.display().to_string()),
+        "{log}"
+    );
 
     // --quarantine starts empty; the sound store is untouched by either flag.
     let _ = std::fs::remove_dir_all(&ferry.data_dir);
