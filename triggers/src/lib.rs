@@ -13,6 +13,7 @@ pub mod cloudevents;
 pub mod http;
 pub mod nats;
 mod port;
+pub mod webhook;
 
 pub use port::{
     backoff, parse_section, Accepted, ConfigError, DeliveryMode, EventFailure, FunctionInfo,
