@@ -146,6 +146,9 @@ pub struct FunctionView {
     pub routes: Vec<String>,
     /// Where the function is served on the public listener.
     pub url: String,
+    /// The URL of each `[[trigger.webhook]]`, to give the provider.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<String>,
 }
 
 /// The admin API's routes, with the token check on every `/v1` route.
@@ -311,10 +314,25 @@ fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
         .into_iter()
         .skip(1)
         .collect();
+    let mut webhooks = Vec::new();
+    for hook in record.triggers.get_mut("webhook").into_iter().flatten() {
+        if let Some(path) = hook.get("path").and_then(|p| p.as_str()) {
+            webhooks.push(format!("{}{path}", state.public_url));
+        }
+        // Never echo a secret: an `env:NAME` reference shows as it is, a literal as "(set)".
+        for key in ["secret", "previous_secret"] {
+            if let Some(v) = hook.get_mut(key) {
+                if !v.as_str().is_some_and(|s| s.starts_with("env:")) {
+                    *v = toml::Value::String("(set)".into());
+                }
+            }
+        }
+    }
     FunctionView {
         record,
         routes,
         url,
+        webhooks,
     }
 }
 

@@ -287,9 +287,13 @@ fn restore(
     Ok(deployer)
 }
 
-/// The trigger kinds this host runs: HTTP always, NATS with `--nats`.
+/// The trigger kinds this host runs: HTTP and webhooks always (on the public listener), NATS
+/// with `--nats`.
 fn enabled_triggers(opts: &ServeOptions) -> Vec<&'static str> {
-    let mut kinds = vec![ferry_triggers::http::KIND.name];
+    let mut kinds = vec![
+        ferry_triggers::http::KIND.name,
+        ferry_triggers::webhook::KIND.name,
+    ];
     if opts.nats.is_some() {
         kinds.push(ferry_triggers::nats::KIND.name);
     }

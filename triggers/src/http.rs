@@ -383,6 +383,10 @@ struct Shared<R> {
     sections: tokio::sync::watch::Receiver<Arc<[Sections]>>,
     /// The route table, and the sections it was built from.
     routes: ArcSwap<Routes>,
+    /// The `webhook` sections of the live functions, as the runtime last sent them.
+    hook_sections: tokio::sync::watch::Receiver<Arc<[Sections]>>,
+    /// The webhooks by path, and the sections they were built from.
+    hooks: ArcSwap<(Arc<[Sections]>, crate::webhook::Hooks)>,
 }
 
 /// A receiver of the `http` sections of the live functions.
@@ -395,6 +399,27 @@ struct Routes {
 }
 
 impl<R: Runtime> Shared<R> {
+    /// The webhook on `path`, with the webhook table brought up to date as
+    /// [`Shared::function`] does with the routes.
+    fn hook(&self, path: &str, seen: &Mutex<SectionsRx>) -> Option<Arc<crate::webhook::Hook>> {
+        let mut hooks = self.hooks.load();
+        let changed = {
+            let mut rx = seen.lock().unwrap_or_else(|e| e.into_inner());
+            match rx.has_changed() {
+                Ok(true) => Some(rx.borrow_and_update().clone()),
+                _ => None,
+            }
+        };
+        if let Some(current) = changed.filter(|c| !Arc::ptr_eq(&hooks.0, c)) {
+            let table = crate::webhook::Hooks::of(&current);
+            let _ = self
+                .hooks
+                .compare_and_swap(&hooks, Arc::new((current, table)));
+            hooks = self.hooks.load();
+        }
+        hooks.1.get(path)
+    }
+
     /// The function serving `path`. `seen` is the connection's own view of the sections: when
     /// a deploy has changed them since, the table is rebuilt (once, by whichever request sees it
     /// first), so a function is served as soon as its deploy has been answered. On the common
@@ -446,10 +471,15 @@ impl<R: Runtime> Trigger for HttpTrigger<R> {
             tracing::error!(error = %e, "trigger.http: route table rejected");
             Router::default()
         });
+        let mut hook_sections = self.runtime.sections(crate::webhook::KIND.name);
+        let hooks_from = hook_sections.borrow_and_update().clone();
+        let hooks = crate::webhook::Hooks::of(&hooks_from);
         let shared = Arc::new(Shared {
             runtime: self.runtime.clone(),
             sections,
             routes: ArcSwap::from_pointee(Routes { from, table }),
+            hook_sections,
+            hooks: ArcSwap::from_pointee((hooks_from, hooks)),
         });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -491,7 +521,10 @@ impl<R: Runtime> HttpTrigger<R> {
             };
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
-            let seen = Arc::new(Mutex::new(shared.sections.clone()));
+            let seen = Arc::new(Seen {
+                routes: Mutex::new(shared.sections.clone()),
+                hooks: Mutex::new(shared.hook_sections.clone()),
+            });
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (shared, seen) = (shared.clone(), seen.clone());
                 async move { Ok::<_, Infallible>(handle(&shared, &seen, req).await) }
@@ -507,9 +540,15 @@ impl<R: Runtime> HttpTrigger<R> {
     }
 }
 
+/// A connection's own view of the sections the route and webhook tables were built from.
+struct Seen {
+    routes: Mutex<SectionsRx>,
+    hooks: Mutex<SectionsRx>,
+}
+
 async fn handle<R: Runtime>(
     shared: &Shared<R>,
-    seen: &Mutex<SectionsRx>,
+    seen: &Seen,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path();
@@ -522,7 +561,13 @@ async fn handle<R: Runtime>(
             Err(e) => text_response(StatusCode::BAD_REQUEST, e),
         };
     }
-    match shared.function(path, seen) {
+    if let Some(hook) = shared.hook(path, &seen.hooks) {
+        let span = tracing::debug_span!("trigger.webhook.delivery", path = %path);
+        return crate::webhook::handle(&*shared.runtime, &hook, req)
+            .instrument(span)
+            .await;
+    }
+    match shared.function(path, &seen.routes) {
         Some(f) if prefers_async(req.headers()) => {
             let span =
                 tracing::debug_span!("trigger.http.submit", method = %req.method(), path = %path);
@@ -567,17 +612,22 @@ async fn submit<R: Runtime>(runtime: &R, f: R::Function, req: Request<Incoming>)
     };
     match runtime.submit(f, submission).await {
         Ok(accepted) => accepted_response(&accepted),
-        Err(e @ SubmitFailure::BadRequest(_)) => {
-            text_response(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        Err(e @ SubmitFailure::QueueFull) => retry_later(StatusCode::SERVICE_UNAVAILABLE, &e, "1"),
-        Err(e @ SubmitFailure::Unavailable(_)) => {
+        Err(e) => refusal_response(&e),
+    }
+}
+
+/// The answer to a submit the delivery engine refused.
+pub(crate) fn refusal_response(e: &SubmitFailure) -> Response<Body> {
+    match e {
+        SubmitFailure::BadRequest(_) => text_response(StatusCode::BAD_REQUEST, e.to_string()),
+        SubmitFailure::QueueFull => retry_later(StatusCode::SERVICE_UNAVAILABLE, e, "1"),
+        SubmitFailure::Unavailable(_) => {
             tracing::error!(error = %e, "submit failed");
-            retry_later(StatusCode::SERVICE_UNAVAILABLE, &e, "5")
+            retry_later(StatusCode::SERVICE_UNAVAILABLE, e, "5")
         }
-        Err(e @ SubmitFailure::StorageFull(_)) => {
+        SubmitFailure::StorageFull(_) => {
             tracing::error!(error = %e, "submit failed");
-            retry_later(StatusCode::INSUFFICIENT_STORAGE, &e, "30")
+            retry_later(StatusCode::INSUFFICIENT_STORAGE, e, "30")
         }
     }
 }
@@ -638,7 +688,7 @@ async fn payload(
 }
 
 /// 202 with `Location` (and `Ferry-Idempotent-Replay` for a repeat).
-fn accepted_response(accepted: &Accepted) -> Response<Body> {
+pub(crate) fn accepted_response(accepted: &Accepted) -> Response<Body> {
     let mut resp = json_response(StatusCode::ACCEPTED, &accepted);
     if let Ok(v) = http::HeaderValue::from_str(&accepted.status_url) {
         resp.headers_mut().insert(http::header::LOCATION, v);

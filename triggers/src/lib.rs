@@ -21,7 +21,7 @@ pub use port::{
 };
 
 /// Every trigger kind, as the host registers them: a new trigger adds its line here.
-pub const TRIGGERS: &[TriggerKind] = &[http::KIND, nats::KIND];
+pub const TRIGGERS: &[TriggerKind] = &[http::KIND, nats::KIND, webhook::KIND];
 
 /// The registered trigger kind called `name`.
 pub fn trigger_kind(name: &str) -> Option<&'static TriggerKind> {

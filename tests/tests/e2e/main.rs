@@ -20,3 +20,4 @@ mod nats;
 mod nats_jetstream;
 mod restart;
 mod shutdown;
+mod webhooks;
