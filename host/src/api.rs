@@ -149,6 +149,9 @@ pub struct FunctionView {
     /// The URL of each `[[trigger.webhook]]`, to give the provider.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<String>,
+    /// The state of each `[[trigger.poll]]`, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub polls: Vec<ferry_triggers::poll::PollState>,
 }
 
 /// The admin API's routes, with the token check on every `/v1` route.
@@ -328,11 +331,30 @@ fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
             }
         }
     }
+    // Each poll's state record: last and next fire, last result and error.
+    let polls = (0..record.triggers.get("poll").map_or(0, Vec::len))
+        .map(|i| {
+            use crate::store::Store as _;
+            state
+                .store
+                .trigger_state("poll", &record.name, &i.to_string())
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<ferry_triggers::poll::PollState>(&b).ok())
+                .map(|mut s| {
+                    s.seen_count = s.seen.len();
+                    s.seen.clear();
+                    s
+                })
+                .unwrap_or_default()
+        })
+        .collect();
     FunctionView {
         record,
         routes,
         url,
         webhooks,
+        polls,
     }
 }
 

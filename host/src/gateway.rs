@@ -158,4 +158,11 @@ impl TriggerRuntime for Gateway {
     fn sections(&self, kind: &'static str) -> watch::Receiver<Arc<[Sections]>> {
         self.registry.sections(kind)
     }
+
+    async fn fetch(
+        &self,
+        request: ferry_triggers::Fetch,
+    ) -> Result<ferry_triggers::Fetched, String> {
+        self.delivery.fetch(request).await
+    }
 }

@@ -136,6 +136,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         &shutdown,
         HttpTrigger::new(public, gateway.clone(), http_options),
     );
+    spawn_trigger(
+        &mut tasks,
+        &shutdown,
+        ferry_triggers::poll::PollTrigger::new(gateway.clone()),
+    );
     if let Some(client) = nats {
         spawn_trigger(
             &mut tasks,
@@ -287,12 +292,13 @@ fn restore(
     Ok(deployer)
 }
 
-/// The trigger kinds this host runs: HTTP and webhooks always (on the public listener), NATS
-/// with `--nats`.
+/// The trigger kinds this host runs: HTTP and webhooks (on the public listener) and polls
+/// always, NATS with `--nats`.
 fn enabled_triggers(opts: &ServeOptions) -> Vec<&'static str> {
     let mut kinds = vec![
         ferry_triggers::http::KIND.name,
         ferry_triggers::webhook::KIND.name,
+        ferry_triggers::poll::KIND.name,
     ];
     if opts.nats.is_some() {
         kinds.push(ferry_triggers::nats::KIND.name);

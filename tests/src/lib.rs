@@ -606,6 +606,9 @@ pub mod receiver {
     /// Status and extra headers for a request (given how many came before it).
     pub type Responder = dyn Fn(&Received, usize) -> (u16, Vec<(String, String)>) + Send + Sync;
 
+    /// In a responder's list of headers: the response body instead of a header.
+    pub const BODY: &str = "body";
+
     pub struct Receiver {
         pub addr: std::net::SocketAddr,
         requests: Arc<Mutex<Vec<Received>>>,
@@ -696,11 +699,18 @@ pub mod receiver {
             };
             // Outside the lock: a responder may hold its request (see `Gate`).
             let (status, extra) = respond(&req, before);
-            let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n");
-            for (k, v) in extra {
+            // A `body` entry is the response body, not a header.
+            let body = extra
+                .iter()
+                .find(|(k, _)| k == BODY)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
+            for (k, v) in extra.iter().filter(|(k, _)| k != BODY) {
                 out.push_str(&format!("{k}: {v}\r\n"));
             }
             out.push_str("\r\n");
+            out.push_str(&body);
             if writer.write_all(out.as_bytes()).is_err() {
                 return;
             }

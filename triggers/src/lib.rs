@@ -12,16 +12,18 @@ use std::future::Future;
 pub mod cloudevents;
 pub mod http;
 pub mod nats;
+pub mod poll;
 mod port;
 pub mod webhook;
 
 pub use port::{
-    backoff, parse_section, Accepted, ConfigError, DeliveryMode, EventFailure, FunctionInfo,
-    FunctionKind, Payload, Runtime, Sections, StateKey, Submission, SubmitFailure, TriggerKind,
+    backoff, parse_section, Accepted, ConfigError, DeliveryMode, EventFailure, Fetch, Fetched,
+    FunctionInfo, FunctionKind, Payload, Runtime, Sections, StateKey, Submission, SubmitFailure,
+    TriggerKind,
 };
 
 /// Every trigger kind, as the host registers them: a new trigger adds its line here.
-pub const TRIGGERS: &[TriggerKind] = &[http::KIND, nats::KIND, webhook::KIND];
+pub const TRIGGERS: &[TriggerKind] = &[http::KIND, nats::KIND, webhook::KIND, poll::KIND];
 
 /// The registered trigger kind called `name`.
 pub fn trigger_kind(name: &str) -> Option<&'static TriggerKind> {

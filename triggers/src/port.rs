@@ -234,6 +234,35 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The sections of `kind` of every deployed function; the receiver sees every change.
     fn sections(&self, kind: &'static str) -> watch::Receiver<Arc<[Sections]>>;
+
+    /// An outbound GET for a trigger (a URL poll), under the host's outbound policy: private,
+    /// loopback and link-local addresses are refused unless the operator allows the host, and
+    /// every address is checked when it is connected to.
+    fn fetch(&self, request: Fetch) -> impl Future<Output = Result<Fetched, String>> + Send;
+}
+
+/// An outbound GET of a trigger.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// An http or https URL.
+    pub url: String,
+    /// Extra request headers (`If-None-Match`, say).
+    pub headers: Vec<(String, String)>,
+    /// The whole exchange must finish within this.
+    pub timeout: Duration,
+    /// Larger bodies are an error.
+    pub max_bytes: u64,
+}
+
+/// The answer to a [`Fetch`].
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The whole body.
+    pub body: Bytes,
 }
 
 /// A configuration problem in a trigger section; `key` names it (`trigger.nats[0].subject`).

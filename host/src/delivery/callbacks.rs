@@ -30,6 +30,63 @@ impl NotDelivered {
 }
 
 impl Delivery {
+    /// A trigger's outbound GET under the callback policy (the same allow-list, the same check
+    /// of every address at connect time, no redirects followed).
+    pub async fn fetch(
+        &self,
+        req: ferry_triggers::Fetch,
+    ) -> Result<ferry_triggers::Fetched, String> {
+        let url =
+            url::Url::parse(&req.url).map_err(|e| format!("{:?} is not a URL: {e}", req.url))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("{} must be http or https", req.url));
+        }
+        self.guard
+            .check_literal(&url)
+            .map_err(|e| format!("refused: {e}"))?;
+        let mut get = self.http.get(url).timeout(req.timeout);
+        for (k, v) in &req.headers {
+            get = get.header(k.as_str(), v.as_str());
+        }
+        let mut resp = get.send().await.map_err(|e| {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("GET {} failed: {cause}", req.url)
+        })?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading {} failed: {e}", req.url))?
+        {
+            if (body.len() + chunk.len()) as u64 > req.max_bytes {
+                return Err(format!(
+                    "{} answered more than {} bytes",
+                    req.url, req.max_bytes
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(ferry_triggers::Fetched {
+            status,
+            headers,
+            body: body.freeze(),
+        })
+    }
+
     /// POSTs an invocation's final state to its callback URL, signed.
     pub(super) async fn deliver_callback(&self, id: &str) {
         let span = tracing::info_span!("delivery.callback", invocation_id = %id);

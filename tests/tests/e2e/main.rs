@@ -18,6 +18,7 @@ mod event_functions;
 mod http_functions;
 mod nats;
 mod nats_jetstream;
+mod polling;
 mod restart;
 mod shutdown;
 mod webhooks;
