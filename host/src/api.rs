@@ -146,9 +146,10 @@ pub struct FunctionView {
     pub routes: Vec<String>,
     /// Where the function is served on the public listener.
     pub url: String,
-    /// The URL of each `[[trigger.webhook]]`, to give the provider.
+    /// Each `[[trigger.webhook]]`: the URL to give the provider, the last delivery accepted and
+    /// the last refusal with its reason (since the host started).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub webhooks: Vec<String>,
+    pub webhooks: Vec<serde_json::Value>,
     /// The state of each `[[trigger.poll]]`, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub polls: Vec<ferry_triggers::poll::PollState>,
@@ -318,9 +319,16 @@ fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
         .skip(1)
         .collect();
     let mut webhooks = Vec::new();
+    let activity = state.reports.all().remove("webhook").unwrap_or_default();
     for hook in record.triggers.get_mut("webhook").into_iter().flatten() {
         if let Some(path) = hook.get("path").and_then(|p| p.as_str()) {
-            webhooks.push(format!("{}{path}", state.public_url));
+            let mut entry = json!({ "url": format!("{}{path}", state.public_url) });
+            if let Some(seen) = activity.get(path).and_then(|a| a.as_object()) {
+                for (k, v) in seen {
+                    entry[k] = v.clone();
+                }
+            }
+            webhooks.push(entry);
         }
         // Never echo a secret: an `env:NAME` reference shows as it is, a literal as "(set)".
         for key in ["secret", "previous_secret"] {

@@ -387,6 +387,8 @@ struct Shared<R> {
     hook_sections: tokio::sync::watch::Receiver<Arc<[Sections]>>,
     /// The webhooks by path, and the sections they were built from.
     hooks: ArcSwap<(Arc<[Sections]>, crate::webhook::Hooks)>,
+    /// What each webhook last did.
+    activity: crate::webhook::Activity,
 }
 
 /// A receiver of the `http` sections of the live functions.
@@ -480,6 +482,7 @@ impl<R: Runtime> Trigger for HttpTrigger<R> {
             routes: ArcSwap::from_pointee(Routes { from, table }),
             hook_sections,
             hooks: ArcSwap::from_pointee((hooks_from, hooks)),
+            activity: crate::webhook::Activity::default(),
         });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -563,7 +566,7 @@ async fn handle<R: Runtime>(
     }
     if let Some(hook) = shared.hook(path, &seen.hooks) {
         let span = tracing::debug_span!("trigger.webhook.delivery", path = %path);
-        return crate::webhook::handle(&*shared.runtime, &hook, req)
+        return crate::webhook::handle(&*shared.runtime, &shared.activity, &hook, req)
             .instrument(span)
             .await;
     }

@@ -277,6 +277,20 @@ fn every_scheme_accepts_signed_deliveries_and_refuses_the_rest_without_running_a
         );
     }
     assert!(text.contains("env:FERRY_TEST_GITHUB_SECRET"), "{text}");
+    let github = f["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["url"].as_str().unwrap().ends_with("/hooks/github/record"))
+        .unwrap();
+    assert!(
+        github["last_delivery"]["invocation_id"].is_string(),
+        "{github}"
+    );
+    assert_eq!(
+        github["last_refusal"]["status"], 405,
+        "the last refusal, with its reason: {github}"
+    );
 }
 
 #[test]

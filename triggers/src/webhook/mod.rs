@@ -259,6 +259,32 @@ impl Hooks {
     }
 }
 
+/// What each webhook path last did, reported to the runtime (under `webhook`, by path) after
+/// every delivery: the last accepted delivery and the last refusal with its reason.
+#[derive(Debug, Default)]
+pub struct Activity {
+    by_path: std::sync::Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
+}
+
+impl Activity {
+    fn note<R: Runtime>(&self, runtime: &R, path: &str, field: &str, value: serde_json::Value) {
+        let snapshot = {
+            let mut all = self.by_path.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = all
+                .entry(path.to_string())
+                .or_insert_with(|| serde_json::json!({}));
+            entry[field] = value;
+            serde_json::to_value(&*all).unwrap_or_default()
+        };
+        runtime.report(KIND.name, snapshot);
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// The first value of a header as text.
 fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers
@@ -338,11 +364,18 @@ fn scheme_name(s: &Scheme) -> &'static str {
 /// Answers one delivery to `hook`'s path.
 pub async fn handle<R: Runtime>(
     runtime: &R,
+    activity: &Activity,
     hook: &Hook,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let refused = |status: StatusCode, why: String| {
         tracing::info!(function = %hook.function, path = %hook.path, status = status.as_u16(), reason = %why, "trigger.webhook: delivery refused");
+        activity.note(
+            runtime,
+            &hook.path,
+            "last_refusal",
+            serde_json::json!({ "at": now_rfc3339(), "status": status.as_u16(), "reason": why }),
+        );
         text_response(status, why)
     };
     if req.method() != http::Method::POST {
@@ -424,6 +457,12 @@ pub async fn handle<R: Runtime>(
     match runtime.submit(f, submission).await {
         Ok(accepted) if accepted.new => {
             tracing::info!(function = %hook.function, path = %hook.path, invocation_id = %accepted.id, delivery = ?delivery_id, "trigger.webhook: delivery accepted");
+            activity.note(
+                runtime,
+                &hook.path,
+                "last_delivery",
+                serde_json::json!({ "at": now_rfc3339(), "delivery_id": delivery_id, "invocation_id": accepted.id }),
+            );
             crate::http::accepted_response(&accepted)
         }
         Ok(accepted) => {
