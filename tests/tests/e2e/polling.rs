@@ -210,3 +210,63 @@ fn a_url_poll_emits_each_new_item_once_and_sends_the_etag_back() {
     assert_eq!(state["seen_count"], 3, "{state}");
     assert_eq!(state["etag"], "\"v2\"", "{state}");
 }
+
+#[test]
+fn the_feed_watcher_example_turns_each_new_item_into_an_event() {
+    let feed = Receiver::with(|_, _| {
+        (
+            200,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                (
+                    BODY.into(),
+                    r#"{"items": [{"id": "a", "title": "First", "url": "https://x/a"}, {"id": "b", "title": "Second", "url": "https://x/b"}]}"#.into(),
+                ),
+            ],
+        )
+    });
+    let mut ferry = Ferry::stopped(&["--allow-callback-host", "127.0.0.1"]);
+    ferry.env = vec![("FERRY_LOG".into(), "info,ferry_triggers=debug".into())];
+    ferry.start_again();
+    let manifest = format!(
+        "name = \"feed-watcher\"\n[[trigger.poll]]\nevery = \"1s\"\nurl = \"{}\"\nsplit = \"$.items\"\nitem_id = \"id\"\n",
+        feed.url("/feed.json")
+    );
+    let (status, body) = ferry.deploy_manifest(
+        "feed-watcher",
+        guests::bytes(guests::FEED_WATCHER),
+        &manifest,
+    );
+    assert_eq!(status, 201, "{body}");
+    // The poll logs each invocation it submits.
+    let ids = eventually("two items submitted", Duration::from_secs(60), || {
+        let ids: Vec<String> = ferry
+            .log()
+            .lines()
+            .filter(|l| l.contains("trigger.poll: submitted"))
+            .filter_map(|l| {
+                l.split("invocation_id=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        (ids.len() >= 2).then_some(ids)
+    });
+    assert_eq!(ids.len(), 2, "each item once");
+    let mut titles: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let done = ferry.finished(id);
+            assert_eq!(done["status"], "succeeded", "{done}");
+            assert_eq!(done["result"]["type"], "com.example.feed.new-item");
+            done["result"]["data"]["title"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    titles.sort();
+    assert_eq!(titles, ["First", "Second"]);
+}

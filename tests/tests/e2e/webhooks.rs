@@ -413,3 +413,45 @@ fn a_delivery_acknowledged_before_sigkill_runs_after_the_restart() {
     let (status, _, again) = deliver(&ferry, "/hooks/stripe/record", &headers, body);
     assert_eq!(status, 200, "{again}");
 }
+
+#[test]
+fn the_github_push_example_summarises_a_push_and_ignores_a_ping() {
+    let ferry = Ferry::start();
+    let manifest = "name = \"github-push\"\n[[trigger.webhook]]\npath = \"/hooks/github\"\nscheme = \"github\"\nsecret = \"example\"\n";
+    let (status, body) =
+        ferry.deploy_manifest("github-push", guests::bytes(guests::GITHUB_PUSH), manifest);
+    assert_eq!(status, 201, "{body}");
+    let push = br#"{"ref": "refs/heads/main", "compare": "https://github.com/o/r/compare/a...b",
+        "repository": {"full_name": "o/r"}, "pusher": {"name": "ada"},
+        "commits": [{"message": "Fix the journal\n\nDetails"}, {"message": "Docs"}]}"#;
+    let (status, _, text) = deliver(
+        &ferry,
+        "/hooks/github",
+        &signed("github", "example", push, 0, "p-1"),
+        push,
+    );
+    assert_eq!(status, 202, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let done = ferry.finished(v["id"].as_str().unwrap());
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let summary = &done["result"];
+    assert_eq!(summary["type"], "com.example.push.summary", "{summary}");
+    assert_eq!(summary["data"]["repository"], "o/r");
+    assert_eq!(summary["data"]["branch"], "main");
+    assert_eq!(summary["data"]["commits"], 2);
+    assert_eq!(summary["data"]["messages"][0], "Fix the journal");
+    // GitHub's ping when the webhook is set up: acknowledged, no event.
+    let ping = br#"{"zen": "Keep it logically awesome."}"#;
+    let mut headers = signed("github", "example", ping, 0, "p-2");
+    for (k, v) in headers.iter_mut() {
+        if k == "x-github-event" {
+            *v = "ping".into();
+        }
+    }
+    let (status, _, text) = deliver(&ferry, "/hooks/github", &headers, ping);
+    assert_eq!(status, 202, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let done = ferry.finished(v["id"].as_str().unwrap());
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["result"].is_null(), "{done}");
+}
