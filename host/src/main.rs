@@ -594,6 +594,63 @@ fn print_function(f: &Value, json: bool, verb: &str) {
             say!("  route {r}");
         }
     }
+    for hook in f
+        .get("webhooks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let at = |k: &str| hook[k]["at"].as_str().unwrap_or("never").to_string();
+        say!(
+            "  webhook {}  last delivery {}  last refusal {}{}",
+            hook["url"].as_str().unwrap_or("?"),
+            at("last_delivery"),
+            at("last_refusal"),
+            hook["last_refusal"]["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    let sections = f["triggers"]["poll"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (section, state) in sections.iter().zip(
+        f.get("polls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten(),
+    ) {
+        let when = section["every"]
+            .as_str()
+            .map(|e| format!("every {e}"))
+            .or_else(|| section["cron"].as_str().map(|c| format!("cron {c:?}")))
+            .unwrap_or_default();
+        let time = |k: &str| {
+            state[k]
+                .as_u64()
+                .and_then(|ms| {
+                    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        say!(
+            "  poll {when}{}  last {}  next {}  {}",
+            section["url"]
+                .as_str()
+                .map(|u| format!(" {u}"))
+                .unwrap_or_default(),
+            time("last_ms"),
+            time("next_ms"),
+            state["last_error"]
+                .as_str()
+                .map(|e| format!("error: {e}"))
+                .or_else(|| state["last_result"].as_str().map(str::to_string))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn print_list(list: &Value) {

@@ -10,6 +10,7 @@
 use std::future::Future;
 
 pub mod cloudevents;
+pub mod crashpoint;
 pub mod http;
 pub mod nats;
 pub mod poll;

@@ -422,6 +422,9 @@ async fn run_poll<R: Runtime>(runtime: Arc<R>, p: Poll, mut shutdown: Shutdown) 
         loop {
             match fire(&*runtime, &p, slot, &mut state).await {
                 Ok(result) => {
+                    // Submitted, not yet recorded as fired: a crash here fires the slot again
+                    // at the next start, and its idempotency key makes that run nothing.
+                    crate::crashpoint::crashpoint("poll-fired");
                     state.last_ms = Some(slot);
                     state.first_ms.get_or_insert(slot);
                     state.fired += 1;

@@ -83,6 +83,12 @@ fn a_one_second_schedule_fires_every_slot_once() {
     let state = poll_state(&ferry);
     assert!(state["fired"].as_u64().unwrap() >= 4, "{state}");
     assert!(state["next_ms"].as_u64().is_some(), "{state}");
+    let shown = ferry.cli(&["show", "record"], None);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("poll every 1s") && shown.contains("tick "),
+        "{shown}"
+    );
     // Every fired slot ran exactly once.
     let fired_now = fired(&ferry, 0).len();
     eventually("every fired slot to run", Duration::from_secs(60), || {
@@ -269,4 +275,48 @@ fn the_feed_watcher_example_turns_each_new_item_into_an_event() {
         .collect();
     titles.sort();
     assert_eq!(titles, ["First", "Second"]);
+}
+
+#[test]
+fn a_crash_at_the_moment_of_firing_runs_the_slot_once() {
+    let receiver = Receiver::start();
+    let mut ferry = Ferry::stopped(&[]);
+    ferry.env = vec![
+        ("FERRY_LOG".into(), "info,ferry_triggers=debug".into()),
+        // The second slot is submitted, then the host dies before it records it as fired.
+        ("FERRY_CRASH_AT".into(), "poll-fired:2".into()),
+    ];
+    ferry.start_again();
+    deploy_record(&ferry, &receiver, "every = \"1s\"\ncatch_up = \"all\"");
+    assert!(!ferry.wait_for_exit(Duration::from_secs(60)).success());
+    ferry.env = vec![("FERRY_LOG".into(), "info,ferry_triggers=debug".into())];
+    let log_len = ferry.log().len();
+    ferry.start_again();
+    eventually(
+        "two slots after the restart",
+        Duration::from_secs(60),
+        || (fired(&ferry, log_len).len() >= 2).then_some(()),
+    );
+    assert!(
+        ferry.log()[log_len..].contains("new=false"),
+        "the slot that was submitted before the crash is fired again as a repeat"
+    );
+    let mut slots: Vec<u64> = fired(&ferry, 0).into_iter().map(|(s, _)| s).collect();
+    slots.sort();
+    slots.dedup();
+    eventually("every slot to run", Duration::from_secs(60), || {
+        (runs(&receiver).len() >= slots.len()).then_some(())
+    });
+    // Stopped, so that every slot submitted is also logged as fired.
+    ferry.terminate(Duration::from_secs(30));
+    let after: Vec<u64> = fired(&ferry, 0).into_iter().map(|(s, _)| s).collect();
+    let mut distinct = after.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        runs(&receiver).len() <= distinct.len(),
+        "no slot ran twice: {} runs for {} slots",
+        runs(&receiver).len(),
+        distinct.len()
+    );
 }

@@ -291,6 +291,12 @@ fn every_scheme_accepts_signed_deliveries_and_refuses_the_rest_without_running_a
         github["last_refusal"]["status"], 405,
         "the last refusal, with its reason: {github}"
     );
+    let shown = ferry.cli(&["show", "misbehave"], None);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("/hooks/github/record") && shown.contains("(webhooks take POST)"),
+        "{shown}"
+    );
 }
 
 #[test]
