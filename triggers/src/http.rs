@@ -570,7 +570,13 @@ async fn handle<R: Runtime>(
             .instrument(span)
             .await;
     }
-    match shared.function(path, &seen.routes) {
+    let function = shared.function(path, &seen.routes).filter(|f| {
+        // A function with webhooks runs only on signed deliveries, not on its own route.
+        let name = &R::info(f).name;
+        let own = path == format!("/{name}") || path.starts_with(&format!("/{name}/"));
+        !(own && shared.hooks.load().1.guards(name))
+    });
+    match function {
         Some(f) if prefers_async(req.headers()) => {
             let span =
                 tracing::debug_span!("trigger.http.submit", method = %req.method(), path = %path);

@@ -374,88 +374,166 @@ async fn sleep_until(at: u64, shutdown: &mut Shutdown) -> bool {
     }
 }
 
-/// One poll's loop: catch up on what the host missed, then fire each slot as it comes.
-async fn run_poll<R: Runtime>(runtime: Arc<R>, p: Poll, mut shutdown: Shutdown) {
-    let mut state = load(&*runtime, &p);
-    let now = now_ms();
-    // Slots missed while the host was down.
-    let mut due: Vec<u64> = Vec::new();
-    if let Some(last) = state.last_ms {
-        let mut t = last;
-        while let Some(next) = p.when.after(t) {
-            if next > now || due.len() >= CATCH_UP_CAP {
-                break;
+/// A running host that falls behind by at most this many slots (a slow source, a short store
+/// outage) fires each of them; further behind, `catch_up` decides, as after a restart.
+const LATE_LIMIT: usize = 10;
+
+/// The latest slot after `from` and at or before `now`.
+fn latest(when: &When, from: u64, now: u64) -> Option<u64> {
+    match when {
+        When::Every(ms) => {
+            let l = now / ms * ms;
+            (l > from).then_some(l)
+        }
+        When::Cron(..) => {
+            let (mut t, mut found) = (from, None);
+            // Bounded: a per-second cron over a year is 31 million slots.
+            for _ in 0..1_000_000 {
+                match when.after(t) {
+                    Some(next) if next <= now => {
+                        found = Some(next);
+                        t = next;
+                    }
+                    _ => break,
+                }
             }
-            due.push(next);
-            t = next;
-        }
-        match p.catch_up {
-            CatchUp::All => {}
-            CatchUp::One => due = due.last().copied().into_iter().collect(),
-            CatchUp::None => due.clear(),
-        }
-        if !due.is_empty() {
-            tracing::info!(function = %p.function, missed = due.len(), "trigger.poll: catching up");
+            found
         }
     }
-    // After the missed slots (fired first), the next slot after now.
-    let mut cursor = now.max(state.last_ms.unwrap_or(0));
-    loop {
-        let slot = match due.first().copied() {
-            Some(slot) => {
-                due.remove(0);
-                slot
+}
+
+/// The slots after `from` up to `now`: all of them while there are at most `limit`, else None.
+fn late(when: &When, from: u64, now: u64, limit: usize) -> Option<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while let Some(next) = when.after(t) {
+        if next > now {
+            return Some(out);
+        }
+        if out.len() == limit {
+            return None;
+        }
+        out.push(next);
+        t = next;
+    }
+    Some(out)
+}
+
+/// What to fire of the slots after `from` up to `now`, as `catch_up` says.
+fn catching_up(p: &Poll, from: u64, now: u64) -> Vec<u64> {
+    match p.catch_up {
+        CatchUp::None => Vec::new(),
+        CatchUp::One => latest(&p.when, from, now).into_iter().collect(),
+        CatchUp::All => {
+            // The latest CATCH_UP_CAP of them.
+            let mut all = std::collections::VecDeque::new();
+            let mut t = from;
+            for _ in 0..1_000_000 {
+                match p.when.after(t) {
+                    Some(next) if next <= now => {
+                        if all.len() == CATCH_UP_CAP {
+                            all.pop_front();
+                        }
+                        all.push_back(next);
+                        t = next;
+                    }
+                    _ => break,
+                }
             }
-            None => match p.when.after(cursor) {
-                Some(next) => {
-                    state.next_ms = Some(next);
-                    if !sleep_until(next, &mut shutdown).await {
-                        return;
-                    }
-                    next
-                }
-                None => return, // a cron schedule with no future time
-            },
+            all.into()
+        }
+    }
+}
+
+/// One poll's loop: fire each slot as it comes; slots missed while the host was down, or by a
+/// running host more than [`LATE_LIMIT`] slots behind, follow `catch_up`.
+async fn run_poll<R: Runtime>(runtime: Arc<R>, p: Poll, mut shutdown: Shutdown) {
+    let mut state = load(&*runtime, &p);
+    // Without a record of a fired slot, nothing was missed: start from now.
+    let mut cursor = state.last_ms.unwrap_or_else(now_ms);
+    let mut starting = true;
+    loop {
+        let now = now_ms();
+        let due = match late(&p.when, cursor, now, LATE_LIMIT) {
+            Some(slots) if !slots.is_empty() && !starting => slots,
+            Some(slots) if slots.is_empty() => Vec::new(),
+            // Missed while the host was down, or far behind.
+            _ => {
+                let slots = catching_up(&p, cursor, now);
+                tracing::info!(function = %p.function, section = p.index, firing = slots.len(), catch_up = ?p.catch_up, "trigger.poll: catching up on missed slots");
+                cursor = cursor.max(now);
+                slots
+            }
         };
-        let catching_up = slot <= now;
-        // Fire the slot until it is fired (a source error backs off and tries again).
-        loop {
-            match fire(&*runtime, &p, slot, &mut state).await {
-                Ok(result) => {
-                    // Submitted, not yet recorded as fired: a crash here fires the slot again
-                    // at the next start, and its idempotency key makes that run nothing.
-                    crate::crashpoint::crashpoint("poll-fired");
-                    state.last_ms = Some(slot);
-                    state.first_ms.get_or_insert(slot);
-                    state.fired += 1;
-                    state.last_result = Some(result);
-                    state.last_error = None;
-                    state.errors = 0;
-                    state.next_ms = p.when.after(slot);
-                    tracing::debug!(function = %p.function, section = p.index, slot_ms = slot, catch_up = catching_up, result = ?state.last_result, "trigger.poll: fired");
-                    if let Err(e) = save(&*runtime, &p, &state) {
-                        tracing::error!(function = %p.function, error = %e, "trigger.poll");
-                    }
-                    break;
+        starting = false;
+        let due = if due.is_empty() {
+            // Nothing late: wait for the next slot.
+            let Some(next) = p.when.after(cursor) else {
+                return; // a cron schedule with no future time
+            };
+            state.next_ms = Some(next);
+            if !sleep_until(next, &mut shutdown).await {
+                return;
+            }
+            vec![next]
+        } else {
+            due
+        };
+        for slot in due {
+            let catch_up = slot < now;
+            if !fire_until_done(&*runtime, &p, slot, catch_up, &mut state, &mut shutdown).await {
+                return;
+            }
+            cursor = cursor.max(slot);
+        }
+    }
+}
+
+/// Fires one slot, trying again after a source error (backoff with jitter); false when
+/// shutdown came first.
+async fn fire_until_done<R: Runtime>(
+    runtime: &R,
+    p: &Poll,
+    slot: u64,
+    catch_up: bool,
+    state: &mut PollState,
+    shutdown: &mut Shutdown,
+) -> bool {
+    loop {
+        match fire(runtime, p, slot, state).await {
+            Ok(result) => {
+                // Submitted, not yet recorded as fired: a crash here fires the slot again at the
+                // next start, and its idempotency key makes that run nothing.
+                crate::crashpoint::crashpoint("poll-fired");
+                state.last_ms = Some(state.last_ms.unwrap_or(0).max(slot));
+                state.first_ms.get_or_insert(slot);
+                state.fired += 1;
+                state.last_result = Some(result);
+                state.last_error = None;
+                state.errors = 0;
+                state.next_ms = p.when.after(slot);
+                tracing::debug!(function = %p.function, section = p.index, slot_ms = slot, catch_up, result = ?state.last_result, "trigger.poll: fired");
+                if let Err(e) = save(runtime, p, state) {
+                    tracing::error!(function = %p.function, error = %e, "trigger.poll");
                 }
-                Err(e) => {
-                    state.errors += 1;
-                    state.last_error = Some(e.clone());
-                    let _ = save(&*runtime, &p, &state);
-                    let delay = crate::backoff(
-                        Duration::from_secs(1),
-                        Duration::from_secs(300),
-                        state.errors,
-                    );
-                    let delay = delay.mul_f64(0.5 + fastrand_unit() / 2.0);
-                    tracing::warn!(function = %p.function, error = %e, retry_in_ms = delay.as_millis() as u64, "trigger.poll: source error");
-                    if !sleep_until(now_ms() + delay.as_millis() as u64, &mut shutdown).await {
-                        return;
-                    }
+                return true;
+            }
+            Err(e) => {
+                state.errors += 1;
+                state.last_error = Some(e.clone());
+                let _ = save(runtime, p, state);
+                let delay = crate::backoff(
+                    Duration::from_secs(1),
+                    Duration::from_secs(300),
+                    state.errors,
+                );
+                let delay = delay.mul_f64(0.5 + fastrand_unit() / 2.0);
+                tracing::warn!(function = %p.function, error = %e, retry_in_ms = delay.as_millis() as u64, "trigger.poll: source error");
+                if !sleep_until(now_ms() + delay.as_millis() as u64, shutdown).await {
+                    return false;
                 }
             }
         }
-        cursor = slot;
     }
 }
 
@@ -561,13 +639,17 @@ async fn fire<R: Runtime>(
             let items = at
                 .as_array()
                 .ok_or_else(|| format!("{url}: the split path is not an array"))?;
-            let mut n = 0;
+            let (mut n, mut skipped) = (0, 0);
             for item in items {
                 let id = match &p.item_id {
                     Some(field) => match item.get(field) {
-                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
                         Some(v @ serde_json::Value::Number(_)) => v.to_string(),
-                        _ => return Err(format!("{url}: an item has no {field:?}")),
+                        // One bad item must not hold up the others.
+                        _ => {
+                            skipped += 1;
+                            continue;
+                        }
                     },
                     None => hex::encode(sha2::Sha256::digest(item.to_string().as_bytes())),
                 };
@@ -593,6 +675,9 @@ async fn fire<R: Runtime>(
                     state.seen.drain(..extra);
                 }
                 n += 1;
+            }
+            if skipped > 0 {
+                tracing::warn!(function = %p.function, url = %url, skipped, "trigger.poll: items without an id were skipped");
             }
             n
         }

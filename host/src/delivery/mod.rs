@@ -172,6 +172,8 @@ impl Delivery {
         let guard = CallbackGuard::new(options.allow_callback_hosts.clone());
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would connect to the target itself, past the guard.
+            .no_proxy()
             .timeout(Duration::from_secs(10))
             .dns_resolver(Arc::new(guard.clone()))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))

@@ -240,17 +240,26 @@ fn validate_all(all: &[Sections]) -> Result<(), String> {
 #[derive(Debug, Default)]
 pub struct Hooks {
     by_path: HashMap<String, Arc<Hook>>,
+    /// Functions with at least one webhook.
+    functions: std::collections::HashSet<String>,
 }
 
 impl Hooks {
     /// The webhooks of `all` (the `webhook` sections of every deployed function).
     pub fn of(all: &[Sections]) -> Hooks {
-        Hooks {
-            by_path: hooks_of(all).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "trigger.webhook: table rejected");
-                HashMap::new()
-            }),
-        }
+        let by_path = hooks_of(all).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "trigger.webhook: table rejected");
+            HashMap::new()
+        });
+        let functions = by_path.values().map(|h| h.function.clone()).collect();
+        Hooks { by_path, functions }
+    }
+
+    /// Whether `function` has webhooks: then its own route (`/{name}/...`) serves nothing, so
+    /// that it runs only on signed deliveries (its `[[trigger.http]]` routes, if the author
+    /// gave it any, still serve).
+    pub fn guards(&self, function: &str) -> bool {
+        self.functions.contains(function)
     }
 
     /// The webhook on `path`, if any.
@@ -461,7 +470,8 @@ pub async fn handle<R: Runtime>(
                 runtime,
                 &hook.path,
                 "last_delivery",
-                serde_json::json!({ "at": now_rfc3339(), "delivery_id": delivery_id, "invocation_id": accepted.id }),
+                // Not the invocation id: /healthz shows this, and a status URL is a capability.
+                serde_json::json!({ "at": now_rfc3339(), "delivery_id": delivery_id }),
             );
             crate::http::accepted_response(&accepted)
         }

@@ -74,9 +74,16 @@ impl Keys {
                 return Err("the secret is empty".into());
             }
             match (scheme, secret.strip_prefix("whsec_")) {
-                (Scheme::StandardWebhooks, Some(b64)) => base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| format!("the part after whsec_ is not base64: {e}")),
+                (Scheme::StandardWebhooks, Some(b64)) => {
+                    // The decoder's error would quote a byte of the secret: say less.
+                    let key = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|_| "the part after whsec_ is not valid base64".to_string())?;
+                    if key.is_empty() {
+                        return Err("the secret is empty after whsec_".into());
+                    }
+                    Ok(key)
+                }
                 _ => Ok(secret.as_bytes().to_vec()),
             }
         };
@@ -132,16 +139,29 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     mac
 }
 
-/// Whether any of `signatures` is the HMAC of `parts` under any key, compared in constant time.
+/// At most this many candidate signatures are looked at per delivery (providers send one or
+/// two; an attacker could send thousands to make us hash the body for each).
+const MAX_CANDIDATES: usize = 8;
+
+/// Whether any of `signatures` is the HMAC of `parts` under any key. Each key's tag is computed
+/// once; every tag is compared with every candidate in constant time (`subtle`), all pairs
+/// checked, so the time taken does not tell which one matched. Candidates that cannot be an
+/// HMAC-SHA256 (not 32 bytes) are skipped.
 fn any_matches(keys: &Keys, parts: &[&[u8]], signatures: &[Vec<u8>]) -> bool {
-    let mut ok = false;
+    use subtle::ConstantTimeEq as _;
+    let candidates: Vec<&Vec<u8>> = signatures
+        .iter()
+        .filter(|s| s.len() == 32)
+        .take(MAX_CANDIDATES)
+        .collect();
+    let mut ok = subtle::Choice::from(0);
     for key in &keys.keys {
-        for sig in signatures {
-            // Every pair is checked, so the time taken does not tell which one matched.
-            ok |= mac(key, parts).verify_slice(sig).is_ok();
+        let tag = mac(key, parts).finalize().into_bytes();
+        for sig in &candidates {
+            ok |= tag.as_slice().ct_eq(sig.as_slice());
         }
     }
-    ok
+    ok.into()
 }
 
 fn decode_hex(s: &str, name: &'static str) -> Result<Vec<u8>, Refusal> {
@@ -164,10 +184,10 @@ fn check_time(
     let ts: u64 = ts.trim().parse().map_err(|_| Refusal::Malformed(name))?;
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let tol = tolerance.as_secs();
-    if ts + tol < now {
+    if ts.saturating_add(tol) < now {
         return Err(Refusal::Stale(tol));
     }
-    if ts > now + tol {
+    if ts > now.saturating_add(tol) {
         return Err(Refusal::Future(tol));
     }
     Ok(())
@@ -447,6 +467,26 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_candidate_signatures_is_cut_short() {
+        let scheme = Scheme::Stripe;
+        let keys = Keys::new(&scheme, "s", None).unwrap();
+        let body = b"{}";
+        let good = hex_hmac(b"s", &[b"100.", body]);
+        // Thousands of empty candidates cost nothing and do not hide the real one.
+        let flood = format!("t=100,v1={good}{}", ",v1=".repeat(5000));
+        let h = headers(&[("stripe-signature", &flood)]);
+        assert_eq!(verify(&scheme, &keys, &h, body, at(100), TOL), Ok(()));
+        // Only the first 8 well-formed candidates are looked at.
+        let decoys = format!(",v1={}", "ab".repeat(32)).repeat(8);
+        let late = format!("t=100{decoys},v1={good}");
+        let h = headers(&[("stripe-signature", &late)]);
+        assert_eq!(
+            verify(&scheme, &keys, &h, body, at(100), TOL),
+            Err(Refusal::Mismatch)
+        );
+    }
+
+    #[test]
     fn shopify_sdk_vector() {
         // Shopify/shopify-app-js, webhooks/__tests__/validate.test.ts.
         let scheme = Scheme::HmacSha256 {
@@ -502,5 +542,11 @@ mod tests {
         assert!(!format!("{keys:?}").contains("hunter2"));
         assert!(Keys::new(&Scheme::Github, "", None).is_err());
         assert!(Keys::new(&Scheme::StandardWebhooks, "whsec_!!", None).is_err());
+        assert!(Keys::new(&Scheme::StandardWebhooks, "whsec_", None).is_err());
+        let e = Keys::new(&Scheme::StandardWebhooks, "whsec_c2Vj!mV0", None).unwrap_err();
+        assert!(
+            !e.contains('!'),
+            "no byte of the secret in the message: {e}"
+        );
     }
 }
