@@ -742,12 +742,7 @@ async fn submit<R: Runtime>(
 mod tests {
     use super::*;
 
-    fn section(pairs: &[(&str, &str)]) -> toml::Table {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string())))
-            .collect()
-    }
+    use crate::port::section_of as section;
 
     #[test]
     fn sections_are_checked_naming_the_key() {

@@ -307,6 +307,15 @@ pub struct TriggerKind {
     pub disabled_hint: &'static str,
 }
 
+/// A section of string values, for the triggers' unit tests.
+#[cfg(test)]
+pub(crate) fn section_of(pairs: &[(&str, &str)]) -> toml::Table {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string())))
+        .collect()
+}
+
 /// Parses one section into a trigger's typed configuration (`deny_unknown_fields`), naming the
 /// key at fault.
 pub fn parse_section<T: serde::de::DeserializeOwned>(
