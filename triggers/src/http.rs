@@ -573,8 +573,12 @@ async fn handle<R: Runtime>(
     let function = shared.function(path, &seen.routes).filter(|f| {
         // A function with webhooks runs only on signed deliveries, not on its own route.
         let name = &R::info(f).name;
-        let own = path == format!("/{name}") || path.starts_with(&format!("/{name}/"));
-        !(own && shared.hooks.load().1.guards(name))
+        let own = || {
+            path.strip_prefix('/')
+                .and_then(|p| p.strip_prefix(name.as_str()))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        !(shared.hooks.load().1.guards(name) && own())
     });
     match function {
         Some(f) if prefers_async(req.headers()) => {
