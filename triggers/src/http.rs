@@ -566,9 +566,11 @@ async fn handle<R: Runtime>(
     }
     if let Some(hook) = shared.hook(path, &seen.hooks) {
         let span = tracing::debug_span!("trigger.webhook.delivery", path = %path);
-        return crate::webhook::handle(&*shared.runtime, &shared.activity, &hook, req)
-            .instrument(span)
-            .await;
+        // Boxed: the webhook path's state stays out of every other request's future.
+        return Box::pin(
+            crate::webhook::handle(&*shared.runtime, &shared.activity, &hook, req).instrument(span),
+        )
+        .await;
     }
     let function = shared.function(path, &seen.routes).filter(|f| {
         // A function with webhooks runs only on signed deliveries, not on its own route.
