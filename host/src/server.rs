@@ -93,6 +93,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             public_url: public_url.clone(),
             callback_secret: callback_secret(&opts, &*store)?,
             journal_dir: opts.data_dir.clone(),
+            own_listeners: vec![public.local_addr()?, admin.local_addr()?],
             host_id: host_id(&*store)?,
             attempt_lease: opts.max_timeout + Duration::from_secs(60),
             ..opts.delivery.clone()

@@ -42,7 +42,8 @@ impl Delivery {
             return Err(format!("{} must be http or https", req.url));
         }
         self.guard
-            .check_literal(&url)
+            .check(url.as_str())
+            .await
             .map_err(|e| format!("refused: {e}"))?;
         let mut get = self.http.get(url).timeout(req.timeout);
         for (k, v) in &req.headers {
@@ -128,10 +129,9 @@ impl Delivery {
         let timestamp = now_ms() / 1000;
         let signed = signature::sign(&key, &inv.id, timestamp, &body);
         let duration_ms: u64 = inv.history.iter().map(|a| a.duration_ms).sum();
-        let url = match url::Url::parse(&cb.url)
-            .map_err(|e| e.to_string())
-            .and_then(|u| self.guard.check_literal(&u).map(|_| u))
-        {
+        // The whole check again at every delivery (names are resolved again, the port counts):
+        // what a name points at may have changed since the submit.
+        let url = match self.guard.check(&cb.url).await {
             Ok(url) => url,
             Err(e) => {
                 return Ok(Err(NotDelivered::new(

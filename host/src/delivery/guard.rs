@@ -58,6 +58,11 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
             "IPv4-compatible"
         }
         _ if s[0] == 0x64 && s[1] == 0xff9b => "NAT64 (64:ff9b::/96)",
+        _ if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 => {
+            "IPv4-translated (::ffff:0:0:0/96)"
+        }
+        _ if s[0] == 0x3fff && (s[1] & 0xf000) == 0 => "documentation (3fff::/20)",
+        _ if s[0] == 0x5f00 => "SRv6 SIDs (5f00::/16)",
         _ if s[0] == 0x100 && s[1] == 0 && s[2] == 0 && s[3] == 0 => "discard-only (100::/64)",
         _ if s[0] == 0x2001 && s[1] == 0 => "Teredo (2001::/32)",
         _ if s[0] == 0x2001 && s[1] == 0x2 && s[2] == 0 => "benchmarking (2001:2::/48)",
@@ -75,24 +80,71 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// Which callback hosts an operator allows even though they resolve to non-public addresses.
 #[derive(Debug, Clone, Default)]
 pub struct CallbackGuard {
-    allow: Arc<Vec<String>>,
+    /// Allowed hosts (lower case, no brackets), each on any port or on one port.
+    allow: Arc<Vec<(String, Option<u16>)>>,
+    /// This host's own listeners: never a target, whatever the allow-list says.
+    own: Arc<Vec<SocketAddr>>,
+}
+
+/// An allow-list entry: `host` (any port) or `host:port` (that port only); IPv6 in brackets
+/// when it has a port (`[::1]:8080`).
+fn allow_entry(entry: &str) -> (String, Option<u16>) {
+    let e = entry.trim().to_ascii_lowercase();
+    if let Some(rest) = e.strip_prefix('[') {
+        if let Some((host, port)) = rest.split_once("]:") {
+            if let Ok(p) = port.parse() {
+                return (host.to_string(), Some(p));
+            }
+        }
+        return (rest.trim_end_matches(']').to_string(), None);
+    }
+    match e.rsplit_once(':') {
+        // One colon: host:port. More: a bare IPv6 address.
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host.to_string(), Some(p)),
+            Err(_) => (e.clone(), None),
+        },
+        _ => (e, None),
+    }
 }
 
 impl CallbackGuard {
-    /// A guard that lets through the hosts in `allow` (compared without case) whatever they
-    /// resolve to.
-    pub fn new(allow: Vec<String>) -> Self {
+    /// A guard that lets through the hosts in `allow` (`host` on any port, `host:port` on that
+    /// one; compared without case) whatever they resolve to, but never `own`, this host's
+    /// listeners.
+    pub fn new(allow: Vec<String>, own: Vec<SocketAddr>) -> Self {
         Self {
-            allow: Arc::new(allow.into_iter().map(|h| h.to_ascii_lowercase()).collect()),
+            allow: Arc::new(allow.iter().map(|h| allow_entry(h)).collect()),
+            own: Arc::new(own),
         }
     }
 
-    fn allowed(&self, host: &str) -> bool {
+    /// Whether `host` is allowed, on `port` when given (the resolver knows no port: then any
+    /// entry for the host lets its addresses through, and the URL check holds the port).
+    fn allowed(&self, host: &str, port: Option<u16>) -> bool {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        self.allow.contains(&host)
+        self.allow.iter().any(|(h, p)| {
+            *h == host
+                && match (p, port) {
+                    (Some(p), Some(port)) => *p == port,
+                    _ => true,
+                }
+        })
+    }
+
+    /// Whether `addr` reaches one of this host's listeners: the same port, and the listener's
+    /// address, or any local one when the listener binds all addresses.
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip() == addr.ip()
+                    || addr.ip().is_loopback()
+                    || addr.ip().is_unspecified()
+                    || (l.ip().is_unspecified() && forbidden(addr.ip()).is_some()))
+        })
     }
 
     /// Checks a callback URL at submit time: scheme, host, and every address it resolves to.
@@ -109,10 +161,8 @@ impl CallbackGuard {
             .host_str()
             .ok_or_else(|| format!("X-Callback-Url {url:?} has no host"))?
             .to_string();
-        if self.allowed(&host) {
-            return Ok(parsed);
-        }
         let port = parsed.port_or_known_default().unwrap_or(443);
+        let allowed = self.allowed(&host, Some(port));
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -126,6 +176,14 @@ impl CallbackGuard {
             .collect(),
         };
         for addr in &addrs {
+            if self.is_own(*addr) {
+                return Err(format!(
+                    "X-Callback-Url {host}:{port} is this Ferry host's own listener ({addr}), which is never a target"
+                ));
+            }
+            if allowed {
+                continue;
+            }
             if let Some(why) = forbidden(addr.ip()) {
                 return Err(format!(
                     "X-Callback-Url host {host} is {} ({why}): callbacks go to public addresses only \
@@ -147,7 +205,7 @@ impl reqwest::dns::Resolve for CallbackGuard {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed = guard.allowed(&host);
+            let allowed = guard.allowed(&host, None);
             let public: Vec<SocketAddr> = addrs
                 .into_iter()
                 .filter(|a| allowed || forbidden(a.ip()).is_none())
@@ -163,16 +221,33 @@ impl reqwest::dns::Resolve for CallbackGuard {
 }
 
 impl CallbackGuard {
-    /// The connect-time check for URLs whose host is a literal address (no DNS step).
+    /// The check for URLs whose host is a literal address (no DNS step), at every delivery:
+    /// never this host's listeners, and public addresses only unless allowed (with the port).
     pub fn check_literal(&self, url: &url::Url) -> Result<(), String> {
         let Some(host) = url.host_str() else {
             return Err("no host".into());
         };
-        if self.allowed(host) {
+        let port = url.port_or_known_default().unwrap_or(443);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = bare.parse::<IpAddr>().ok();
+        if let Some(ip) = ip {
+            if self.is_own(SocketAddr::new(ip, port)) {
+                return Err(format!("{host}:{port} is this Ferry host's own listener"));
+            }
+        } else if (bare == "localhost" || bare.ends_with(".localhost"))
+            && self.own.iter().any(|l| l.port() == port)
+        {
+            return Err(format!("{host}:{port} is this Ferry host's own listener"));
+        }
+        if self.allowed(host, Some(port)) {
             return Ok(());
         }
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        match bare.parse::<IpAddr>().ok().and_then(forbidden) {
+        if self.allow.iter().any(|(h, _)| h == bare) {
+            return Err(format!(
+                "{host} is allowed only on other ports than {port} (--allow-callback-host)"
+            ));
+        }
+        match ip.and_then(forbidden) {
             Some(why) => Err(format!("{host} is a {why} address")),
             None => Ok(()),
         }
@@ -220,6 +295,10 @@ mod tests {
             "::ffff:10.0.0.1",
             "2001:2::1",
             "2001:10::1",
+            "::ffff:0:808:808",
+            "3fff::1",
+            "3fff:0fff::1",
+            "5f00::1",
         ];
         for ip in bad {
             assert!(
@@ -246,6 +325,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn own_listeners_are_never_a_target_and_ports_are_honoured() {
+        let own: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let guard = CallbackGuard::new(
+            vec![
+                "127.0.0.1".into(),
+                "localhost".into(),
+                "10.0.0.5:9000".into(),
+                "[::1]:7000".into(),
+            ],
+            vec![own, "0.0.0.0:8080".parse().unwrap()],
+        );
+        for url in [
+            "http://127.0.0.1:8081/v1/deadletters",
+            "http://localhost:8081/",
+            "http://127.0.0.1:8080/fn",
+            "http://[::1]:8081/",
+        ] {
+            let err = guard.check(url).await.unwrap_err();
+            assert!(err.contains("own listener"), "{url}: {err}");
+            let parsed = url::Url::parse(url).unwrap();
+            assert!(guard.check_literal(&parsed).is_err(), "{url}");
+        }
+        assert!(
+            guard.check("http://127.0.0.1:9999/").await.is_ok(),
+            "another port of an allowed host"
+        );
+        assert!(guard.check("http://10.0.0.5:9000/").await.is_ok());
+        let err = guard.check("http://10.0.0.5:9001/").await.unwrap_err();
+        assert!(err.contains("--allow-callback-host"), "{err}");
+        assert!(guard
+            .check_literal(&url::Url::parse("http://10.0.0.5:9001/").unwrap())
+            .is_err());
+        assert!(guard.check("http://[::1]:7000/").await.is_ok());
+        assert_eq!(allow_entry("Example.COM"), ("example.com".into(), None));
+        assert_eq!(allow_entry("::1"), ("::1".into(), None));
+        assert_eq!(allow_entry("[::1]"), ("::1".into(), None));
+        assert_eq!(allow_entry("[::1]:80"), ("::1".into(), Some(80)));
+        assert_eq!(allow_entry("host:80"), ("host".into(), Some(80)));
+    }
+
+    #[tokio::test]
     async fn urls_are_checked_at_submit() {
         let guard = CallbackGuard::default();
         for url in [
@@ -263,7 +383,7 @@ mod tests {
             .unwrap_err()
             .contains("http or https"));
         assert!(guard.check("not a url").await.is_err());
-        let allowed = CallbackGuard::new(vec!["127.0.0.1".into()]);
+        let allowed = CallbackGuard::new(vec!["127.0.0.1".into()], vec![]);
         assert!(allowed.check("http://127.0.0.1:9/x").await.is_ok());
         assert!(allowed
             .check_literal(&url::Url::parse("http://127.0.0.1:9/").unwrap())

@@ -52,8 +52,11 @@ pub struct DeliveryOptions {
     pub flush_per_submit: bool,
     /// Where the submit journal lives (the data directory).
     pub journal_dir: std::path::PathBuf,
-    /// Callback hosts allowed even when they resolve to non-public addresses.
+    /// Callback hosts allowed even when they resolve to non-public addresses (`host`, or
+    /// `host:port` for one port).
     pub allow_callback_hosts: Vec<String>,
+    /// This host's own listeners, which callbacks and polls may never target.
+    pub own_listeners: Vec<std::net::SocketAddr>,
     /// Host-wide callback signing secret (`whsec_...`).
     pub callback_secret: String,
     /// When to try a failed callback again, and when to dead-letter it.
@@ -79,6 +82,7 @@ impl Default for DeliveryOptions {
             flush_per_submit: false,
             journal_dir: std::path::PathBuf::from("."),
             allow_callback_hosts: Vec::new(),
+            own_listeners: Vec::new(),
             // Set by `ferry serve` (flag, or generated and kept in the store).
             callback_secret: String::new(),
             callback_retry: RetryPolicy {
@@ -169,7 +173,10 @@ impl Delivery {
     ) -> anyhow::Result<Arc<Self>> {
         signature::decode_secret(&options.callback_secret)
             .map_err(|e| anyhow::anyhow!("invalid --callback-secret: {e}"))?;
-        let guard = CallbackGuard::new(options.allow_callback_hosts.clone());
+        let guard = CallbackGuard::new(
+            options.allow_callback_hosts.clone(),
+            options.own_listeners.clone(),
+        );
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // A proxy from the environment would connect to the target itself, past the guard.

@@ -598,3 +598,32 @@ fn event_function_failures_typed_errors_and_traps() {
     assert_eq!(resp.status().as_u16(), 500);
     assert!(resp.text().unwrap().contains("function echo-event trapped"));
 }
+
+#[test]
+fn a_callback_may_never_target_the_hosts_own_listeners() {
+    let receiver = ferry_tests::receiver::Receiver::start();
+    let ferry = Ferry::start_with(&["--allow-callback-host", "127.0.0.1"]);
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    // The admin API and the public listener, on an allowed host: still refused.
+    for target in [
+        ferry.admin_url("/v1/deadletters"),
+        ferry.url("/hello-http/loop"),
+    ] {
+        let resp = ferry.submit("/hello-http/x", &[("x-callback-url", &target)], "");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        assert_eq!(status, 400, "{target}: {text}");
+        assert!(text.contains("own listener"), "{text}");
+    }
+    // Another port of the allowed host is fine.
+    let id = ferry.submit_ok("/hello-http/x", &[("x-callback-url", &receiver.url("/cb"))]);
+    assert_eq!(ferry.finished(&id)["status"], "succeeded");
+    eventually("the callback", Duration::from_secs(60), || {
+        receiver
+            .requests()
+            .iter()
+            .any(|r| r.path == "/cb")
+            .then_some(())
+    });
+}
