@@ -77,6 +77,25 @@ pub mod b64 {
     }
 }
 
+/// Whether a header carries a credential, by its name.
+pub fn is_credential(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || [
+        "token",
+        "secret",
+        "api-key",
+        "apikey",
+        "password",
+        "signature",
+        "session",
+    ]
+    .iter()
+    .any(|word| n.contains(word))
+}
+
 /// One header, its value as raw bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header(pub String, #[serde(with = "b64")] pub Vec<u8>);
@@ -150,10 +169,23 @@ impl Payload {
     }
 
     /// The payload as JSON for people: an event as its JSON event format (an object).
+    ///
+    /// Credentials in a stored request's headers (`Authorization`, `Cookie`, API keys, tokens,
+    /// signatures) are shown as `"(redacted)"`: they stay stored, because a replay needs them,
+    /// but no status, dead-letter view or log shows them.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Payload::Event { event } = self {
-            v["event"] = serde_json::from_str(&event.0).unwrap_or(serde_json::Value::Null);
+        match self {
+            Payload::Event { event } => {
+                v["event"] = serde_json::from_str(&event.0).unwrap_or(serde_json::Value::Null);
+            }
+            Payload::Http { headers, .. } => {
+                for (i, Header(name, _)) in headers.iter().enumerate() {
+                    if is_credential(name) {
+                        v["headers"][i][1] = serde_json::Value::from("(redacted)");
+                    }
+                }
+            }
         }
         v
     }
@@ -342,4 +374,26 @@ pub fn now_ms() -> u64 {
 pub fn rfc3339(ms: u64) -> String {
     let t = UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_headers_are_recognised_by_name() {
+        for h in [
+            "Authorization",
+            "cookie",
+            "X-Api-Key",
+            "x-auth-token",
+            "X-Hub-Signature-256",
+            "x-session-id",
+        ] {
+            assert!(is_credential(h), "{h}");
+        }
+        for h in ["content-type", "accept", "x-request-id", "user-agent"] {
+            assert!(!is_credential(h), "{h}");
+        }
+    }
 }

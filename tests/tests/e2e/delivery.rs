@@ -224,7 +224,14 @@ fn an_event_functions_dead_letter_is_replayed_as_a_new_invocation() {
 #[test]
 fn exhausted_invocations_are_dead_lettered_then_replayed_and_purged() {
     let ferry = with_misbehave(&[], "");
-    let id = ferry.submit_ok("/misbehave/fail-unless-fixed", &[]);
+    let id = ferry.submit_ok(
+        "/misbehave/fail-unless-fixed",
+        &[
+            ("authorization", "Bearer hunter2-token"),
+            ("cookie", "session=s3cr3t"),
+            ("x-api-key", "k-12345"),
+        ],
+    );
     let v = ferry.finished(&id);
     assert_eq!(v["status"], "dead_lettered", "{v}");
     assert_eq!(v["attempts"], 3);
@@ -243,6 +250,17 @@ fn exhausted_invocations_are_dead_lettered_then_replayed_and_purged() {
     let shown: Value =
         serde_json::from_slice(&ferry.cli(&["dlq", "show", &id], None).stdout).unwrap();
     assert_eq!(shown["payload"]["path"], "/misbehave/fail-unless-fixed");
+    // Credentials are kept for the replay but never shown (nor their base64).
+    let text = shown.to_string();
+    for secret in ["hunter2-token", "s3cr3t", "k-12345"] {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        assert!(
+            !text.contains(secret) && !text.contains(&b64[..8]),
+            "{secret} shown: {text}"
+        );
+    }
+    assert!(text.contains("(redacted)"), "{text}");
     assert_eq!(shown["history"].as_array().unwrap().len(), 3);
 
     // Fix the function, then replay: the dead letter runs again and succeeds.
