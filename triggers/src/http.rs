@@ -401,10 +401,9 @@ struct Routes {
 }
 
 impl<R: Runtime> Shared<R> {
-    /// The webhook on `path`, with the webhook table brought up to date as
-    /// [`Shared::function`] does with the routes.
-    fn hook(&self, path: &str, seen: &Mutex<SectionsRx>) -> Option<Arc<crate::webhook::Hook>> {
-        let mut hooks = self.hooks.load();
+    /// The webhook table, brought up to date as [`Shared::function`] does with the routes.
+    fn hooks(&self, seen: &Mutex<SectionsRx>) -> Arc<(Arc<[Sections]>, crate::webhook::Hooks)> {
+        let mut hooks = self.hooks.load_full();
         let changed = {
             let mut rx = seen.lock().unwrap_or_else(|e| e.into_inner());
             match rx.has_changed() {
@@ -417,9 +416,9 @@ impl<R: Runtime> Shared<R> {
             let _ = self
                 .hooks
                 .compare_and_swap(&hooks, Arc::new((current, table)));
-            hooks = self.hooks.load();
+            hooks = self.hooks.load_full();
         }
-        hooks.1.get(path)
+        hooks
     }
 
     /// The function serving `path`. `seen` is the connection's own view of the sections: when
@@ -564,7 +563,9 @@ async fn handle<R: Runtime>(
             Err(e) => text_response(StatusCode::BAD_REQUEST, e),
         };
     }
-    if let Some(hook) = shared.hook(path, &seen.hooks) {
+    // Loaded once per request: the webhook on this path, and which functions have webhooks.
+    let hooks = shared.hooks(&seen.hooks);
+    if let Some(hook) = hooks.1.get(path) {
         let span = tracing::debug_span!("trigger.webhook.delivery", path = %path);
         // Boxed: the webhook path's state stays out of every other request's future.
         return Box::pin(
@@ -580,7 +581,7 @@ async fn handle<R: Runtime>(
                 .and_then(|p| p.strip_prefix(name.as_str()))
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
-        !(shared.hooks.load().1.guards(name) && own())
+        !(hooks.1.guards(name) && own())
     });
     match function {
         Some(f) if prefers_async(req.headers()) => {

@@ -378,45 +378,30 @@ async fn sleep_until(at: u64, shutdown: &mut Shutdown) -> bool {
 /// outage) fires each of them; further behind, `catch_up` decides, as after a restart.
 const LATE_LIMIT: usize = 10;
 
+/// The slots after `from` up to `now`, in order; at most a million (a per-second cron over a
+/// year is 31 million).
+fn slots(when: &When, from: u64, now: u64) -> impl Iterator<Item = u64> + '_ {
+    let mut t = from;
+    std::iter::from_fn(move || {
+        let next = when.after(t).filter(|next| *next <= now)?;
+        t = next;
+        Some(next)
+    })
+    .take(1_000_000)
+}
+
 /// The latest slot after `from` and at or before `now`.
 fn latest(when: &When, from: u64, now: u64) -> Option<u64> {
     match when {
-        When::Every(ms) => {
-            let l = now / ms * ms;
-            (l > from).then_some(l)
-        }
-        When::Cron(..) => {
-            let (mut t, mut found) = (from, None);
-            // Bounded: a per-second cron over a year is 31 million slots.
-            for _ in 0..1_000_000 {
-                match when.after(t) {
-                    Some(next) if next <= now => {
-                        found = Some(next);
-                        t = next;
-                    }
-                    _ => break,
-                }
-            }
-            found
-        }
+        When::Every(ms) => Some(now / ms * ms).filter(|l| *l > from),
+        When::Cron(..) => slots(when, from, now).last(),
     }
 }
 
 /// The slots after `from` up to `now`: all of them while there are at most `limit`, else None.
 fn late(when: &When, from: u64, now: u64, limit: usize) -> Option<Vec<u64>> {
-    let mut out = Vec::new();
-    let mut t = from;
-    while let Some(next) = when.after(t) {
-        if next > now {
-            return Some(out);
-        }
-        if out.len() == limit {
-            return None;
-        }
-        out.push(next);
-        t = next;
-    }
-    Some(out)
+    let due: Vec<u64> = slots(when, from, now).take(limit + 1).collect();
+    (due.len() <= limit).then_some(due)
 }
 
 /// What to fire of the slots after `from` up to `now`, as `catch_up` says.
@@ -426,19 +411,12 @@ fn catching_up(p: &Poll, from: u64, now: u64) -> Vec<u64> {
         CatchUp::One => latest(&p.when, from, now).into_iter().collect(),
         CatchUp::All => {
             // The latest CATCH_UP_CAP of them.
-            let mut all = std::collections::VecDeque::new();
-            let mut t = from;
-            for _ in 0..1_000_000 {
-                match p.when.after(t) {
-                    Some(next) if next <= now => {
-                        if all.len() == CATCH_UP_CAP {
-                            all.pop_front();
-                        }
-                        all.push_back(next);
-                        t = next;
-                    }
-                    _ => break,
+            let mut all = std::collections::VecDeque::with_capacity(CATCH_UP_CAP);
+            for slot in slots(&p.when, from, now) {
+                if all.len() == CATCH_UP_CAP {
+                    all.pop_front();
                 }
+                all.push_back(slot);
             }
             all.into()
         }
@@ -527,7 +505,7 @@ async fn fire_until_done<R: Runtime>(
                     Duration::from_secs(300),
                     state.errors,
                 );
-                let delay = delay.mul_f64(0.5 + fastrand_unit() / 2.0);
+                let delay = delay.mul_f64(0.5 + fastrand::f64() / 2.0);
                 tracing::warn!(function = %p.function, error = %e, retry_in_ms = delay.as_millis() as u64, "trigger.poll: source error");
                 if !sleep_until(now_ms() + delay.as_millis() as u64, shutdown).await {
                     return false;
@@ -535,15 +513,6 @@ async fn fire_until_done<R: Runtime>(
             }
         }
     }
-}
-
-/// A number in [0, 1) for jitter, from the clock's low bits (no cryptographic need).
-fn fastrand_unit() -> f64 {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    f64::from(n % 1000) / 1000.0
 }
 
 /// Fires one slot: submits what it produces; returns what it did, in words.

@@ -44,7 +44,7 @@ impl Delivery {
         self.guard
             .check(url.as_str())
             .await
-            .map_err(|e| format!("refused: {e}"))?;
+            .map_err(|e| format!("the poll URL is refused: {e}"))?;
         let mut get = self.http.get(url).timeout(req.timeout);
         for (k, v) in &req.headers {
             get = get.header(k.as_str(), v.as_str());

@@ -147,19 +147,19 @@ impl CallbackGuard {
         })
     }
 
-    /// Checks a callback URL at submit time: scheme, host, and every address it resolves to.
+    /// Checks a callback or poll URL: scheme, host, and every address it resolves to (the
+    /// messages name the URL; callers say which URL it was).
     pub async fn check(&self, url: &str) -> Result<url::Url, String> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| format!("X-Callback-Url {url:?} is not a URL: {e}"))?;
+        let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
         if parsed.scheme() != "https" && parsed.scheme() != "http" {
             return Err(format!(
-                "X-Callback-Url must be http or https, not {}",
+                "{url:?} must be http or https, not {}",
                 parsed.scheme()
             ));
         }
         let host = parsed
             .host_str()
-            .ok_or_else(|| format!("X-Callback-Url {url:?} has no host"))?
+            .ok_or_else(|| format!("{url:?} has no host"))?
             .to_string();
         let port = parsed.port_or_known_default().unwrap_or(443);
         let allowed = self.allowed(&host, Some(port));
@@ -171,14 +171,14 @@ impl CallbackGuard {
                 tokio::net::lookup_host((bare, port)),
             )
             .await
-            .map_err(|_| format!("X-Callback-Url host {host} did not resolve within 5s"))?
-            .map_err(|e| format!("X-Callback-Url host {host} does not resolve: {e}"))?
+            .map_err(|_| format!("host {host} did not resolve within 5s"))?
+            .map_err(|e| format!("host {host} does not resolve: {e}"))?
             .collect(),
         };
         for addr in &addrs {
             if self.is_own(*addr) {
                 return Err(format!(
-                    "X-Callback-Url {host}:{port} is this Ferry host's own listener ({addr}), which is never a target"
+                    "{host}:{port} is this Ferry host's own listener ({addr}), which is never a target"
                 ));
             }
             if allowed {
@@ -186,7 +186,7 @@ impl CallbackGuard {
             }
             if let Some(why) = forbidden(addr.ip()) {
                 return Err(format!(
-                    "X-Callback-Url host {host} is {} ({why}): callbacks go to public addresses only \
+                    "host {host} is {} ({why}): callbacks and polls go to public addresses only \
                      unless the operator allows the host (ferry serve --allow-callback-host)",
                     addr.ip()
                 ));

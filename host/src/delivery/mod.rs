@@ -353,7 +353,7 @@ impl Delivery {
                 self.guard
                     .check(url)
                     .await
-                    .map_err(SubmitFailure::BadRequest)?
+                    .map_err(|e| SubmitFailure::BadRequest(format!("X-Callback-Url: {e}")))?
                     .to_string(),
             )),
             None => None,

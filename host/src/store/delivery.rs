@@ -239,11 +239,12 @@ impl SledStore {
     /// or between removing the record and the file); returns how many were removed.
     pub(super) fn remove_orphan_payloads(&self) -> anyhow::Result<usize> {
         let dir = self.dir.join(super::durable::PAYLOAD_DIR);
+        let t = self.t()?;
         let mut n = 0;
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let id = entry.file_name().to_string_lossy().into_owned();
-            if self.t()?.delivery.get(record_key(&id))?.is_none() {
+            if t.delivery.get(record_key(&id))?.is_none() {
                 let _ = std::fs::remove_file(entry.path());
                 n += 1;
             }
@@ -254,15 +255,16 @@ impl SledStore {
     /// Brings a delivery tree written by an earlier layout up to date: derives the indexes it
     /// lacks from the records. Runs once; the version key marks it done.
     pub(super) fn upgrade_delivery(&self) -> anyhow::Result<usize> {
-        if self.t()?.delivery.get(b"v")?.as_deref() == Some(&[LAYOUT][..]) {
+        let t = self.t()?;
+        if t.delivery.get(b"v")?.as_deref() == Some(&[LAYOUT][..]) {
             return Ok(0);
         }
         let mut n = 0;
-        for kv in self.t()?.delivery.scan_prefix(b"i") {
+        for kv in t.delivery.scan_prefix(b"i") {
             let (_, v) = kv?;
             let inv: Invocation = serde_json::from_slice(&v).context("corrupt invocation")?;
             for k in index_keys(&inv) {
-                self.t()?.delivery.insert(k, &[][..])?;
+                t.delivery.insert(k, &[][..])?;
             }
             if inv.payload.is_some() {
                 // Written before payloads had keys of their own.
@@ -272,12 +274,12 @@ impl SledStore {
                     batch.insert(payload_key(&inv.id), payload);
                 }
                 batch.insert(record_key(&inv.id), record);
-                self.t()?.delivery.apply_batch(batch)?;
+                t.delivery.apply_batch(batch)?;
             }
             n += 1;
         }
-        self.t()?.delivery.insert(b"v", &[LAYOUT][..])?;
-        self.t()?.delivery.flush()?;
+        t.delivery.insert(b"v", &[LAYOUT][..])?;
+        t.delivery.flush()?;
         if n > 0 {
             tracing::info!(invocations = n, "re-indexed the delivery store");
         }
@@ -399,13 +401,14 @@ impl DeliveryStore for SledStore {
         limit: usize,
     ) -> anyhow::Result<Vec<Invocation>> {
         self.noted((|| {
+            let t = self.t()?;
             let start = due_key(queue, 0, "");
             let end = due_key(queue, now_ms.saturating_add(1), "");
             let mut candidates = Vec::new();
-            for kv in self.t()?.delivery.range(start..end) {
+            for kv in t.delivery.range(start..end) {
                 let (k, _) = kv?;
                 let (_, id) = timed(&k);
-                match self.t()?.delivery.get(lease_key(queue, &id))? {
+                match t.delivery.get(lease_key(queue, &id))? {
                     Some(v) if parse_lease(&v).1 > now_ms => continue,
                     _ => candidates.push((k.to_vec(), id)),
                 }
@@ -417,7 +420,7 @@ impl DeliveryStore for SledStore {
                 return Ok(Vec::new());
             }
             let value = lease_value(lease);
-            let taken = committed(self.t()?.delivery.transaction(|tx| {
+            let taken = committed(t.delivery.transaction(|tx| {
                 let mut taken = Vec::new();
                 for (due, id) in &candidates {
                     if tx.get(due.as_slice())?.is_none() {
@@ -519,11 +522,12 @@ impl DeliveryStore for SledStore {
     }
 
     fn release_leases(&self, owner_prefix: &str) -> anyhow::Result<usize> {
+        let t = self.t()?;
         let mut n = 0;
-        for kv in self.t()?.delivery.scan_prefix(b"l") {
+        for kv in t.delivery.scan_prefix(b"l") {
             let (k, v) = kv?;
             if parse_lease(&v).0.starts_with(owner_prefix) {
-                self.t()?.delivery.remove(k)?;
+                t.delivery.remove(k)?;
                 n += 1;
             }
         }

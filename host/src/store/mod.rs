@@ -425,12 +425,12 @@ impl SledStore {
     /// The durable flush: the next generation into the store, sled's flush, fsync of every
     /// changed file and directory, then the seal.
     fn flush_durably(&self) -> anyhow::Result<()> {
+        let t = self.t()?;
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.generation()? + 1;
-        self.t()?
-            .settings
+        t.settings
             .insert(GENERATION_KEY, &generation.to_be_bytes())?;
-        self.t()?.db.flush().context("failed to flush the store")?;
+        t.db.flush().context("failed to flush the store")?;
         let started = SystemTime::now();
         let synced_now = durable::sync_changed(&self.dir.join(durable::DB_DIR), *synced)
             .and_then(|_| durable::sync_changed(&self.dir.join(durable::PAYLOAD_DIR), *synced))
