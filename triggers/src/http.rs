@@ -573,16 +573,22 @@ async fn handle<R: Runtime>(
         )
         .await;
     }
-    let function = shared.function(path, &seen.routes).filter(|f| {
+    let function = shared.function(path, &seen.routes);
+    if let Some(name) = function.as_ref().map(|f| &R::info(f).name) {
         // A function with webhooks runs only on signed deliveries, not on its own route.
-        let name = &R::info(f).name;
-        let own = || {
-            path.strip_prefix('/')
-                .and_then(|p| p.strip_prefix(name.as_str()))
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        };
-        !(hooks.1.guards(name) && own())
-    });
+        let own = path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(name.as_str()))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if own && hooks.1.guards(name) {
+            return text_response(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "function {name} has webhooks, so it runs only on signed deliveries to their paths (`ferry show {name}` lists them), not on {path}"
+                ),
+            );
+        }
+    }
     match function {
         Some(f) if prefers_async(req.headers()) => {
             let span =

@@ -263,6 +263,7 @@ fn every_scheme_accepts_signed_deliveries_and_refuses_the_rest_without_running_a
     // A function with webhooks runs only on signed deliveries, not on its own route.
     let direct = ferry.submit("/misbehave/record", &[], "{}");
     assert_eq!(direct.status().as_u16(), 404);
+    assert!(direct.text().unwrap().contains("signed deliveries"));
     assert_eq!(ferry.get("/misbehave/record").0, 404);
     assert_eq!(hits(&receiver), SCHEMES.len(), "nothing refused ran");
 
