@@ -16,6 +16,8 @@ export FERRY_ADMIN="http://${FERRY_ADMIN_LISTEN}"
 ferry="$(pwd)/${CARGO_TARGET_DIR:-target}/release/ferry"
 [ -x "$ferry" ] || ferry="${CARGO_TARGET_DIR:-target}/release/ferry"
 wasm=guest-examples/target/wasm32-wasip2/release
+# The host keeps its admin token in the data directory; the CLI finds it there.
+export FERRY_DATA_DIR="${FERRY_DATA_DIR:-$(pwd)/.ferry}"
 
 $ferry serve &
 server=$!
@@ -24,7 +26,7 @@ stop() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true;
 trap stop INT TERM
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
-    curl -fsS "$FERRY_ADMIN/healthz" >/dev/null 2>&1 && break
+    curl -fsS "$FERRY_ADMIN/readyz" >/dev/null 2>&1 && break
     kill -0 $server 2>/dev/null || { echo "ferry serve exited; see the log above" >&2; exit 1; }
     sleep 0.1
 done

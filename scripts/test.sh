@@ -34,7 +34,10 @@ status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '
     /^failures:$/ || /^---- / { m = 0; next }
-    /^    [^ ]+$/ { buf[++m] = $1; next }
+    /^error: [0-9]+ targets? failed:$/ { t = 1; next }
+    t && /^    `/ { gsub(/`/, ""); sub(/^ +/, ""); failed[++n] = $0 " (the target did not build or run)"; next }
+    { t = 0 }
+    /^    [A-Za-z_][A-Za-z0-9_:]*$/ { buf[++m] = $1; next }
     /^test result:/ {
         for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
         for (i = 1; i <= m; i++) failed[++n] = buf[i]

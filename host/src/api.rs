@@ -1,6 +1,7 @@
 //! The admin API on its own listener: deploy (raw `application/wasm` or multipart with a
-//! `ferry.toml` manifest), list, get and delete functions, and `/healthz`. When an admin token
-//! is configured, every route but `/healthz` requires `Authorization: Bearer <token>`.
+//! `ferry.toml` manifest), list, get and delete functions, `/healthz` and `/readyz`. Unless the
+//! host runs with `--insecure-no-admin-auth`, every route but `/healthz` and `/readyz` requires
+//! `Authorization: Bearer <token>`; `/healthz` shows its details only to a caller with the token.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,8 +32,11 @@ pub struct AdminState {
     pub runtime: Arc<Runtime>,
     /// Base URL of the public listener, for the `url` of each function.
     pub public_url: String,
-    /// The bearer token every route but `/healthz` requires; `None` leaves the API open.
+    /// The bearer token every route but `/healthz` and `/readyz` requires; `None` (only with
+    /// `--insecure-no-admin-auth`) leaves the API open.
     pub token: Option<String>,
+    /// Set once shutdown begins: `/readyz` then answers 503.
+    pub stopping: ferry_triggers::Shutdown,
     /// The largest component an upload may carry, in bytes (`ferry serve --max-upload`).
     pub max_upload: u64,
     /// When the host started, for the uptime in `/healthz`.
@@ -168,6 +172,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(v1)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such admin endpoint".into()) })
         // Uploads are limited by --max-upload in `deploy`, with a message that says so.
@@ -181,21 +186,29 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &state.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong admin token: send Authorization: Bearer <token> (ferry --token, FERRY_TOKEN)".into(),
-            )
+    if !authorized(&state, &headers) {
+        // No detail: a caller without the token learns nothing about why.
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "unauthorized" })),
+        )
             .into_response();
-        }
     }
     next.run(req).await
+}
+
+/// Whether the request carries the admin token (always, when authentication is off).
+fn authorized(state: &AdminState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 /// Compares the SHA-256 digests of both in constant time, so neither the position of the first
@@ -208,9 +221,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         .into()
 }
 
-async fn healthz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+/// Liveness: `ok`, or `degraded` with the store's errors. Without the admin token it says only
+/// that; with it, also the functions, compilations, uptime, NATS and trigger reports.
+async fn healthz(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
+    let errors = state.store_health.errors();
+    let status = if errors.is_empty() { "ok" } else { "degraded" };
+    if !authorized(&state, &headers) {
+        return Json(json!({ "status": status }));
+    }
     let mut health = json!({
-        "status": "ok",
+        "status": status,
         "functions": state.deployer.registry().len(),
         "compilations": state.runtime.compilations(),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -219,14 +242,34 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value
         health["nats"] = json!({ "state": ferry_triggers::nats::state(client) });
     }
     health["triggers"] = json!(state.reports.all());
-    let errors = state.store_health.errors();
     health["store"] = if errors.is_empty() {
         json!({ "status": "ok" })
     } else {
-        health["status"] = json!("degraded");
         json!({ "status": "degraded", "errors": errors })
     };
     Json(health)
+}
+
+/// Readiness: 200 once the store is open, the journal replayed and the triggers started (the
+/// admin listener serves only after all three), 503 while the store is degraded or the host is
+/// shutting down.
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let mut not_ready = Vec::new();
+    if !state.store_health.errors().is_empty() {
+        not_ready.push("the store is degraded (see /healthz with the admin token)");
+    }
+    if state.stopping.is_requested() {
+        not_ready.push("the host is shutting down");
+    }
+    if not_ready.is_empty() {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reasons": not_ready })),
+        )
+            .into_response()
+    }
 }
 
 fn internal(e: anyhow::Error) -> ApiError {

@@ -9,17 +9,25 @@ use serde_json::Value;
 /// A connection to one host's admin API, with its token.
 pub struct AdminClient {
     base: String,
-    token: Option<String>,
+    token: Option<crate::auth::Token>,
+    /// Where the token came from, or where the CLI looked for one, for the message after a 401.
+    looked: String,
     http: Client,
 }
 
 impl AdminClient {
     /// A client of the admin API at `base` (like `http://127.0.0.1:8081`), sending `token` as a
-    /// bearer token when given.
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// bearer token when given; `looked` says where the token came from (or where the CLI looked
+    /// for one), for the message when the host refuses it.
+    pub fn new(
+        base: &str,
+        token: Option<crate::auth::Token>,
+        looked: String,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,
+            looked,
             http: Client::builder()
                 .timeout(Duration::from_secs(600))
                 .build()
@@ -29,17 +37,34 @@ impl AdminClient {
 
     fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
         let req = match &self.token {
-            Some(t) => req.bearer_auth(t),
+            Some(t) => req.bearer_auth(&t.value),
             None => req,
         };
-        req.send().map_err(|e| {
+        let resp = req.send().map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach the Ferry admin API at {}: {}. Is `ferry serve` running? Start it, \
                  or point --admin (FERRY_ADMIN) at a running host",
                 self.base,
                 self.why_unreachable(&e)
             )
-        })
+        })?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            match &self.token {
+                Some(_) => bail!(
+                    "the Ferry admin API at {} refused {} (401 unauthorized): give the token of \
+                     that host with --token, FERRY_TOKEN or --token-file, or its --data-dir",
+                    self.base,
+                    self.looked
+                ),
+                None => bail!(
+                    "the Ferry admin API at {} requires a token (401 unauthorized) and none was \
+                     found: {}",
+                    self.base,
+                    self.looked
+                ),
+            }
+        }
+        Ok(resp)
     }
 
     /// Why a request did not get an answer, in a person's words. reqwest's own error for a

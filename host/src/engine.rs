@@ -17,6 +17,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{EventFunctionPre, ProxyPre, EVENT_EXPORT, HTTP_EXPORT_PREFIX};
 use crate::model::{Limits, World};
+use crate::outbound::{Outbound, OutboundOptions, OutboundPolicy};
 
 /// How often the shared ticker advances the engine's epoch: the resolution of timeouts.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -31,6 +32,10 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// The largest linear memory any function may be given, in bytes.
     pub max_memory: u64,
+    /// Guest outbound HTTP settings.
+    pub outbound: OutboundOptions,
+    /// This host's listeners, which guests may never reach.
+    pub own_listeners: Vec<std::net::SocketAddr>,
 }
 
 impl Default for EngineOptions {
@@ -38,6 +43,8 @@ impl Default for EngineOptions {
         Self {
             max_instances: 1000,
             max_memory: 256 << 20,
+            outbound: OutboundOptions::default(),
+            own_listeners: Vec::new(),
         }
     }
 }
@@ -94,6 +101,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     compat_key: String,
     compilations: AtomicU64,
+    outbound: Arc<Outbound>,
 }
 
 impl Runtime {
@@ -150,6 +158,10 @@ impl Runtime {
             linker,
             compat_key,
             compilations: AtomicU64::new(0),
+            outbound: Arc::new(Outbound::new(
+                opts.outbound.clone(),
+                opts.own_listeners.clone(),
+            )?),
         }))
     }
 
@@ -161,6 +173,11 @@ impl Runtime {
     /// Identifies the engine's compiled-code format: artifacts are cached under this key.
     pub fn compat_key(&self) -> &str {
         &self.compat_key
+    }
+
+    /// What every invocation's outbound HTTP shares.
+    pub fn outbound(&self) -> &Arc<Outbound> {
+        &self.outbound
     }
 
     /// How many components this process has compiled from source bytes.
@@ -252,45 +269,6 @@ fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
 #[error("the function exceeded its timeout")]
 pub struct DeadlineExceeded;
 
-/// Outbound HTTP policy of one invocation: only hosts on the function's allow-list are reached.
-struct OutboundPolicy {
-    allow: Arc<[String]>,
-}
-
-impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn std::future::Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<
-                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
-                                + Send,
-                        >,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        let host = request
-            .uri()
-            .host()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if !self.allow.iter().any(|a| a.eq_ignore_ascii_case(&host)) {
-            tracing::warn!(%host, "outbound request denied: host not in [outbound] allow");
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        let default: &mut dyn wasmtime_wasi_http::WasiHttpHooks = Default::default();
-        default.send_request(request, options, fut)
-    }
-}
-
 /// The data of one invocation's `Store`.
 pub struct HostState {
     wasi: WasiCtx,
@@ -302,15 +280,16 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// Creates the state of one invocation of a function with these limits and environment.
-    pub fn new(limits: &Limits, env: &[(String, String)], allow: Arc<[String]>) -> Self {
+    /// Creates the state of one invocation of a function with these limits, environment and
+    /// outbound policy.
+    pub fn new(limits: &Limits, env: &[(String, String)], hooks: OutboundPolicy) -> Self {
         let mut wasi = WasiCtx::builder();
         wasi.envs(env).inherit_stdout().inherit_stderr();
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundPolicy { allow },
+            hooks,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory as usize)
                 .instances(64)

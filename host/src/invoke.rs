@@ -110,8 +110,14 @@ async fn acquire(f: &Deployed) -> Result<OwnedSemaphorePermit, InvokeError> {
     }
 }
 
-fn new_state(f: &Deployed) -> HostState {
-    HostState::new(&f.record.limits, &f.record.config, f.outbound.clone())
+fn new_state(rt: &Runtime, f: &Deployed) -> HostState {
+    let outbound = crate::outbound::OutboundPolicy::new(
+        rt.outbound().clone(),
+        f.name().into(),
+        f.outbound.clone(),
+        f.record.limits.outbound_requests,
+    );
+    HostState::new(&f.record.limits, &f.record.config, outbound)
 }
 
 /// A request body Ferry can hand to a function: a live one, or one replayed from the store.
@@ -177,7 +183,7 @@ async fn try_http<B: RequestBody>(
         return Ok(too_large(f, max_body));
     }
     let permit = acquire(f).await?;
-    let mut store = new_store(runtime.engine(), new_state(f));
+    let mut store = new_store(runtime.engine(), new_state(runtime, f));
     let req = req.map(|body| LimitedBody::new(body, max_body));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut view = store.data_mut().http();
@@ -390,7 +396,7 @@ pub async fn event(
         .into());
     };
     let _permit = acquire(f).await?;
-    let mut store = new_store(runtime.engine(), new_state(f));
+    let mut store = new_store(runtime.engine(), new_state(runtime, f));
     let run = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance

@@ -9,6 +9,7 @@
 //! ([`client`]).
 
 pub mod api;
+pub mod auth;
 pub mod bindings;
 pub mod client;
 pub mod crashpoint;
@@ -20,6 +21,7 @@ pub mod guest_event;
 pub mod invoke;
 pub mod manifest;
 pub mod model;
+pub mod outbound;
 pub mod registry;
 pub mod server;
 pub mod store;

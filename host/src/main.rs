@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use ferry_host::auth;
 use ferry_host::client::AdminClient;
 use ferry_host::delivery::retry::RetryPolicy;
 use ferry_host::delivery::{DeliveryOptions, InvocationView};
 use ferry_host::engine::EngineOptions;
 use ferry_host::manifest::Manifest;
 use ferry_host::model::parse_size;
+use ferry_host::outbound::OutboundOptions;
 use ferry_host::server::{self, ServeOptions};
 use ferry_host::store::{Damaged, Recovery};
 use serde_json::Value;
@@ -21,8 +23,17 @@ use serde_json::Value;
 ///
 /// `ferry serve` runs a host; the other commands manage a running host through its admin API.
 #[derive(Parser)]
-#[command(name = "ferry", version)]
+#[command(name = "ferry", version, args_override_self = true)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options every command takes.
+#[derive(clap::Args)]
+struct Global {
     /// Admin API of the host to talk to.
     #[arg(
         long,
@@ -31,21 +42,33 @@ struct Cli {
         default_value = "http://127.0.0.1:8081"
     )]
     admin: String,
-    /// Admin API token: `serve` requires it on every admin request but /healthz; the other
-    /// commands send it.
+    /// Admin API token. `serve` requires it on every admin request but /healthz and /readyz
+    /// (default: the one kept in DATA_DIR/admin.token, made on first start); the other commands
+    /// send it (default: the one kept in the data directory of a host on this machine).
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the admin token, so that it need not appear on a command line.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
+    /// The host's data directory: where `serve` keeps its store and admin token, and where the
+    /// other commands look for the token [default for serve: ./.ferry; the other commands look
+    /// for .ferry/admin.token in this directory and its parents].
+    #[arg(long, global = true, env = "FERRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Print JSON instead of human-readable output.
     #[arg(long, global = true, env = "FERRY_JSON")]
     json: bool,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a Ferry host: public listener for functions, admin listener for management.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Deploy a component: `ferry deploy FILE.wasm`, or `ferry deploy` in a folder with ferry.toml.
     Deploy(DeployArgs),
     /// List deployed functions.
@@ -76,21 +99,14 @@ enum Command {
     Restore {
         /// The backup directory.
         dir: PathBuf,
-        /// The data directory to restore into, as given to `ferry serve`.
-        #[arg(long, env = "FERRY_DATA_DIR", default_value = "./.ferry")]
-        data_dir: PathBuf,
     },
 }
 
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Read every record of the store and report what is unreadable (exit code 3 if anything
-    /// is). The host using the data directory must be stopped.
-    Check {
-        /// The data directory, as given to `ferry serve`.
-        #[arg(long, env = "FERRY_DATA_DIR", default_value = "./.ferry")]
-        data_dir: PathBuf,
-    },
+    /// is). The host using the data directory (--data-dir) must be stopped.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -117,11 +133,9 @@ struct ServeArgs {
     /// Admin listener: deploy and manage, /healthz.
     #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
-    /// Directory of the embedded store. A relative path is taken from the directory `serve`
-    /// starts in, so the default puts the store in ./.ferry of wherever you run it; the absolute
-    /// path is printed on start.
-    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./.ferry")]
-    data_dir: PathBuf,
+    /// Turn admin authentication off. Refused unless the admin listener is a loopback address.
+    #[arg(long, env = "FERRY_INSECURE_NO_ADMIN_AUTH")]
+    insecure_no_admin_auth: bool,
     /// Largest component upload accepted.
     #[arg(long, env = "FERRY_MAX_UPLOAD", default_value = "64MiB", value_parser = parse_size)]
     max_upload: u64,
@@ -134,6 +148,28 @@ struct ServeArgs {
     /// Ceiling of any function's timeout.
     #[arg(long, env = "FERRY_MAX_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
     max_timeout: Duration,
+    /// Ceiling of any function's `limits.outbound_requests` (outbound HTTP requests per
+    /// invocation).
+    #[arg(long, env = "FERRY_MAX_OUTBOUND_REQUESTS", default_value_t = 256)]
+    max_outbound_requests: u32,
+    /// Host a guest may reach with outbound HTTP even though it resolves to a loopback, private
+    /// or other non-public address: HOST (any port) or HOST:PORT (repeatable). The function must
+    /// still list the host in `[outbound] allow`; this host's own listeners are never allowed.
+    #[arg(
+        long = "allow-private-outbound",
+        env = "FERRY_ALLOW_PRIVATE_OUTBOUND",
+        value_delimiter = ','
+    )]
+    allow_private_outbound: Vec<String>,
+    /// Longest a guest's outbound connection (with its TLS handshake) may take.
+    #[arg(long, env = "FERRY_OUTBOUND_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    outbound_connect_timeout: Duration,
+    /// Longest one outbound request of a guest may take, from send to the last response byte.
+    #[arg(long, env = "FERRY_OUTBOUND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    outbound_timeout: Duration,
+    /// Largest response body a guest's outbound request may receive.
+    #[arg(long, env = "FERRY_OUTBOUND_MAX_RESPONSE", default_value = "64MiB", value_parser = parse_size)]
+    outbound_max_response: u64,
     /// Store-and-forward attempts (and fire-and-forget invocations) running at once.
     #[arg(long, env = "FERRY_WORKERS", default_value_t = 32)]
     workers: usize,
@@ -248,14 +284,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The data directory `serve`, `restore` and `store check` use: `--data-dir`, else `./.ferry`
+/// (relative to where the command runs; `serve` prints the absolute path on start).
+fn data_dir(cli: &Global) -> PathBuf {
+    cli.data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./.ferry"))
+}
+
+/// A client of the admin API with the token the CLI found (see [`auth::for_cli`]).
+fn client(cli: &Global) -> anyhow::Result<AdminClient> {
+    let (token, looked) = auth::for_cli(&given(cli), &cli.admin, cli.data_dir.as_deref())?;
+    AdminClient::new(&cli.admin, token, looked)
+}
+
+fn given(cli: &Global) -> auth::Given {
+    auth::Given {
+        token: cli.token.clone(),
+        token_file: cli.token_file.clone(),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Store(StoreCommand::Check { data_dir }) => store_check(&data_dir, cli.json),
-        Command::Backup { dir } => {
-            let client = AdminClient::new(&cli.admin, cli.token)?;
-            backup(&client, &dir, cli.json)
-        }
-        Command::Restore { dir, data_dir } => {
+    let Cli {
+        global: cli,
+        command,
+    } = cli;
+    match command {
+        Command::Store(StoreCommand::Check) => store_check(&data_dir(&cli), cli.json),
+        Command::Backup { dir } => backup(&client(&cli)?, &dir, cli.json),
+        Command::Restore { dir } => {
+            let data_dir = data_dir(&cli);
             let counts = ferry_host::store::backup::restore(&dir, &data_dir)?;
             print_counts(
                 &format!("restored into {}", data_dir.display()),
@@ -264,16 +323,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve(args) => serve(args, cli.token),
+        Command::Serve(args) => serve(*args, given(&cli).resolve()?, data_dir(&cli)),
         Command::Deploy(args) => {
-            let client = AdminClient::new(&cli.admin, cli.token)?;
-            let out = deploy(&client, args)?;
+            let out = deploy(&client(&cli)?, args)?;
             print_function(&out, cli.json, "deployed");
             Ok(())
         }
         Command::List => {
-            let client = AdminClient::new(&cli.admin, cli.token)?;
-            let list = client.list()?;
+            let list = client(&cli)?.list()?;
             if cli.json {
                 say!("{list:#}");
             } else {
@@ -282,18 +339,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show { name } => {
-            let client = AdminClient::new(&cli.admin, cli.token)?;
-            let f = client.get(&name)?;
+            let f = client(&cli)?.get(&name)?;
             print_function(&f, cli.json, "function");
             Ok(())
         }
-        Command::Dlq(cmd) => {
-            let client = AdminClient::new(&cli.admin, cli.token)?;
-            dlq(&client, cmd, cli.json)
-        }
+        Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
         Command::Rm { name } => {
-            let client = AdminClient::new(&cli.admin, cli.token)?;
-            client.remove(&name)?;
+            client(&cli)?.remove(&name)?;
             if cli.json {
                 say!("{}", serde_json::json!({ "removed": name }));
             } else {
@@ -304,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -320,14 +372,23 @@ fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     runtime.block_on(server::serve(ServeOptions {
         listen: args.listen,
         admin_listen: args.admin_listen,
-        data_dir: args.data_dir,
-        admin_token: token.filter(|t| !t.is_empty()),
+        data_dir,
+        admin_token: token,
+        no_admin_auth: args.insecure_no_admin_auth,
         max_upload: args.max_upload,
         engine: EngineOptions {
             max_instances: args.max_instances,
             max_memory: args.max_memory,
+            outbound: OutboundOptions {
+                allow_private: args.allow_private_outbound,
+                connect_timeout: args.outbound_connect_timeout,
+                timeout: args.outbound_timeout,
+                max_response: args.outbound_max_response,
+            },
+            own_listeners: Vec::new(),
         },
         max_timeout: args.max_timeout,
+        max_outbound_requests: args.max_outbound_requests,
         callback_secret: args.callback_secret,
         nats: args.nats,
         keep_versions: args.keep_versions as usize,

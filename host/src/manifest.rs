@@ -45,6 +45,8 @@ pub struct LimitsSection {
     pub concurrency: Option<u32>,
     /// Largest request body, a size like `16MiB`.
     pub max_body: Option<String>,
+    /// Outbound HTTP requests one invocation may send.
+    pub outbound_requests: Option<u32>,
 }
 
 /// `[delivery]` as written; what is not set takes the default.
@@ -132,6 +134,9 @@ pub struct Ceilings {
     pub max_concurrency: u32,
     /// The longest timeout a function may ask for (`ferry serve --max-timeout`).
     pub max_timeout: Duration,
+    /// The most outbound requests per invocation a function may ask for
+    /// (`ferry serve --max-outbound-requests`).
+    pub max_outbound_requests: u32,
 }
 
 impl Manifest {
@@ -201,13 +206,26 @@ impl Manifest {
         Ok(())
     }
 
-    /// Outbound hosts are bare host names; config keys can be environment variables.
+    /// Outbound hosts are bare host names or `*.domain` wildcards; config keys can be
+    /// environment variables.
     fn check_outbound_and_config(&self) -> Result<(), ManifestError> {
         for (i, host) in self.outbound.allow.iter().enumerate() {
-            if host.is_empty() || host.contains(['/', ':', ' ']) {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let ok = !name.is_empty()
+                && !name.contains('*')
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+                || name.parse::<std::net::IpAddr>().is_ok();
+            if !ok {
                 return Err(bad(
                     format!("outbound.allow[{i}]"),
-                    format!("{host:?} is not a host name (write \"api.example.com\", no scheme or path)"),
+                    format!(
+                        "{host:?} is not a host name: write \"api.example.com\" or \
+                         \"*.example.com\" (no scheme, port or path)"
+                    ),
                 ));
             }
         }
@@ -281,6 +299,19 @@ impl LimitsSection {
         if let Some(b) = &self.max_body {
             limits.max_body = parse_size(b).map_err(|e| bad("limits.max_body", e))?;
         }
+        if let Some(n) = self.outbound_requests {
+            if n > ceilings.max_outbound_requests {
+                return Err(bad(
+                    "limits.outbound_requests",
+                    format!(
+                        "must be at most {} (ferry serve --max-outbound-requests)",
+                        ceilings.max_outbound_requests
+                    ),
+                ));
+            }
+            limits.outbound_requests = n;
+        }
+        limits.outbound_requests = limits.outbound_requests.min(ceilings.max_outbound_requests);
         Ok(limits)
     }
 }
@@ -367,6 +398,7 @@ mod tests {
             max_memory: 256 << 20,
             max_concurrency: 1000,
             max_timeout: Duration::from_secs(900),
+            max_outbound_requests: 256,
         }
     }
 

@@ -23,6 +23,13 @@ pub struct Limits {
     pub concurrency: u32,
     /// Largest request body accepted, in bytes.
     pub max_body: u64,
+    /// Outbound HTTP requests one invocation may send.
+    #[serde(default = "default_outbound_requests")]
+    pub outbound_requests: u32,
+}
+
+fn default_outbound_requests() -> u32 {
+    Limits::default().outbound_requests
 }
 
 impl Default for Limits {
@@ -32,6 +39,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             concurrency: 64,
             max_body: 16 << 20,
+            outbound_requests: 32,
         }
     }
 }

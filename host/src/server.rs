@@ -32,14 +32,19 @@ pub struct ServeOptions {
     pub admin_listen: SocketAddr,
     /// `--data-dir`: the store, the submit journal and the host id live here.
     pub data_dir: PathBuf,
-    /// `--token`: the bearer token the admin API requires; None leaves it open.
-    pub admin_token: Option<String>,
+    /// `--token`, `FERRY_TOKEN` or `--token-file`: the admin API's bearer token; without one, the
+    /// token kept in the data directory (made on first start) is used.
+    pub admin_token: Option<crate::auth::Token>,
+    /// `--insecure-no-admin-auth`: no admin authentication (loopback admin listener only).
+    pub no_admin_auth: bool,
     /// `--max-upload`: the largest component upload, in bytes.
     pub max_upload: u64,
     /// Engine settings (`--max-instances`, `--max-memory`).
     pub engine: EngineOptions,
     /// `--max-timeout`: the ceiling of any function's timeout.
     pub max_timeout: Duration,
+    /// `--max-outbound-requests`: the ceiling of any function's `limits.outbound_requests`.
+    pub max_outbound_requests: u32,
     /// Delivery settings; the host fills in its URL, secret, journal, id and lease itself.
     pub delivery: DeliveryOptions,
     /// `--callback-secret`; generated and kept in the store when absent.
@@ -64,6 +69,11 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// triggers take no new work, work in flight gets the grace period, the store is flushed.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    crate::auth::check_no_auth(
+        opts.admin_token.as_ref(),
+        opts.no_admin_auth,
+        opts.admin_listen,
+    )?;
     // Listen first: a busy port must fail before anything is created or restored.
     let public = bind(opts.listen, "public").await?;
     let admin = bind(opts.admin_listen, "admin").await?;
@@ -71,12 +81,27 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let store = Arc::new(store);
     let data_dir = std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone());
     println!("ferry: data directory {}", data_dir.display());
+    let admin_token =
+        crate::auth::for_serve(opts.admin_token.clone(), opts.no_admin_auth, &data_dir)?;
+    match &admin_token {
+        Some(_) => println!(
+            "ferry: the admin API requires the token kept in {}",
+            data_dir.join(crate::auth::TOKEN_FILE).display()
+        ),
+        None => println!(
+            "ferry: WARNING: admin authentication is off (--insecure-no-admin-auth): anyone who \
+             can reach the admin listener can deploy code"
+        ),
+    }
     if let Some(r) = recovered {
         report_recovery(&r);
     } else if let Some(flag) = opts.recovery {
         tracing::info!(?flag, "the store is sound; nothing to recover");
     }
-    let runtime = Runtime::new(&opts.engine)?;
+    let runtime = Runtime::new(&EngineOptions {
+        own_listeners: vec![public.local_addr()?, admin.local_addr()?],
+        ..opts.engine.clone()
+    })?;
     let registry = Arc::new(Registry::default());
     let deployer =
         restore(&opts, &runtime, &store, &registry, started).map_err(|e| store.as_damage(e))?;
@@ -111,7 +136,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         deployer,
         runtime: runtime.clone(),
         public_url: public_url.clone(),
-        token: opts.admin_token.clone(),
+        token: admin_token.map(|t| t.value),
+        stopping: shutdown.clone(),
         max_upload: opts.max_upload,
         started,
         delivery: delivery.clone(),
@@ -272,6 +298,7 @@ fn restore(
         max_memory: opts.engine.max_memory,
         max_concurrency: opts.engine.max_instances,
         max_timeout: opts.max_timeout,
+        max_outbound_requests: opts.max_outbound_requests,
     };
     let deployer = Arc::new(Deployer::new(
         runtime.clone(),

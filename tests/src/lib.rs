@@ -60,6 +60,8 @@ pub struct Ferry {
     pub bin: Option<PathBuf>,
     /// What the host printed on standard output up to its ready line.
     stdout: Vec<String>,
+    /// The admin token the host keeps in its data directory (read when it is ready).
+    pub token: Option<String>,
     pub http: Client,
 }
 
@@ -91,6 +93,7 @@ impl Ferry {
             env: Vec::new(),
             bin: None,
             stdout: Vec::new(),
+            token: None,
             http: Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()
@@ -127,9 +130,14 @@ impl Ferry {
         ])
         .arg("--data-dir")
         .arg(&self.data_dir)
+        // The receivers tests use listen on 127.0.0.1, a loopback address guests may reach only
+        // when the operator allows it (the security tests use other names to see the refusal).
+        .args(["--allow-private-outbound", "127.0.0.1"])
         .args(&self.extra_args)
         .env("FERRY_LOG", "info,ferry_host=debug")
         .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_TOKEN_FILE")
+        .env_remove("FERRY_INSECURE_NO_ADMIN_AUTH")
         .env_remove("FERRY_CRASH_AT")
         .envs(self.env.iter().map(|(k, v)| (k, v)))
         .stderr(log);
@@ -189,6 +197,9 @@ impl Ferry {
                             .expect("ready line names both listeners");
                         self.public = public.to_string();
                         self.admin = admin.to_string();
+                        self.token = std::fs::read_to_string(self.data_dir.join("admin.token"))
+                            .ok()
+                            .map(|t| t.trim().to_string());
                         return true;
                     }
                 }
@@ -302,11 +313,23 @@ impl Ferry {
         format!("{}{path}", self.admin)
     }
 
+    /// A request to the admin listener with the host's admin token.
+    pub fn admin_req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        let req = self.http.request(method, self.admin_url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     /// Deploys raw component bytes; returns (status, JSON body).
     pub fn deploy_raw(&self, name: &str, wasm: Vec<u8>) -> (u16, serde_json::Value) {
         let resp = self
-            .http
-            .put(self.admin_url(&format!("/v1/functions/{name}")))
+            .admin_req(reqwest::Method::PUT, &format!("/v1/functions/{name}"))
             .header("content-type", "application/wasm")
             .body(wasm)
             .send()
@@ -326,8 +349,7 @@ impl Ferry {
             .part("component", Part::bytes(wasm))
             .part("manifest", Part::text(manifest.to_string()));
         let resp = self
-            .http
-            .put(self.admin_url(&format!("/v1/functions/{name}")))
+            .admin_req(reqwest::Method::PUT, &format!("/v1/functions/{name}"))
             .multipart(form)
             .send()
             .expect("deploy request");
@@ -343,14 +365,14 @@ impl Ferry {
     /// GET on the admin listener as JSON.
     pub fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
         json_of(
-            self.http
-                .get(self.admin_url(path))
+            self.admin_req(reqwest::Method::GET, path)
                 .send()
                 .expect("admin request"),
         )
     }
 
-    /// Runs the CLI against this host.
+    /// Runs the CLI against this host; it finds the admin token in the host's data directory
+    /// (`FERRY_DATA_DIR`), as the CLI on the host's machine does.
     pub fn cli(&self, args: &[&str], dir: Option<&Path>) -> Output {
         let mut cmd = Command::new(ferry_bin());
         cmd.arg("--admin").arg(&self.admin).args(args);
@@ -358,6 +380,8 @@ impl Ferry {
             cmd.current_dir(d);
         }
         cmd.env_remove("FERRY_TOKEN")
+            .env_remove("FERRY_TOKEN_FILE")
+            .env("FERRY_DATA_DIR", &self.data_dir)
             .output()
             .expect("running the ferry CLI")
     }

@@ -60,6 +60,11 @@ impl Shutdown {
         // An error means the handle was dropped, which also means "stop".
         let _ = self.0.wait_for(|stop| *stop).await;
     }
+
+    /// Whether shutdown has been requested.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
 }
 
 impl ShutdownHandle {

@@ -78,12 +78,23 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
 }
 
 /// Which callback hosts an operator allows even though they resolve to non-public addresses.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CallbackGuard {
     /// Allowed hosts (lower case, no brackets), each on any port or on one port.
     allow: Arc<Vec<(String, Option<u16>)>>,
     /// This host's own listeners: never a target, whatever the allow-list says.
     own: Arc<Vec<SocketAddr>>,
+    /// What the guard protects and the flag that allows a host, for messages.
+    policy: (&'static str, &'static str),
+}
+
+/// The callbacks' and polls' words for [`CallbackGuard`] messages.
+const CALLBACK_POLICY: (&str, &str) = ("callbacks and polls", "--allow-callback-host");
+
+impl Default for CallbackGuard {
+    fn default() -> Self {
+        Self::new(Vec::new(), Vec::new())
+    }
 }
 
 /// An allow-list entry: `host` (any port) or `host:port` (that port only); IPv6 in brackets
@@ -116,7 +127,15 @@ impl CallbackGuard {
         Self {
             allow: Arc::new(allow.iter().map(|h| allow_entry(h)).collect()),
             own: Arc::new(own),
+            policy: CALLBACK_POLICY,
         }
+    }
+
+    /// The same guard with other words in its messages: `what` it protects ("outbound
+    /// requests") and the `flag` that allows a host.
+    pub fn for_policy(mut self, what: &'static str, flag: &'static str) -> Self {
+        self.policy = (what, flag);
+        self
     }
 
     /// Whether `host` is allowed, on `port` when given (the resolver knows no port: then any
@@ -162,20 +181,41 @@ impl CallbackGuard {
             .ok_or_else(|| format!("{url:?} has no host"))?
             .to_string();
         let port = parsed.port_or_known_default().unwrap_or(443);
-        let allowed = self.allowed(&host, Some(port));
+        let addrs = self.resolve(&host, port, Duration::from_secs(5)).await?;
+        self.vet(&host, port, &addrs)?;
+        Ok(parsed)
+    }
+
+    /// The addresses of `host` (a name, or a literal address with or without brackets), resolved
+    /// within `within`.
+    pub async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        within: Duration,
+    ) -> Result<Vec<SocketAddr>, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::net::lookup_host((bare, port)),
-            )
-            .await
-            .map_err(|_| format!("host {host} did not resolve within 5s"))?
-            .map_err(|e| format!("host {host} does not resolve: {e}"))?
-            .collect(),
-        };
-        for addr in &addrs {
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let addrs: Vec<SocketAddr> =
+            tokio::time::timeout(within, tokio::net::lookup_host((bare, port)))
+                .await
+                .map_err(|_| format!("host {host} did not resolve within {within:?}"))?
+                .map_err(|e| format!("host {host} does not resolve: {e}"))?
+                .collect();
+        if addrs.is_empty() {
+            return Err(format!("host {host} resolves to no address"));
+        }
+        Ok(addrs)
+    }
+
+    /// Whether every address `host:port` resolved to may be reached: never this host's own
+    /// listeners; non-public addresses only when the operator allows the host (on that port).
+    pub fn vet(&self, host: &str, port: u16, addrs: &[SocketAddr]) -> Result<(), String> {
+        let allowed = self.allowed(host, Some(port));
+        let (what, flag) = self.policy;
+        for addr in addrs {
             if self.is_own(*addr) {
                 return Err(format!(
                     "{host}:{port} is this Ferry host's own listener ({addr}), which is never a target"
@@ -186,13 +226,13 @@ impl CallbackGuard {
             }
             if let Some(why) = forbidden(addr.ip()) {
                 return Err(format!(
-                    "host {host} is {} ({why}): callbacks and polls go to public addresses only \
-                     unless the operator allows the host (ferry serve --allow-callback-host)",
+                    "host {host} is {} ({why}): {what} go to public addresses only unless the \
+                     operator allows the host (ferry serve {flag})",
                     addr.ip()
                 ));
             }
         }
-        Ok(parsed)
+        Ok(())
     }
 }
 

@@ -127,8 +127,7 @@ fn bad_names_content_types_and_multipart() {
         expect(s, &body, 400, &["not a valid function name"]);
     }
     let resp = ferry
-        .http
-        .put(ferry.admin_url("/v1/functions/hello-http"))
+        .admin_req(reqwest::Method::PUT, "/v1/functions/hello-http")
         .header("content-type", "text/plain")
         .body(hello.clone())
         .send()
@@ -139,8 +138,7 @@ fn bad_names_content_types_and_multipart() {
     use reqwest::blocking::multipart::{Form, Part};
     let form = Form::new().part("manifest", Part::text("name = \"hello-http\"\n"));
     let resp = ferry
-        .http
-        .put(ferry.admin_url("/v1/functions/hello-http"))
+        .admin_req(reqwest::Method::PUT, "/v1/functions/hello-http")
         .multipart(form)
         .send()
         .unwrap();

@@ -162,8 +162,9 @@ fn errors_reaching_the_host_and_help() {
     for want in [
         "[default: 127.0.0.1:8080]",
         "[env: FERRY_LISTEN=]",
-        "[default: ./.ferry]",
+        "./.ferry",
         "[env: FERRY_DATA_DIR=]",
+        "--insecure-no-admin-auth",
         "[default: 64MiB]",
     ] {
         assert!(help.contains(want), "--help should show {want}: {help}");
@@ -177,7 +178,7 @@ fn errors_reaching_the_host_and_help() {
 }
 
 #[test]
-fn admin_token_is_required_when_set() {
+fn a_token_given_with_the_flag_is_required_and_sent() {
     let ferry = Ferry::start_with(&["--token", "s3cret"]);
     let resp = ferry
         .http
@@ -185,8 +186,6 @@ fn admin_token_is_required_when_set() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    assert!(resp.text().unwrap().contains("Authorization: Bearer"));
-    assert_eq!(ferry.admin_get("/healthz").0, 200);
     let resp = ferry
         .http
         .get(ferry.admin_url("/v1/functions"))
@@ -195,8 +194,8 @@ fn admin_token_is_required_when_set() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 
-    let err = failed(&ferry.cli(&["list"], None));
-    assert!(err.contains("401"), "{err}");
+    // The harness's CLI finds it in the data directory; a flag works from anywhere.
+    ok(&ferry.cli(&["list"], None));
     let out = ok(&ferry.cli(
         &["--token", "s3cret", "deploy", guests::HELLO_HTTP],
         Some(Path::new("/")),
@@ -216,6 +215,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     // Like `ferry --json list | head -c 300`: the reader goes away after 300 bytes.
     let mut child = std::process::Command::new(ferry_bin())
         .args(["--admin", &ferry.admin, "--json", "list"])
+        .env("FERRY_DATA_DIR", &ferry.data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

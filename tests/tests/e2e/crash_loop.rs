@@ -180,8 +180,7 @@ fn crash_loop_loses_nothing_acknowledged() {
                 for i in 0..k {
                     let name = format!("d{round}-{i}");
                     let resp = ferry
-                        .http
-                        .put(ferry.admin_url(&format!("/v1/functions/{name}")))
+                        .admin_req(reqwest::Method::PUT, &format!("/v1/functions/{name}"))
                         .header("content-type", "application/wasm")
                         .body(guests::bytes(guests::HELLO_HTTP))
                         .send();

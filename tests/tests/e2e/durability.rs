@@ -807,8 +807,7 @@ fn large_payloads_are_stored_once_and_leave_with_their_invocation() {
         .unwrap();
     assert_eq!(shown, body.as_bytes(), "the stored body, every byte");
     let resp = ferry
-        .http
-        .delete(ferry.admin_url("/v1/deadletters"))
+        .admin_req(reqwest::Method::DELETE, "/v1/deadletters")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
@@ -851,8 +850,7 @@ fn components_of_old_and_removed_versions_are_collected() {
 
     ferry.start_again();
     let resp = ferry
-        .http
-        .delete(ferry.admin_url("/v1/functions/f"))
+        .admin_req(reqwest::Method::DELETE, "/v1/functions/f")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);

@@ -33,8 +33,7 @@ fn raw_deploy_call_list_get_delete() {
     assert_eq!(one["digest"].as_str().unwrap().len(), 64);
 
     let resp = ferry
-        .http
-        .delete(ferry.admin_url("/v1/functions/hello-http"))
+        .admin_req(reqwest::Method::DELETE, "/v1/functions/hello-http")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);
@@ -43,8 +42,7 @@ fn raw_deploy_call_list_get_delete() {
     assert_eq!(status, 404);
     assert!(error_of(&body).contains("hello-http"));
     let resp = ferry
-        .http
-        .delete(ferry.admin_url("/v1/functions/hello-http"))
+        .admin_req(reqwest::Method::DELETE, "/v1/functions/hello-http")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
@@ -262,8 +260,7 @@ fn a_route_is_served_as_soon_as_its_deploy_is_answered_even_on_an_open_connectio
     }
     // And a removed function's routes are gone at once.
     let resp = ferry
-        .http
-        .delete(ferry.admin_url("/v1/functions/f0"))
+        .admin_req(reqwest::Method::DELETE, "/v1/functions/f0")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);

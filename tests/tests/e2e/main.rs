@@ -20,5 +20,6 @@ mod nats;
 mod nats_jetstream;
 mod polling;
 mod restart;
+mod security;
 mod shutdown;
 mod webhooks;

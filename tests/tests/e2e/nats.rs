@@ -125,8 +125,7 @@ fn core_nats_events_run_the_function_in_both_modes() {
 
     // Removing the function unsubscribes it.
     let resp = ferry
-        .http
-        .delete(ferry.admin_url("/v1/functions/echo-event"))
+        .admin_req(reqwest::Method::DELETE, "/v1/functions/echo-event")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);

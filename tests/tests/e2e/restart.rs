@@ -77,8 +77,7 @@ fn a_deleted_function_stays_deleted_after_restart() {
         201
     );
     let resp = ferry
-        .http
-        .delete(ferry.admin_url("/v1/functions/other"))
+        .admin_req(reqwest::Method::DELETE, "/v1/functions/other")
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);
