@@ -237,6 +237,10 @@ async fn healthz(
         "functions": state.deployer.registry().len(),
         "compilations": state.runtime.compilations(),
         "uptime_seconds": state.started.elapsed().as_secs(),
+        "memory": {
+            "instances_bytes": state.runtime.memory().used(),
+            "cap_bytes": state.runtime.memory().cap(),
+        },
     });
     if let Some(client) = &state.nats {
         health["nats"] = json!({ "state": ferry_triggers::nats::state(client) });
@@ -460,10 +464,12 @@ async fn deploy(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (manifest, component) = if content_type.starts_with("application/wasm") {
+    // The media type without its parameters: `application/wasmfoo` is not `application/wasm`.
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    let (manifest, component) = if media_type == "application/wasm" {
         let bytes = read_limited(req, state.max_upload).await?;
         (Manifest::with_name(&name, &[]), bytes)
-    } else if content_type.starts_with("multipart/form-data") {
+    } else if media_type == "multipart/form-data" {
         read_multipart(req, &name, state.max_upload).await?
     } else {
         return Err(ApiError(

@@ -2,16 +2,14 @@
 //! interruption with one shared ticker), compiling and caching components, classifying them by
 //! the world they export, and the per-invocation store state with its limits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits,
-};
-use wasmtime::{StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::UpdateDeadline;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -32,6 +30,10 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// The largest linear memory any function may be given, in bytes.
     pub max_memory: u64,
+    /// Linear memory all instances together may hold (None: half of the machine's memory).
+    pub max_total_memory: Option<u64>,
+    /// The WebAssembly call stack of each instance, in bytes.
+    pub max_wasm_stack: u64,
     /// Guest outbound HTTP settings.
     pub outbound: OutboundOptions,
     /// This host's listeners, which guests may never reach.
@@ -43,6 +45,8 @@ impl Default for EngineOptions {
         Self {
             max_instances: 1000,
             max_memory: 256 << 20,
+            max_total_memory: None,
+            max_wasm_stack: 512 << 10,
             outbound: OutboundOptions::default(),
             own_listeners: Vec::new(),
         }
@@ -102,6 +106,8 @@ pub struct Runtime {
     compat_key: String,
     compilations: AtomicU64,
     outbound: Arc<Outbound>,
+    memory: Arc<MemoryBudget>,
+    max_wasm_stack: u64,
 }
 
 impl Runtime {
@@ -133,7 +139,10 @@ impl Runtime {
             // stay within a sane amount of virtual address space.
             .memory_reservation(opts.max_memory)
             .memory_guard_size(32 << 20)
-            .memory_reservation_for_growth(0);
+            .memory_reservation_for_growth(0)
+            .max_wasm_stack(opts.max_wasm_stack as usize)
+            // The host's own frames (WASI calls) run on the same fiber stack, above the guest's.
+            .async_stack_size(opts.max_wasm_stack as usize + (1 << 20));
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("failed to configure the wasmtime engine")?;
@@ -162,6 +171,10 @@ impl Runtime {
                 opts.outbound.clone(),
                 opts.own_listeners.clone(),
             )?),
+            memory: Arc::new(MemoryBudget::new(
+                opts.max_total_memory.unwrap_or_else(half_of_memory),
+            )),
+            max_wasm_stack: opts.max_wasm_stack,
         }))
     }
 
@@ -173,6 +186,16 @@ impl Runtime {
     /// Identifies the engine's compiled-code format: artifacts are cached under this key.
     pub fn compat_key(&self) -> &str {
         &self.compat_key
+    }
+
+    /// The linear memory all instances together may hold.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
+    /// The WebAssembly call stack of each instance, in bytes (`--max-wasm-stack`).
+    pub fn max_wasm_stack(&self) -> u64 {
+        self.max_wasm_stack
     }
 
     /// What every invocation's outbound HTTP shares.
@@ -269,48 +292,189 @@ fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
 #[error("the function exceeded its timeout")]
 pub struct DeadlineExceeded;
 
+/// The marker error the epoch callback raises when an invocation's CPU budget is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("the function exceeded its CPU time")]
+pub struct CpuExceeded;
+
+/// Half of this machine's memory (from /proc/meminfo), or 4 GiB where that cannot be read.
+fn half_of_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib * 1024 / 2)
+}
+
+/// The linear memory all instances of the process hold together, against a cap.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    cap: u64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// The cap, in bytes (`--max-total-memory`).
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// What live instances hold now, in bytes.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(bytes).filter(|n| *n <= self.cap)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+}
+
+/// Which limits an invocation ran into, for the message its caller gets.
+#[derive(Debug, Default)]
+pub struct LimitsHit {
+    /// Its memory could not grow past `limits.memory`.
+    pub memory: AtomicBool,
+    /// Its memory could not grow because all instances together hold `--max-total-memory`.
+    pub host_memory: AtomicBool,
+}
+
+/// The resource limiter of one invocation: its own memory ceiling, and its share of the
+/// process-wide budget, given back when the invocation's store goes away.
+struct Limiter {
+    memory: u64,
+    held: u64,
+    budget: Arc<MemoryBudget>,
+    hit: Arc<LimitsHit>,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory {
+            self.hit.memory.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let more = desired.saturating_sub(current) as u64;
+        if !self.budget.reserve(more) {
+            self.hit.host_memory.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.held += more;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.budget.release(self.held);
+    }
+}
+
 /// The data of one invocation's `Store`.
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundPolicy,
-    pub(crate) limits: StoreLimits,
+    limiter: Limiter,
     deadline: Instant,
+    /// Epoch ticks of WebAssembly execution left (`limits.cpu`), if it has a budget.
+    cpu_ticks: Option<u64>,
 }
 
 impl HostState {
     /// Creates the state of one invocation of a function with these limits, environment and
-    /// outbound policy.
-    pub fn new(limits: &Limits, env: &[(String, String)], hooks: OutboundPolicy) -> Self {
+    /// outbound policy, drawing memory from `budget` and noting the limits it hits in `hit`.
+    pub fn new(
+        limits: &Limits,
+        env: &[(String, String)],
+        hooks: OutboundPolicy,
+        budget: Arc<MemoryBudget>,
+        hit: Arc<LimitsHit>,
+    ) -> Self {
+        let output = crate::guest_output::GuestOutput::new(hooks.function().clone());
         let mut wasi = WasiCtx::builder();
-        wasi.envs(env).inherit_stdout().inherit_stderr();
+        wasi.envs(env)
+            .stdout(output.stream(0))
+            .stderr(output.stream(1));
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory as usize)
-                .instances(64)
-                .build(),
+            limiter: Limiter {
+                memory: limits.memory,
+                held: 0,
+                budget,
+                hit,
+            },
             deadline: Instant::now() + limits.timeout,
+            cpu_ticks: limits
+                .cpu
+                .map(|c| (c.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64),
         }
     }
 }
 
-/// Creates a store for one invocation: memory limit, and an epoch callback that yields to other
-/// tasks every tick and traps once the wall-clock deadline has passed.
+/// Creates a store for one invocation: memory limits, and an epoch callback that yields to other
+/// tasks every tick, traps once the wall-clock deadline has passed, and counts the ticks spent
+/// running WebAssembly against the CPU budget.
 pub fn new_store(engine: &Engine, state: HostState) -> wasmtime::Store<HostState> {
     let mut store = wasmtime::Store::new(engine, state);
-    store.limiter(|s| &mut s.limits);
+    store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| {
-        if Instant::now() >= ctx.data().deadline {
-            Err(wasmtime::Error::new(DeadlineExceeded))
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        if Instant::now() >= state.deadline {
+            return Err(wasmtime::Error::new(DeadlineExceeded));
         }
+        if let Some(left) = &mut state.cpu_ticks {
+            // The callback runs once per tick while WebAssembly runs (once after a wait).
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                return Err(wasmtime::Error::new(CpuExceeded));
+            }
+        }
+        Ok(UpdateDeadline::Yield(1))
     });
     store
 }

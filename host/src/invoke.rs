@@ -16,29 +16,77 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::bindings::{GuestError, GuestEvent};
 use ferry_triggers::http as http_trigger;
 
-use crate::engine::{new_store, HostState, Prepared, Runtime};
+use crate::engine::{new_store, HostState, LimitsHit, Prepared, Runtime};
 use crate::registry::Deployed;
 
-/// How an invocation failed, from the host's point of view.
+/// How an invocation failed, from the host's point of view. Every message names the limit that
+/// was hit and never carries a WebAssembly backtrace (that goes to the host's debug log).
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
-    /// No instance slot became free within the function's timeout (503).
-    #[error("function {function} is at its concurrency limit of {limit}")]
+    /// Every instance was busy and no waiting place (or no instance within the wait) came free
+    /// (503 with `Retry-After`).
+    #[error(
+        "function {function} is busy: all {limit} instances are running (limits.concurrency) and \
+         {why}; try again shortly"
+    )]
     Busy {
         /// The function's name.
         function: String,
         /// Its `limits.concurrency`.
         limit: u32,
+        /// Why the caller could not wait: the queue is full, or the wait was too long.
+        why: String,
+    },
+    /// All instances of the host together hold `--max-total-memory` (503 with `Retry-After`).
+    #[error(
+        "function {function} could not get memory: the instances of this host together hold its \
+         limit of {cap} (ferry serve --max-total-memory); try again shortly"
+    )]
+    HostMemory {
+        /// The function's name.
+        function: String,
+        /// The host's cap, as text.
+        cap: String,
     },
     /// The invocation ran past the function's timeout and was stopped (504).
-    #[error("function {function} exceeded its timeout of {timeout}")]
+    #[error("function {function} exceeded its timeout of {timeout} (limits.timeout)")]
     Timeout {
         /// The function's name.
         function: String,
         /// Its `limits.timeout`, as text like `30s`.
         timeout: String,
     },
-    /// The guest trapped: it panicked, or broke a WebAssembly rule such as a memory bound (500).
+    /// The invocation spent its CPU budget running WebAssembly (504).
+    #[error("function {function} exceeded its CPU time of {cpu} (limits.cpu)")]
+    Cpu {
+        /// The function's name.
+        function: String,
+        /// Its `limits.cpu`, as text.
+        cpu: String,
+    },
+    /// The guest ran out of its memory (500).
+    #[error(
+        "function {function} ran out of memory: it needed more than its limit of {limit} \
+         (limits.memory)"
+    )]
+    Memory {
+        /// The function's name.
+        function: String,
+        /// Its `limits.memory`, as text.
+        limit: String,
+    },
+    /// The guest's call stack overflowed (500).
+    #[error(
+        "function {function} exhausted its WebAssembly call stack of {size} (too deep a \
+         recursion; ferry serve --max-wasm-stack)"
+    )]
+    Stack {
+        /// The function's name.
+        function: String,
+        /// The stack size, as text.
+        size: String,
+    },
+    /// The guest trapped: it panicked, or broke a WebAssembly rule (500).
     #[error("function {function} trapped: {reason}")]
     Trap {
         /// The function's name.
@@ -57,67 +105,158 @@ pub enum InvokeError {
     },
 }
 
+/// A size as people write it: `32 MiB`, `512 KiB`, `1.5 GiB`.
+fn size_text(bytes: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
 impl InvokeError {
     /// The HTTP status a caller gets for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
-            InvokeError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            InvokeError::Trap { .. } | InvokeError::Failed { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
+            InvokeError::Busy { .. } | InvokeError::HostMemory { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
+            InvokeError::Timeout { .. } | InvokeError::Cpu { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Memory { .. }
+            | InvokeError::Stack { .. }
+            | InvokeError::Trap { .. }
+            | InvokeError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    fn from_wasmtime(f: &Deployed, err: wasmtime::Error) -> Self {
+    /// The answer for a caller: the status, the message, and `Retry-After` when trying again
+    /// soon can help.
+    pub fn response(&self) -> Response<Body> {
+        let mut resp = text_response(self.status(), self.to_string());
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
+    }
+
+    fn from_wasmtime(
+        runtime: &Runtime,
+        f: &Deployed,
+        hit: &LimitsHit,
+        err: wasmtime::Error,
+    ) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
         let function = f.name().to_string();
-        if is_timeout(&err) {
+        let limits = &f.record.limits;
+        if err
+            .downcast_ref::<crate::engine::DeadlineExceeded>()
+            .is_some()
+        {
             return InvokeError::Timeout {
                 function,
-                timeout: humantime::format_duration(f.record.limits.timeout).to_string(),
+                timeout: humantime::format_duration(limits.timeout).to_string(),
+            };
+        }
+        if err.downcast_ref::<crate::engine::CpuExceeded>().is_some() {
+            return InvokeError::Cpu {
+                function,
+                cpu: humantime::format_duration(limits.cpu.unwrap_or_default()).to_string(),
+            };
+        }
+        // A guest whose memory could not grow usually aborts (a trap) or fails right after.
+        if hit.host_memory.load(Relaxed) {
+            return InvokeError::HostMemory {
+                function,
+                cap: size_text(runtime.memory().cap()),
+            };
+        }
+        if hit.memory.load(Relaxed) {
+            return InvokeError::Memory {
+                function,
+                limit: size_text(limits.memory),
             };
         }
         match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::StackOverflow) => InvokeError::Stack {
+                function,
+                size: size_text(runtime.max_wasm_stack()),
+            },
             Some(trap) => InvokeError::Trap {
                 function,
                 reason: trap.to_string(),
             },
             None => InvokeError::Failed {
                 function,
-                reason: format!("{err}"),
+                // The root cause only: outer contexts may hold the WebAssembly backtrace.
+                reason: err.root_cause().to_string(),
             },
         }
     }
 }
 
-fn is_timeout(err: &wasmtime::Error) -> bool {
-    err.downcast_ref::<crate::engine::DeadlineExceeded>()
-        .is_some()
-}
-
-/// Waits for a free instance slot of the function, up to its timeout.
+/// Waits for a free instance of the function: at once if one is free, else in its queue of at
+/// most `limits.queue` callers for at most `limits.queue_timeout`.
 async fn acquire(f: &Deployed) -> Result<OwnedSemaphorePermit, InvokeError> {
-    let busy = || InvokeError::Busy {
+    use std::sync::atomic::Ordering::AcqRel;
+    let limits = &f.record.limits;
+    let busy = |why: String| InvokeError::Busy {
         function: f.name().to_string(),
-        limit: f.record.limits.concurrency,
+        limit: limits.concurrency,
+        why,
     };
     if let Ok(p) = f.permits.clone().try_acquire_owned() {
         return Ok(p);
     }
-    match tokio::time::timeout(f.record.limits.timeout, f.permits.clone().acquire_owned()).await {
+    let queued = f.waiting.fetch_add(1, AcqRel);
+    let _leave = scopeguard(|| {
+        f.waiting.fetch_sub(1, AcqRel);
+    });
+    if queued >= limits.queue {
+        return Err(busy(format!(
+            "{} callers are already waiting (limits.queue)",
+            limits.queue
+        )));
+    }
+    match tokio::time::timeout(limits.queue_timeout, f.permits.clone().acquire_owned()).await {
         Ok(Ok(p)) => Ok(p),
-        _ => Err(busy()),
+        _ => Err(busy(format!(
+            "none came free within {} (limits.queue_timeout)",
+            humantime::format_duration(limits.queue_timeout)
+        ))),
     }
 }
 
-fn new_state(rt: &Runtime, f: &Deployed) -> HostState {
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+fn new_state(rt: &Runtime, f: &Deployed, hit: &Arc<LimitsHit>) -> HostState {
     let outbound = crate::outbound::OutboundPolicy::new(
         rt.outbound().clone(),
         f.name().into(),
         f.outbound.clone(),
         f.record.limits.outbound_requests,
     );
-    HostState::new(&f.record.limits, &f.record.config, outbound)
+    HostState::new(
+        &f.record.limits,
+        &f.record.config,
+        outbound,
+        rt.memory().clone(),
+        hit.clone(),
+    )
 }
 
 /// A request body Ferry can hand to a function: a live one, or one replayed from the store.
@@ -164,7 +303,7 @@ pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(function = f.name(), error = %e, "invoke failed");
-            text_response(e.status(), e.to_string())
+            e.response()
         }
     }
 }
@@ -183,8 +322,10 @@ async fn try_http<B: RequestBody>(
         return Ok(too_large(f, max_body));
     }
     let permit = acquire(f).await?;
-    let mut store = new_store(runtime.engine(), new_state(runtime, f));
-    let req = req.map(|body| LimitedBody::new(body, max_body));
+    let hit = Arc::new(LimitsHit::default());
+    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit));
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|body| LimitedBody::new(body, max_body).noting(over.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut view = store.data_mut().http();
     let (req, out) = match (
@@ -201,22 +342,36 @@ async fn try_http<B: RequestBody>(
     };
     let pre = pre.clone();
     let timeout = f.record.limits.timeout;
+    // Whether the invocation failed, sent before the store (and with it the response body's
+    // sender) goes away: a body that ends because its guest trapped must fail, not end.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<bool>();
     let task = tokio::spawn(async move {
         let _permit = permit;
-        let run = async {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
+        let result = {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            // The epoch callback stops guests that compute; this also stops ones that wait.
+            match tokio::time::timeout(timeout + Duration::from_millis(50), run).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::new(crate::engine::DeadlineExceeded)),
+            }
         };
-        // The epoch callback stops guests that compute; this also stops ones that wait.
-        match tokio::time::timeout(timeout + Duration::from_millis(50), run).await {
-            Ok(result) => result,
-            Err(_) => Err(wasmtime::Error::new(crate::engine::DeadlineExceeded)),
-        }
+        let _ = failed_tx.send(result.is_err());
+        drop(store);
+        result
     });
-    match rx.await {
+    let answer = rx.await;
+    // A body without a length that turned out too long: whatever the function made of the part
+    // it got, the caller gets 413.
+    if over.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(too_large(f, max_body));
+    }
+    match answer {
         Ok(Ok(resp)) => {
             let name = f.name().to_string();
             // The guest may still be writing the body: report late failures in the log.
@@ -231,7 +386,13 @@ async fn try_http<B: RequestBody>(
                     }
                 }
             });
-            Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+            let cap = ResponseCap {
+                left: f.record.limits.max_response,
+                max: f.record.limits.max_response,
+                function: f.name().into(),
+                failed: failed_rx,
+            };
+            Ok(resp.map(|b| cap.wrap(b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())))
         }
         Ok(Err(code)) => Err(InvokeError::Failed {
             function: f.name().to_string(),
@@ -240,7 +401,7 @@ async fn try_http<B: RequestBody>(
         Err(_) => match task.await {
             Ok(Err(e)) => {
                 tracing::debug!(function = f.name(), error = %format!("{e:?}"), "invocation error detail");
-                Err(InvokeError::from_wasmtime(f, e))
+                Err(InvokeError::from_wasmtime(runtime, f, &hit, e))
             }
             Ok(Ok(())) => Err(InvokeError::Failed {
                 function: f.name().to_string(),
@@ -265,12 +426,65 @@ fn too_large(f: &Deployed, max: u64) -> Response<Body> {
     )
 }
 
+/// A response body held to `limits.max_response`: past it, the body fails (the connection is
+/// cut, so the caller cannot take a truncated body for a whole one) and the log says why. A body
+/// that ends because its guest failed (trapped, timed out) fails the same way.
+struct ResponseCap {
+    left: u64,
+    max: u64,
+    function: Arc<str>,
+    failed: tokio::sync::oneshot::Receiver<bool>,
+}
+
+impl ResponseCap {
+    fn wrap(self, inner: Body) -> Body {
+        use futures::StreamExt as _;
+        let Self {
+            mut left,
+            max,
+            function,
+            mut failed,
+        } = self;
+        let name = function.clone();
+        let frames = http_body_util::BodyStream::new(inner).map(move |frame| {
+            let frame = frame?;
+            if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                if n > left {
+                    tracing::warn!(function = %function, limit = max, "the response body passed limits.max_response; cut");
+                    return Err(format!(
+                        "function {function} sent a response body larger than its limit of {} \
+                         (limits.max_response)",
+                        size_text(max)
+                    )
+                    .into());
+                }
+                left -= n;
+            }
+            Ok(frame)
+        });
+        // At the end of the body: if the guest failed, the end is a failure. (A guest that
+        // finished its body normally may still be running; then nothing is waited for.)
+        let end = futures::stream::once(async move {
+            match failed.try_recv() {
+                Ok(true) => Some(Err::<hyper::body::Frame<Bytes>, BoxError>(
+                    format!("function {name} failed while writing its response body").into(),
+                )),
+                _ => None,
+            }
+        })
+        .filter_map(std::future::ready);
+        http_body_util::StreamBody::new(frames.chain(end)).boxed_unsync()
+    }
+}
+
 /// A request body that fails once more than `max` bytes have arrived (for bodies without a
-/// `content-length`, which is checked up front).
+/// `content-length`, which is checked up front), and notes that it did.
 struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     max: u64,
+    over: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<B> LimitedBody<B> {
@@ -279,7 +493,14 @@ impl<B> LimitedBody<B> {
             inner,
             remaining: max,
             max,
+            over: None,
         }
+    }
+
+    /// Sets `over` when the body passes the limit.
+    fn noting(mut self, over: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.over = Some(over);
+        self
     }
 }
 
@@ -298,6 +519,9 @@ impl<B: RequestBody> hyper::body::Body for LimitedBody<B> {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
+                        if let Some(over) = &this.over {
+                            over.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         return Poll::Ready(Some(Err(
                             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.max)),
                         )));
@@ -396,7 +620,8 @@ pub async fn event(
         .into());
     };
     let _permit = acquire(f).await?;
-    let mut store = new_store(runtime.engine(), new_state(runtime, f));
+    let hit = Arc::new(LimitsHit::default());
+    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit));
     let run = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance
@@ -425,7 +650,7 @@ pub async fn event(
         }
         Err(e) => {
             tracing::debug!(function = f.name(), error = %format!("{e:?}"), "invocation error detail");
-            Err(InvokeError::from_wasmtime(f, e).into())
+            Err(InvokeError::from_wasmtime(runtime, f, &hit, e).into())
         }
     }
 }
@@ -512,7 +737,7 @@ async fn event_over_http<B: RequestBody>(
         }
         Err(EventError::Invoke(e)) => {
             tracing::warn!(function = f.name(), error = %e, "invoke failed");
-            text_response(e.status(), e.to_string())
+            e.response()
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod deploy;
 pub mod engine;
 pub mod gateway;
 pub mod guest_event;
+pub mod guest_output;
 pub mod invoke;
 pub mod manifest;
 pub mod model;

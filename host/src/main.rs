@@ -11,7 +11,7 @@ use ferry_host::client::AdminClient;
 use ferry_host::delivery::retry::RetryPolicy;
 use ferry_host::delivery::{DeliveryOptions, InvocationView};
 use ferry_host::engine::EngineOptions;
-use ferry_host::manifest::Manifest;
+use ferry_host::manifest::{Ceilings, Manifest};
 use ferry_host::model::parse_size;
 use ferry_host::outbound::OutboundOptions;
 use ferry_host::server::{self, ServeOptions};
@@ -152,6 +152,28 @@ struct ServeArgs {
     /// invocation).
     #[arg(long, env = "FERRY_MAX_OUTBOUND_REQUESTS", default_value_t = 256)]
     max_outbound_requests: u32,
+    /// Ceiling of any function's `limits.max_body` and `limits.max_response`.
+    #[arg(long, env = "FERRY_MAX_BODY", default_value = "256MiB", value_parser = parse_size)]
+    max_body: u64,
+    /// Ceiling of any function's `limits.queue` (callers waiting for a busy function).
+    #[arg(long, env = "FERRY_MAX_QUEUE", default_value_t = 10_000)]
+    max_queue: u32,
+    /// The host's default of a `[limits]` key for functions whose manifest does not set it:
+    /// KEY=VALUE with the manifest's keys and values, like memory=64MiB (repeatable;
+    /// comma-separated in the env var).
+    #[arg(
+        long = "limit-default",
+        env = "FERRY_LIMIT_DEFAULTS",
+        value_delimiter = ','
+    )]
+    limit_defaults: Vec<String>,
+    /// Linear memory all instances together may hold; an instance that would pass it gets
+    /// no more (and its caller 503). Default: half of this machine's memory.
+    #[arg(long, env = "FERRY_MAX_TOTAL_MEMORY", value_parser = parse_size)]
+    max_total_memory: Option<u64>,
+    /// The WebAssembly call stack each instance may use (one engine-wide setting).
+    #[arg(long, env = "FERRY_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_size)]
+    max_wasm_stack: u64,
     /// Host a guest may reach with outbound HTTP even though it resolves to a loopback, private
     /// or other non-public address: HOST (any port) or HOST:PORT (repeatable). The function must
     /// still list the host in `[outbound] allow`; this host's own listeners are never allowed.
@@ -173,6 +195,10 @@ struct ServeArgs {
     /// Store-and-forward attempts (and fire-and-forget invocations) running at once.
     #[arg(long, env = "FERRY_WORKERS", default_value_t = 32)]
     workers: usize,
+    /// The most asynchronous workers one function may hold at once, so that a slow function
+    /// leaves workers for the others [default: three quarters of --workers].
+    #[arg(long, env = "FERRY_WORKERS_PER_FUNCTION")]
+    workers_per_function: Option<usize>,
     /// Capacity of the fire-and-forget queue; a full queue answers 503.
     #[arg(long, env = "FERRY_QUEUE_SIZE", default_value_t = 10_000)]
     queue_size: usize,
@@ -379,6 +405,8 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         engine: EngineOptions {
             max_instances: args.max_instances,
             max_memory: args.max_memory,
+            max_total_memory: args.max_total_memory,
+            max_wasm_stack: args.max_wasm_stack,
             outbound: OutboundOptions {
                 allow_private: args.allow_private_outbound,
                 connect_timeout: args.outbound_connect_timeout,
@@ -387,8 +415,17 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             },
             own_listeners: Vec::new(),
         },
-        max_timeout: args.max_timeout,
-        max_outbound_requests: args.max_outbound_requests,
+        ceilings: Ceilings {
+            max_memory: args.max_memory,
+            max_concurrency: args.max_instances,
+            max_timeout: args.max_timeout,
+            max_outbound_requests: args.max_outbound_requests,
+            max_body: args.max_body,
+            max_queue: args.max_queue,
+            ..Ceilings::default()
+        }
+        .with_defaults(&args.limit_defaults)
+        .map_err(anyhow::Error::msg)?,
         callback_secret: args.callback_secret,
         nats: args.nats,
         keep_versions: args.keep_versions as usize,
@@ -401,6 +438,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         },
         delivery: DeliveryOptions {
             workers: args.workers.max(1),
+            workers_per_function: args.workers_per_function.unwrap_or(0),
             queue_size: args.queue_size.max(1),
             retention: args.retention,
             flush_per_submit: args.flush_per_submit,

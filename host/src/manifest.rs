@@ -33,7 +33,7 @@ pub struct Manifest {
     pub config: BTreeMap<String, String>,
 }
 
-/// `[limits]` as written; what is not set takes the default.
+/// `[limits]` as written; what is not set takes the host's default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
@@ -41,10 +41,18 @@ pub struct LimitsSection {
     pub memory: Option<String>,
     /// Wall-clock time per invocation, a duration like `30s`.
     pub timeout: Option<String>,
+    /// Time per invocation spent running WebAssembly, a duration like `2s`.
+    pub cpu: Option<String>,
     /// Instances running at once.
     pub concurrency: Option<u32>,
+    /// Callers that may wait for a busy function.
+    pub queue: Option<u32>,
+    /// How long a caller may wait for a busy function, a duration like `5s`.
+    pub queue_timeout: Option<String>,
     /// Largest request body, a size like `16MiB`.
     pub max_body: Option<String>,
+    /// Largest response body, a size like `64MiB`.
+    pub max_response: Option<String>,
     /// Outbound HTTP requests one invocation may send.
     pub outbound_requests: Option<u32>,
 }
@@ -125,18 +133,82 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ManifestError {
     }
 }
 
-/// The host-side ceilings that manifest values must stay within.
+/// The host-side ceilings that manifest values must stay within, and the host's defaults for
+/// what a manifest does not set.
 #[derive(Debug, Clone)]
 pub struct Ceilings {
     /// The most memory a function may ask for, in bytes (`ferry serve --max-memory`).
     pub max_memory: u64,
     /// The most instances a function may run at once (`ferry serve --max-instances`).
     pub max_concurrency: u32,
-    /// The longest timeout a function may ask for (`ferry serve --max-timeout`).
+    /// The longest timeout (and CPU time and queue wait) a function may ask for
+    /// (`ferry serve --max-timeout`).
     pub max_timeout: Duration,
     /// The most outbound requests per invocation a function may ask for
     /// (`ferry serve --max-outbound-requests`).
     pub max_outbound_requests: u32,
+    /// The largest request or response body a function may allow (`ferry serve --max-body`).
+    pub max_body: u64,
+    /// The most callers that may wait for one function (`ferry serve --max-queue`).
+    pub max_queue: u32,
+    /// The limits of a function whose manifest does not set them (`ferry serve
+    /// --limit-default`), within the ceilings.
+    pub defaults: Limits,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Self {
+            max_memory: 256 << 20,
+            max_concurrency: 1000,
+            max_timeout: Duration::from_secs(900),
+            max_outbound_requests: 256,
+            max_body: 256 << 20,
+            max_queue: 10_000,
+            defaults: Limits::default(),
+        }
+    }
+}
+
+impl Ceilings {
+    /// Sets the host's defaults from `KEY=VALUE` pairs with the keys and values of `[limits]`
+    /// (`--limit-default memory=64MiB`); each is checked against the ceilings, and a default
+    /// above a ceiling is refused.
+    pub fn with_defaults(mut self, pairs: &[String]) -> Result<Self, String> {
+        let mut table = toml::Table::new();
+        for pair in pairs {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                format!("--limit-default {pair:?}: write KEY=VALUE, like memory=64MiB")
+            })?;
+            let value = match v.trim().parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => toml::Value::String(v.trim().to_string()),
+            };
+            table.insert(k.trim().to_string(), value);
+        }
+        let section: LimitsSection = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| format!("--limit-default: {}", e.to_string().trim()))?;
+        self.defaults = self.clamp(Limits::default());
+        self.defaults = section
+            .resolve(&self)
+            .map_err(|e| format!("--limit-default: {e}"))?;
+        Ok(self)
+    }
+
+    /// Built-in defaults brought within the ceilings (a host with `--max-memory 64MiB` gives
+    /// functions 64 MiB by default, not 128).
+    fn clamp(&self, mut l: Limits) -> Limits {
+        l.memory = l.memory.min(self.max_memory);
+        l.timeout = l.timeout.min(self.max_timeout);
+        l.concurrency = l.concurrency.min(self.max_concurrency);
+        l.queue = l.queue.min(self.max_queue);
+        l.queue_timeout = l.queue_timeout.min(self.max_timeout);
+        l.max_body = l.max_body.min(self.max_body);
+        l.max_response = l.max_response.min(self.max_body);
+        l.outbound_requests = l.outbound_requests.min(self.max_outbound_requests);
+        l
+    }
 }
 
 impl Manifest {
@@ -245,73 +317,100 @@ impl Manifest {
 }
 
 impl LimitsSection {
-    /// The limits, checked against the host's ceilings; defaults for what is not set.
+    /// The limits, checked against the host's ceilings; the host's defaults for what is not set.
     fn resolve(&self, ceilings: &Ceilings) -> Result<Limits, ManifestError> {
-        let mut limits = Limits::default();
-        if let Some(m) = &self.memory {
-            let bytes = parse_size(m).map_err(|e| bad("limits.memory", e))?;
-            if bytes < 1 << 20 {
-                return Err(bad("limits.memory", "must be at least 1MiB"));
-            }
-            if bytes > ceilings.max_memory {
+        let mut limits = ceilings.clamp(ceilings.defaults.clone());
+        let size = |key: &str, v: &str, min: u64, max: u64, flag: &str| {
+            let bytes = parse_size(v).map_err(|e| bad(key, e))?;
+            if bytes < min {
                 return Err(bad(
-                    "limits.memory",
+                    key,
                     format!(
-                        "{m} is above this host's ceiling of {} (ferry serve --max-memory)",
-                        bytesize::ByteSize(ceilings.max_memory).display().iec()
+                        "must be at least {}",
+                        bytesize::ByteSize(min).display().iec()
                     ),
                 ));
             }
-            limits.memory = bytes;
-        }
-        limits.memory = limits.memory.min(ceilings.max_memory);
-        if let Some(t) = &self.timeout {
-            let d = humantime::parse_duration(t).map_err(|e| {
-                bad(
-                    "limits.timeout",
-                    format!("{t:?} is not a duration like \"30s\": {e}"),
-                )
-            })?;
+            if bytes > max {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{v} is above this host's ceiling of {} (ferry serve {flag})",
+                        bytesize::ByteSize(max).display().iec()
+                    ),
+                ));
+            }
+            Ok(bytes)
+        };
+        let duration = |key: &str, v: &str| {
+            let d = humantime::parse_duration(v)
+                .map_err(|e| bad(key, format!("{v:?} is not a duration like \"30s\": {e}")))?;
             if d.is_zero() || d > ceilings.max_timeout {
                 return Err(bad(
-                    "limits.timeout",
+                    key,
                     format!(
-                        "must be above 0 and at most {}",
+                        "must be above 0 and at most {} (ferry serve --max-timeout)",
                         humantime::format_duration(ceilings.max_timeout)
                     ),
                 ));
             }
-            limits.timeout = d;
+            Ok(d)
+        };
+        let count = |key: &str, n: u32, min: u32, max: u32, flag: &str| {
+            if n < min || n > max {
+                return Err(bad(
+                    key,
+                    format!("must be between {min} and {max} (ferry serve {flag})"),
+                ));
+            }
+            Ok(n)
+        };
+        if let Some(m) = &self.memory {
+            limits.memory = size(
+                "limits.memory",
+                m,
+                1 << 20,
+                ceilings.max_memory,
+                "--max-memory",
+            )?;
+        }
+        if let Some(t) = &self.timeout {
+            limits.timeout = duration("limits.timeout", t)?;
+        }
+        if let Some(c) = &self.cpu {
+            limits.cpu = Some(duration("limits.cpu", c)?);
         }
         if let Some(c) = self.concurrency {
-            if c == 0 || c > ceilings.max_concurrency {
-                return Err(bad(
-                    "limits.concurrency",
-                    format!(
-                        "must be between 1 and {} (ferry serve --max-instances)",
-                        ceilings.max_concurrency
-                    ),
-                ));
-            }
-            limits.concurrency = c;
+            limits.concurrency = count(
+                "limits.concurrency",
+                c,
+                1,
+                ceilings.max_concurrency,
+                "--max-instances",
+            )?;
         }
-        limits.concurrency = limits.concurrency.min(ceilings.max_concurrency);
+        if let Some(q) = self.queue {
+            limits.queue = count("limits.queue", q, 0, ceilings.max_queue, "--max-queue")?;
+        }
+        if let Some(t) = &self.queue_timeout {
+            limits.queue_timeout = duration("limits.queue_timeout", t)?;
+        }
         if let Some(b) = &self.max_body {
-            limits.max_body = parse_size(b).map_err(|e| bad("limits.max_body", e))?;
+            limits.max_body = size("limits.max_body", b, 0, ceilings.max_body, "--max-body")?;
+        }
+        if let Some(b) = &self.max_response {
+            limits.max_response =
+                size("limits.max_response", b, 0, ceilings.max_body, "--max-body")?;
         }
         if let Some(n) = self.outbound_requests {
-            if n > ceilings.max_outbound_requests {
-                return Err(bad(
-                    "limits.outbound_requests",
-                    format!(
-                        "must be at most {} (ferry serve --max-outbound-requests)",
-                        ceilings.max_outbound_requests
-                    ),
-                ));
-            }
-            limits.outbound_requests = n;
+            limits.outbound_requests = count(
+                "limits.outbound_requests",
+                n,
+                0,
+                ceilings.max_outbound_requests,
+                "--max-outbound-requests",
+            )?;
         }
-        limits.outbound_requests = limits.outbound_requests.min(ceilings.max_outbound_requests);
         Ok(limits)
     }
 }
@@ -394,12 +493,7 @@ mod tests {
     use super::*;
 
     fn ceilings() -> Ceilings {
-        Ceilings {
-            max_memory: 256 << 20,
-            max_concurrency: 1000,
-            max_timeout: Duration::from_secs(900),
-            max_outbound_requests: 256,
-        }
+        Ceilings::default()
     }
 
     #[test]

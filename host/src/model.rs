@@ -19,17 +19,47 @@ pub struct Limits {
     /// Wall-clock time an invocation may take.
     #[serde(with = "duration_text")]
     pub timeout: Duration,
+    /// Time an invocation may spend running WebAssembly (None: only the timeout bounds it).
+    #[serde(
+        default,
+        with = "opt_duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu: Option<Duration>,
     /// Instances of this function that may run at once.
     pub concurrency: u32,
+    /// Callers that may wait for an instance when all are busy; more get 503 at once.
+    #[serde(default = "defaults::queue")]
+    pub queue: u32,
+    /// How long a caller may wait for an instance before it gets 503.
+    #[serde(default = "defaults::queue_timeout", with = "duration_text")]
+    pub queue_timeout: Duration,
     /// Largest request body accepted, in bytes.
     pub max_body: u64,
+    /// Largest response body a function may send, in bytes.
+    #[serde(default = "defaults::max_response")]
+    pub max_response: u64,
     /// Outbound HTTP requests one invocation may send.
-    #[serde(default = "default_outbound_requests")]
+    #[serde(default = "defaults::outbound_requests")]
     pub outbound_requests: u32,
 }
 
-fn default_outbound_requests() -> u32 {
-    Limits::default().outbound_requests
+/// Defaults of limits added after records were first stored.
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) fn queue() -> u32 {
+        super::Limits::default().queue
+    }
+    pub(super) fn queue_timeout() -> Duration {
+        super::Limits::default().queue_timeout
+    }
+    pub(super) fn max_response() -> u64 {
+        super::Limits::default().max_response
+    }
+    pub(super) fn outbound_requests() -> u32 {
+        super::Limits::default().outbound_requests
+    }
 }
 
 impl Default for Limits {
@@ -37,9 +67,36 @@ impl Default for Limits {
         Self {
             memory: 128 << 20,
             timeout: Duration::from_secs(30),
+            cpu: None,
             concurrency: 64,
+            queue: 256,
+            queue_timeout: Duration::from_secs(5),
             max_body: 16 << 20,
+            max_response: 64 << 20,
             outbound_requests: 32,
+        }
+    }
+}
+
+/// Optional durations as text, like [`duration_text`].
+pub mod opt_duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes a duration as text like `1m 30s` (None is skipped by the field's attribute).
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_text::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+    /// Reads an optional duration from text like `30s`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => humantime::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
         }
     }
 }

@@ -117,6 +117,13 @@ impl OutboundPolicy {
     }
 }
 
+impl OutboundPolicy {
+    /// The function whose invocation this is.
+    pub fn function(&self) -> &Arc<str> {
+        &self.function
+    }
+}
+
 /// The future of a sent request, as `WasiHttpHooks::send_request` returns it.
 type Sent = Box<
     dyn Future<

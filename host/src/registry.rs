@@ -23,6 +23,8 @@ pub struct Deployed {
     pub prepared: Prepared,
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
+    /// Callers waiting for a permit now (at most `limits.queue`).
+    pub waiting: std::sync::atomic::AtomicU32,
     /// Hosts the function may reach, shared with every invocation's store.
     pub outbound: Arc<[String]>,
 }
@@ -32,6 +34,7 @@ impl Deployed {
     pub fn new(record: FunctionRecord, prepared: Prepared) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(record.limits.concurrency as usize)),
+            waiting: std::sync::atomic::AtomicU32::new(0),
             outbound: record.outbound.clone().into(),
             info: record.info(),
             record,

@@ -41,10 +41,9 @@ pub struct ServeOptions {
     pub max_upload: u64,
     /// Engine settings (`--max-instances`, `--max-memory`).
     pub engine: EngineOptions,
-    /// `--max-timeout`: the ceiling of any function's timeout.
-    pub max_timeout: Duration,
-    /// `--max-outbound-requests`: the ceiling of any function's `limits.outbound_requests`.
-    pub max_outbound_requests: u32,
+    /// The ceilings of functions' limits and the host's defaults (`--max-*`,
+    /// `--limit-default`).
+    pub ceilings: Ceilings,
     /// Delivery settings; the host fills in its URL, secret, journal, id and lease itself.
     pub delivery: DeliveryOptions,
     /// `--callback-secret`; generated and kept in the store when absent.
@@ -120,7 +119,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             journal_dir: opts.data_dir.clone(),
             own_listeners: vec![public.local_addr()?, admin.local_addr()?],
             host_id: host_id(&*store)?,
-            attempt_lease: opts.max_timeout + Duration::from_secs(60),
+            attempt_lease: opts.ceilings.max_timeout + Duration::from_secs(60),
             ..opts.delivery.clone()
         },
         shutdown.clone(),
@@ -294,12 +293,7 @@ fn restore(
     registry: &Arc<Registry>,
     started: Instant,
 ) -> anyhow::Result<Arc<Deployer>> {
-    let ceilings = Ceilings {
-        max_memory: opts.engine.max_memory,
-        max_concurrency: opts.engine.max_instances,
-        max_timeout: opts.max_timeout,
-        max_outbound_requests: opts.max_outbound_requests,
-    };
+    let ceilings = opts.ceilings.clone();
     let deployer = Arc::new(Deployer::new(
         runtime.clone(),
         store.clone(),

@@ -60,6 +60,9 @@ pub struct Ferry {
     pub bin: Option<PathBuf>,
     /// What the host printed on standard output up to its ready line.
     stdout: Vec<String>,
+    /// Every line the host printed on standard output since it started, also after the ready
+    /// line (a reader thread keeps collecting them).
+    all_stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// The admin token the host keeps in its data directory (read when it is ready).
     pub token: Option<String>,
     pub http: Client,
@@ -93,6 +96,7 @@ impl Ferry {
             env: Vec::new(),
             bin: None,
             stdout: Vec::new(),
+            all_stdout: Default::default(),
             token: None,
             http: Client::builder()
                 .timeout(Duration::from_secs(120))
@@ -176,11 +180,13 @@ impl Ferry {
             .expect("failed to start ferry");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let all = self.all_stdout.clone();
+        all.lock().unwrap().clear();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                all.lock().unwrap().push(line.clone());
+                // After the ready line nobody listens here; keep reading (and collecting).
+                let _ = tx.send(line);
             }
         });
         self.child = Some(child);
@@ -222,6 +228,11 @@ impl Ferry {
     /// What the host printed on standard output until it was ready.
     pub fn stdout(&self) -> String {
         self.stdout.join("\n")
+    }
+
+    /// Everything the host has printed on standard output since it started.
+    pub fn stdout_so_far(&self) -> String {
+        self.all_stdout.lock().unwrap().join("\n")
     }
 
     /// Where the host's log (its standard error) is written.

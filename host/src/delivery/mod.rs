@@ -9,6 +9,7 @@
 //! - status polling with long-poll, idempotency keys, dead-letter listing and replay.
 
 mod callbacks;
+mod fair;
 pub mod guard;
 mod janitor;
 pub mod journal;
@@ -44,6 +45,9 @@ use tokio_util::task::TaskTracker;
 pub struct DeliveryOptions {
     /// Store-and-forward attempts running at once.
     pub workers: usize,
+    /// The most workers one function may hold at once (0: three quarters of `workers`), so
+    /// that a slow function leaves room for the others.
+    pub workers_per_function: usize,
     /// Capacity of the fire-and-forget queue.
     pub queue_size: usize,
     /// How long finished invocations (and their idempotency keys) are kept.
@@ -77,6 +81,7 @@ impl Default for DeliveryOptions {
     fn default() -> Self {
         Self {
             workers: 32,
+            workers_per_function: 0,
             queue_size: 10_000,
             retention: Duration::from_secs(24 * 3600),
             flush_per_submit: false,
@@ -141,8 +146,8 @@ pub struct Delivery {
     in_process: Mutex<HashSet<(Queue, String)>>,
     /// Who this process is when it leases work: `<host id>/<start id>`.
     owner: String,
-    ready: mpsc::Sender<String>,
-    ff: mpsc::Sender<String>,
+    ready: Arc<fair::FairQueue>,
+    ff: Arc<fair::FairQueue>,
     callbacks: mpsc::Sender<String>,
     done: broadcast::Sender<String>,
     wake_scanner: Notify,
@@ -185,8 +190,8 @@ impl Delivery {
             .dns_resolver(Arc::new(guard.clone()))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let (ready, ready_rx) = mpsc::channel(options.workers * 4);
-        let (ff, ff_rx) = mpsc::channel(options.queue_size.max(1));
+        let ready = Arc::new(fair::FairQueue::new(options.workers * 4));
+        let ff = Arc::new(fair::FairQueue::new(options.queue_size.max(1)));
         let (callbacks, callbacks_rx) = mpsc::channel(256);
         let (journal, journaled) = Journal::open(
             &options.journal_dir,
@@ -222,7 +227,7 @@ impl Delivery {
             options,
         });
         this.recover()?;
-        scanner::spawn(&this, ready_rx, ff_rx, callbacks_rx);
+        scanner::spawn(&this, callbacks_rx);
         Ok(this)
     }
 
@@ -259,7 +264,10 @@ impl Delivery {
                 // goes first, so that a crash while it runs cannot queue it a second time.
                 inv.due_ms = None;
                 self.store.put(&inv)?;
-                if self.ff.try_send(inv.id.clone()).is_ok() {
+                if self
+                    .ff
+                    .try_push(&inv.function, inv.id.clone(), self.share(&inv.function))
+                {
                     requeued += 1;
                     continue;
                 }
@@ -301,6 +309,21 @@ impl Delivery {
             tracing::warn!(invocation_id = %id, error = %format!("{e:#}"), "a queued fire-and-forget invocation could not be kept for the next start");
             false
         })
+    }
+
+    /// How many workers of a pool one function may hold at once: its share of the pool
+    /// (`--workers-per-function`), and no more than its `limits.concurrency`.
+    fn share(&self, function: &str) -> usize {
+        let workers = self.options.workers.max(1);
+        let share = match self.options.workers_per_function {
+            0 => workers - workers / 4,
+            n => n.min(workers),
+        };
+        let concurrency = self
+            .registry
+            .get(function)
+            .map_or(1, |f| f.record.limits.concurrency as usize);
+        share.min(concurrency).max(1)
     }
 
     /// Marks work as queued in this process; false when it already is.
@@ -365,7 +388,7 @@ impl Delivery {
             DeliveryMode::StoreAndForward => {
                 // Fast path: with a worker slot free, take the new invocation at once (leased,
                 // so the scanner leaves it alone); otherwise the scanner will.
-                let slot = self.ready.try_reserve().ok();
+                let slot = (self.ready.room() > 0).then_some(());
                 let lease = slot.as_ref().map(|_| self.lease(Queue::Attempts));
                 if let Some(existing) = self.store_new(&inv, check_key, lease.as_ref())? {
                     // It may still be on its way to disk: wait for what is journaled so far.
@@ -392,8 +415,9 @@ impl Delivery {
                     return Err(e);
                 }
                 match slot {
-                    Some(slot) if self.enqueue(Queue::Attempts, &inv.id) => {
-                        slot.send(inv.id.clone())
+                    Some(()) if self.enqueue(Queue::Attempts, &inv.id) => {
+                        self.ready
+                            .push(&inv.function, inv.id.clone(), self.share(&inv.function))
                     }
                     _ => self.wake_scanner.notify_one(),
                 }
@@ -402,7 +426,10 @@ impl Delivery {
                 if let Some(existing) = self.store_new(&inv, check_key, None)? {
                     return Ok((existing, false));
                 }
-                if self.ff.try_send(inv.id.clone()).is_err() {
+                if !self
+                    .ff
+                    .try_push(&inv.function, inv.id.clone(), self.share(&inv.function))
+                {
                     self.store.remove(&inv.id).map_err(store_failed)?;
                     return Err(SubmitFailure::QueueFull);
                 }

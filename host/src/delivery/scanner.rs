@@ -7,45 +7,54 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Mutex};
 
+use super::fair::FairQueue;
 use super::record::now_ms;
 use super::store::Queue;
 use super::Delivery;
 
 /// Starts the worker pools (store-and-forward, fire-and-forget, callbacks), the two scanners and
 /// the janitor, all tracked by the engine's task tracker.
-pub(super) fn spawn(
-    this: &Arc<Delivery>,
-    ready: mpsc::Receiver<String>,
-    ff: mpsc::Receiver<String>,
-    callbacks: mpsc::Receiver<String>,
-) {
-    let pool = |rx: mpsc::Receiver<String>, size: usize, kind: Pool| {
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..size {
-            let (this, rx) = (this.clone(), rx.clone());
+pub(super) fn spawn(this: &Arc<Delivery>, callbacks: mpsc::Receiver<String>) {
+    for (queue, kind) in [
+        (this.ready.clone(), Pool::Attempts),
+        (this.ff.clone(), Pool::FireAndForget),
+    ] {
+        for _ in 0..this.options.workers {
+            let (this, queue) = (this.clone(), queue.clone());
             this.tasks.clone().spawn(async move {
                 let mut shutdown = this.shutdown.clone();
                 loop {
-                    let next = tokio::select! {
+                    let taken = tokio::select! {
                         biased;
                         () = shutdown.requested() => None,
-                        id = next(&rx) => id,
+                        taken = queue.next() => Some(taken),
                     };
-                    let Some(id) = next else { break };
-                    match kind {
-                        Pool::Callbacks => this.deliver_callback(&id).await,
-                        Pool::Attempts | Pool::FireAndForget => this.attempt(&id).await,
-                    }
+                    let Some(taken) = taken else { break };
+                    this.attempt(&taken.id).await;
+                    queue.finish(&taken.function);
                 }
                 if kind == Pool::FireAndForget {
-                    this.drain_fire_and_forget(&rx).await;
+                    this.drain_fire_and_forget(&queue).await;
                 }
             });
         }
-    };
-    pool(ready, this.options.workers, Pool::Attempts);
-    pool(ff, this.options.workers, Pool::FireAndForget);
-    pool(callbacks, 8, Pool::Callbacks);
+    }
+    let rx = Arc::new(Mutex::new(callbacks));
+    for _ in 0..8 {
+        let (this, rx) = (this.clone(), rx.clone());
+        this.tasks.clone().spawn(async move {
+            let mut shutdown = this.shutdown.clone();
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = shutdown.requested() => None,
+                    id = next(&rx) => id,
+                };
+                let Some(id) = next else { break };
+                this.deliver_callback(&id).await;
+            }
+        });
+    }
     this.tasks.spawn(this.clone().scan(Queue::Attempts));
     this.tasks.spawn(this.clone().scan(Queue::Callbacks));
     this.tasks.spawn(this.clone().janitor());
@@ -60,7 +69,6 @@ pub(super) fn spawn(
 enum Pool {
     Attempts,
     FireAndForget,
-    Callbacks,
 }
 
 async fn next(rx: &Mutex<mpsc::Receiver<String>>) -> Option<String> {
@@ -71,18 +79,16 @@ impl Delivery {
     /// After the shutdown signal: runs the fire-and-forget invocations still queued while the
     /// grace period lasts, and hands the rest back to the store, to run after the next start
     /// (they never started, so at most once still holds).
-    async fn drain_fire_and_forget(&self, rx: &Mutex<mpsc::Receiver<String>>) {
+    async fn drain_fire_and_forget(&self, queue: &FairQueue) {
         let deadline = self.stop_requested_at() + self.options.shutdown_grace;
         let mut handed_back = 0;
-        loop {
-            let Ok(id) = rx.lock().await.try_recv() else {
-                break;
-            };
+        while let Some(taken) = queue.try_take() {
             if tokio::time::Instant::now() < deadline {
-                self.attempt(&id).await;
-            } else if self.hand_back(&id) {
+                self.attempt(&taken.id).await;
+            } else if self.hand_back(&taken.id) {
                 handed_back += 1;
             }
+            queue.finish(&taken.function);
         }
         if handed_back > 0 {
             tracing::info!(
@@ -96,13 +102,17 @@ impl Delivery {
     /// is due or new work arrives.
     async fn scan(self: Arc<Self>, queue: Queue) {
         let mut shutdown = self.shutdown.clone();
-        let (wake, tx) = match queue {
-            Queue::Callbacks => (&self.wake_callbacks, &self.callbacks),
-            Queue::Attempts => (&self.wake_scanner, &self.ready),
+        let wake = match queue {
+            Queue::Callbacks => &self.wake_callbacks,
+            Queue::Attempts => &self.wake_scanner,
         };
         loop {
             // Take no more than the workers can start soon: what is taken is leased.
-            let room = tx.capacity().max(1);
+            let room = match queue {
+                Queue::Callbacks => self.callbacks.capacity(),
+                Queue::Attempts => self.ready.room(),
+            }
+            .max(1);
             let mut failed = false;
             let due = match self
                 .store
@@ -120,8 +130,13 @@ impl Delivery {
                 if !self.enqueue(queue, &inv.id) {
                     continue; // already queued or running here
                 }
+                if queue == Queue::Attempts {
+                    let share = self.share(&inv.function);
+                    self.ready.push(&inv.function, inv.id, share);
+                    continue;
+                }
                 let sent = tokio::select! {
-                    sent = tx.send(inv.id) => sent.is_ok(),
+                    sent = self.callbacks.send(inv.id) => sent.is_ok(),
                     () = shutdown.requested() => false,
                 };
                 if !sent {

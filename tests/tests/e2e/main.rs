@@ -20,6 +20,7 @@ mod nats;
 mod nats_jetstream;
 mod polling;
 mod restart;
+mod sandbox;
 mod security;
 mod shutdown;
 mod webhooks;

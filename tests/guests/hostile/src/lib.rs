@@ -14,6 +14,9 @@
 //! - `/print?mb=N`       prints N MiB to standard output and N MiB to standard error
 //! - `/socket?port=P`    opens a raw TCP connection to 127.0.0.1:P (wasi:sockets)
 //! - `/lookup?name=N`    resolves N (wasi:sockets ip-name-lookup)
+//! - `/alloc?mb=N&ms=T` allocates N MiB, holds it T ms, then answers
+//! - `/echo`             reads the request body and answers `read N bytes` (also when the body
+//!                       fails midway, like a careless guest)
 //! - `/env?name=NAME`    answers with the value of the environment variable NAME
 //! - anything else       answers `ok`
 
@@ -64,8 +67,11 @@ fn stream(out: ResponseOutparam, chunk: &[u8], times: Option<u64>) {
         let stream = body.write().expect("the body stream is taken once");
         let mut n = 0;
         while times.is_none_or(|t| n < t) {
-            if stream.blocking_write_and_flush(chunk).is_err() {
-                return;
+            // blocking-write-and-flush takes at most 4096 bytes at a time.
+            for piece in chunk.chunks(4096) {
+                if stream.blocking_write_and_flush(piece).is_err() {
+                    return;
+                }
             }
             n += 1;
         }
@@ -151,10 +157,12 @@ fn lookup(name: &str) -> Result<usize, wasip2::sockets::network::ErrorCode> {
     }
 }
 
-#[allow(unconditional_recursion)]
-fn recurse(depth: u64, pad: [u64; 16]) -> u64 {
-    let next = std::hint::black_box(pad);
-    recurse(depth + 1, next) + next[0]
+/// Recursion without end on the WebAssembly call stack (no frames in linear memory).
+fn recurse(depth: u64) -> u64 {
+    if std::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1).wrapping_add(depth)
 }
 
 impl Guest for Hostile {
@@ -177,7 +185,7 @@ impl Guest for Hostile {
                 }
             }
             "recurse" => {
-                let depth = recurse(0, [1; 16]);
+                let depth = recurse(0);
                 respond(out, 200, &format!("{depth}"));
             }
             "huge" => {
@@ -236,6 +244,26 @@ impl Guest for Hostile {
             "lookup" => {
                 let name = query(&path, "name").unwrap_or("localhost");
                 respond(out, 200, &format!("{:?}", lookup(name)));
+            }
+            "alloc" => {
+                let mut v = vec![0u8; (number(&path, "mb") as usize) << 20];
+                for i in (0..v.len()).step_by(4096) {
+                    v[i] = 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(number(&path, "ms")));
+                respond(out, 200, &format!("held {} MiB", std::hint::black_box(&v).len() >> 20));
+            }
+            "echo" => {
+                let body = request.consume().expect("the body is taken once");
+                let mut size = 0usize;
+                {
+                    let stream = body.stream().expect("the stream is taken once");
+                    // Like a careless guest, a failed read counts as the end of the body.
+                    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+                        size += chunk.len();
+                    }
+                }
+                respond(out, 200, &format!("read {size} bytes"));
             }
             "env" => {
                 let name = query(&path, "name").unwrap_or_default();
