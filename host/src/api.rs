@@ -355,6 +355,11 @@ fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
         // Never echo a secret; say only that one is set.
         record.delivery.callback_secret = Some("(set)".into());
     }
+    for (key, value) in &mut record.config {
+        if record.secrets.contains(key) {
+            *value = "(secret)".into();
+        }
+    }
     let url = format!("{}/{}", state.public_url, record.name);
     let sections = record
         .triggers

@@ -254,7 +254,7 @@ impl Deployer {
             .max()
             .unwrap_or(0)
             + 1;
-        let record = FunctionRecord::new(
+        let mut record = FunctionRecord::new(
             spec.name,
             version,
             prepared.world(),
@@ -266,6 +266,7 @@ impl Deployer {
             spec.delivery,
             spec.triggers,
         );
+        record.secrets = spec.secrets;
         let deployed = Arc::new(Deployed::new(record.clone(), prepared));
         let snapshot = self
             .registry

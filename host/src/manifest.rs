@@ -28,9 +28,40 @@ pub struct Manifest {
     /// `[outbound]`: the hosts the function may call.
     #[serde(default)]
     pub outbound: Outbound,
-    /// `[config]`: environment variables of the guest.
+    /// `[config]`: environment variables of the guest; a value may be marked secret.
     #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    pub config: BTreeMap<String, ConfigValue>,
+    /// `[secrets]`: environment variables of the guest whose values come from the host's
+    /// environment (`env:NAME`) and are never shown.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// A `[config]` value: text, or `{ value = "...", secret = true }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    /// A plain value, shown by the API.
+    Plain(String),
+    /// A value with flags.
+    Marked(MarkedValue),
+}
+
+/// `{ value = "...", secret = true }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkedValue {
+    /// The value.
+    pub value: String,
+    /// Never shown by the API, the CLI or the logs.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+impl From<&str> for ConfigValue {
+    fn from(s: &str) -> Self {
+        ConfigValue::Plain(s.to_string())
+    }
 }
 
 /// `[limits]` as written; what is not set takes the host's default.
@@ -99,8 +130,10 @@ pub struct FunctionSpec {
     pub name: String,
     /// The limits, within the host's ceilings.
     pub limits: Limits,
-    /// Environment variables of the guest, sorted by name.
+    /// Environment variables of the guest, sorted by name (secrets included).
     pub config: Vec<(String, String)>,
+    /// The names among `config` whose values are secret.
+    pub secrets: Vec<String>,
     /// Hosts the function may reach, lower-case.
     pub outbound: Vec<String>,
     /// Delivery defaults, with the callback secret read from the environment if it named one.
@@ -214,7 +247,17 @@ impl Ceilings {
 impl Manifest {
     /// Parses `ferry.toml` text; values are checked later, by [`Manifest::resolve`].
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        toml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string().trim().to_string()))
+        // The message and the position only: toml's own text quotes the offending line, which
+        // may hold a secret.
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ManifestError::Syntax(format!("{}{}", at.unwrap_or_default(), e.message().trim()))
+        })
     }
 
     /// A manifest with defaults for a function deployed without one.
@@ -238,6 +281,7 @@ impl Manifest {
         let limits = self.limits.resolve(ceilings)?;
         self.check_triggers()?;
         self.check_outbound_and_config()?;
+        let (config, secrets) = self.config_and_secrets()?;
         let delivery = self.delivery.resolve()?;
         Ok(FunctionSpec {
             triggers: self
@@ -249,11 +293,8 @@ impl Manifest {
             delivery,
             name: self.name.clone(),
             limits,
-            config: self
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            config,
+            secrets,
             outbound: self
                 .outbound
                 .allow
@@ -261,6 +302,48 @@ impl Manifest {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
         })
+    }
+
+    /// `[config]` and `[secrets]` as the guest's environment, and which names are secret. A
+    /// secret's value never appears in an error.
+    fn config_and_secrets(&self) -> Result<(Vec<(String, String)>, Vec<String>), ManifestError> {
+        let mut env = BTreeMap::new();
+        let mut secrets = Vec::new();
+        for (key, value) in &self.config {
+            let (v, secret) = match value {
+                ConfigValue::Plain(v) => (v.clone(), false),
+                ConfigValue::Marked(m) => (m.value.clone(), m.secret),
+            };
+            if secret {
+                secrets.push(key.clone());
+            }
+            env.insert(key.clone(), v);
+        }
+        for (key, reference) in &self.secrets {
+            check_env_key(&format!("secrets.{key}"), key)?;
+            if env.contains_key(key) {
+                return Err(bad(
+                    format!("secrets.{key}"),
+                    "is also in [config]; give each name once",
+                ));
+            }
+            let Some(var) = reference.strip_prefix("env:") else {
+                return Err(bad(
+                    format!("secrets.{key}"),
+                    "write env:NAME: secrets come from the host's environment, never from the manifest (or use [config] with { value = \"...\", secret = true })",
+                ));
+            };
+            let value = std::env::var(var).map_err(|_| {
+                bad(
+                    format!("secrets.{key}"),
+                    format!("environment variable {var} is not set where ferry serve runs"),
+                )
+            })?;
+            env.insert(key.clone(), value);
+            secrets.push(key.clone());
+        }
+        secrets.sort();
+        Ok((env.into_iter().collect(), secrets))
     }
 
     /// Each `[[trigger.<kind>]]` checked by its trigger; an unknown kind is refused.
@@ -302,17 +385,24 @@ impl Manifest {
             }
         }
         for key in self.config.keys() {
-            let ok = !key.is_empty()
-                && !key.starts_with(|c: char| c.is_ascii_digit())
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
-                return Err(bad(
-                    format!("config.{key}"),
-                    "config keys become environment variables: use letters, digits and _",
-                ));
-            }
+            check_env_key(&format!("config.{key}"), key)?;
         }
         Ok(())
+    }
+}
+
+/// Config and secret names become environment variables.
+fn check_env_key(at: &str, key: &str) -> Result<(), ManifestError> {
+    let ok = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            at,
+            "names become environment variables: use letters, digits and _",
+        ))
     }
 }
 

@@ -183,6 +183,9 @@ pub struct FunctionRecord {
     pub limits: Limits,
     /// Values exposed to the guest as environment variables.
     pub config: Vec<(String, String)>,
+    /// The names among `config` whose values are secret: never shown by the API or the CLI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Hosts the function may reach with outbound HTTP.
     pub outbound: Vec<String>,
     /// Defaults for asynchronous invocations.
@@ -228,6 +231,7 @@ impl FunctionRecord {
             size,
             limits,
             config,
+            secrets: Vec::new(),
             outbound,
             delivery,
             triggers,

@@ -126,14 +126,29 @@ fn bad_names_content_types_and_multipart() {
         let (s, body) = ferry.deploy_raw(name, hello.clone());
         expect(s, &body, 400, &["not a valid function name"]);
     }
+    for content_type in ["text/plain", "application/wasmfoo", "multipart/form-datax"] {
+        let resp = ferry
+            .admin_req(reqwest::Method::PUT, "/v1/functions/hello-http")
+            .header("content-type", content_type)
+            .body(hello.clone())
+            .send()
+            .unwrap();
+        let (s, body) = ferry_tests::json_of(resp);
+        expect(s, &body, 415, &["application/wasm", "multipart/form-data"]);
+    }
+    // Parameters and case do not matter.
     let resp = ferry
-        .admin_req(reqwest::Method::PUT, "/v1/functions/hello-http")
-        .header("content-type", "text/plain")
+        .admin_req(reqwest::Method::PUT, "/v1/functions/other")
+        .header("content-type", "Application/WASM; charset=binary")
         .body(hello.clone())
         .send()
         .unwrap();
-    let (s, body) = ferry_tests::json_of(resp);
-    expect(s, &body, 415, &["application/wasm", "multipart/form-data"]);
+    assert_eq!(resp.status().as_u16(), 201);
+    let resp = ferry
+        .admin_req(reqwest::Method::DELETE, "/v1/functions/other")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
 
     use reqwest::blocking::multipart::{Form, Part};
     let form = Form::new().part("manifest", Part::text("name = \"hello-http\"\n"));

@@ -334,3 +334,75 @@ fn guest_outbound_http_reaches_only_allowed_public_hosts() {
         "{body}"
     );
 }
+
+#[test]
+fn secrets_reach_the_guest_and_nowhere_else() {
+    let mut ferry = Ferry::stopped(&[]);
+    ferry.env = vec![(
+        "ORDERS_DB_PASSWORD".into(),
+        "pw-from-the-host-env-7731".into(),
+    )];
+    ferry.start_again();
+    deploy_hostile(
+        &ferry,
+        "[config]\nGREETING = \"hello\"\nAPI_KEY = { value = \"literal-secret-5521\", secret = true }\n\
+         [secrets]\nDB_PASSWORD = \"env:ORDERS_DB_PASSWORD\"\n",
+    );
+    // The guest gets every value.
+    assert_eq!(
+        ferry.get("/hostile/env?name=API_KEY").1,
+        "literal-secret-5521"
+    );
+    assert_eq!(
+        ferry.get("/hostile/env?name=DB_PASSWORD").1,
+        "pw-from-the-host-env-7731"
+    );
+    assert_eq!(ferry.get("/hostile/env?name=GREETING").1, "hello");
+
+    // Nothing else shows them: the API, the CLI, the log.
+    let secrets = ["literal-secret-5521", "pw-from-the-host-env-7731"];
+    let (_, shown) = ferry.admin_get("/v1/functions/hostile");
+    let (_, list) = ferry.admin_get("/v1/functions");
+    let show = ferry.cli(&["show", "hostile"], None);
+    let show_json = ferry.cli(&["--json", "show", "hostile"], None);
+    let cli_list = ferry.cli(&["--json", "list"], None);
+    let everything = format!(
+        "{shown}{list}{}{}{}{}",
+        String::from_utf8_lossy(&show.stdout),
+        String::from_utf8_lossy(&show_json.stdout),
+        String::from_utf8_lossy(&cli_list.stdout),
+        ferry.log()
+    );
+    for s in secrets {
+        assert!(!everything.contains(s), "{s} leaked: {everything}");
+    }
+    assert!(shown.to_string().contains("(secret)"), "{shown}");
+    assert!(
+        shown.to_string().contains("hello"),
+        "plain config is shown: {shown}"
+    );
+
+    // A manifest error on a line with a secret does not quote it; a missing variable is named,
+    // and a literal under [secrets] is refused.
+    for (manifest, says) in [
+        (
+            "[config]\nAPI_KEY = { value = \"literal-secret-5521\", secret = tru }\n",
+            "line 3",
+        ),
+        (
+            "[secrets]\nX = \"env:FERRY_TEST_NOT_SET_ANYWHERE\"\n",
+            "FERRY_TEST_NOT_SET_ANYWHERE is not set",
+        ),
+        ("[secrets]\nX = \"literal-secret-5521\"\n", "write env:NAME"),
+    ] {
+        let (status, body) = ferry.deploy_manifest(
+            "hostile",
+            guests::bytes(guests::HOSTILE),
+            &format!("name = \"hostile\"\n{manifest}"),
+        );
+        assert_eq!(status, 400, "{body}");
+        let text = body.to_string();
+        assert!(text.contains(says), "{text}");
+        assert!(!text.contains("literal-secret-5521"), "{text}");
+    }
+}
