@@ -306,7 +306,7 @@ impl Manifest {
 
     /// `[config]` and `[secrets]` as the guest's environment, and which names are secret. A
     /// secret's value never appears in an error.
-    fn config_and_secrets(&self) -> Result<(Vec<(String, String)>, Vec<String>), ManifestError> {
+    fn config_and_secrets(&self) -> Result<(Env, Vec<String>), ManifestError> {
         let mut env = BTreeMap::new();
         let mut secrets = Vec::new();
         for (key, value) in &self.config {
@@ -390,6 +390,9 @@ impl Manifest {
         Ok(())
     }
 }
+
+/// Environment variables of a guest, by name.
+type Env = Vec<(String, String)>;
 
 /// Config and secret names become environment variables.
 fn check_env_key(at: &str, key: &str) -> Result<(), ManifestError> {
