@@ -54,6 +54,7 @@ impl DeployError {
             DeployError::Component(ComponentError::NotWasm | ComponentError::Invalid(_)) => {
                 StatusCode::BAD_REQUEST
             }
+            DeployError::Component(ComponentError::Compile(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             DeployError::Component(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::TriggerConflict(_) => StatusCode::CONFLICT,
             DeployError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -357,11 +358,7 @@ impl Deployer {
             if let Some(component) = cached(&runtime, &*store, &key)? {
                 return Ok((component, None));
             }
-            let component = runtime.compile(&bytes)?;
-            let artifact = component
-                .serialize()
-                .map_err(anyhow::Error::from)
-                .context("failed to serialize the compiled component")?;
+            let (component, artifact) = runtime.compile(&bytes)?;
             Ok((component, Some(artifact)))
         })
         .await
@@ -436,8 +433,7 @@ impl Deployer {
                 let bytes = self.store.component(&record.digest)?.with_context(|| {
                     format!("component {} is missing from the store", record.digest)
                 })?;
-                let c = self.runtime.compile(&bytes)?;
-                let artifact = c.serialize().map_err(anyhow::Error::from)?;
+                let (c, artifact) = self.runtime.compile(&bytes)?;
                 self.store.put_artifact(&key, &artifact)?;
                 self.store.flush()?;
                 stats.compiled += 1;

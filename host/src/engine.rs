@@ -14,6 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{EventFunctionPre, ProxyPre, EVENT_EXPORT, HTTP_EXPORT_PREFIX};
+use crate::compiler::{ChildCompiler, CompileLimits};
 use crate::model::{Limits, World};
 use crate::outbound::{Outbound, OutboundOptions, OutboundPolicy};
 
@@ -38,6 +39,8 @@ pub struct EngineOptions {
     pub outbound: OutboundOptions,
     /// This host's listeners, which guests may never reach.
     pub own_listeners: Vec<std::net::SocketAddr>,
+    /// Compile in a child process with these bounds (None: in this process).
+    pub compile: Option<CompileLimits>,
 }
 
 impl Default for EngineOptions {
@@ -49,6 +52,7 @@ impl Default for EngineOptions {
             max_wasm_stack: 512 << 10,
             outbound: OutboundOptions::default(),
             own_listeners: Vec::new(),
+            compile: None,
         }
     }
 }
@@ -94,25 +98,34 @@ pub enum ComponentError {
          ferry:function/handler (an event function); it exports: {0}"
     )]
     UnknownWorld(String),
-    /// A component that imports an interface Ferry does not provide; the linker says which.
+    /// A component that imports an interface Ferry does not provide; the message lists them.
     #[error("the component imports something Ferry does not provide: {0}")]
     UnsatisfiedImport(String),
+    /// Compiling it passed the time or memory bound.
+    #[error("the component is refused: {0}")]
+    TooCostly(String),
+    /// The compiler could not run (not the upload's fault).
+    #[error("compiling failed: {0}")]
+    Compile(String),
 }
 
-/// The wasmtime engine with Ferry's linker. One per process.
-pub struct Runtime {
-    engine: Engine,
-    linker: Linker<HostState>,
-    compat_key: String,
-    compilations: AtomicU64,
-    outbound: Arc<Outbound>,
-    memory: Arc<MemoryBudget>,
-    max_wasm_stack: u64,
-}
-
-impl Runtime {
-    /// The engine and linker with these settings; starts the epoch ticker thread.
-    pub fn new(opts: &EngineOptions) -> anyhow::Result<Arc<Self>> {
+/// The engine configuration of a host with these settings. The pooling allocator is left out
+/// where nothing is instantiated (the compiler process): what it compiles loads into an engine
+/// with the pool.
+fn engine_config(opts: &EngineOptions, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        // Reserve exactly the memory ceiling per slot instead of 4 GiB, so that 1,000 slots
+        // stay within a sane amount of virtual address space.
+        .memory_reservation(opts.max_memory)
+        .memory_guard_size(32 << 20)
+        .memory_reservation_for_growth(0)
+        .max_wasm_stack(opts.max_wasm_stack as usize)
+        // The host's own frames (WASI calls) run on the same fiber stack, above the guest's.
+        .async_stack_size(opts.max_wasm_stack as usize + (1 << 20));
+    if pooling {
         let mut pool = PoolingAllocationConfig::new();
         let instances = opts.max_instances;
         pool.total_component_instances(instances)
@@ -130,20 +143,52 @@ impl Runtime {
             .pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT);
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            // Reserve exactly the memory ceiling per slot instead of 4 GiB, so that 1,000 slots
-            // stay within a sane amount of virtual address space.
-            .memory_reservation(opts.max_memory)
-            .memory_guard_size(32 << 20)
-            .memory_reservation_for_growth(0)
-            .max_wasm_stack(opts.max_wasm_stack as usize)
-            // The host's own frames (WASI calls) run on the same fiber stack, above the guest's.
-            .async_stack_size(opts.max_wasm_stack as usize + (1 << 20));
-        let engine = Engine::new(&config)
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Checks the first bytes: WebAssembly, and a component rather than a core module.
+fn check_header(bytes: &[u8]) -> Result<(), ComponentError> {
+    match bytes.get(0..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(ComponentError::CoreModule),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', ..]) => Err(ComponentError::Invalid(
+            "unknown WebAssembly version".into(),
+        )),
+        _ => Err(ComponentError::NotWasm),
+    }
+}
+
+/// Compiles an upload into an artifact for an engine with these settings (in the compiler
+/// process).
+pub fn compile_artifact(opts: &EngineOptions, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+    check_header(bytes)?;
+    let engine = Engine::new(&engine_config(opts, false))
+        .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+    let component =
+        Component::new(&engine, bytes).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+    component
+        .serialize()
+        .map_err(|e| ComponentError::Compile(format!("{e:#}")))
+}
+
+/// The wasmtime engine with Ferry's linker. One per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    compat_key: String,
+    compilations: AtomicU64,
+    outbound: Arc<Outbound>,
+    memory: Arc<MemoryBudget>,
+    max_wasm_stack: u64,
+    compiler: Option<ChildCompiler>,
+}
+
+impl Runtime {
+    /// The engine and linker with these settings; starts the epoch ticker thread.
+    pub fn new(opts: &EngineOptions) -> anyhow::Result<Arc<Self>> {
+        let engine = Engine::new(&engine_config(opts, true))
             .map_err(anyhow::Error::from)
             .context("failed to configure the wasmtime engine")?;
 
@@ -175,6 +220,10 @@ impl Runtime {
                 opts.max_total_memory.unwrap_or_else(half_of_memory),
             )),
             max_wasm_stack: opts.max_wasm_stack,
+            compiler: opts
+                .compile
+                .clone()
+                .map(|limits| ChildCompiler::new(limits, opts.clone())),
         }))
     }
 
@@ -208,22 +257,30 @@ impl Runtime {
         self.compilations.load(Ordering::Relaxed)
     }
 
-    /// Validates and compiles an upload. CPU-heavy: call it off the async threads.
-    pub fn compile(&self, bytes: &[u8]) -> Result<Component, ComponentError> {
-        match bytes.get(0..8) {
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(ComponentError::CoreModule),
-            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
-            Some([0, b'a', b's', b'm', ..]) => {
-                return Err(ComponentError::Invalid(
-                    "unknown WebAssembly version".into(),
-                ))
+    /// Validates and compiles an upload; returns the component and its artifact to cache.
+    /// CPU-heavy and blocking: call it off the async threads. With compile limits (`ferry
+    /// serve`) the compiler runs in a child process bounded in time and memory.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
+        check_header(bytes)?;
+        let (component, artifact) = match &self.compiler {
+            Some(child) => {
+                let artifact = child.compile(bytes)?;
+                let component = self
+                    .load_artifact(&artifact)
+                    .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+                (component, artifact)
             }
-            _ => return Err(ComponentError::NotWasm),
-        }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+            None => {
+                let component = Component::new(&self.engine, bytes)
+                    .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+                let artifact = component
+                    .serialize()
+                    .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+                (component, artifact)
+            }
+        };
         self.compilations.fetch_add(1, Ordering::Relaxed);
-        Ok(component)
+        Ok((component, artifact))
     }
 
     /// Loads an artifact previously produced by [`Component::serialize`] on an engine with the
@@ -245,7 +302,7 @@ impl Runtime {
         let pre = self
             .linker
             .instantiate_pre(component)
-            .map_err(|e| ComponentError::UnsatisfiedImport(format!("{e:#}")))?;
+            .map_err(|e| self.unsatisfied(component, &e))?;
         let ty = component.component_type();
         let exports: Vec<String> = ty
             .exports(&self.engine)
@@ -268,6 +325,71 @@ impl Runtime {
             World::Http => Prepared::Http(ProxyPre::new(pre).map_err(link_err)?),
             World::Event => Prepared::Event(EventFunctionPre::new(pre).map_err(link_err)?),
         })
+    }
+}
+
+/// The interfaces Ferry's linker provides (WASI 0.2.x, as wasmtime implements them).
+const PROVIDED: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:http/types",
+    "wasi:http/outgoing-handler",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+/// Whether an import names an interface Ferry provides, in a version it provides.
+fn provided(import: &str) -> bool {
+    let (interface, version) = import.split_once('@').unwrap_or((import, ""));
+    version.starts_with("0.2.") && PROVIDED.contains(&interface)
+}
+
+impl Runtime {
+    /// Why a component cannot be linked: every import from a package Ferry does not provide at
+    /// all, then wasmtime's account of the first import that failed (a version or a function
+    /// Ferry's linker lacks).
+    fn unsatisfied(&self, component: &Component, error: &wasmtime::Error) -> ComponentError {
+        let foreign: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !provided(name))
+            .collect();
+        let detail = format!("{error:#}");
+        let message = if foreign.is_empty() {
+            detail
+        } else {
+            format!(
+                "{} (Ferry provides wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, \
+                 wasi:random, wasi:sockets and wasi:http types and outgoing-handler, version \
+                 0.2); the first failure: {detail}",
+                foreign.join(", ")
+            )
+        };
+        ComponentError::UnsatisfiedImport(message)
     }
 }
 

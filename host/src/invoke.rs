@@ -105,16 +105,6 @@ pub enum InvokeError {
     },
 }
 
-/// A size as people write it: `32 MiB`, `512 KiB`, `1.5 GiB`.
-fn size_text(bytes: u64) -> String {
-    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-        if bytes >= unit && bytes.is_multiple_of(unit) {
-            return format!("{} {name}", bytes / unit);
-        }
-    }
-    bytesize::ByteSize(bytes).display().iec().to_string()
-}
-
 impl InvokeError {
     /// The HTTP status a caller gets for this failure.
     pub fn status(&self) -> StatusCode {
@@ -171,19 +161,19 @@ impl InvokeError {
         if hit.host_memory.load(Relaxed) {
             return InvokeError::HostMemory {
                 function,
-                cap: size_text(runtime.memory().cap()),
+                cap: crate::model::size_text(runtime.memory().cap()),
             };
         }
         if hit.memory.load(Relaxed) {
             return InvokeError::Memory {
                 function,
-                limit: size_text(limits.memory),
+                limit: crate::model::size_text(limits.memory),
             };
         }
         match err.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::StackOverflow) => InvokeError::Stack {
                 function,
-                size: size_text(runtime.max_wasm_stack()),
+                size: crate::model::size_text(runtime.max_wasm_stack()),
             },
             Some(trap) => InvokeError::Trap {
                 function,
@@ -455,7 +445,7 @@ impl ResponseCap {
                     return Err(format!(
                         "function {function} sent a response body larger than its limit of {} \
                          (limits.max_response)",
-                        size_text(max)
+                        crate::model::size_text(max)
                     )
                     .into());
                 }

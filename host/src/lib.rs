@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod bindings;
 pub mod client;
+pub mod compiler;
 pub mod crashpoint;
 pub mod delivery;
 pub mod deploy;

@@ -94,6 +94,9 @@ enum Command {
         /// A new or empty directory for the backup.
         dir: PathBuf,
     },
+    /// Used by `ferry serve`: compile the component on stdin into an artifact on stdout.
+    #[command(name = "internal-compile", hide = true)]
+    InternalCompile(InternalCompileArgs),
     /// Make a new store in --data-dir from a backup made by `ferry backup` (the host must be
     /// stopped, and the data directory must hold no store).
     Restore {
@@ -171,6 +174,15 @@ struct ServeArgs {
     /// no more (and its caller 503). Default: half of this machine's memory.
     #[arg(long, env = "FERRY_MAX_TOTAL_MEMORY", value_parser = parse_size)]
     max_total_memory: Option<u64>,
+    /// The longest compiling one upload may take; a component that takes longer is refused.
+    #[arg(long, env = "FERRY_MAX_COMPILE_TIME", default_value = "120s", value_parser = humantime::parse_duration)]
+    max_compile_time: Duration,
+    /// The most memory compiling one upload may use; a component that needs more is refused.
+    #[arg(long, env = "FERRY_MAX_COMPILE_MEMORY", default_value = "2GiB", value_parser = parse_size)]
+    max_compile_memory: u64,
+    /// Uploads compiled at once; more wait their turn.
+    #[arg(long, env = "FERRY_COMPILE_JOBS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    compile_jobs: u32,
     /// The WebAssembly call stack each instance may use (one engine-wide setting).
     #[arg(long, env = "FERRY_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_size)]
     max_wasm_stack: u64,
@@ -248,6 +260,18 @@ struct ServeArgs {
     /// with an empty store.
     #[arg(long)]
     quarantine: bool,
+}
+
+#[derive(clap::Args)]
+struct InternalCompileArgs {
+    #[arg(long)]
+    max_instances: u32,
+    #[arg(long, value_parser = parse_size)]
+    max_memory: u64,
+    #[arg(long, value_parser = parse_size)]
+    max_wasm_stack: u64,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_compile_time: Duration,
 }
 
 #[derive(clap::Args)]
@@ -337,6 +361,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         command,
     } = cli;
     match command {
+        Command::InternalCompile(a) => {
+            let engine = EngineOptions {
+                max_instances: a.max_instances,
+                max_memory: a.max_memory,
+                max_wasm_stack: a.max_wasm_stack,
+                ..EngineOptions::default()
+            };
+            std::process::exit(ferry_host::compiler::run_child(&engine, a.max_compile_time))
+        }
         Command::Store(StoreCommand::Check) => store_check(&data_dir(&cli), cli.json),
         Command::Backup { dir } => backup(&client(&cli)?, &dir, cli.json),
         Command::Restore { dir } => {
@@ -414,6 +447,13 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
                 max_response: args.outbound_max_response,
             },
             own_listeners: Vec::new(),
+            compile: Some(ferry_host::compiler::CompileLimits {
+                exe: std::env::current_exe()
+                    .context("cannot find the ferry binary to run the compiler")?,
+                timeout: args.max_compile_time,
+                memory: args.max_compile_memory,
+                jobs: args.compile_jobs as usize,
+            }),
         },
         ceilings: Ceilings {
             max_memory: args.max_memory,

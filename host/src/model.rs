@@ -277,6 +277,16 @@ impl FunctionRecord {
     }
 }
 
+/// A size as people write it: `32 MiB`, `512 KiB`, `1.5 GiB`.
+pub fn size_text(bytes: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
 /// A size like "128MiB" or "64MB" in bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>()

@@ -74,6 +74,22 @@ fn uploads_that_are_not_usable_components() {
             422,
             vec!["does not provide", "acme:missing/api@1.0.0"],
         ),
+        (
+            "several unknown imports, listed together",
+            wat::parse_str(
+                r#"(component
+                    (import "wasi:cli/environment@0.2.0" (instance))
+                    (import "acme:missing/api@1.0.0" (instance (export "f" (func))))
+                    (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "g" (func))))
+                    (import "wasi:cli/nonexistent@0.2.0" (instance (export "h" (func)))))"#,
+            )
+            .unwrap(),
+            422,
+            vec![
+                "does not provide",
+                "acme:missing/api@1.0.0, wasi:keyvalue/store@0.2.0-draft, wasi:cli/nonexistent@0.2.0",
+            ],
+        ),
     ];
     for (what, bytes, status, want) in cases {
         // Both as a new function and as an update of the deployed one.

@@ -394,3 +394,72 @@ impl std::io::Read for ChunkedReader {
         }
     }
 }
+
+/// A valid component whose one function keeps `n` values alive at once: slow and hungry to
+/// compile (register allocation), tiny to upload.
+fn slow_to_compile(n: usize) -> Vec<u8> {
+    let mut body = String::new();
+    for i in 0..n {
+        body.push_str(&format!("(i32.const {}) ", i % 100));
+    }
+    for _ in 1..n {
+        body.push_str("i32.add ");
+    }
+    wat::parse_str(format!(
+        "(component (core module (func (export \"f\") (result i32) {body})))"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_component_made_to_stall_the_compiler_is_refused_and_the_admin_api_stays_up() {
+    let ferry = Ferry::start_with(&["--max-compile-time", "2s"]);
+    let slow = slow_to_compile(60_000);
+    eprintln!("slow component: {} bytes", slow.len());
+    let started = Instant::now();
+    let deploy = {
+        let (url, token) = (
+            ferry.admin_url("/v1/functions/slow"),
+            ferry.token.clone().unwrap(),
+        );
+        std::thread::spawn(move || {
+            let resp = reqwest::blocking::Client::new()
+                .put(url)
+                .bearer_auth(token)
+                .header("content-type", "application/wasm")
+                .body(slow)
+                .send()
+                .unwrap();
+            (resp.status().as_u16(), resp.text().unwrap())
+        })
+    };
+    // The admin API answers while the compiler works.
+    let (status, _) = ferry.admin_get("/healthz");
+    assert_eq!(status, 200);
+    let (status, text) = deploy.join().unwrap();
+    eprintln!("refused after {:?}", started.elapsed());
+    assert_eq!(status, 422, "{text}");
+    assert!(
+        text.contains("took longer than 2s (ferry serve --max-compile-time)"),
+        "{text}"
+    );
+    assert_eq!(
+        ferry.admin_get("/v1/functions/slow").0,
+        404,
+        "nothing was deployed"
+    );
+    // Normal components still compile.
+    let (status, body) = ferry.deploy_raw("hello", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    drop(ferry);
+
+    // Memory is bounded the same way.
+    let ferry = Ferry::start_with(&["--max-compile-memory", "64MiB"]);
+    let (status, body) = ferry.deploy_raw("slow", slow_to_compile(60_000));
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string()
+            .contains("needed more than 64 MiB of memory (ferry serve --max-compile-memory)"),
+        "{body}"
+    );
+}

@@ -1,0 +1,217 @@
+//! Compiling uploads with bounded cost. Cranelift cannot be stopped halfway, and a component can
+//! be built to make it slow or hungry; so `ferry serve` compiles each upload in a child process
+//! (`ferry internal-compile`, the same binary) that it kills when it passes the time or memory
+//! bound, and loads the compiled artifact the child writes. The memory the compiler used goes
+//! back to the operating system with the child. A few compilations run at once; more wait.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::{ComponentError, EngineOptions};
+
+/// Bounds of one compilation (from `ferry serve` flags).
+#[derive(Debug, Clone)]
+pub struct CompileLimits {
+    /// The `ferry` binary to run as the compiler.
+    pub exe: PathBuf,
+    /// The longest a compilation may take (`--max-compile-time`).
+    pub timeout: Duration,
+    /// The most resident memory it may use (`--max-compile-memory`).
+    pub memory: u64,
+    /// How many compilations may run at once (`--compile-jobs`).
+    pub jobs: usize,
+}
+
+/// Runs compilations in child processes, a few at a time.
+pub(crate) struct ChildCompiler {
+    limits: CompileLimits,
+    engine: EngineOptions,
+    running: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// How the child says a component is invalid (its message is on stderr).
+const EXIT_INVALID: i32 = 2;
+
+impl ChildCompiler {
+    pub(crate) fn new(limits: CompileLimits, engine: EngineOptions) -> Self {
+        Self {
+            limits,
+            engine,
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Compiles `bytes` in a child process and returns the serialized artifact. Blocks: call it
+    /// off the async threads.
+    pub(crate) fn compile(&self, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+        let _slot = self.slot();
+        let mut child = Command::new(&self.limits.exe)
+            .arg("internal-compile")
+            .arg("--max-instances")
+            .arg(self.engine.max_instances.to_string())
+            .arg("--max-memory")
+            .arg(format!("{}B", self.engine.max_memory))
+            .arg("--max-wasm-stack")
+            .arg(format!("{}B", self.engine.max_wasm_stack))
+            .arg("--max-compile-time")
+            .arg(format!("{}s", self.limits.timeout.as_secs().max(1)))
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                ComponentError::Compile(format!(
+                    "could not start the compiler process {}: {e}",
+                    self.limits.exe.display()
+                ))
+            })?;
+        // Feed stdin and drain stdout and stderr on their own threads, so that neither side
+        // can block the other, while this thread watches time and memory.
+        let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ComponentError::Compile(
+                "the compiler's pipes are missing".into(),
+            ));
+        };
+        let input = bytes.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = stdout.read_to_end(&mut out);
+            out
+        });
+        let errors = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stderr.take(64 << 10).read_to_string(&mut out);
+            out
+        });
+        let started = Instant::now();
+        let mut peak = 0u64;
+        let verdict = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) => {}
+                Err(e) => {
+                    break Err(ComponentError::Compile(format!(
+                        "waiting for the compiler: {e}"
+                    )))
+                }
+            }
+            peak = peak.max(resident(child.id()));
+            if peak > self.limits.memory {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(ComponentError::TooCostly(format!(
+                    "compiling it needed more than {} of memory (ferry serve --max-compile-memory)",
+                    crate::model::size_text(self.limits.memory)
+                )));
+            }
+            if started.elapsed() > self.limits.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(ComponentError::TooCostly(format!(
+                    "compiling it took longer than {} (ferry serve --max-compile-time)",
+                    humantime::format_duration(self.limits.timeout)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = feeder.join();
+        let artifact = reader.join().unwrap_or_default();
+        let message = errors.join().unwrap_or_default();
+        let status = verdict?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            peak_rss = peak,
+            "compiled in a child process"
+        );
+        match status.code() {
+            Some(0) => Ok(artifact),
+            Some(EXIT_INVALID) => Err(ComponentError::Invalid(message.trim().to_string())),
+            _ => Err(ComponentError::TooCostly(format!(
+                "the compiler stopped ({status}){}",
+                if message.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", message.trim())
+                }
+            ))),
+        }
+    }
+
+    /// Waits for a free compilation slot; the slot is freed when the guard drops.
+    fn slot(&self) -> impl Drop + '_ {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= self.limits.jobs.max(1) {
+            running = self.freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        Slot(self)
+    }
+}
+
+struct Slot<'a>(&'a ChildCompiler);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// The resident memory of a process, in bytes (0 when it cannot be read).
+fn resident(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// `ferry internal-compile`: reads a component on stdin, writes the compiled artifact on
+/// stdout. Invalid input exits with code 2 and the reason on stderr. The CPU time limit is a
+/// backstop for the parent's wall-clock one.
+/// Returns the process's exit code.
+pub fn run_child(engine: &EngineOptions, cpu: Duration) -> i32 {
+    let _ = rlimit::setrlimit(
+        rlimit::Resource::CPU,
+        cpu.as_secs().max(1) + 1,
+        cpu.as_secs().max(1) + 2,
+    );
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+        eprintln!("reading the component: {e}");
+        return 1;
+    }
+    let artifact = match crate::engine::compile_artifact(engine, &bytes) {
+        Ok(a) => a,
+        Err(ComponentError::Invalid(m)) => {
+            eprintln!("{m}");
+            return EXIT_INVALID;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    if let Err(e) = std::io::stdout().lock().write_all(&artifact) {
+        eprintln!("writing the artifact: {e}");
+        return 1;
+    }
+    0
+}
