@@ -35,7 +35,7 @@ cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '
     /^failures:$/ || /^---- / { m = 0; next }
     /^error: [0-9]+ targets? failed:$/ { t = 1; next }
-    t && /^    `/ { gsub(/`/, ""); sub(/^ +/, ""); failed[++n] = $0 " (the target did not build or run)"; next }
+    t && /^    `/ { gsub(/`/, ""); sub(/^ +/, ""); failed[++n] = "target " $0 " failed (the tests above, or it did not build)"; next }
     { t = 0 }
     /^    [A-Za-z_][A-Za-z0-9_:]*$/ { buf[++m] = $1; next }
     /^test result:/ {

@@ -506,9 +506,13 @@ fn too_large(max: u64) -> ApiError {
 /// Reads a request body of at most `max` bytes (plus room for multipart framing).
 async fn read_limited(req: Request, max: u64) -> Result<Bytes, ApiError> {
     use ferry_triggers::http::{read_body, BodyError};
-    match read_body(req, max).await {
+    // An upload may be large and the link slow: a generous bound, but a bound.
+    match read_body(req, max, std::time::Duration::from_secs(600)).await {
         Ok((_, bytes)) => Ok(bytes),
         Err(BodyError::TooLarge(_)) => Err(too_large(max)),
+        Err(e @ BodyError::TimedOut(_)) => {
+            Err(ApiError(StatusCode::REQUEST_TIMEOUT, e.to_string()))
+        }
         Err(e @ BodyError::Failed(_)) => Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("failed to read the upload: {e}"),

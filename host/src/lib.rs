@@ -17,6 +17,8 @@ pub mod crashpoint;
 pub mod delivery;
 pub mod deploy;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod guest_event;
 pub mod guest_output;

@@ -204,6 +204,20 @@ struct ServeArgs {
     /// Largest response body a guest's outbound request may receive.
     #[arg(long, env = "FERRY_OUTBOUND_MAX_RESPONSE", default_value = "64MiB", value_parser = parse_size)]
     outbound_max_response: u64,
+    /// How long a client may take to send a request head, and how long a kept-alive connection
+    /// may stay idle; then the connection is closed.
+    #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a request body Ferry reads whole (an asynchronous submit, a webhook delivery)
+    /// may take to arrive; then 408.
+    #[arg(long, env = "FERRY_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
+    /// Largest request head (request line and headers); larger gets 431.
+    #[arg(long, env = "FERRY_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    max_header_size: u64,
+    /// Connections the public listener keeps open at once; more are answered 503 and closed.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
     /// Store-and-forward attempts (and fire-and-forget invocations) running at once.
     #[arg(long, env = "FERRY_WORKERS", default_value_t = 32)]
     workers: usize,
@@ -424,6 +438,11 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Every connection is a file: use all the process may have (the soft limit is often 1,024).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -469,6 +488,13 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         callback_secret: args.callback_secret,
         nats: args.nats,
         keep_versions: args.keep_versions as usize,
+        http: ferry_triggers::http::HttpOptions {
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            max_header_size: args.max_header_size as usize,
+            max_connections: args.max_connections,
+            shutdown_grace: args.shutdown_grace,
+        },
         recovery: if args.repair {
             Some(Recovery::Repair)
         } else if args.quarantine {

@@ -53,6 +53,9 @@ pub struct ServeOptions {
     /// `--quarantine` or `--repair`: what to do when the store is damaged (else refuse to
     /// start).
     pub recovery: Option<Recovery>,
+    /// Limits of the public listener itself (`--header-read-timeout`, `--body-read-timeout`,
+    /// `--max-header-size`, `--max-connections`).
+    pub http: HttpOptions,
     /// `--keep-versions`: how many versions of each function keep their component.
     pub keep_versions: usize,
 }
@@ -155,7 +158,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     let http_options = HttpOptions {
         shutdown_grace: opts.delivery.shutdown_grace,
-        ..HttpOptions::default()
+        ..opts.http.clone()
     };
     spawn_trigger(
         &mut tasks,

@@ -95,6 +95,9 @@ pub enum BodyError {
     /// Reading the body failed (the client went away, say); the message says how.
     #[error("failed to read the body: {0}")]
     Failed(String),
+    /// The body did not arrive whole within the time allowed.
+    #[error("the request body did not arrive within {} (ferry serve --body-read-timeout)", humantime::format_duration(*.0))]
+    TimedOut(Duration),
 }
 
 /// Reads a whole request body of at most `max` bytes; a body that declares more is refused at
@@ -102,6 +105,7 @@ pub enum BodyError {
 pub async fn read_body<B>(
     req: Request<B>,
     max: u64,
+    within: Duration,
 ) -> Result<(http::request::Parts, Bytes), BodyError>
 where
     B: http_body::Body<Data = Bytes>,
@@ -113,13 +117,24 @@ where
         linger(body, len, max).await;
         return Err(BodyError::TooLarge(max));
     }
-    match http_body_util::Limited::new(body, max as usize)
-        .collect()
-        .await
-    {
-        Ok(b) => Ok((parts, b.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(max)),
-        Err(e) => Err(BodyError::Failed(e.to_string())),
+    let collect = http_body_util::Limited::new(body, max as usize).collect();
+    match tokio::time::timeout(within, collect).await {
+        Err(_) => Err(BodyError::TimedOut(within)),
+        Ok(Ok(b)) => Ok((parts, b.to_bytes())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(max)),
+        Ok(Err(e)) => Err(BodyError::Failed(e.to_string())),
+    }
+}
+
+/// The answer to a body that could not be read whole: 413, 408 or 400.
+pub fn body_error_response(e: &BodyError, what: &str) -> Response<Body> {
+    match e {
+        BodyError::TooLarge(max) => text_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {what}'s limit of {max} bytes (limits.max_body)"),
+        ),
+        BodyError::TimedOut(_) => text_response(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        BodyError::Failed(_) => text_response(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 
@@ -257,8 +272,15 @@ fn trim_path(path: &str) -> &str {
 /// Limits of the HTTP listener itself (per-function limits live in the runtime).
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
-    /// How long a client may take to send the request head.
+    /// How long a client may take to send a request head (also the idle time of a kept-alive
+    /// connection before its next request).
     pub header_read_timeout: Duration,
+    /// How long a body Ferry reads whole (asynchronous submits, webhooks) may take to arrive.
+    pub body_read_timeout: Duration,
+    /// The largest request head (request line and headers), in bytes.
+    pub max_header_size: usize,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
     /// After shutdown, how long requests in flight may take before their connections close.
     pub shutdown_grace: Duration,
 }
@@ -266,7 +288,10 @@ pub struct HttpOptions {
 impl Default for HttpOptions {
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_header_size: 64 << 10,
+            max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -389,6 +414,8 @@ struct Shared<R> {
     hooks: ArcSwap<(Arc<[Sections]>, crate::webhook::Hooks)>,
     /// What each webhook last did.
     activity: crate::webhook::Activity,
+    /// How long a body read whole may take to arrive.
+    body_read_timeout: Duration,
 }
 
 /// A receiver of the `http` sections of the live functions.
@@ -482,11 +509,14 @@ impl<R: Runtime> Trigger for HttpTrigger<R> {
             hook_sections,
             hooks: ArcSwap::from_pointee((hooks_from, hooks)),
             activity: crate::webhook::Activity::default(),
+            body_read_timeout: self.options.body_read_timeout,
         });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(self.options.header_read_timeout);
+            .header_read_timeout(self.options.header_read_timeout)
+            // At most 100 headers (hyper's default, parsed on the stack) and this many bytes.
+            .max_header_size(self.options.max_header_size);
         self.accept(&shared, &http, &graceful, &mut shutdown).await;
         // Let requests in flight finish, but not forever.
         tokio::select! {
@@ -508,6 +538,9 @@ impl<R: Runtime> HttpTrigger<R> {
         graceful: &hyper_util::server::graceful::GracefulShutdown,
         shutdown: &mut Shutdown,
     ) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.options.max_connections.max(1),
+        ));
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -522,6 +555,10 @@ impl<R: Runtime> HttpTrigger<R> {
                 _ = shutdown.requested() => return,
             };
             let _ = stream.set_nodelay(true);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(refuse(stream, self.options.max_connections));
+                continue;
+            };
             let shared = shared.clone();
             let seen = Arc::new(Seen {
                 routes: Mutex::new(shared.sections.clone()),
@@ -534,12 +571,36 @@ impl<R: Runtime> HttpTrigger<R> {
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "trigger.http connection ended with an error");
                 }
             });
         }
     }
+}
+
+/// Answers a connection over `--max-connections` with 503 without reading it, and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = format!(
+        "this host has {max} connections open, its limit (ferry serve --max-connections); try again shortly\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Whether a path has a `.` or `..` segment, which proxies and browsers resolve differently.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| s == "." || s == "..")
 }
 
 /// A connection's own view of the sections the route and webhook tables were built from.
@@ -554,6 +615,14 @@ async fn handle<R: Runtime>(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path();
+    if has_dot_segment(path) {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{path:?} has a dot segment (. or ..); send the path as it is meant, without them"
+            ),
+        );
+    }
     if let Some(id) = path.strip_prefix(STATUS_PREFIX) {
         if req.method() != http::Method::GET {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "status URLs answer GET");
@@ -563,13 +632,26 @@ async fn handle<R: Runtime>(
             Err(e) => text_response(StatusCode::BAD_REQUEST, e),
         };
     }
+    if path == "/_ferry" || path.starts_with("/_ferry/") {
+        return text_response(
+            StatusCode::NOT_FOUND,
+            format!("{path} is not a Ferry endpoint (status URLs are under {STATUS_PREFIX})"),
+        );
+    }
     // Loaded once per request: the webhook on this path, and which functions have webhooks.
     let hooks = shared.hooks(&seen.hooks);
     if let Some(hook) = hooks.1.get(path) {
         let span = tracing::debug_span!("trigger.webhook.delivery", path = %path);
         // Boxed: the webhook path's state stays out of every other request's future.
         return Box::pin(
-            crate::webhook::handle(&*shared.runtime, &shared.activity, &hook, req).instrument(span),
+            crate::webhook::handle(
+                &*shared.runtime,
+                &shared.activity,
+                &hook,
+                req,
+                shared.body_read_timeout,
+            )
+            .instrument(span),
         )
         .await;
     }
@@ -593,7 +675,9 @@ async fn handle<R: Runtime>(
         Some(f) if prefers_async(req.headers()) => {
             let span =
                 tracing::debug_span!("trigger.http.submit", method = %req.method(), path = %path);
-            submit(&*shared.runtime, f, req).instrument(span).await
+            submit(&*shared.runtime, f, req, shared.body_read_timeout)
+                .instrument(span)
+                .await
         }
         Some(f) => {
             let span =
@@ -606,7 +690,12 @@ async fn handle<R: Runtime>(
 
 /// `Prefer: respond-async`: reads the request into a submission and answers 202 with the
 /// status URL (or why not).
-async fn submit<R: Runtime>(runtime: &R, f: R::Function, req: Request<Incoming>) -> Response<Body> {
+async fn submit<R: Runtime>(
+    runtime: &R,
+    f: R::Function,
+    req: Request<Incoming>,
+    within: Duration,
+) -> Response<Body> {
     let options = AsyncOptions::from_headers(req.headers());
     let mode = match options.delivery.as_deref() {
         None => None,
@@ -622,7 +711,7 @@ async fn submit<R: Runtime>(runtime: &R, f: R::Function, req: Request<Incoming>)
             }
         },
     };
-    let payload = match payload(R::info(&f), req).await {
+    let payload = match payload(R::info(&f), req, within).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
@@ -669,20 +758,11 @@ fn retry_later(status: StatusCode, e: &SubmitFailure, seconds: &'static str) -> 
 async fn payload(
     f: &crate::FunctionInfo,
     req: Request<Incoming>,
+    within: Duration,
 ) -> Result<Payload, Response<Body>> {
-    let max = f.max_body;
-    let (parts, body) = match read_body(req, max).await {
+    let (parts, body) = match read_body(req, f.max_body, within).await {
         Ok(read) => read,
-        Err(BodyError::TooLarge(_)) => {
-            return Err(text_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                "request body is larger than function {}'s limit of {max} bytes (limits.max_body)",
-                f.name
-            ),
-            ))
-        }
-        Err(e) => return Err(text_response(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e) => return Err(body_error_response(&e, &format!("function {}", f.name))),
     };
     match f.kind {
         FunctionKind::Http => Ok(Payload::Http {

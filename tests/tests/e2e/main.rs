@@ -6,6 +6,7 @@
 // `#[test]` functions and `#[cfg(test)]` modules, not the helpers of these tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod bad_input;
 mod cargo_component;
 mod cli;

@@ -376,6 +376,7 @@ pub async fn handle<R: Runtime>(
     activity: &Activity,
     hook: &Hook,
     req: Request<Incoming>,
+    within: std::time::Duration,
 ) -> Response<Body> {
     let refused = |status: StatusCode, why: String| {
         tracing::info!(function = %hook.function, path = %hook.path, status = status.as_u16(), reason = %why, "trigger.webhook: delivery refused");
@@ -397,7 +398,7 @@ pub async fn handle<R: Runtime>(
         );
     };
     let info = R::info(&f).clone();
-    let (parts, body) = match read_body(req, info.max_body).await {
+    let (parts, body) = match read_body(req, info.max_body, within).await {
         Ok(read) => read,
         Err(BodyError::TooLarge(_)) => {
             return refused(
@@ -407,6 +408,9 @@ pub async fn handle<R: Runtime>(
                     info.name, info.max_body
                 ),
             )
+        }
+        Err(e @ BodyError::TimedOut(_)) => {
+            return refused(StatusCode::REQUEST_TIMEOUT, e.to_string())
         }
         Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string()),
     };

@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz target: see ferry_host::fuzz::upload.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ferry_host::fuzz::upload(data));
