@@ -24,7 +24,10 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
  -Cdebug-assertions -Coverflow-checks"
-(cd fuzz && cargo build --release --bins)
+# With an explicit --target, RUSTFLAGS reach only the fuzzed code, not build scripts and macros.
+triple="$(rustc -vV | sed -n 's/^host: //p')"
+(cd fuzz && cargo build --release --bins --target "$triple")
+bin="$CARGO_TARGET_DIR/$triple/release"
 
 failed=0
 for t in "${targets[@]}"; do
@@ -32,7 +35,7 @@ for t in "${targets[@]}"; do
     artifacts="fuzz/artifacts/$t"
     mkdir -p "$corpus" "$artifacts" "fuzz/regressions/$t"
     echo "== $t: ${seconds}s"
-    if ! "$CARGO_TARGET_DIR/release/$t" "$corpus" "fuzz/seeds/$t" \
+    if ! "$bin/$t" "$corpus" "fuzz/seeds/$t" \
         -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -max_len=262144 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 2>&1 | tail -n 25; then
         failed=1

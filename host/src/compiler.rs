@@ -60,7 +60,11 @@ impl ChildCompiler {
             .arg(format!("{}B", self.engine.max_wasm_stack))
             .arg("--max-compile-time")
             .arg(format!("{}s", self.limits.timeout.as_secs().max(1)))
+            .arg("--max-compile-memory")
+            .arg(format!("{}B", self.limits.memory))
             .env_clear()
+            // Fewer malloc arenas: less address space reserved per compiler thread.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -136,16 +140,23 @@ impl ChildCompiler {
             peak_rss = peak,
             "compiled in a child process"
         );
+        let said = if message.trim().is_empty() {
+            String::new()
+        } else {
+            format!(": {}", message.trim())
+        };
         match status.code() {
             Some(0) => Ok(artifact),
             Some(EXIT_INVALID) => Err(ComponentError::Invalid(message.trim().to_string())),
-            _ => Err(ComponentError::TooCostly(format!(
-                "the compiler stopped ({status}){}",
-                if message.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", message.trim())
-                }
+            // Exited with an error of its own: not the upload's fault.
+            Some(_) => Err(ComponentError::Compile(format!(
+                "the compiler process failed ({status}){said}"
+            ))),
+            // Killed by a signal: its CPU or address-space limit (SIGXCPU, an aborted
+            // allocation).
+            None => Err(ComponentError::TooCostly(format!(
+                "compiling it passed the compiler's limits ({status}; ferry serve \
+                 --max-compile-time, --max-compile-memory){said}"
             ))),
         }
     }
@@ -184,15 +195,16 @@ fn resident(pid: u32) -> u64 {
 }
 
 /// `ferry internal-compile`: reads a component on stdin, writes the compiled artifact on
-/// stdout. Invalid input exits with code 2 and the reason on stderr. The CPU time limit is a
-/// backstop for the parent's wall-clock one.
-/// Returns the process's exit code.
-pub fn run_child(engine: &EngineOptions, cpu: Duration) -> i32 {
-    let _ = rlimit::setrlimit(
-        rlimit::Resource::CPU,
-        cpu.as_secs().max(1) + 1,
-        cpu.as_secs().max(1) + 2,
-    );
+/// stdout. Invalid input exits with code 2 and the reason on stderr. CPU-time and address-space
+/// limits back the parent's wall-clock and resident-memory watch (which samples, so a burst
+/// could slip past it). Returns the process's exit code.
+pub fn run_child(engine: &EngineOptions, cpu: Duration, memory: u64) -> i32 {
+    let secs = cpu.as_secs().max(1);
+    let _ = rlimit::setrlimit(rlimit::Resource::CPU, secs + 1, secs + 2);
+    // Address space is more than resident memory (thread stacks, allocator arenas, the
+    // engine's reservations): allow twice the bound plus 1 GiB before the allocator fails.
+    let space = memory.saturating_mul(2).saturating_add(1 << 30);
+    let _ = rlimit::setrlimit(rlimit::Resource::AS, space, space);
     let mut bytes = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
         eprintln!("reading the component: {e}");

@@ -166,11 +166,17 @@ pub fn compile_artifact(opts: &EngineOptions, bytes: &[u8]) -> Result<Vec<u8>, C
     check_header(bytes)?;
     let engine = Engine::new(&engine_config(opts, false))
         .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+    compile_with(&engine, bytes).map(|(_, artifact)| artifact)
+}
+
+/// Compiles `bytes` with `engine`: the component and its serialized artifact.
+fn compile_with(engine: &Engine, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
     let component =
-        Component::new(&engine, bytes).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
-    component
+        Component::new(engine, bytes).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+    let artifact = component
         .serialize()
-        .map_err(|e| ComponentError::Compile(format!("{e:#}")))
+        .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+    Ok((component, artifact))
 }
 
 /// The wasmtime engine with Ferry's linker. One per process.
@@ -270,14 +276,7 @@ impl Runtime {
                     .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
                 (component, artifact)
             }
-            None => {
-                let component = Component::new(&self.engine, bytes)
-                    .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
-                let artifact = component
-                    .serialize()
-                    .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
-                (component, artifact)
-            }
+            None => compile_with(&self.engine, bytes)?,
         };
         self.compilations.fetch_add(1, Ordering::Relaxed);
         Ok((component, artifact))
@@ -419,16 +418,24 @@ pub struct DeadlineExceeded;
 #[error("the function exceeded its CPU time")]
 pub struct CpuExceeded;
 
-/// Half of this machine's memory (from /proc/meminfo), or 4 GiB where that cannot be read.
+/// Half of the memory this process may use: the machine's (/proc/meminfo), or its cgroup's limit
+/// when that is lower (in a container); 4 GiB where neither can be read.
 fn half_of_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
         .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(4 << 30, |kib| kib * 1024 / 2)
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (machine, cgroup) {
+        (Some(m), Some(c)) => m.min(c) / 2,
+        (Some(m), None) => m / 2,
+        (None, Some(c)) => c / 2,
+        (None, None) => 4 << 30,
+    }
 }
 
 /// The linear memory all instances of the process hold together, against a cap.

@@ -63,7 +63,7 @@ impl TriggerRuntime for Gateway {
         event: CloudEvent,
     ) -> Result<Option<CloudEvent>, EventFailure> {
         let guest = crate::guest_event::to_guest(&event);
-        match crate::invoke::event(&self.runtime, &f, &guest).await {
+        match crate::invoke::event(&self.runtime, &f, &guest, crate::invoke::Waiter::Caller).await {
             Ok(None) => Ok(None),
             Ok(Some(out)) => {
                 crate::guest_event::from_guest(out)

@@ -14,6 +14,10 @@ pub const PER_INVOCATION: usize = 64 << 10;
 /// The longest line kept whole; longer ones are split.
 const MAX_LINE: usize = 8 << 10;
 
+/// What each line costs against [`PER_INVOCATION`] besides its bytes: a log record is not free,
+/// so 64 KiB of empty lines do not become 65,536 records.
+const LINE_COST: usize = 128;
+
 /// The output of one invocation, shared by its stdout and stderr.
 pub struct GuestOutput {
     function: Arc<str>,
@@ -54,12 +58,21 @@ impl GuestOutput {
         s.dropped += (buf.len() - keep) as u64;
         let pending = &mut s.pending[stream];
         pending.extend_from_slice(&buf[..keep]);
+        let mut lines = Vec::new();
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            self.emit(stream, &line[..line.len() - 1]);
+            lines.push(line[..line.len() - 1].to_vec());
         }
         while pending.len() >= MAX_LINE {
-            let line: Vec<u8> = pending.drain(..MAX_LINE).collect();
+            lines.push(pending.drain(..MAX_LINE).collect());
+        }
+        for line in lines {
+            if s.left < LINE_COST {
+                s.dropped += line.len() as u64 + 1;
+                s.left = 0;
+                continue;
+            }
+            s.left -= LINE_COST;
             self.emit(stream, &line);
         }
     }

@@ -188,9 +188,18 @@ impl InvokeError {
     }
 }
 
-/// Waits for a free instance of the function: at once if one is free, else in its queue of at
-/// most `limits.queue` callers for at most `limits.queue_timeout`.
-async fn acquire(f: &Deployed) -> Result<OwnedSemaphorePermit, InvokeError> {
+/// Who waits for an instance, and so how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    /// A caller on the line: at most `limits.queue` wait, each at most `limits.queue_timeout`.
+    Caller,
+    /// An asynchronous worker, already bounded by its pool: waits up to `limits.timeout`, so that
+    /// a busy function does not use up attempts.
+    Worker,
+}
+
+/// Waits for a free instance of the function: at once if one is free, else as `waiter` may.
+async fn acquire(f: &Deployed, waiter: Waiter) -> Result<OwnedSemaphorePermit, InvokeError> {
     use std::sync::atomic::Ordering::AcqRel;
     let limits = &f.record.limits;
     let busy = |why: String| InvokeError::Busy {
@@ -200,6 +209,15 @@ async fn acquire(f: &Deployed) -> Result<OwnedSemaphorePermit, InvokeError> {
     };
     if let Ok(p) = f.permits.clone().try_acquire_owned() {
         return Ok(p);
+    }
+    if waiter == Waiter::Worker {
+        return match tokio::time::timeout(limits.timeout, f.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(busy(format!(
+                "none came free within {} (limits.timeout)",
+                humantime::format_duration(limits.timeout)
+            ))),
+        };
     }
     let queued = f.waiting.fetch_add(1, AcqRel);
     let _leave = scopeguard(|| {
@@ -276,20 +294,20 @@ pub fn stored_body(bytes: Bytes) -> StoredBody {
     http_body_util::Full::new(bytes).map_err(never as fn(_) -> _)
 }
 
-/// Runs an HTTP function on a request; a host-side failure is returned, not turned into a
-/// response.
+/// Runs an HTTP function on a stored request for an asynchronous worker; a host-side failure is
+/// returned, not turned into a response.
 pub async fn http_result<B: RequestBody>(
     runtime: &Runtime,
     f: Arc<Deployed>,
     req: Request<B>,
 ) -> Result<Response<Body>, InvokeError> {
-    try_http(runtime, &f, req).await
+    try_http(runtime, &f, req, Waiter::Worker).await
 }
 
 /// Serves one HTTP request: an HTTP function gets the request itself, an event function the
 /// CloudEvent the request carries.
 pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
-    match try_http(runtime, &f, req).await {
+    match try_http(runtime, &f, req, Waiter::Caller).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(function = f.name(), error = %e, "invoke failed");
@@ -302,6 +320,7 @@ async fn try_http<B: RequestBody>(
     runtime: &Runtime,
     f: &Arc<Deployed>,
     req: Request<B>,
+    waiter: Waiter,
 ) -> Result<Response<Body>, InvokeError> {
     let Prepared::Http(pre) = &f.prepared else {
         return Ok(event_over_http(runtime, f, req).await);
@@ -311,7 +330,7 @@ async fn try_http<B: RequestBody>(
         http_trigger::linger(req.into_body(), len, max_body).await;
         return Ok(too_large(f, max_body));
     }
-    let permit = acquire(f).await?;
+    let permit = acquire(f, waiter).await?;
     let hit = Arc::new(LimitsHit::default());
     let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit));
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -601,6 +620,7 @@ pub async fn event(
     runtime: &Runtime,
     f: &Deployed,
     event: &GuestEvent,
+    waiter: Waiter,
 ) -> Result<Option<GuestEvent>, EventError> {
     let Prepared::Event(pre) = &f.prepared else {
         return Err(InvokeError::Failed {
@@ -609,7 +629,7 @@ pub async fn event(
         }
         .into());
     };
-    let _permit = acquire(f).await?;
+    let _permit = acquire(f, waiter).await?;
     let hit = Arc::new(LimitsHit::default());
     let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit));
     let run = async {
@@ -687,7 +707,7 @@ async fn event_over_http<B: RequestBody>(
         }
     };
     let guest_event = crate::guest_event::to_guest(&event);
-    match self::event(runtime, f, &guest_event).await {
+    match self::event(runtime, f, &guest_event, Waiter::Caller).await {
         #[allow(
             clippy::expect_used,
             reason = "a StatusCode and a body cannot make the builder fail"

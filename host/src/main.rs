@@ -47,7 +47,8 @@ struct Global {
     /// send it (default: the one kept in the data directory of a host on this machine).
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A file holding the admin token, so that it need not appear on a command line.
+    /// A file holding the admin token, so that it need not appear on a command line (--token or
+    /// FERRY_TOKEN, when also given, wins).
     #[arg(
         long,
         global = true,
@@ -286,6 +287,8 @@ struct InternalCompileArgs {
     max_wasm_stack: u64,
     #[arg(long, value_parser = humantime::parse_duration)]
     max_compile_time: Duration,
+    #[arg(long, value_parser = parse_size)]
+    max_compile_memory: u64,
 }
 
 #[derive(clap::Args)]
@@ -382,7 +385,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_wasm_stack: a.max_wasm_stack,
                 ..EngineOptions::default()
             };
-            std::process::exit(ferry_host::compiler::run_child(&engine, a.max_compile_time))
+            std::process::exit(ferry_host::compiler::run_child(
+                &engine,
+                a.max_compile_time,
+                a.max_compile_memory,
+            ))
         }
         Command::Store(StoreCommand::Check) => store_check(&data_dir(&cli), cli.json),
         Command::Backup { dir } => backup(&client(&cli)?, &dir, cli.json),
@@ -467,8 +474,14 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             },
             own_listeners: Vec::new(),
             compile: Some(ferry_host::compiler::CompileLimits {
-                exe: std::env::current_exe()
-                    .context("cannot find the ferry binary to run the compiler")?,
+                // This very binary, even if the file was replaced since it started (an upgrade
+                // in place), so that its artifacts load.
+                exe: if Path::new("/proc/self/exe").exists() {
+                    PathBuf::from("/proc/self/exe")
+                } else {
+                    std::env::current_exe()
+                        .context("cannot find the ferry binary to run the compiler")?
+                },
                 timeout: args.max_compile_time,
                 memory: args.max_compile_memory,
                 jobs: args.compile_jobs as usize,

@@ -330,9 +330,17 @@ impl Manifest {
             let Some(var) = reference.strip_prefix("env:") else {
                 return Err(bad(
                     format!("secrets.{key}"),
-                    "write env:NAME: secrets come from the host's environment, never from the manifest (or use [config] with { value = \"...\", secret = true })",
+                    format!("write env:{SECRET_ENV_PREFIX}NAME: secrets come from the host's environment, never from the manifest (or use [config] with {{ value = \"...\", secret = true }})"),
                 ));
             };
+            // Only variables the operator meant for functions: a deployer must not be able to
+            // hand the host's own credentials to a guest.
+            if !var.starts_with(SECRET_ENV_PREFIX) || var.len() == SECRET_ENV_PREFIX.len() {
+                return Err(bad(
+                    format!("secrets.{key}"),
+                    format!("{var} is not a function secret: functions may read only variables named {SECRET_ENV_PREFIX}*, which the operator sets for them"),
+                ));
+            }
             let value = std::env::var(var).map_err(|_| {
                 bad(
                     format!("secrets.{key}"),
@@ -391,6 +399,9 @@ impl Manifest {
     }
 }
 
+/// The prefix of the host's environment variables that `[secrets]` may read.
+pub const SECRET_ENV_PREFIX: &str = "FERRY_SECRET_";
+
 /// Environment variables of a guest, by name.
 type Env = Vec<(String, String)>;
 
@@ -429,7 +440,7 @@ impl LimitsSection {
                     key,
                     format!(
                         "{v} is above this host's ceiling of {} (ferry serve {flag})",
-                        bytesize::ByteSize(max).display().iec()
+                        crate::model::size_text(max)
                     ),
                 ));
             }

@@ -81,7 +81,11 @@ impl Outbound {
 /// Whether `host` is on an allow-list of exact names and `*.domain` wildcards (a wildcard
 /// matches names below the domain, not the domain itself).
 pub fn allowed(allow: &[String], host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     allow.iter().any(|entry| match entry.strip_prefix("*.") {
         Some(domain) => host
             .strip_suffix(domain)
@@ -147,15 +151,18 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
         drop(fut);
         let host = request.uri().host().unwrap_or_default().to_string();
         let function = self.function.clone();
+        // Every request counts, sent or refused, so that refusals cannot flood the log either.
+        if self.remaining == 0 {
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            tracing::warn!(function = %function, "limits.outbound_requests reached: further outbound requests of this invocation are denied");
+        }
         if !allowed(&self.allow, &host) {
             tracing::warn!(function = %function, %host, "outbound request denied: the host is not in [outbound] allow");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
-        if self.remaining == 0 {
-            tracing::warn!(function = %function, %host, "outbound request denied: limits.outbound_requests reached");
-            return Box::new(async { Err(Error::HttpRequestDenied) });
-        }
-        self.remaining -= 1;
         let shared = self.shared.clone();
         Box::new(async move {
             let sent = send(&shared, request, options).await;
@@ -354,5 +361,9 @@ mod tests {
         assert!(!allowed(&allow, "example.com"));
         assert!(!allowed(&allow, "api.example.com.evil.net"));
         assert!(!allowed(&allow, ""));
+        assert!(
+            allowed(&["::1".to_string()], "[::1]"),
+            "IPv6 literals come in brackets"
+        );
     }
 }

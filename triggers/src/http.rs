@@ -126,16 +126,26 @@ where
     }
 }
 
-/// The answer to a body that could not be read whole: 413, 408 or 400.
-pub fn body_error_response(e: &BodyError, what: &str) -> Response<Body> {
-    match e {
-        BodyError::TooLarge(max) => text_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {what}'s limit of {max} bytes (limits.max_body)"),
-        ),
-        BodyError::TimedOut(_) => text_response(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        BodyError::Failed(_) => text_response(StatusCode::BAD_REQUEST, e.to_string()),
+impl BodyError {
+    /// The status of a request whose body could not be read whole: 413, 408 or 400.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Failed(_) => StatusCode::BAD_REQUEST,
+        }
     }
+}
+
+/// The answer to a body that could not be read whole; `what` owns the limit ("function f").
+pub fn body_error_response(e: &BodyError, what: &str) -> Response<Body> {
+    let message = match e {
+        BodyError::TooLarge(max) => {
+            format!("request body is larger than {what}'s limit of {max} bytes (limits.max_body)")
+        }
+        _ => e.to_string(),
+    };
+    text_response(e.status(), message)
 }
 
 /// The path prefix of status URLs.

@@ -25,6 +25,8 @@ struct State {
 pub(super) struct FairQueue {
     state: Mutex<State>,
     ready: Notify,
+    /// Signalled when work is taken, so that a producer waiting for room can go on.
+    space: Notify,
     capacity: usize,
 }
 
@@ -42,6 +44,7 @@ impl FairQueue {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            space: Notify::new(),
             capacity: capacity.max(1),
         }
     }
@@ -96,11 +99,19 @@ impl FairQueue {
             let mut s = self.lock();
             take(&mut s)
         };
-        // Another worker may take the next function's work.
-        if taken.is_some() && self.room() < self.capacity {
-            self.ready.notify_one();
+        if taken.is_some() {
+            self.space.notify_one();
+            // Another worker may take the next function's work.
+            if self.room() < self.capacity {
+                self.ready.notify_one();
+            }
         }
         taken
+    }
+
+    /// Resolves once work has been taken since the last call (room may have come free).
+    pub(super) async fn taken(&self) {
+        self.space.notified().await;
     }
 
     /// Marks work of `function` as finished, so that its next may start.

@@ -77,6 +77,11 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
+/// Whether `ip` is an address of this machine: one a socket can be bound to.
+fn is_local(ip: IpAddr) -> bool {
+    forbidden(ip).is_some() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Which callback hosts an operator allows even though they resolve to non-public addresses.
 #[derive(Debug, Clone)]
 pub struct CallbackGuard {
@@ -157,12 +162,13 @@ impl CallbackGuard {
     /// Whether `addr` reaches one of this host's listeners: the same port, and the listener's
     /// address, or any local one when the listener binds all addresses.
     fn is_own(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
         self.own.iter().any(|l| {
             l.port() == addr.port()
-                && (l.ip() == addr.ip()
-                    || addr.ip().is_loopback()
-                    || addr.ip().is_unspecified()
-                    || (l.ip().is_unspecified() && forbidden(addr.ip()).is_some()))
+                && (l.ip().to_canonical() == ip
+                    || ip.is_loopback()
+                    || ip.is_unspecified()
+                    || (l.ip().is_unspecified() && is_local(ip)))
         })
     }
 

@@ -109,10 +109,18 @@ impl Delivery {
         loop {
             // Take no more than the workers can start soon: what is taken is leased.
             let room = match queue {
-                Queue::Callbacks => self.callbacks.capacity(),
+                Queue::Callbacks => self.callbacks.capacity().max(1),
                 Queue::Attempts => self.ready.room(),
+            };
+            if room == 0 {
+                // The queue is full: wait until a worker takes something (or a while).
+                tokio::select! {
+                    () = self.ready.taken() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.requested() => return,
+                }
+                continue;
             }
-            .max(1);
             let mut failed = false;
             let due = match self
                 .store
@@ -145,6 +153,8 @@ impl Delivery {
                 }
             }
             if full {
+                // More may be due: take it once the workers have had a turn.
+                tokio::task::yield_now().await;
                 continue;
             }
             let until_next = match self.store.next_due(queue) {

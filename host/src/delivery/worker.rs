@@ -201,7 +201,7 @@ impl Delivery {
                     .event()
                     .map_err(|e| Failure::permanent(format!("the stored event is invalid: {e}")))?;
                 let guest = crate::guest_event::to_guest(&event);
-                match invoke::event(&self.runtime, &f, &guest).await {
+                match invoke::event(&self.runtime, &f, &guest, invoke::Waiter::Worker).await {
                     Ok(None) => Ok(Value::Null),
                     Ok(Some(out)) => match crate::guest_event::from_guest(out) {
                         Ok(e) => {

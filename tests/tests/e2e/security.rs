@@ -220,8 +220,14 @@ fn deploy_hostile(ferry: &Ferry, rest: &str) {
 #[test]
 fn guest_outbound_http_reaches_only_allowed_public_hosts() {
     use ferry_tests::receiver::{Receiver, BODY};
-    let receiver = Receiver::with(|req, _| match req.path.as_str() {
+    let gate = ferry_tests::Gate::default();
+    let held = gate.clone();
+    let receiver = Receiver::with(move |req, _| match req.path.as_str() {
         "/big" => (200, vec![(BODY.to_string(), "b".repeat(3 << 20))]),
+        "/hold" => {
+            held.wait();
+            (200, vec![])
+        }
         "/moved" => (
             302,
             vec![("location".to_string(), "http://example.com/".to_string())],
@@ -264,8 +270,8 @@ fn guest_outbound_http_reaches_only_allowed_public_hosts() {
         log.contains("loopback") && log.contains("--allow-private-outbound"),
         "the host's log says why: {log}"
     );
-    // Requests per invocation are counted: 3 go out (and are denied), the rest are refused
-    // before anything is sent.
+    // Requests per invocation are counted: the first 3 are denied by the guard, the other 2 by
+    // limits.outbound_requests before anything is looked up.
     let (_, body) = ferry.get(&format!(
         "/hostile/fetch-many?n=5&url=http://localhost:{port}/"
     ));
@@ -286,6 +292,8 @@ fn guest_outbound_http_reaches_only_allowed_public_hosts() {
     let ferry = Ferry::start_with(&[
         "--outbound-max-response",
         "1MiB",
+        "--outbound-timeout",
+        "1s",
         "--allow-private-outbound",
         "localhost",
     ]);
@@ -338,15 +346,21 @@ fn guest_outbound_http_reaches_only_allowed_public_hosts() {
 #[test]
 fn secrets_reach_the_guest_and_nowhere_else() {
     let mut ferry = Ferry::stopped(&[]);
-    ferry.env = vec![(
-        "ORDERS_DB_PASSWORD".into(),
-        "pw-from-the-host-env-7731".into(),
-    )];
+    ferry.env = vec![
+        (
+            "FERRY_SECRET_ORDERS_DB".into(),
+            "pw-from-the-host-env-7731".into(),
+        ),
+        (
+            "HOST_CLOUD_KEY".into(),
+            "operator-only-credential-99".into(),
+        ),
+    ];
     ferry.start_again();
     deploy_hostile(
         &ferry,
         "[config]\nGREETING = \"hello\"\nAPI_KEY = { value = \"literal-secret-5521\", secret = true }\n\
-         [secrets]\nDB_PASSWORD = \"env:ORDERS_DB_PASSWORD\"\n",
+         [secrets]\nDB_PASSWORD = \"env:FERRY_SECRET_ORDERS_DB\"\n",
     );
     // The guest gets every value.
     assert_eq!(
@@ -390,10 +404,17 @@ fn secrets_reach_the_guest_and_nowhere_else() {
             "line 3",
         ),
         (
-            "[secrets]\nX = \"env:FERRY_TEST_NOT_SET_ANYWHERE\"\n",
-            "FERRY_TEST_NOT_SET_ANYWHERE is not set",
+            "[secrets]\nX = \"env:FERRY_SECRET_NOT_SET_ANYWHERE\"\n",
+            "FERRY_SECRET_NOT_SET_ANYWHERE is not set",
         ),
-        ("[secrets]\nX = \"literal-secret-5521\"\n", "write env:NAME"),
+        (
+            "[secrets]\nX = \"env:HOST_CLOUD_KEY\"\n",
+            "is not a function secret",
+        ),
+        (
+            "[secrets]\nX = \"literal-secret-5521\"\n",
+            "write env:FERRY_SECRET_",
+        ),
     ] {
         let (status, body) = ferry.deploy_manifest(
             "hostile",
@@ -404,5 +425,6 @@ fn secrets_reach_the_guest_and_nowhere_else() {
         let text = body.to_string();
         assert!(text.contains(says), "{text}");
         assert!(!text.contains("literal-secret-5521"), "{text}");
+        assert!(!text.contains("operator-only-credential-99"), "{text}");
     }
 }

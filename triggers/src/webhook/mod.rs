@@ -400,19 +400,16 @@ pub async fn handle<R: Runtime>(
     let info = R::info(&f).clone();
     let (parts, body) = match read_body(req, info.max_body, within).await {
         Ok(read) => read,
-        Err(BodyError::TooLarge(_)) => {
+        Err(e @ BodyError::TooLarge(_)) => {
             return refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                e.status(),
                 format!(
                     "the delivery is larger than function {}'s limit of {} bytes (limits.max_body)",
                     info.name, info.max_body
                 ),
             )
         }
-        Err(e @ BodyError::TimedOut(_)) => {
-            return refused(StatusCode::REQUEST_TIMEOUT, e.to_string())
-        }
-        Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return refused(e.status(), e.to_string()),
     };
     if let Err(refusal) = verify::verify(
         &hook.scheme,

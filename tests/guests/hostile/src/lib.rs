@@ -14,7 +14,8 @@
 //! - `/print?mb=N`       prints N MiB to standard output and N MiB to standard error
 //! - `/socket?port=P`    opens a raw TCP connection to 127.0.0.1:P (wasi:sockets)
 //! - `/lookup?name=N`    resolves N (wasi:sockets ip-name-lookup)
-//! - `/alloc?mb=N&ms=T` allocates N MiB, holds it T ms, then answers
+//! - `/alloc?mb=N&ms=T&hold=URL` allocates N MiB, holds it T ms (and until `GET URL` is
+//!                       answered, when given), then answers
 //! - `/echo`             reads the request body and answers `read N bytes` (also when the body
 //!                       fails midway, like a careless guest)
 //! - `/env?name=NAME`    answers with the value of the environment variable NAME
@@ -251,6 +252,10 @@ impl Guest for Hostile {
                     v[i] = 1;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(number(&path, "ms")));
+                // Holds the memory until a test's receiver answers, when it names one.
+                if let Some(url) = query(&path, "hold") {
+                    let _ = fetch(url);
+                }
                 respond(out, 200, &format!("held {} MiB", std::hint::black_box(&v).len() >> 20));
             }
             "echo" => {

@@ -113,11 +113,15 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
     let mut times = Vec::with_capacity(n);
     rt.block_on(async {
         for _ in 0..2_000 {
-            let _ = ferry_host::invoke::event(&runtime, &f, &event).await;
+            let _ =
+                ferry_host::invoke::event(&runtime, &f, &event, ferry_host::invoke::Waiter::Caller)
+                    .await;
         }
         for _ in 0..n {
             let t0 = Instant::now();
-            let out = ferry_host::invoke::event(&runtime, &f, &event).await;
+            let out =
+                ferry_host::invoke::event(&runtime, &f, &event, ferry_host::invoke::Waiter::Caller)
+                    .await;
             times.push(t0.elapsed());
             debug_assert!(out.is_ok());
         }
