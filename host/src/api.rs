@@ -510,11 +510,8 @@ async fn read_limited(req: Request, max: u64) -> Result<Bytes, ApiError> {
     match read_body(req, max, std::time::Duration::from_secs(600)).await {
         Ok((_, bytes)) => Ok(bytes),
         Err(BodyError::TooLarge(_)) => Err(too_large(max)),
-        Err(e @ BodyError::TimedOut(_)) => {
-            Err(ApiError(StatusCode::REQUEST_TIMEOUT, e.to_string()))
-        }
-        Err(e @ BodyError::Failed(_)) => Err(ApiError(
-            StatusCode::BAD_REQUEST,
+        Err(e) => Err(ApiError(
+            e.status(),
             format!("failed to read the upload: {e}"),
         )),
     }

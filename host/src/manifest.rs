@@ -209,7 +209,8 @@ impl Ceilings {
     /// above a ceiling is refused.
     pub fn with_defaults(mut self, pairs: &[String]) -> Result<Self, String> {
         let mut table = toml::Table::new();
-        for pair in pairs {
+        // An empty entry (FERRY_LIMIT_DEFAULTS set but empty) sets nothing.
+        for pair in pairs.iter().filter(|p| !p.trim().is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| {
                 format!("--limit-default {pair:?}: write KEY=VALUE, like memory=64MiB")
             })?;

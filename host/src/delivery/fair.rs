@@ -116,7 +116,7 @@ impl FairQueue {
 
     /// Marks work of `function` as finished, so that its next may start.
     pub(super) fn finish(&self, function: &Arc<str>) {
-        {
+        let waiting = {
             let mut s = self.lock();
             if let Some((running, _)) = s.running.get_mut(function) {
                 *running = running.saturating_sub(1);
@@ -124,8 +124,14 @@ impl FairQueue {
                     s.running.remove(function);
                 }
             }
+            // Only work of this function can have been held back by its share.
+            s.queued.contains_key(function)
+        };
+        // Wake a worker only when there is work it may now take: a wake-up for nothing costs a
+        // thread switch per finished attempt.
+        if waiting {
+            self.ready.notify_one();
         }
-        self.ready.notify_one();
     }
 }
 
