@@ -163,7 +163,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     spawn_trigger(
         &mut tasks,
         &shutdown,
-        HttpTrigger::new(public, gateway.clone(), http_options),
+        HttpTrigger::new(public, gateway.clone(), http_options.clone()),
     );
     spawn_trigger(
         &mut tasks,
@@ -177,7 +177,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             NatsTrigger::new(client, gateway.clone(), opts.delivery.shutdown_grace),
         );
     }
-    spawn_admin(&mut tasks, &shutdown, admin, admin_state);
+    spawn_admin(&mut tasks, &shutdown, admin, admin_state, &http_options);
     tokio::spawn(heal_store(store.clone(), shutdown.clone()));
 
     // The one line scripts and tests wait for.
@@ -202,17 +202,57 @@ fn spawn_admin(
     shutdown: &Shutdown,
     listener: TcpListener,
     state: Arc<AdminState>,
+    http: &HttpOptions,
 ) {
     let mut shutdown = shutdown.clone();
     let app = api::router(state);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The same bounds on request heads as the public listener: the token is checked only once
+    // a head has arrived, so a caller without one must not hold the listener either.
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(http.header_read_timeout)
+        .max_header_size(http.max_header_size);
+    let grace = http.shutdown_grace;
     tasks.spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.requested().await })
-            .await
-            .context("admin listener failed");
-        ("admin", result)
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.requested() => break,
+            };
+            // Over the cap: closed at once (the admin API is for operators, not crowds).
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let conn = graceful
+                .watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "admin connection ended with an error");
+                }
+            });
+        }
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(grace) => {}
+        }
+        ("admin", Ok(()))
     });
 }
+
+/// Connections the admin listener keeps open at once.
+const ADMIN_CONNECTIONS: usize = 256;
 
 /// Waits for Ctrl-C or SIGTERM (Ok), or for a listener to stop on its own (an error).
 async fn until_stopped(tasks: &mut Tasks) -> anyhow::Result<()> {

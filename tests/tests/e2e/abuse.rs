@@ -173,3 +173,34 @@ fn huge_headers_odd_methods_and_path_tricks_get_bounded_answers() {
     }
     assert_eq!(ferry.admin_get("/healthz").1["status"], "ok");
 }
+
+#[test]
+fn the_admin_listener_bounds_callers_without_a_token_too() {
+    let ferry = Ferry::start_with(&["--header-read-timeout", "2s"]);
+    let admin = ferry.admin.trim_start_matches("http://").to_string();
+    // A stalled head is closed by the host, without an answer.
+    let mut s = TcpStream::connect(&admin).unwrap();
+    s.write_all(b"GET /v1/functions HTTP/1.1\r\nHost: x\r\nAuthorization: Bea")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected answer: {}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the host did not close a stalled admin connection: {e}"),
+    }
+    // A huge head gets 431 before any token check.
+    let mut s = TcpStream::connect(&admin).unwrap();
+    let big = format!(
+        "GET /v1/functions HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(big.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert_eq!(status_of(&String::from_utf8_lossy(&out)), 431);
+    // And the API still answers.
+    assert_eq!(ferry.admin_get("/v1/functions").0, 200);
+}
