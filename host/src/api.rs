@@ -169,6 +169,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/deadletters/{id}/replay", axum::routing::post(replay))
         .route("/v1/callback-secret", get(callback_secret))
         .route("/v1/store/backup", get(backup))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -252,6 +253,19 @@ async fn healthz(
         json!({ "status": "degraded", "errors": errors })
     };
     Json(health)
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text (with the admin token, like every admin route).
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let text = state.runtime.metrics().encode(state.runtime.memory());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Readiness: 200 once the store is open, the journal replayed and the triggers started (the

@@ -189,6 +189,7 @@ pub struct Runtime {
     memory: Arc<MemoryBudget>,
     max_wasm_stack: u64,
     compiler: Option<ChildCompiler>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Runtime {
@@ -230,6 +231,7 @@ impl Runtime {
                 .compile
                 .clone()
                 .map(|limits| ChildCompiler::new(limits, opts.clone())),
+            metrics: Arc::default(),
         }))
     }
 
@@ -241,6 +243,11 @@ impl Runtime {
     /// Identifies the engine's compiled-code format: artifacts are cached under this key.
     pub fn compat_key(&self) -> &str {
         &self.compat_key
+    }
+
+    /// What the host counts, for `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The linear memory all instances together may hold.

@@ -133,6 +133,28 @@ impl InvokeError {
         resp
     }
 
+    /// The outcome label of this failure in the metrics, and the limit it names, if any.
+    fn outcome(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            InvokeError::Busy { .. } => ("busy", Some("concurrency")),
+            InvokeError::HostMemory { .. } => ("host_memory", Some("total_memory")),
+            InvokeError::Timeout { .. } => ("timeout", Some("timeout")),
+            InvokeError::Cpu { .. } => ("cpu", Some("cpu")),
+            InvokeError::Memory { .. } => ("memory", Some("memory")),
+            InvokeError::Stack { .. } => ("stack", Some("stack")),
+            InvokeError::Trap { .. } => ("trap", None),
+            InvokeError::Failed { .. } => ("failed", None),
+        }
+    }
+
+    /// Whether the invocation ran at all (a busy function or a full host never started it).
+    fn ran(&self) -> bool {
+        !matches!(
+            self,
+            InvokeError::Busy { .. } | InvokeError::HostMemory { .. }
+        )
+    }
+
     fn from_wasmtime(
         runtime: &Runtime,
         f: &Deployed,
@@ -301,13 +323,38 @@ pub async fn http_result<B: RequestBody>(
     f: Arc<Deployed>,
     req: Request<B>,
 ) -> Result<Response<Body>, InvokeError> {
-    try_http(runtime, &f, req, Waiter::Worker).await
+    let started = std::time::Instant::now();
+    let result = try_http(runtime, &f, req, Waiter::Worker).await;
+    count(runtime, &f, "async", result.as_ref().err(), started);
+    result
+}
+
+/// Counts one invocation in the metrics.
+fn count(
+    runtime: &Runtime,
+    f: &Deployed,
+    mode: &'static str,
+    error: Option<&InvokeError>,
+    started: std::time::Instant,
+) {
+    let (outcome, limit) = error.map_or(("ok", None), InvokeError::outcome);
+    let took = error
+        .is_none_or(InvokeError::ran)
+        .then(|| started.elapsed());
+    runtime
+        .metrics()
+        .invocation(f.name(), mode, outcome, limit, took);
 }
 
 /// Serves one HTTP request: an HTTP function gets the request itself, an event function the
 /// CloudEvent the request carries.
 pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
-    match try_http(runtime, &f, req, Waiter::Caller).await {
+    let started = std::time::Instant::now();
+    let result = try_http(runtime, &f, req, Waiter::Caller).await;
+    if matches!(f.prepared, Prepared::Http(_)) {
+        count(runtime, &f, "sync", result.as_ref().err(), started);
+    }
+    match result {
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(function = f.name(), error = %e, "invoke failed");
@@ -617,6 +664,32 @@ impl EventError {
 
 /// Runs an event function on one event.
 pub async fn event(
+    runtime: &Runtime,
+    f: &Deployed,
+    event: &GuestEvent,
+    waiter: Waiter,
+) -> Result<Option<GuestEvent>, EventError> {
+    let started = std::time::Instant::now();
+    let result = run_event(runtime, f, event, waiter).await;
+    let mode = match waiter {
+        Waiter::Caller => "sync",
+        Waiter::Worker => "async",
+    };
+    match &result {
+        Ok(_) => count(runtime, f, mode, None, started),
+        Err(EventError::Invoke(e)) => count(runtime, f, mode, Some(e), started),
+        Err(EventError::Guest { .. }) => runtime.metrics().invocation(
+            f.name(),
+            mode,
+            "guest_error",
+            None,
+            Some(started.elapsed()),
+        ),
+    }
+    result
+}
+
+async fn run_event(
     runtime: &Runtime,
     f: &Deployed,
     event: &GuestEvent,

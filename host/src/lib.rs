@@ -24,6 +24,7 @@ pub mod guest_event;
 pub mod guest_output;
 pub mod invoke;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod outbound;
 pub mod registry;

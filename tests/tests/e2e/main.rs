@@ -17,6 +17,7 @@ mod delivery_crash;
 mod durability;
 mod event_functions;
 mod http_functions;
+mod metrics;
 mod nats;
 mod nats_jetstream;
 mod polling;
