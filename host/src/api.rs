@@ -257,6 +257,7 @@ async fn healthz(
 
 /// `GET /metrics`: Prometheus / OpenMetrics text (with the admin token, like every admin route).
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    state.delivery.note_queues();
     let text = state.runtime.metrics().encode(state.runtime.memory());
     (
         [(

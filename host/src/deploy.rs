@@ -452,7 +452,10 @@ fn cached(runtime: &Runtime, store: &dyn Store, key: &str) -> anyhow::Result<Opt
         return Ok(None);
     };
     match runtime.load_artifact(&artifact) {
-        Ok(c) => Ok(Some(c)),
+        Ok(c) => {
+            runtime.metrics().compilation("cache_hit", None);
+            Ok(Some(c))
+        }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cached artifact unusable; recompiling");
             Ok(None)

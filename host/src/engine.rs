@@ -274,6 +274,19 @@ impl Runtime {
     /// CPU-heavy and blocking: call it off the async threads. With compile limits (`ferry
     /// serve`) the compiler runs in a child process bounded in time and memory.
     pub fn compile(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
+        let started = Instant::now();
+        let compiled = self.compile_unmetered(bytes);
+        match &compiled {
+            Ok(_) => self
+                .metrics
+                .compilation("compiled", Some(started.elapsed())),
+            Err(ComponentError::TooCostly(_)) => self.metrics.compilation("refused", None),
+            Err(_) => {}
+        }
+        compiled
+    }
+
+    fn compile_unmetered(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
         check_header(bytes)?;
         let (component, artifact) = match &self.compiler {
             Some(child) => {

@@ -28,6 +28,27 @@ struct Function {
     function: String,
 }
 
+/// A callback delivery's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallbackOutcome {
+    /// `delivered`, `retry`, `dead_lettered` or `failed`.
+    outcome: &'static str,
+}
+
+/// A compilation's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Compilation {
+    /// `compiled`, `cache_hit` or `refused`.
+    outcome: &'static str,
+}
+
+/// An async pool's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Pool {
+    /// `store_and_forward` or `fire_and_forget`.
+    pool: &'static str,
+}
+
 /// A limit hit's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitHit {
@@ -48,6 +69,12 @@ pub struct Metrics {
     limit_hits: Family<LimitHit, Counter>,
     instance_memory: Gauge,
     instance_memory_cap: Gauge,
+    retries: Family<Function, Counter>,
+    dead_letters: Family<Function, Counter>,
+    callbacks: Family<CallbackOutcome, Counter>,
+    compilations: Family<Compilation, Counter>,
+    compile_seconds: Histogram,
+    queued: Family<Pool, Gauge>,
 }
 
 impl Default for Metrics {
@@ -84,6 +111,42 @@ impl Default for Metrics {
             "The cap on the memory of all instances together (--max-total-memory)",
             instance_memory_cap.clone(),
         );
+        let retries = Family::<Function, Counter>::default();
+        registry.register(
+            "attempt_retries",
+            "Failed asynchronous attempts scheduled to run again, by function",
+            retries.clone(),
+        );
+        let dead_letters = Family::<Function, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Store-and-forward invocations dead-lettered, by function",
+            dead_letters.clone(),
+        );
+        let callbacks = Family::<CallbackOutcome, Counter>::default();
+        registry.register(
+            "callback_deliveries",
+            "Callback deliveries by outcome",
+            callbacks.clone(),
+        );
+        let compilations = Family::<Compilation, Counter>::default();
+        registry.register(
+            "compilations",
+            "Components compiled, loaded from the compiled-code cache, or refused",
+            compilations.clone(),
+        );
+        let compile_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "compile_seconds",
+            "How long compiling a component took",
+            compile_seconds.clone(),
+        );
+        let queued = Family::<Pool, Gauge>::default();
+        registry.register(
+            "async_queued",
+            "Asynchronous work waiting for a worker, by pool",
+            queued.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             invocations,
@@ -91,6 +154,12 @@ impl Default for Metrics {
             limit_hits,
             instance_memory,
             instance_memory_cap,
+            retries,
+            dead_letters,
+            callbacks,
+            compilations,
+            compile_seconds,
+            queued,
         }
     }
 }
@@ -128,6 +197,42 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// Counts a failed attempt that will run again, or one that was dead-lettered.
+    pub fn attempt_failed(&self, function: &str, dead_lettered: bool) {
+        let family = if dead_lettered {
+            &self.dead_letters
+        } else {
+            &self.retries
+        };
+        family
+            .get_or_create(&Function {
+                function: function.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a callback delivery: `delivered`, `retry`, `dead_lettered` or `failed`.
+    pub fn callback(&self, outcome: &'static str) {
+        self.callbacks
+            .get_or_create(&CallbackOutcome { outcome })
+            .inc();
+    }
+
+    /// Counts a compilation (`compiled` with how long it took, `cache_hit`, `refused`).
+    pub fn compilation(&self, outcome: &'static str, took: Option<Duration>) {
+        self.compilations
+            .get_or_create(&Compilation { outcome })
+            .inc();
+        if let Some(took) = took {
+            self.compile_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Sets how much asynchronous work waits in `pool`.
+    pub fn set_queued(&self, pool: &'static str, n: usize) {
+        self.queued.get_or_create(&Pool { pool }).set(n as i64);
     }
 
     /// The metrics as OpenMetrics text, with the gauges read now.

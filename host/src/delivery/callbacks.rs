@@ -196,6 +196,7 @@ impl Delivery {
             Ok(()) => {
                 cb.status = CallbackStatus::Delivered;
                 cb.last_error = None;
+                self.runtime.metrics().callback("delivered");
             }
             Err(failed) => {
                 cb.last_error = Some(failed.error.clone());
@@ -211,14 +212,17 @@ impl Delivery {
                             .map(|a| a.min(policy.max))
                             .unwrap_or(delay);
                         cb.due_ms = Some(now + delay.as_millis() as u64);
+                        self.runtime.metrics().callback("retry");
                         tracing::info!(attempt = cb.attempts, error = %failed.error, "callback failed; will retry");
                     }
                     None if failed.retryable => {
                         cb.status = CallbackStatus::DeadLettered;
+                        self.runtime.metrics().callback("dead_lettered");
                         tracing::warn!(attempts = cb.attempts, error = %failed.error, "callback dead-lettered");
                     }
                     None => {
                         cb.status = CallbackStatus::Failed;
+                        self.runtime.metrics().callback("failed");
                         tracing::warn!(error = %failed.error, "callback failed; not retrying");
                     }
                 }

@@ -53,6 +53,11 @@ impl FairQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many ids wait.
+    pub(super) fn len(&self) -> usize {
+        self.lock().len
+    }
+
     /// How many more ids fit before the queue is full.
     pub(super) fn room(&self) -> usize {
         self.capacity.saturating_sub(self.lock().len)

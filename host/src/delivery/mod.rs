@@ -354,6 +354,13 @@ impl Delivery {
         }
     }
 
+    /// Sets the metrics' queue gauges from the worker pools (at scrape time).
+    pub fn note_queues(&self) {
+        let metrics = self.runtime.metrics();
+        metrics.set_queued("store_and_forward", self.ready.len());
+        metrics.set_queued("fire_and_forget", self.ff.len());
+    }
+
     /// The host-wide secret that signs callbacks.
     pub fn callback_secret(&self) -> &str {
         &self.options.callback_secret

@@ -141,7 +141,18 @@ impl Delivery {
                 inv.result = Some(result);
                 inv.error = None;
             }
-            Outcome::Done(Err(failure)) => failed(&mut inv, failure, now),
+            Outcome::Done(Err(failure)) => {
+                failed(&mut inv, failure, now);
+                match inv.status {
+                    Status::DeadLettered => {
+                        self.runtime.metrics().attempt_failed(&inv.function, true)
+                    }
+                    _ if inv.due_ms.is_some() => {
+                        self.runtime.metrics().attempt_failed(&inv.function, false)
+                    }
+                    _ => {}
+                }
+            }
             Outcome::Interrupted => interrupted(&mut inv, now),
         }
         let finished = inv.status.is_final();

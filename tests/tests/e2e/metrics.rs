@@ -69,3 +69,64 @@ fn counters_and_histograms_move_as_invocations_run() {
     let asynced = r#"ferry_invocations_total{function="hello-http",mode="async",outcome="ok"}"#;
     assert_eq!(sample(&scrape(&ferry), asynced), 1.0);
 }
+
+#[test]
+fn delivery_callbacks_and_compilations_are_counted() {
+    use std::time::Duration;
+    let receiver = ferry_tests::receiver::Receiver::start();
+    let ferry = Ferry::start_with(&["--allow-callback-host", "127.0.0.1"]);
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = ferry.deploy_manifest(
+        "hostile",
+        guests::bytes(guests::HOSTILE),
+        "name = \"hostile\"\n[delivery]\nmax_attempts = 2\nbackoff = { initial = \"10ms\", max = \"20ms\" }\n",
+    );
+    assert_eq!(status, 201, "{body}");
+    let text = scrape(&ferry);
+    assert!(
+        sample(&text, r#"ferry_compilations_total{outcome="compiled"}"#) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "ferry_compile_seconds_count") >= 2.0,
+        "{text}"
+    );
+
+    // A failing async invocation: one retry, then a dead letter.
+    let id = ferry.submit_ok("/hostile/panic", &[]);
+    assert_eq!(ferry.finished(&id)["status"], "dead_lettered");
+    // A callback delivered.
+    let id = ferry.submit_ok(
+        "/hello-http/cb",
+        &[("x-callback-url", &receiver.url("/cb"))],
+    );
+    assert_eq!(ferry.finished(&id)["status"], "succeeded");
+    ferry_tests::eventually(
+        "the callback to be counted",
+        Duration::from_secs(60),
+        || {
+            let text = scrape(&ferry);
+            (sample(
+                &text,
+                r#"ferry_callback_deliveries_total{outcome="delivered"}"#,
+            ) == 1.0)
+                .then_some(text)
+        },
+    );
+    let text = scrape(&ferry);
+    assert_eq!(
+        sample(&text, r#"ferry_attempt_retries_total{function="hostile"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"ferry_dead_letters_total{function="hostile"}"#),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ferry_async_queued{pool="store_and_forward"}"#),
+        "{text}"
+    );
+}
