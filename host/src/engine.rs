@@ -246,7 +246,7 @@ impl Runtime {
     }
 
     /// What the host counts, for `/metrics`.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
     }
 

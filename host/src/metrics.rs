@@ -75,6 +75,8 @@ pub struct Metrics {
     compilations: Family<Compilation, Counter>,
     compile_seconds: Histogram,
     queued: Family<Pool, Gauge>,
+    journal_batch: Histogram,
+    journal_sync: Histogram,
 }
 
 impl Default for Metrics {
@@ -147,6 +149,18 @@ impl Default for Metrics {
             "Asynchronous work waiting for a worker, by pool",
             queued.clone(),
         );
+        let journal_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "journal_batch_submits",
+            "Store-and-forward submits made durable by one journal write and sync (group commit)",
+            journal_batch.clone(),
+        );
+        let journal_sync = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register(
+            "journal_sync_seconds",
+            "How long one journal write and fdatasync took",
+            journal_sync.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             invocations,
@@ -160,6 +174,8 @@ impl Default for Metrics {
             compilations,
             compile_seconds,
             queued,
+            journal_batch,
+            journal_sync,
         }
     }
 }
@@ -228,6 +244,12 @@ impl Metrics {
         if let Some(took) = took {
             self.compile_seconds.observe(took.as_secs_f64());
         }
+    }
+
+    /// Counts one journal batch: how many submits it made durable and how long that took.
+    pub fn journal_batch(&self, submits: usize, took: Duration) {
+        self.journal_batch.observe(submits as f64);
+        self.journal_sync.observe(took.as_secs_f64());
     }
 
     /// Sets how much asynchronous work waits in `pool`.

@@ -41,6 +41,8 @@ type Outcome = Option<Result<(), Arc<str>>>;
 /// Submits appended since the last write: one batch.
 struct Pending {
     buf: Vec<u8>,
+    /// How many submits `buf` holds.
+    count: usize,
     /// Told how the batch's write and sync ended.
     batch: watch::Sender<Outcome>,
 }
@@ -66,6 +68,8 @@ pub struct Journal {
     wake: Notify,
     /// Benchmark baseline: every submit writes and syncs on its own, one at a time.
     per_submit: bool,
+    /// Where batch sizes and sync times are counted, once the host has set it.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 fn frame(inv: &Invocation) -> anyhow::Result<Vec<u8>> {
@@ -219,6 +223,7 @@ impl Journal {
             health,
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
+                count: 0,
                 batch: watch::Sender::new(None),
             }),
             output: Mutex::new(Output {
@@ -228,6 +233,7 @@ impl Journal {
             }),
             wake: Notify::new(),
             per_submit,
+            metrics: std::sync::OnceLock::new(),
         });
         Ok((journal, recovered))
     }
@@ -248,11 +254,17 @@ impl Journal {
         self.durable(ticket).await
     }
 
+    /// Counts batch sizes and write-and-sync times in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
     /// Appends a submitted invocation to the next batch.
     pub fn append(&self, inv: &Invocation) -> anyhow::Result<Ticket> {
         let framed = frame(inv)?;
         let mut p = self.pending();
         p.buf.extend_from_slice(&framed);
+        p.count += 1;
         Ok(Ticket(p.batch.subscribe()))
     }
 
@@ -291,15 +303,24 @@ impl Journal {
 
     /// Writes and syncs the pending batch, and tells its submits how that went.
     fn sync_pending(&self, out: &mut Output) -> anyhow::Result<()> {
-        let (buf, batch) = {
+        let (buf, count, batch) = {
             let mut p = self.pending();
             let batch = std::mem::replace(&mut p.batch, watch::Sender::new(None));
-            (std::mem::take(&mut p.buf), batch)
+            (
+                std::mem::take(&mut p.buf),
+                std::mem::take(&mut p.count),
+                batch,
+            )
         };
         let result = if buf.is_empty() {
             Ok(())
         } else {
-            self.write(out, &buf)
+            let started = std::time::Instant::now();
+            let written = self.write(out, &buf);
+            if let Some(m) = self.metrics.get() {
+                m.journal_batch(count, started.elapsed());
+            }
+            written
         };
         batch.send_replace(Some(
             result

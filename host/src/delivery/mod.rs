@@ -199,6 +199,7 @@ impl Delivery {
             health,
             options.flush_per_submit,
         )?;
+        journal.set_metrics(runtime.metrics().clone());
         Self::restore_journaled(&*store, journaled)?;
         let tasks = TaskTracker::new();
         let (journal_closing, closing) = tokio::sync::watch::channel(false);
