@@ -335,6 +335,14 @@ impl Delivery {
             .insert((queue, id.to_string()))
     }
 
+    /// Whether this process has the work queued or running.
+    fn in_process(&self, queue: Queue, id: &str) -> bool {
+        self.in_process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(queue, id.to_string()))
+    }
+
     /// Work that this process has finished with (stored its outcome, or given up).
     fn dequeue(&self, queue: Queue, id: &str) {
         self.in_process

@@ -124,8 +124,9 @@ impl Delivery {
             let mut failed = false;
             let due = match self
                 .store
-                .take_due(queue, now_ms(), &self.lease(queue), room)
-            {
+                .take_due(queue, now_ms(), &self.lease(queue), room, &|id| {
+                    self.in_process(queue, id)
+                }) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "taking due work failed");

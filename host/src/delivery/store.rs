@@ -64,13 +64,16 @@ pub trait DeliveryStore: Send + Sync + 'static {
     fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>>;
 
     /// Takes up to `limit` invocations due on `queue` at or before `now_ms` that no live lease
-    /// holds, earliest first, and leases them to `lease.owner`.
+    /// holds, earliest first, and leases them to `lease.owner`. Invocations for which `skip` is
+    /// true are left alone, unleased (this process still has them queued or running: leasing
+    /// them now would hide them until the lease ran out, once their outcome is stored).
     fn take_due(
         &self,
         queue: Queue,
         now_ms: u64,
         lease: &Lease,
         limit: usize,
+        skip: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Vec<Invocation>>;
 
     /// When the earliest invocation on `queue` is due (leased ones included).

@@ -399,6 +399,7 @@ impl DeliveryStore for SledStore {
         now_ms: u64,
         lease: &Lease,
         limit: usize,
+        skip: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Vec<Invocation>> {
         self.noted((|| {
             let t = self.t()?;
@@ -408,6 +409,9 @@ impl DeliveryStore for SledStore {
             for kv in t.delivery.range(start..end) {
                 let (k, _) = kv?;
                 let (_, id) = timed(&k);
+                if skip(&id) {
+                    continue;
+                }
                 match t.delivery.get(lease_key(queue, &id))? {
                     Some(v) if parse_lease(&v).1 > now_ms => continue,
                     _ => candidates.push((k.to_vec(), id)),
@@ -613,32 +617,40 @@ mod tests {
         s.insert(&inv("a", None), true, None).unwrap();
         s.insert(&inv("b", None), true, None).unwrap();
         assert!(s
-            .take_due(Queue::Attempts, 99, &lease("h1/1", 1000), 10)
+            .take_due(Queue::Attempts, 99, &lease("h1/1", 1000), 10, &|_| false)
             .unwrap()
             .is_empty());
         assert_eq!(
             ids(s
-                .take_due(Queue::Attempts, 100, &lease("h1/1", 1000), 1)
+                .take_due(Queue::Attempts, 100, &lease("h1/1", 1000), 1, &|_| false)
                 .unwrap()),
             ["a"]
         );
         // "a" is leased: another owner takes only "b".
         assert_eq!(
             ids(s
-                .take_due(Queue::Attempts, 200, &lease("h2/1", 1000), 10)
+                .take_due(Queue::Attempts, 200, &lease("h2/1", 1000), 10, &|_| false)
                 .unwrap()),
             ["b"]
         );
         assert!(s
-            .take_due(Queue::Attempts, 999, &lease("h2/1", 2000), 10)
+            .take_due(Queue::Attempts, 999, &lease("h2/1", 2000), 10, &|_| false)
             .unwrap()
             .is_empty());
-        // After the leases lapse, both can be taken again.
+        // After the leases lapse both are due; what the caller still holds is skipped and stays
+        // unleased, so it is taken at the next scan once the caller lets it go.
         assert_eq!(
-            s.take_due(Queue::Attempts, 1000, &lease("h3/1", 3000), 10)
-                .unwrap()
-                .len(),
-            2
+            ids(s
+                .take_due(Queue::Attempts, 1000, &lease("h3/1", 3000), 10, &|id| id
+                    == "a")
+                .unwrap()),
+            ["b"]
+        );
+        assert_eq!(
+            ids(s
+                .take_due(Queue::Attempts, 1001, &lease("h3/1", 3000), 10, &|_| false)
+                .unwrap()),
+            ["a"]
         );
         // Completing "a" with a pending callback moves it to the callback queue.
         let mut a = s.get("a").unwrap().unwrap();
@@ -653,7 +665,7 @@ mod tests {
         assert_eq!(s.next_due(Queue::Callbacks).unwrap(), Some(300));
         assert_eq!(
             ids(s
-                .take_due(Queue::Callbacks, 300, &lease("h1/1", 9000), 10)
+                .take_due(Queue::Callbacks, 300, &lease("h1/1", 9000), 10, &|_| false)
                 .unwrap()),
             ["a"]
         );
@@ -664,7 +676,7 @@ mod tests {
         assert_eq!(s.next_due(Queue::Attempts).unwrap(), Some(5000));
         assert_eq!(
             ids(s
-                .take_due(Queue::Attempts, 5000, &lease("h1/1", 6000), 10)
+                .take_due(Queue::Attempts, 5000, &lease("h1/1", 6000), 10, &|_| false)
                 .unwrap()),
             ["b"]
         );
@@ -673,7 +685,7 @@ mod tests {
         assert_eq!(s.release_leases("h1/").unwrap(), 2);
         assert_eq!(
             ids(s
-                .take_due(Queue::Attempts, 5000, &lease("h1/2", 6000), 10)
+                .take_due(Queue::Attempts, 5000, &lease("h1/2", 6000), 10, &|_| false)
                 .unwrap()),
             ["b"]
         );
