@@ -164,6 +164,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let v1 = Router::new()
         .route("/v1/functions", get(list))
         .route("/v1/functions/{name}", get(show).put(deploy).delete(remove))
+        .route("/v1/functions/{name}/logs", get(logs))
         .route("/v1/deadletters", get(dead_letters).delete(purge_all))
         .route("/v1/deadletters/{id}", get(dead_letter).delete(purge_one))
         .route("/v1/deadletters/{id}/replay", axum::routing::post(replay))
@@ -466,10 +467,103 @@ async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.deployer.remove(&name).await? {
+        state.runtime.logs().remove(&name);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(unknown(&name))
     }
+}
+
+/// The query of `GET /v1/functions/{name}/logs`.
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    invocation: Option<String>,
+    /// A duration back from now (`10m`) or an RFC 3339 time.
+    since: Option<String>,
+    /// Only lines numbered above this (the `next` of an earlier answer).
+    after: Option<u64>,
+    /// With `after`: wait up to this long (at most 60 s) for a new line.
+    wait: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most lines one answer carries.
+const MAX_LOG_LINES: usize = 10_000;
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// `GET /v1/functions/{name}/logs`: what the function wrote to stdout and stderr, oldest first,
+/// with times and invocation ids; `after` + `wait` follow it (long poll).
+async fn logs(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+) -> Result<Json<crate::logs::Page>, ApiError> {
+    if state.deployer.registry().get(&name).is_none() {
+        return Err(unknown(&name));
+    }
+    let since_ms = match q.since.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(match humantime::parse_duration(text) {
+            Ok(back) => crate::delivery::record::now_ms().saturating_sub(back.as_millis() as u64),
+            Err(_) => chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|_| {
+                    bad_request(format!(
+                        "since={text:?} is neither a duration (like 10m or 2h) nor an RFC 3339 time"
+                    ))
+                })?
+                .timestamp_millis()
+                .max(0) as u64,
+        }),
+    };
+    let wait = match q.wait.as_deref() {
+        None => None,
+        Some(text) => Some(
+            humantime::parse_duration(text)
+                .map_err(|e| bad_request(format!("wait={text:?} is not a duration: {e}")))?
+                .min(std::time::Duration::from_secs(60)),
+        ),
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_LOG_LINES {
+        return Err(bad_request(format!(
+            "limit must be between 1 and {MAX_LOG_LINES}"
+        )));
+    }
+    let query = crate::logs::Query {
+        after: q.after,
+        since_ms,
+        invocation: q.invocation.filter(|i| !i.is_empty()),
+        limit,
+    };
+    let logs = state.runtime.logs();
+    let mut page = logs.read(&name, &query);
+    if let (Some(wait), Some(_), true) = (wait, q.after, page.lines.is_empty()) {
+        // Follow: wait for any new line, then read again (until one of this function's
+        // lines matches, or the time is up).
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stopping = state.stopping.clone();
+        while page.lines.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                () = logs.wait_after(page.next, left) => {}
+                () = stopping.requested() => break,
+            }
+            page = logs.read(
+                &name,
+                &crate::logs::Query {
+                    after: Some(page.next),
+                    ..query.clone()
+                },
+            );
+        }
+    }
+    Ok(Json(page))
 }
 
 async fn deploy(

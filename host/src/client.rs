@@ -180,6 +180,13 @@ impl AdminClient {
         self.json(resp)
     }
 
+    /// A function's logs (`GET /v1/functions/{name}/logs` with `query`).
+    pub fn logs(&self, name: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let url = format!("{}/logs", self.function_url(name));
+        let resp = self.send(self.http.get(url).query(query))?;
+        self.json(resp)
+    }
+
     /// The dead letters (`GET /v1/deadletters`).
     pub fn dead_letters(&self) -> anyhow::Result<Value> {
         let resp = self.send(self.http.get(format!("{}/v1/deadletters", self.base)))?;

@@ -41,6 +41,8 @@ pub struct EngineOptions {
     pub own_listeners: Vec<std::net::SocketAddr>,
     /// Compile in a child process with these bounds (None: in this process).
     pub compile: Option<CompileLimits>,
+    /// The bytes of guest output kept for each function (`--log-buffer`).
+    pub log_buffer: usize,
 }
 
 impl Default for EngineOptions {
@@ -53,6 +55,7 @@ impl Default for EngineOptions {
             outbound: OutboundOptions::default(),
             own_listeners: Vec::new(),
             compile: None,
+            log_buffer: 1 << 20,
         }
     }
 }
@@ -190,6 +193,7 @@ pub struct Runtime {
     max_wasm_stack: u64,
     compiler: Option<ChildCompiler>,
     metrics: Arc<crate::metrics::Metrics>,
+    logs: Arc<crate::logs::Logs>,
 }
 
 impl Runtime {
@@ -231,7 +235,12 @@ impl Runtime {
                 .compile
                 .clone()
                 .map(|limits| ChildCompiler::new(limits, opts.clone())),
-            metrics: Arc::default(),
+            metrics: {
+                let m = Arc::new(crate::metrics::Metrics::default());
+                m.set_instance_capacity(opts.max_instances);
+                m
+            },
+            logs: Arc::new(crate::logs::Logs::new(opts.log_buffer)),
         }))
     }
 
@@ -248,6 +257,11 @@ impl Runtime {
     /// What the host counts, for `/metrics`.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    /// What the functions wrote to stdout and stderr.
+    pub fn logs(&self) -> &Arc<crate::logs::Logs> {
+        &self.logs
     }
 
     /// The linear memory all instances together may hold.
@@ -568,19 +582,30 @@ pub struct HostState {
     deadline: Instant,
     /// Epoch ticks of WebAssembly execution left (`limits.cpu`), if it has a budget.
     cpu_ticks: Option<u64>,
+    /// Counts this instance among the live ones while it exists.
+    _live: Option<LiveInstance>,
+}
+
+/// One live instance in the `ferry_instances_in_use` gauge.
+struct LiveInstance(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl HostState {
-    /// Creates the state of one invocation of a function with these limits, environment and
-    /// outbound policy, drawing memory from `budget` and noting the limits it hits in `hit`.
+    /// Creates the state of one invocation of a function with these limits, environment,
+    /// outbound policy and output sink, drawing memory from `budget` and noting the limits it hits in `hit`.
     pub fn new(
         limits: &Limits,
         env: &[(String, String)],
         hooks: OutboundPolicy,
+        output: Arc<crate::guest_output::GuestOutput>,
         budget: Arc<MemoryBudget>,
         hit: Arc<LimitsHit>,
     ) -> Self {
-        let output = crate::guest_output::GuestOutput::new(hooks.function().clone());
         let mut wasi = WasiCtx::builder();
         wasi.envs(env)
             .stdout(output.stream(0))
@@ -600,7 +625,15 @@ impl HostState {
             cpu_ticks: limits
                 .cpu
                 .map(|c| (c.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64),
+            _live: None,
         }
+    }
+
+    /// Counts the instance in `gauge` until it is dropped.
+    pub fn counted_in(mut self, gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        self._live = Some(LiveInstance(gauge.clone()));
+        self
     }
 }
 

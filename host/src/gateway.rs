@@ -16,11 +16,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use crate::call::Call;
 use crate::delivery::record::{Header, Payload, StoredEvent};
 use crate::delivery::{Delivery, SubmitRequest};
 use crate::engine::Runtime;
 use crate::registry::{Deployed, Registry};
 use crate::store::Store;
+use crate::trace::TraceContext;
 
 /// The latest state each trigger reported, for `/healthz`.
 #[derive(Default)]
@@ -60,19 +62,25 @@ impl TriggerRuntime for Gateway {
     async fn invoke_event(
         &self,
         f: Arc<Deployed>,
-        event: CloudEvent,
+        mut event: CloudEvent,
     ) -> Result<Option<CloudEvent>, EventFailure> {
+        let trace = TraceContext::from_event(&event, None);
+        trace.inject_event(&mut event);
+        let call = Arc::new(Call::new(f.name(), trace, "nats"));
         let guest = crate::guest_event::to_guest(&event);
-        match crate::invoke::event(&self.runtime, &f, &guest, crate::invoke::Waiter::Caller).await {
+        let waiter = crate::invoke::Waiter::Caller;
+        match crate::invoke::event(&self.runtime, &f, &guest, waiter, &call).await {
             Ok(None) => Ok(None),
-            Ok(Some(out)) => {
-                crate::guest_event::from_guest(out)
-                    .map(Some)
-                    .map_err(|e| EventFailure {
-                        retryable: false,
-                        message: format!("function {} returned an invalid event: {e}", f.name()),
-                    })
-            }
+            Ok(Some(out)) => match crate::guest_event::from_guest(out) {
+                Ok(mut out) => {
+                    call.trace.inject_event_if_absent(&mut out);
+                    Ok(Some(out))
+                }
+                Err(e) => Err(EventFailure {
+                    retryable: false,
+                    message: format!("function {} returned an invalid event: {e}", f.name()),
+                }),
+            },
             Err(e) => Err(EventFailure {
                 retryable: e.is_retryable(),
                 message: e.to_string(),
@@ -85,6 +93,18 @@ impl TriggerRuntime for Gateway {
         f: Arc<Deployed>,
         submission: Submission,
     ) -> Result<Accepted, SubmitFailure> {
+        let trace = match &submission.payload {
+            ferry_triggers::Payload::Http { headers, .. } => {
+                let find = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.as_slice())
+                };
+                TraceContext::continue_or_start(find("traceparent"), find("tracestate"))
+            }
+            ferry_triggers::Payload::Event(event) => TraceContext::from_event(event, None),
+        };
         let payload = match submission.payload {
             ferry_triggers::Payload::Http {
                 method,
@@ -110,6 +130,8 @@ impl TriggerRuntime for Gateway {
                 callback_url: submission.callback_url,
                 idempotency_key: submission.idempotency_key,
                 replaces_key: None,
+                trigger: submission.trigger,
+                trace,
             })
             .await;
         let (inv, new) = submitted?;

@@ -1,12 +1,17 @@
-//! What a guest writes to its standard output and error. It never reaches the host's own stdout
-//! or stderr (where a guest could forge the host's lines, such as the "serving" line scripts
-//! wait for): each complete line becomes a log record of the host, labelled with the function
-//! and the stream, and an invocation may write at most [`PER_INVOCATION`] bytes; the rest is
-//! dropped and counted.
+//! What a guest writes to its standard output and error. It never reaches the host's own stdout,
+//! stderr or log (where a guest could forge the host's lines, such as the "serving" line scripts
+//! wait for): each complete line goes to the function's log ([`crate::logs`]) with the time, the
+//! invocation and the stream, as it is written (`ferry logs -f` sees it at once). An invocation
+//! may write at most [`PER_INVOCATION`] bytes; the rest is dropped and counted. With
+//! `FERRY_LOG=ferry::guest=debug` the lines are also debug records of the host log.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+
+use crate::call::Call;
+use crate::logs::Logs;
+use crate::metrics::Metrics;
 
 /// The most bytes of output one invocation keeps (both streams together).
 pub const PER_INVOCATION: usize = 64 << 10;
@@ -20,7 +25,9 @@ const LINE_COST: usize = 128;
 
 /// The output of one invocation, shared by its stdout and stderr.
 pub struct GuestOutput {
-    function: Arc<str>,
+    call: Arc<Call>,
+    logs: Arc<Logs>,
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
@@ -30,11 +37,15 @@ struct State {
     pending: [Vec<u8>; 2],
 }
 
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
 impl GuestOutput {
-    /// A sink for one invocation of `function`.
-    pub fn new(function: Arc<str>) -> Arc<Self> {
+    /// A sink for the output of the invocation `call`, kept in `logs`.
+    pub fn new(call: Arc<Call>, logs: Arc<Logs>, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            function,
+            call,
+            logs,
+            metrics,
             state: Mutex::new(State {
                 left: PER_INVOCATION,
                 dropped: 0,
@@ -66,6 +77,7 @@ impl GuestOutput {
         while pending.len() >= MAX_LINE {
             lines.push(pending.drain(..MAX_LINE).collect());
         }
+        let mut kept = Vec::with_capacity(lines.len());
         for line in lines {
             if s.left < LINE_COST {
                 s.dropped += line.len() as u64 + 1;
@@ -73,15 +85,29 @@ impl GuestOutput {
                 continue;
             }
             s.left -= LINE_COST;
-            self.emit(stream, &line);
+            kept.push((STREAMS[stream], text(&line)));
         }
+        drop(s);
+        self.keep(kept);
     }
 
-    fn emit(&self, stream: usize, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let name = if stream == 0 { "stdout" } else { "stderr" };
-        tracing::info!(target: "ferry::guest", function = %self.function, stream = name, "{}", text.trim_end_matches('\r'));
+    fn keep(&self, lines: Vec<(&'static str, String)>) {
+        if lines.is_empty() {
+            return;
+        }
+        for (stream, line) in &lines {
+            tracing::debug!(target: "ferry::guest", function = %self.call.function, invocation = %self.call.id, trace_id = %self.call.trace.trace_id_hex(), stream, "{line}");
+        }
+        let evicted = self.logs.push(&self.call.function, &self.call.id, lines);
+        if evicted > 0 {
+            self.metrics.guest_log_evicted(&self.call.function, evicted);
+        }
     }
+}
+
+fn text(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    text.trim_end_matches('\r').to_string()
 }
 
 impl Drop for GuestOutput {
@@ -89,13 +115,18 @@ impl Drop for GuestOutput {
         let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         let rest = std::mem::take(&mut s.pending);
         let dropped = s.dropped;
-        for (stream, line) in rest.iter().enumerate() {
-            if !line.is_empty() {
-                self.emit(stream, line);
-            }
-        }
+        let lines = rest
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .map(|(stream, line)| (STREAMS[stream], text(line)))
+            .collect();
+        self.keep(lines);
         if dropped > 0 {
-            tracing::warn!(target: "ferry::guest", function = %self.function, dropped_bytes = dropped, "the function wrote more than {PER_INVOCATION} bytes of output in one invocation; the rest was dropped");
+            self.logs.over_bound(&self.call.function, dropped);
+            self.metrics
+                .guest_output_dropped(&self.call.function, dropped);
+            tracing::warn!(target: "ferry::guest", function = %self.call.function, invocation = %self.call.id, trace_id = %self.call.trace.trace_id_hex(), dropped_bytes = dropped, "the function wrote more than {PER_INVOCATION} bytes of output in one invocation; the rest was dropped");
         }
     }
 }

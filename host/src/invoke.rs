@@ -14,6 +14,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::bindings::{GuestError, GuestEvent};
+use crate::call::Call;
+use crate::guest_output::GuestOutput;
+use crate::trace::TraceContext;
 use ferry_triggers::http as http_trigger;
 
 use crate::engine::{new_store, HostState, LimitsHit, Prepared, Runtime};
@@ -273,20 +276,23 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-fn new_state(rt: &Runtime, f: &Deployed, hit: &Arc<LimitsHit>) -> HostState {
+fn new_state(rt: &Runtime, f: &Deployed, hit: &Arc<LimitsHit>, call: &Arc<Call>) -> HostState {
     let outbound = crate::outbound::OutboundPolicy::new(
         rt.outbound().clone(),
-        f.name().into(),
+        call.clone(),
         f.outbound.clone(),
         f.record.limits.outbound_requests,
     );
+    let output = GuestOutput::new(call.clone(), rt.logs().clone(), rt.metrics().clone());
     HostState::new(
         &f.record.limits,
         &f.record.config,
         outbound,
+        output,
         rt.memory().clone(),
         hit.clone(),
     )
+    .counted_in(rt.metrics().instances())
 }
 
 /// A request body Ferry can hand to a function: a live one, or one replayed from the store.
@@ -322,10 +328,11 @@ pub async fn http_result<B: RequestBody>(
     runtime: &Runtime,
     f: Arc<Deployed>,
     req: Request<B>,
+    call: &Arc<Call>,
 ) -> Result<Response<Body>, InvokeError> {
     let started = std::time::Instant::now();
-    let result = try_http(runtime, &f, req, Waiter::Worker).await;
-    count(runtime, &f, "async", result.as_ref().err(), started);
+    let result = try_http(runtime, &f, req, Waiter::Worker, call).await;
+    count(runtime, &f, call, "async", result.as_ref().err(), started);
     result
 }
 
@@ -333,6 +340,7 @@ pub async fn http_result<B: RequestBody>(
 fn count(
     runtime: &Runtime,
     f: &Deployed,
+    call: &Call,
     mode: &'static str,
     error: Option<&InvokeError>,
     started: std::time::Instant,
@@ -343,35 +351,52 @@ fn count(
         .then(|| started.elapsed());
     runtime
         .metrics()
-        .invocation(f.name(), mode, outcome, limit, took);
+        .invocation(f.name(), call.trigger, mode, outcome, limit, took);
 }
 
 /// Serves one HTTP request: an HTTP function gets the request itself, an event function the
 /// CloudEvent the request carries.
 pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
-    let result = try_http(runtime, &f, req, Waiter::Caller).await;
+    let call = Arc::new(Call::new(
+        f.name(),
+        TraceContext::from_headers(req.headers()),
+        "http",
+    ));
+    let result = try_http(runtime, &f, req, Waiter::Caller, &call).await;
     if matches!(f.prepared, Prepared::Http(_)) {
-        count(runtime, &f, "sync", result.as_ref().err(), started);
+        count(runtime, &f, &call, "sync", result.as_ref().err(), started);
     }
-    match result {
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::warn!(function = f.name(), error = %e, "invoke failed");
+            tracing::warn!(function = f.name(), invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %e, "invoke failed");
             e.response()
         }
+    };
+    if let Ok(id) = http::HeaderValue::try_from(&*call.id) {
+        resp.headers_mut().insert(INVOCATION_ID, id);
     }
+    resp
 }
+
+/// The header that names the invocation, in the request a function gets and in the answer.
+const INVOCATION_ID: &str = "ferry-invocation-id";
 
 async fn try_http<B: RequestBody>(
     runtime: &Runtime,
     f: &Arc<Deployed>,
-    req: Request<B>,
+    mut req: Request<B>,
     waiter: Waiter,
+    call: &Arc<Call>,
 ) -> Result<Response<Body>, InvokeError> {
     let Prepared::Http(pre) = &f.prepared else {
-        return Ok(event_over_http(runtime, f, req).await);
+        return Ok(event_over_http(runtime, f, req, call).await);
     };
+    call.trace.inject(req.headers_mut());
+    if let Ok(id) = http::HeaderValue::try_from(&*call.id) {
+        req.headers_mut().insert(INVOCATION_ID, id);
+    }
     let max_body = f.record.limits.max_body;
     if let Some(len) = http_trigger::content_length(&req).filter(|len| *len > max_body) {
         http_trigger::linger(req.into_body(), len, max_body).await;
@@ -379,7 +404,7 @@ async fn try_http<B: RequestBody>(
     }
     let permit = acquire(f, waiter).await?;
     let hit = Arc::new(LimitsHit::default());
-    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit));
+    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit, call));
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let req = req.map(|body| LimitedBody::new(body, max_body).noting(over.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -429,16 +454,16 @@ async fn try_http<B: RequestBody>(
     }
     match answer {
         Ok(Ok(resp)) => {
-            let name = f.name().to_string();
+            let call = call.clone();
             // The guest may still be writing the body: report late failures in the log.
             tokio::spawn(async move {
                 match task.await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        tracing::warn!(function = %name, error = %format!("{e:?}"), "function failed after sending its response head")
+                        tracing::warn!(function = %call.function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "function failed after sending its response head")
                     }
                     Err(e) => {
-                        tracing::error!(function = %name, error = %e, "invocation task panicked")
+                        tracing::error!(function = %call.function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %e, "invocation task panicked")
                     }
                 }
             });
@@ -456,7 +481,7 @@ async fn try_http<B: RequestBody>(
         }),
         Err(_) => match task.await {
             Ok(Err(e)) => {
-                tracing::debug!(function = f.name(), error = %format!("{e:?}"), "invocation error detail");
+                tracing::debug!(function = f.name(), invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "invocation error detail");
                 Err(InvokeError::from_wasmtime(runtime, f, &hit, e))
             }
             Ok(Ok(())) => Err(InvokeError::Failed {
@@ -668,18 +693,20 @@ pub async fn event(
     f: &Deployed,
     event: &GuestEvent,
     waiter: Waiter,
+    call: &Arc<Call>,
 ) -> Result<Option<GuestEvent>, EventError> {
     let started = std::time::Instant::now();
-    let result = run_event(runtime, f, event, waiter).await;
+    let result = run_event(runtime, f, event, waiter, call).await;
     let mode = match waiter {
         Waiter::Caller => "sync",
         Waiter::Worker => "async",
     };
     match &result {
-        Ok(_) => count(runtime, f, mode, None, started),
-        Err(EventError::Invoke(e)) => count(runtime, f, mode, Some(e), started),
+        Ok(_) => count(runtime, f, call, mode, None, started),
+        Err(EventError::Invoke(e)) => count(runtime, f, call, mode, Some(e), started),
         Err(EventError::Guest { .. }) => runtime.metrics().invocation(
             f.name(),
+            call.trigger,
             mode,
             "guest_error",
             None,
@@ -694,6 +721,7 @@ async fn run_event(
     f: &Deployed,
     event: &GuestEvent,
     waiter: Waiter,
+    call: &Arc<Call>,
 ) -> Result<Option<GuestEvent>, EventError> {
     let Prepared::Event(pre) = &f.prepared else {
         return Err(InvokeError::Failed {
@@ -704,7 +732,7 @@ async fn run_event(
     };
     let _permit = acquire(f, waiter).await?;
     let hit = Arc::new(LimitsHit::default());
-    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit));
+    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit, call));
     let run = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance
@@ -732,7 +760,7 @@ async fn run_event(
             })
         }
         Err(e) => {
-            tracing::debug!(function = f.name(), error = %format!("{e:?}"), "invocation error detail");
+            tracing::debug!(function = f.name(), invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "invocation error detail");
             Err(InvokeError::from_wasmtime(runtime, f, &hit, e).into())
         }
     }
@@ -744,6 +772,7 @@ async fn event_over_http<B: RequestBody>(
     runtime: &Runtime,
     f: &Deployed,
     req: Request<B>,
+    call: &Arc<Call>,
 ) -> Response<Body> {
     if req.method() != http::Method::POST {
         let mut resp = text_response(
@@ -773,14 +802,26 @@ async fn event_over_http<B: RequestBody>(
             )
         }
     };
-    let (event, mode) = match ferry_triggers::cloudevents::from_headers(&parts.headers, body) {
+    let (mut event, mode) = match ferry_triggers::cloudevents::from_headers(&parts.headers, body) {
         Ok(ok) => ok,
         Err(e) => {
             return text_response(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"))
         }
     };
+    // The event's own trace context wins over the request's (which `call` was made from).
+    let call = &if event.extensions.iter().any(|(k, _)| k == "traceparent") {
+        Arc::new(Call::with_id(
+            call.id.clone(),
+            f.name(),
+            TraceContext::from_event(&event, None),
+            call.trigger,
+        ))
+    } else {
+        call.clone()
+    };
+    call.trace.inject_event(&mut event);
     let guest_event = crate::guest_event::to_guest(&event);
-    match self::event(runtime, f, &guest_event, Waiter::Caller).await {
+    match self::event(runtime, f, &guest_event, Waiter::Caller, call).await {
         #[allow(
             clippy::expect_used,
             reason = "a StatusCode and a body cannot make the builder fail"
@@ -790,7 +831,10 @@ async fn event_over_http<B: RequestBody>(
             .body(ferry_triggers::http::full_body(Bytes::new()))
             .expect("static response is valid"),
         Ok(Some(out)) => match crate::guest_event::from_guest(out) {
-            Ok(out) => out.to_http(mode),
+            Ok(mut out) => {
+                call.trace.inject_event_if_absent(&mut out);
+                out.to_http(mode)
+            }
             Err(e) => {
                 let msg = format!("function {} returned an invalid event: {e}", f.name());
                 tracing::warn!(function = f.name(), "{msg}");

@@ -79,6 +79,25 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// Show what a function wrote to stdout and stderr, with times and invocation ids.
+    Logs {
+        /// Function name.
+        name: String,
+        /// Keep printing new lines as they are written (until interrupted).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this invocation's lines (its id: the `ferry-invocation-id` response header, or
+        /// an asynchronous invocation's id).
+        #[arg(long)]
+        invocation: Option<String>,
+        /// Only lines newer than this: a duration back from now (`10m`, `2h`) or an RFC 3339
+        /// time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many lines (the newest) before following.
+        #[arg(long, default_value_t = 1000)]
+        tail: usize,
+    },
     /// Remove a function.
     Rm {
         /// Function name.
@@ -187,6 +206,13 @@ struct ServeArgs {
     /// The WebAssembly call stack each instance may use (one engine-wide setting).
     #[arg(long, env = "FERRY_MAX_WASM_STACK", default_value = "512KiB", value_parser = parse_size)]
     max_wasm_stack: u64,
+    /// Guest output kept for each function (`ferry logs`), newest lines; older ones are dropped.
+    #[arg(long, env = "FERRY_LOG_BUFFER", default_value = "1MiB", value_parser = parse_size)]
+    log_buffer: u64,
+    /// The host log's format on stderr: `human` (one line per record) or `json` (one JSON object
+    /// per line, for log collectors).
+    #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
     /// Host a guest may reach with outbound HTTP even though it resolves to a loopback, private
     /// or other non-public address: HOST (any port) or HOST:PORT (repeatable). The function must
     /// still list the host in `[outbound] allow`; this host's own listeners are never allowed.
@@ -424,6 +450,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
+        Command::Logs {
+            ref name,
+            follow,
+            ref invocation,
+            ref since,
+            tail,
+        } => {
+            let client = client(&cli)?;
+            let mut query = vec![("limit", tail.to_string())];
+            if let Some(i) = invocation {
+                query.push(("invocation", i.clone()));
+            }
+            if let Some(s) = since {
+                query.push(("since", s.clone()));
+            }
+            let mut page = client.logs(name, &query)?;
+            loop {
+                for line in page["lines"].as_array().into_iter().flatten() {
+                    if cli.json {
+                        say!("{line}");
+                    } else {
+                        let s = |k: &str| line[k].as_str().unwrap_or("");
+                        say!(
+                            "{} {} {} {}",
+                            s("time"),
+                            s("invocation"),
+                            s("stream"),
+                            s("text")
+                        );
+                    }
+                }
+                if !follow {
+                    return Ok(());
+                }
+                let next = page["next"].as_u64().unwrap_or(0);
+                query.retain(|(k, _)| *k == "invocation");
+                query.push(("after", next.to_string()));
+                query.push(("wait", "25s".into()));
+                query.push(("limit", "1000".into()));
+                page = client.logs(name, &query)?;
+                query.retain(|(k, _)| *k == "invocation");
+            }
+        }
         Command::Rm { name } => {
             client(&cli)?.remove(&name)?;
             if cli.json {
@@ -437,14 +506,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        // One object per line: time, level, target, the record's fields (invocation, function,
+        // trace_id, ...) flattened, and the spans it happened in.
+        log.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     // Every connection is a file: use all the process may have (the soft limit is often 1,024).
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
@@ -466,6 +544,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             max_memory: args.max_memory,
             max_total_memory: args.max_total_memory,
             max_wasm_stack: args.max_wasm_stack,
+            log_buffer: usize::try_from(args.log_buffer).unwrap_or(usize::MAX),
             outbound: OutboundOptions {
                 allow_private: args.allow_private_outbound,
                 connect_timeout: args.outbound_connect_timeout,

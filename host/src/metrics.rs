@@ -16,6 +16,9 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Invocation {
     function: String,
+    /// What caused it: `http`, `nats`, `webhook`, `poll`, `schedule` (or `unknown` for
+    /// invocations stored by an older version).
+    trigger: &'static str,
     /// `sync` (a caller waits: HTTP, events over HTTP or NATS) or `async` (a worker).
     mode: &'static str,
     /// `ok`, or what failed: a limit (`timeout`, `memory`, ...), `trap`, `guest_error`, `failed`.
@@ -49,6 +52,16 @@ struct Pool {
     pool: &'static str,
 }
 
+/// A trigger event's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerEvent {
+    /// `nats`, `webhook`, `poll` or `schedule`.
+    trigger: &'static str,
+    function: String,
+    /// What happened, per trigger (see docs/operations.md).
+    outcome: &'static str,
+}
+
 /// A limit hit's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitHit {
@@ -77,6 +90,14 @@ pub struct Metrics {
     queued: Family<Pool, Gauge>,
     journal_batch: Histogram,
     journal_sync: Histogram,
+    guest_log_evicted: Family<Function, Counter>,
+    guest_output_dropped: Family<Function, Counter>,
+    instances: Gauge,
+    instances_cap: Gauge,
+    trigger_events: Family<TriggerEvent, Counter>,
+    async_refused: Family<Pool, Counter>,
+    async_running: Family<Pool, Gauge>,
+    nats_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -161,6 +182,54 @@ impl Default for Metrics {
             "How long one journal write and fdatasync took",
             journal_sync.clone(),
         );
+        let guest_log_evicted = Family::<Function, Counter>::default();
+        registry.register(
+            "guest_log_evicted_lines",
+            "Lines of guest output dropped from a function's log to make room for newer ones",
+            guest_log_evicted.clone(),
+        );
+        let guest_output_dropped = Family::<Function, Counter>::default();
+        registry.register(
+            "guest_output_dropped_bytes",
+            "Guest output beyond the per-invocation bound, never stored",
+            guest_output_dropped.clone(),
+        );
+        let instances = Gauge::default();
+        registry.register(
+            "instances_in_use",
+            "Component instances alive now (running an invocation)",
+            instances.clone(),
+        );
+        let instances_cap = Gauge::default();
+        registry.register(
+            "instances_capacity",
+            "How many instances may be alive at once (--max-instances)",
+            instances_cap.clone(),
+        );
+        let trigger_events = Family::<TriggerEvent, Counter>::default();
+        registry.register(
+            "trigger_events",
+            "What the triggers saw, by trigger, function and outcome (NATS messages received, acked, nakked, dead-lettered; webhook verifications; polls)",
+            trigger_events.clone(),
+        );
+        let async_refused = Family::<Pool, Counter>::default();
+        registry.register(
+            "async_refused",
+            "Asynchronous submits refused because the pool's queue was full, by pool",
+            async_refused.clone(),
+        );
+        let async_running = Family::<Pool, Gauge>::default();
+        registry.register(
+            "async_running",
+            "Asynchronous work queued or running in this process, by pool",
+            async_running.clone(),
+        );
+        let nats_connected = Gauge::default();
+        registry.register(
+            "nats_connected",
+            "1 while the NATS connection is up, 0 while it is not (absent without --nats)",
+            nats_connected.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             invocations,
@@ -176,6 +245,14 @@ impl Default for Metrics {
             queued,
             journal_batch,
             journal_sync,
+            guest_log_evicted,
+            guest_output_dropped,
+            instances,
+            instances_cap,
+            trigger_events,
+            async_refused,
+            async_running,
+            nats_connected,
         }
     }
 }
@@ -186,6 +263,7 @@ impl Metrics {
     pub fn invocation(
         &self,
         function: &str,
+        trigger: &'static str,
         mode: &'static str,
         outcome: &'static str,
         limit: Option<&'static str>,
@@ -194,6 +272,7 @@ impl Metrics {
         self.invocations
             .get_or_create(&Invocation {
                 function: function.to_string(),
+                trigger,
                 mode,
                 outcome,
             })
@@ -255,6 +334,62 @@ impl Metrics {
     /// Sets how much asynchronous work waits in `pool`.
     pub fn set_queued(&self, pool: &'static str, n: usize) {
         self.queued.get_or_create(&Pool { pool }).set(n as i64);
+    }
+
+    /// Counts lines dropped from `function`'s log to make room.
+    pub fn guest_log_evicted(&self, function: &str, lines: u64) {
+        self.guest_log_evicted
+            .get_or_create(&Function {
+                function: function.to_string(),
+            })
+            .inc_by(lines);
+    }
+
+    /// Counts output an invocation of `function` wrote beyond its bound.
+    pub fn guest_output_dropped(&self, function: &str, bytes: u64) {
+        self.guest_output_dropped
+            .get_or_create(&Function {
+                function: function.to_string(),
+            })
+            .inc_by(bytes);
+    }
+
+    /// The gauge of live instances (incremented when one is made, decremented when dropped).
+    pub fn instances(&self) -> &Gauge {
+        &self.instances
+    }
+
+    /// Sets the instance capacity (`--max-instances`).
+    pub fn set_instance_capacity(&self, n: u32) {
+        self.instances_cap.set(i64::from(n));
+    }
+
+    /// Counts something a trigger saw.
+    pub fn trigger_event(&self, trigger: &'static str, function: &str, outcome: &'static str) {
+        self.trigger_events
+            .get_or_create(&TriggerEvent {
+                trigger,
+                function: function.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts a submit refused because `pool`'s queue was full.
+    pub fn async_refused(&self, pool: &'static str) {
+        self.async_refused.get_or_create(&Pool { pool }).inc();
+    }
+
+    /// Sets how much asynchronous work of `pool` this process has queued or running.
+    pub fn set_running(&self, pool: &'static str, n: usize) {
+        self.async_running
+            .get_or_create(&Pool { pool })
+            .set(n as i64);
+    }
+
+    /// Sets the NATS connection state.
+    pub fn set_nats_connected(&self, up: bool) {
+        self.nats_connected.set(i64::from(up));
     }
 
     /// The metrics as OpenMetrics text, with the gauges read now.

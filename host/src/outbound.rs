@@ -100,15 +100,15 @@ pub struct OutboundPolicy {
     allow: Arc<[String]>,
     /// Requests this invocation may still send (`limits.outbound_requests`).
     remaining: u32,
-    function: Arc<str>,
+    call: Arc<crate::call::Call>,
 }
 
 impl OutboundPolicy {
-    /// The policy of one invocation of `function`, which may send `max_requests` requests to the
-    /// hosts in `allow`.
+    /// The policy of the invocation `call`, which may send `max_requests` requests to the hosts
+    /// in `allow`. Its requests carry the invocation's trace context unless the guest set one.
     pub fn new(
         shared: Arc<Outbound>,
-        function: Arc<str>,
+        call: Arc<crate::call::Call>,
         allow: Arc<[String]>,
         max_requests: u32,
     ) -> Self {
@@ -116,15 +116,8 @@ impl OutboundPolicy {
             shared,
             allow,
             remaining: max_requests,
-            function,
+            call,
         }
-    }
-}
-
-impl OutboundPolicy {
-    /// The function whose invocation this is.
-    pub fn function(&self) -> &Arc<str> {
-        &self.function
     }
 }
 
@@ -144,30 +137,34 @@ type Sent = Box<
 impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Sent {
         drop(fut);
         let host = request.uri().host().unwrap_or_default().to_string();
-        let function = self.function.clone();
+        let call = self.call.clone();
+        let function = call.function.clone();
+        if !request.headers().contains_key("traceparent") {
+            call.trace.inject(request.headers_mut());
+        }
         // Every request counts, sent or refused, so that refusals cannot flood the log either.
         if self.remaining == 0 {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         self.remaining -= 1;
         if self.remaining == 0 {
-            tracing::warn!(function = %function, "limits.outbound_requests reached: further outbound requests of this invocation are denied");
+            tracing::warn!(function = %function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), "limits.outbound_requests reached: further outbound requests of this invocation are denied");
         }
         if !allowed(&self.allow, &host) {
-            tracing::warn!(function = %function, %host, "outbound request denied: the host is not in [outbound] allow");
+            tracing::warn!(function = %function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), %host, "outbound request denied: the host is not in [outbound] allow");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let shared = self.shared.clone();
         Box::new(async move {
             let sent = send(&shared, request, options).await;
             if let Err(e) = &sent {
-                tracing::debug!(function = %function, %host, error = %e, "outbound request failed");
+                tracing::debug!(function = %function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), %host, error = %e, "outbound request failed");
             }
             sent
         })

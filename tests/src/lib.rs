@@ -382,19 +382,34 @@ impl Ferry {
         )
     }
 
+    /// GET on the admin API, with the token; the body as text (asserts 200).
+    pub fn admin_text(&self, path: &str) -> String {
+        let resp = self
+            .admin_req(reqwest::Method::GET, path)
+            .send()
+            .expect("admin request");
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        resp.text().expect("admin response body")
+    }
+
     /// Runs the CLI against this host; it finds the admin token in the host's data directory
     /// (`FERRY_DATA_DIR`), as the CLI on the host's machine does.
     pub fn cli(&self, args: &[&str], dir: Option<&Path>) -> Output {
-        let mut cmd = Command::new(ferry_bin());
-        cmd.arg("--admin").arg(&self.admin).args(args);
+        let mut cmd = self.cli_command(args);
         if let Some(d) = dir {
             cmd.current_dir(d);
         }
+        cmd.output().expect("running the ferry CLI")
+    }
+
+    /// The CLI command against this host, to spawn (a command that keeps running, say).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ferry_bin());
+        cmd.arg("--admin").arg(&self.admin).args(args);
         cmd.env_remove("FERRY_TOKEN")
             .env_remove("FERRY_TOKEN_FILE")
-            .env("FERRY_DATA_DIR", &self.data_dir)
-            .output()
-            .expect("running the ferry CLI")
+            .env("FERRY_DATA_DIR", &self.data_dir);
+        cmd
     }
 }
 

@@ -730,6 +730,7 @@ async fn submit<R: Runtime>(
         callback_url: options.callback_url,
         idempotency_key: options.idempotency_key,
         payload,
+        trigger: "http",
     };
     match runtime.submit(f, submission).await {
         Ok(accepted) => accepted_response(&accepted),

@@ -698,6 +698,7 @@ async fn submit<R: Runtime>(
                 callback_url: None,
                 idempotency_key: Some(format!("poll\u{0}{}\u{0}{what}", p.index)),
                 payload,
+                trigger: if p.url.is_some() { "poll" } else { "schedule" },
             },
         )
         .await

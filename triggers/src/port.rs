@@ -124,6 +124,8 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     /// The request or event to run.
     pub payload: Payload,
+    /// The trigger that submits it: `http`, `webhook`, `poll` or `schedule` (metrics, status).
+    pub trigger: &'static str,
 }
 
 /// An accepted submission.

@@ -140,9 +140,13 @@ impl Delivery {
                 )))
             }
         };
-        let sent = self
-            .http
-            .post(url)
+        let trace = inv.origin.child_span();
+        let mut request = self.http.post(url);
+        if let Some(state) = &trace.state {
+            request = request.header("tracestate", state.as_str());
+        }
+        let sent = request
+            .header("traceparent", trace.traceparent())
             .header("content-type", "application/json")
             .header("webhook-id", inv.id.as_str())
             .header("webhook-timestamp", timestamp.to_string())

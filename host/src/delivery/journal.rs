@@ -476,6 +476,7 @@ mod tests {
             callback: None,
             idempotency_key: None,
             replayed_as: None,
+            origin: Default::default(),
         }
     }
 

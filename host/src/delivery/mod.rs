@@ -36,7 +36,7 @@ use crate::registry::{Deployed, Registry};
 use ferry_triggers::Shutdown;
 use guard::CallbackGuard;
 use journal::Journal;
-use record::{now_ms, Callback, CallbackStatus, Invocation, Payload, Status};
+use record::{now_ms, Callback, CallbackStatus, Invocation, Origin, Payload, Status};
 use store::{DeliveryStore, Lease, Queue};
 use tokio_util::task::TaskTracker;
 
@@ -121,6 +121,10 @@ pub struct SubmitRequest {
     /// Set by a dead-letter replay: the idempotency key (if any) of the dead invocation, which
     /// the new invocation takes over without the duplicate check (that would find the dead one).
     pub replaces_key: Option<Option<String>>,
+    /// What submitted it: `http`, `webhook`, `poll`, `schedule` or `nats`.
+    pub trigger: &'static str,
+    /// The submit's span: every attempt and the callback are its children.
+    pub trace: crate::trace::TraceContext,
 }
 
 /// Why a submit was refused: the triggers' words (a bad request, a full queue, an unavailable
@@ -600,6 +604,8 @@ impl Delivery {
                     callback_url: inv.callback.as_ref().map(|c| c.url.clone()),
                     idempotency_key: None,
                     replaces_key: Some(inv.idempotency_key.clone()),
+                    trigger: inv.origin.trigger_label(),
+                    trace: inv.origin.child_span(),
                 })
                 .await?;
             // The new invocation is durable (submit waited for the journal): only now does the
@@ -704,5 +710,10 @@ fn new_invocation(
         callback,
         idempotency_key: key,
         replayed_as: None,
+        origin: Origin {
+            trigger: Some(req.trigger.to_string()),
+            traceparent: Some(req.trace.traceparent()),
+            tracestate: req.trace.state.clone(),
+        },
     }
 }

@@ -305,6 +305,49 @@ pub struct Invocation {
     /// The new invocation that a replay of this dead letter made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_as: Option<String>,
+    /// What submitted it, and the trace its attempts and callback belong to.
+    #[serde(default, skip_serializing_if = "Origin::is_empty")]
+    pub origin: Origin,
+}
+
+/// Where an invocation came from: the trigger and the submit's span (W3C trace context).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// `http`, `webhook`, `poll`, `schedule` or `nats` (None in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The `traceparent` naming the submit as the parent of every attempt and the callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The caller's `tracestate`, passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl Origin {
+    fn is_empty(&self) -> bool {
+        self == &Origin::default()
+    }
+
+    /// The trigger, as a metrics label.
+    pub fn trigger_label(&self) -> &'static str {
+        match self.trigger.as_deref() {
+            Some("http") => "http",
+            Some("webhook") => "webhook",
+            Some("poll") => "poll",
+            Some("schedule") => "schedule",
+            Some("nats") => "nats",
+            _ => "unknown",
+        }
+    }
+
+    /// A new span in the submit's trace (an attempt's, or a callback's).
+    pub fn child_span(&self) -> crate::trace::TraceContext {
+        crate::trace::TraceContext::continue_or_start(
+            self.traceparent.as_deref().map(str::as_bytes),
+            self.tracestate.as_deref().map(str::as_bytes),
+        )
+    }
 }
 
 impl Invocation {
@@ -327,6 +370,7 @@ impl Invocation {
             callback: self.callback.clone(),
             idempotency_key: self.idempotency_key.clone(),
             replayed_as: self.replayed_as.clone(),
+            origin: self.origin.clone(),
         }
     }
 

@@ -30,6 +30,10 @@ pub struct InvocationView {
     pub updated: String,
     /// Where this document is served on the public listener.
     pub status_url: String,
+    /// The admin API path of what this invocation wrote to stdout and stderr (admin token
+    /// required; kept in memory, within the function's log bound).
+    #[serde(default)]
+    pub logs: String,
     /// Every attempt so far, oldest first.
     pub history: Vec<AttemptView>,
     /// When the next attempt is due, while pending.
@@ -87,6 +91,7 @@ impl InvocationView {
             created: rfc3339(inv.created_ms),
             updated: rfc3339(inv.updated_ms),
             status_url,
+            logs: format!("/v1/functions/{}/logs?invocation={}", inv.function, inv.id),
             history: inv
                 .history
                 .iter()

@@ -1,6 +1,7 @@
 //! Workers: run one attempt of an invocation and record its outcome (succeeded, retried with
 //! backoff, dead-lettered or failed), then hand finished ones to the callback sender.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use tracing::Instrument;
 use super::record::{now_ms, Attempt, Header, Invocation, Payload, Status};
 use super::store::Queue;
 use super::Delivery;
+use crate::call::Call;
 use crate::invoke;
 use crate::model::DeliveryMode;
 
@@ -178,6 +180,12 @@ impl Delivery {
                 inv.function
             )));
         };
+        let call = Arc::new(Call::with_id(
+            inv.id.as_str().into(),
+            &inv.function,
+            inv.origin.child_span(),
+            inv.origin.trigger_label(),
+        ));
         let loaded;
         let payload = match &inv.payload {
             Some(p) => p,
@@ -202,20 +210,23 @@ impl Delivery {
                 let req = stored_request(inv, method, path, headers, body).map_err(|e| {
                     Failure::permanent(format!("the stored request is invalid: {e}"))
                 })?;
-                let resp = invoke::http_result(&self.runtime, f, req)
+                let resp = invoke::http_result(&self.runtime, f, req, &call)
                     .await
                     .map_err(|e| Failure::retry(e.to_string()))?;
                 http_result(inv, resp).await
             }
             Payload::Event { event } => {
-                let event = event
+                let mut event = event
                     .event()
                     .map_err(|e| Failure::permanent(format!("the stored event is invalid: {e}")))?;
+                call.trace.inject_event(&mut event);
                 let guest = crate::guest_event::to_guest(&event);
-                match invoke::event(&self.runtime, &f, &guest, invoke::Waiter::Worker).await {
+                let waiter = invoke::Waiter::Worker;
+                match invoke::event(&self.runtime, &f, &guest, waiter, &call).await {
                     Ok(None) => Ok(Value::Null),
                     Ok(Some(out)) => match crate::guest_event::from_guest(out) {
-                        Ok(e) => {
+                        Ok(mut e) => {
+                            call.trace.inject_event_if_absent(&mut e);
                             Ok(serde_json::from_slice(&e.to_structured()).unwrap_or(Value::Null))
                         }
                         Err(e) => Err(Failure::permanent(format!(

@@ -596,6 +596,7 @@ mod tests {
             callback: None,
             idempotency_key: key.map(String::from),
             replayed_as: None,
+            origin: Default::default(),
         }
     }
 

@@ -20,6 +20,7 @@ mod http_functions;
 mod metrics;
 mod nats;
 mod nats_jetstream;
+mod observability;
 mod polling;
 mod restart;
 mod sandbox;

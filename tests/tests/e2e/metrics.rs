@@ -39,10 +39,12 @@ fn counters_and_histograms_move_as_invocations_run() {
     let open = ferry.http.get(ferry.admin_url("/metrics")).send().unwrap();
     assert_eq!(open.status().as_u16(), 401);
 
-    let ok = r#"ferry_invocations_total{function="hello-http",mode="sync",outcome="ok"}"#;
+    let ok =
+        r#"ferry_invocations_total{function="hello-http",trigger="http",mode="sync",outcome="ok"}"#;
     let count = r#"ferry_invocation_duration_seconds_count{function="hello-http"}"#;
     let timeout = r#"ferry_limit_hits_total{function="hostile",limit="timeout"}"#;
-    let trap = r#"ferry_invocations_total{function="hostile",mode="sync",outcome="trap"}"#;
+    let trap =
+        r#"ferry_invocations_total{function="hostile",trigger="http",mode="sync",outcome="trap"}"#;
     let before = scrape(&ferry);
     for _ in 0..3 {
         assert_eq!(ferry.get("/hello-http/x").0, 200);
@@ -66,7 +68,7 @@ fn counters_and_histograms_move_as_invocations_run() {
     // An async invocation counts as async once it has run.
     let id = ferry.submit_ok("/hello-http/later", &[]);
     assert_eq!(ferry.finished(&id)["status"], "succeeded");
-    let asynced = r#"ferry_invocations_total{function="hello-http",mode="async",outcome="ok"}"#;
+    let asynced = r#"ferry_invocations_total{function="hello-http",trigger="http",mode="async",outcome="ok"}"#;
     assert_eq!(sample(&scrape(&ferry), asynced), 1.0);
 }
 

@@ -241,3 +241,65 @@ fn enrich_order_over_core_nats_and_the_conformance_events() {
         }
     });
 }
+
+#[test]
+fn an_events_trace_context_reaches_the_guest_and_the_published_result() {
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let nats = NatsServer::start();
+    let ferry = Ferry::start_with(&["--nats", &nats.url()]);
+    deploy(&ferry, "");
+    eventually("nats to connect", Duration::from_secs(20), || {
+        (ferry.admin_get("/healthz").1["nats"]["state"] == "connected").then_some(())
+    });
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut out = client.subscribe("results.echoed").await.unwrap();
+        client.flush().await.unwrap();
+        until_subscribed(&client).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), out.next()).await;
+
+        // The distributed-tracing extension in: the guest sees (and echo-event copies) the
+        // event's trace with the invocation's span as the parent.
+        let mut h = ce_headers("t-1", "order.created");
+        h.insert("ce-traceparent", PARENT);
+        h.insert("ce-tracestate", "vendor=x");
+        client
+            .publish_with_headers("orders.created", h, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let h = next_with_id(&mut out, "t-1-echo").await;
+        let parent = h.get("ce-traceparent").unwrap().as_str().to_string();
+        let p: Vec<&str> = parent.split('-').collect();
+        assert_eq!(p[1], "0af7651916cd43dd8448eb211c80319c", "{parent}");
+        assert_ne!(p[2], "b7ad6b7169203331", "{parent}");
+        assert_eq!(h.get("ce-tracestate").unwrap().as_str(), "vendor=x");
+
+        // Without it, a trace starts and the result carries it.
+        client
+            .publish_with_headers(
+                "orders.created",
+                ce_headers("t-2", "order.created"),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap();
+        let h = next_with_id(&mut out, "t-2-echo").await;
+        let started = h.get("ce-traceparent").unwrap().as_str().to_string();
+        assert_eq!(started.len(), 55, "{started}");
+        assert!(!started.contains("0af7651916cd43dd8448eb211c80319c"));
+    });
+}
+
+/// The headers of the next message on `sub` whose `ce-id` is `id` (others are skipped).
+async fn next_with_id(sub: &mut async_nats::Subscriber, id: &str) -> HeaderMap {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let h = msg.headers.clone().unwrap();
+        if h.get("ce-id").map(|v| v.as_str()) == Some(id) {
+            return h;
+        }
+    }
+}

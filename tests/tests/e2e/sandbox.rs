@@ -115,7 +115,7 @@ fn each_attack_fails_alone_within_its_limit_while_a_healthy_function_answers() {
             500,
             "function hostile trapped: wasm trap: wasm `unreachable` instruction executed",
         ),
-        ("/hostile/print?mb=4", 200, "printed"),
+        ("/hostile/print?mb=5", 200, "printed"),
     ];
     let started = Instant::now();
     let handles: Vec<_> = attacks
@@ -166,8 +166,9 @@ fn each_attack_fails_alone_within_its_limit_while_a_healthy_function_answers() {
         "answered within a generous bound: {max:?}"
     );
 
-    // The host is intact, its standard output holds none of the guest's (forged) lines, and the
-    // guest's output went to the log, labelled and cut at the bound.
+    // The host is intact; its standard output and its log hold none of the guest's (forged)
+    // lines: the 10 MiB the guest printed went to the function's own log, cut at the bound,
+    // with what was dropped counted.
     assert_eq!(ferry.admin_get("/healthz").1["status"], "ok");
     let stdout = ferry.stdout_so_far();
     assert!(
@@ -175,15 +176,42 @@ fn each_attack_fails_alone_within_its_limit_while_a_healthy_function_answers() {
         "a guest wrote to the host's stdout: {stdout}"
     );
     let log = ferry.log();
-    assert!(log.contains("ferry::guest"), "guest output is in the log");
+    assert!(
+        !log.contains("zzzzzzzz"),
+        "guest output reached the host log"
+    );
+    assert!(!log.contains("http://evil"), "a guest forged a host line");
     assert!(
         log.contains("dropped_bytes"),
-        "the rest was dropped and counted"
+        "the host log says output was dropped"
     );
-    let guest_lines = log.lines().filter(|l| l.contains("zzzzzzzz")).count();
+    let (status, page) = ferry.admin_get("/v1/functions/hostile/logs?limit=10000");
+    assert_eq!(status, 200, "{page}");
+    let lines = page["lines"].as_array().unwrap();
+    let guest_lines = lines
+        .iter()
+        .filter(|l| l["text"].as_str().unwrap().starts_with("zzzzzzzz"))
+        .count();
     assert!(
-        guest_lines <= 2 * 64 + 2,
+        (32..=2 * 64 + 2).contains(&guest_lines),
         "at most 64 KiB of 1 KiB lines kept: {guest_lines}"
+    );
+    let streams: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["stderr", "stdout"].into());
+    let dropped = page["dropped"]["over_invocation_bound_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        dropped > 9 << 20,
+        "the rest was dropped and counted: {dropped}"
+    );
+    let metrics = ferry.admin_text("/metrics");
+    assert!(
+        metrics.contains("ferry_guest_output_dropped_bytes_total{function=\"hostile\"}"),
+        "{metrics}"
     );
 }
 

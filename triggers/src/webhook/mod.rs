@@ -463,6 +463,7 @@ pub async fn handle<R: Runtime>(
             .as_ref()
             .map(|id| format!("webhook\u{0}{}\u{0}{id}", hook.path)),
         payload,
+        trigger: "webhook",
     };
     match runtime.submit(f, submission).await {
         Ok(accepted) if accepted.new => {

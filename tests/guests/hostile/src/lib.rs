@@ -19,6 +19,8 @@
 //! - `/echo`             reads the request body and answers `read N bytes` (also when the body
 //!                       fails midway, like a careless guest)
 //! - `/env?name=NAME`    answers with the value of the environment variable NAME
+//! - `/header?name=NAME` answers with the value of the request header NAME (empty when absent)
+//!                       and prints `header NAME=VALUE` to standard output
 //! - anything else       answers `ok`
 
 use wasip2::exports::http::incoming_handler::Guest;
@@ -218,6 +220,16 @@ impl Guest for Hostile {
                     }
                 }
                 respond(out, 200, &format!("sent={sent} denied={denied}"));
+            }
+            "header" => {
+                let name = query(&path, "name").unwrap_or("").to_string();
+                let values = request.headers().get(&name);
+                let value = values
+                    .first()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                println!("header {name}={value}");
+                respond(out, 200, &value);
             }
             "print" => {
                 use std::io::Write as _;
