@@ -165,6 +165,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/functions", get(list))
         .route("/v1/functions/{name}", get(show).put(deploy).delete(remove))
         .route("/v1/functions/{name}/logs", get(logs))
+        .route("/v1/status", get(status))
         .route("/v1/deadletters", get(dead_letters).delete(purge_all))
         .route("/v1/deadletters/{id}", get(dead_letter).delete(purge_one))
         .route("/v1/deadletters/{id}/replay", axum::routing::post(replay))
@@ -259,6 +260,12 @@ async fn healthz(
 /// `GET /metrics`: Prometheus / OpenMetrics text (with the admin token, like every admin route).
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     state.delivery.note_queues();
+    if let Some(client) = &state.nats {
+        state
+            .runtime
+            .metrics()
+            .set_nats_connected(ferry_triggers::nats::state(client) == "connected");
+    }
     let text = state.runtime.metrics().encode(state.runtime.memory());
     (
         [(
@@ -468,10 +475,127 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     if state.deployer.remove(&name).await? {
         state.runtime.logs().remove(&name);
+        state.runtime.metrics().forget(&name);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(unknown(&name))
     }
+}
+
+/// The bytes of the files below `dir`.
+fn size_of_dir(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => size_of_dir(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Each trigger of a function with its state, for `GET /v1/status`.
+fn triggers_of(state: &AdminState, view: &FunctionView) -> Vec<serde_json::Value> {
+    let mut out = vec![json!({
+        "kind": "http",
+        "url": view.url,
+        "routes": view.routes,
+        "state": "serving",
+    })];
+    for hook in &view.webhooks {
+        let mut entry = hook.clone();
+        entry["kind"] = json!("webhook");
+        entry["state"] = json!("listening");
+        out.push(entry);
+    }
+    let sections = view
+        .record
+        .triggers
+        .get("poll")
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for (section, poll) in sections.iter().zip(&view.polls) {
+        let url = section.get("url").and_then(|u| u.as_str());
+        let failing = poll.errors > 0;
+        out.push(json!({
+            "kind": if url.is_some() { "poll" } else { "schedule" },
+            "url": url,
+            "state": if failing { "failing" } else { "ok" },
+            "fired": poll.fired,
+            "next": poll.next_ms.map(crate::delivery::record::rfc3339),
+            "last_error": poll.last_error,
+        }));
+    }
+    for nats in view.record.triggers.get("nats").into_iter().flatten() {
+        let subject = nats.get("subject").and_then(|s| s.as_str());
+        let connection = state
+            .nats
+            .as_ref()
+            .map_or("no NATS (--nats is not set)", ferry_triggers::nats::state);
+        out.push(json!({
+            "kind": "nats",
+            "subject": subject,
+            "stream": nats.get("stream").and_then(|s| s.as_str()),
+            "state": connection,
+        }));
+    }
+    out
+}
+
+/// `GET /v1/status`: the host, and per function its triggers and the last five minutes.
+async fn status(State(state): State<Arc<AdminState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let errors = state.store_health.errors();
+    let dead = state.delivery.dead_letters().map_err(internal)?;
+    let metrics = state.runtime.metrics();
+    let functions: Vec<serde_json::Value> = state
+        .deployer
+        .registry()
+        .list()
+        .into_iter()
+        .map(|f| {
+            let view = view(&state, f.record.clone());
+            let name = &view.record.name;
+            json!({
+                "name": name,
+                "version": view.record.version,
+                "world": view.record.world,
+                "triggers": triggers_of(&state, &view),
+                "last_5m": metrics.recent(name),
+                "dead_letters": dead.iter().filter(|d| &d.function == name).count(),
+            })
+        })
+        .collect();
+    let dir = state.store.dir().to_path_buf();
+    let size = tokio::task::spawn_blocking(move || size_of_dir(&dir))
+        .await
+        .unwrap_or(0);
+    Ok(Json(json!({
+        "host": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": state.started.elapsed().as_secs(),
+            "ready": errors.is_empty() && !state.stopping.is_requested(),
+            "store": {
+                "status": if errors.is_empty() { "ok" } else { "degraded" },
+                "errors": errors,
+                "dir": state.store.dir(),
+                "size_bytes": size,
+            },
+            "nats": state.nats.as_ref().map(ferry_triggers::nats::state),
+            "instances": {
+                "in_use": metrics.instances().get(),
+                "capacity": metrics.instances_capacity(),
+            },
+            "memory": {
+                "instances_bytes": state.runtime.memory().used(),
+                "cap_bytes": state.runtime.memory().cap(),
+            },
+            "dead_letters": dead.len(),
+        },
+        "functions": functions,
+    })))
 }
 
 /// The query of `GET /v1/functions/{name}/logs`.

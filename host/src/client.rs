@@ -187,6 +187,12 @@ impl AdminClient {
         self.json(resp)
     }
 
+    /// The host's and the functions' status (`GET /v1/status`).
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let resp = self.send(self.http.get(format!("{}/v1/status", self.base)))?;
+        self.json(resp)
+    }
+
     /// The dead letters (`GET /v1/deadletters`).
     pub fn dead_letters(&self) -> anyhow::Result<Value> {
         let resp = self.send(self.http.get(format!("{}/v1/deadletters", self.base)))?;

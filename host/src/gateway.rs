@@ -177,6 +177,12 @@ impl TriggerRuntime for Gateway {
             .insert(kind, status);
     }
 
+    fn count(&self, trigger: &'static str, function: &str, outcome: &'static str) {
+        self.runtime
+            .metrics()
+            .trigger_event(trigger, function, outcome);
+    }
+
     fn sections(&self, kind: &'static str) -> watch::Receiver<Arc<[Sections]>> {
         self.registry.sections(kind)
     }

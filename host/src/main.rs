@@ -79,6 +79,9 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// The host (version, uptime, store, NATS) and every function: triggers and their state,
+    /// invocations, failure rate and p50/p99 duration over the last 5 minutes, dead letters.
+    Status,
     /// Show what a function wrote to stdout and stderr, with times and invocation ids.
     Logs {
         /// Function name.
@@ -450,6 +453,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
+        Command::Status => {
+            let status = client(&cli)?.status()?;
+            if cli.json {
+                say!("{status:#}");
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
         Command::Logs {
             ref name,
             follow,
@@ -502,6 +514,76 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `ferry status` for people: a line about the host, then a table of functions.
+fn print_status(status: &Value) {
+    let host = &status["host"];
+    let uptime = humantime::format_duration(Duration::from_secs(
+        host["uptime_seconds"].as_u64().unwrap_or(0),
+    ));
+    let store = &host["store"];
+    let nats = host["nats"]
+        .as_str()
+        .map_or(String::new(), |s| format!(" · NATS {s}"));
+    say!(
+        "ferry {} up {uptime} · {} · store {} {} · instances {}/{}{nats} · dead letters {}",
+        host["version"].as_str().unwrap_or("?"),
+        if host["ready"] == true {
+            "ready"
+        } else {
+            "NOT READY"
+        },
+        store["status"].as_str().unwrap_or("?"),
+        bytesize::ByteSize(store["size_bytes"].as_u64().unwrap_or(0)),
+        host["instances"]["in_use"],
+        host["instances"]["capacity"],
+        host["dead_letters"],
+    );
+    if let Some(errors) = store["errors"].as_object().filter(|e| !e.is_empty()) {
+        for (part, error) in errors {
+            say!("  store {part}: {}", error.as_str().unwrap_or(""));
+        }
+    }
+    say!(
+        "{:<24} {:>7} {:<6} {:>8} {:>7} {:>9} {:>9} {:>5}  TRIGGERS",
+        "FUNCTION",
+        "VERSION",
+        "WORLD",
+        "LAST 5M",
+        "FAILED",
+        "P50",
+        "P99",
+        "DEAD"
+    );
+    let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |m| format!("{m:.1}ms"));
+    for f in status["functions"].as_array().into_iter().flatten() {
+        let recent = &f["last_5m"];
+        let triggers: Vec<String> = f["triggers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                format!(
+                    "{} {}",
+                    t["kind"].as_str().unwrap_or("?"),
+                    t["state"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        say!(
+            "{:<24} {:>7} {:<6} {:>8} {:>6.1}% {:>9} {:>9} {:>5}  {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["version"],
+            f["world"].as_str().unwrap_or("?"),
+            recent["invocations"],
+            recent["failure_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            ms(&recent["p50_ms"]),
+            ms(&recent["p99_ms"]),
+            f["dead_letters"],
+            triggers.join(", ")
+        );
     }
 }
 

@@ -96,8 +96,10 @@ pub struct Metrics {
     instances_cap: Gauge,
     trigger_events: Family<TriggerEvent, Counter>,
     async_refused: Family<Pool, Counter>,
-    async_running: Family<Pool, Gauge>,
+    async_running: Gauge,
+    due: Gauge,
     nats_connected: Gauge,
+    recent: Mutex<std::collections::HashMap<String, Recent>>,
 }
 
 impl Default for Metrics {
@@ -218,16 +220,22 @@ impl Default for Metrics {
             "Asynchronous submits refused because the pool's queue was full, by pool",
             async_refused.clone(),
         );
-        let async_running = Family::<Pool, Gauge>::default();
+        let async_running = Gauge::default();
         registry.register(
             "async_running",
-            "Asynchronous work queued or running in this process, by pool",
+            "Asynchronous attempts running in this process now (both pools)",
             async_running.clone(),
+        );
+        let due = Gauge::default();
+        registry.register(
+            "store_and_forward_due",
+            "Store-and-forward invocations due now in the store (first attempts and retries whose time has come), taken or not (counted up to 100,000)",
+            due.clone(),
         );
         let nats_connected = Gauge::default();
         registry.register(
             "nats_connected",
-            "1 while the NATS connection is up, 0 while it is not (absent without --nats)",
+            "1 while the NATS connection is up, 0 while it is not or the host runs without --nats",
             nats_connected.clone(),
         );
         Self {
@@ -252,7 +260,9 @@ impl Default for Metrics {
             trigger_events,
             async_refused,
             async_running,
+            due,
             nats_connected,
+            recent: Mutex::default(),
         }
     }
 }
@@ -292,6 +302,7 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+        self.note_recent(function, outcome != "ok", took);
     }
 
     /// Counts a failed attempt that will run again, or one that was dead-lettered.
@@ -359,6 +370,11 @@ impl Metrics {
         &self.instances
     }
 
+    /// The instance capacity (`--max-instances`).
+    pub fn instances_capacity(&self) -> i64 {
+        self.instances_cap.get()
+    }
+
     /// Sets the instance capacity (`--max-instances`).
     pub fn set_instance_capacity(&self, n: u32) {
         self.instances_cap.set(i64::from(n));
@@ -380,11 +396,11 @@ impl Metrics {
         self.async_refused.get_or_create(&Pool { pool }).inc();
     }
 
-    /// Sets how much asynchronous work of `pool` this process has queued or running.
-    pub fn set_running(&self, pool: &'static str, n: usize) {
-        self.async_running
-            .get_or_create(&Pool { pool })
-            .set(n as i64);
+    /// Sets how many asynchronous attempts run in this process, and how many store-and-forward
+    /// invocations are due.
+    pub fn set_running_and_due(&self, running: usize, due: usize) {
+        self.async_running.set(running as i64);
+        self.due.set(due as i64);
     }
 
     /// Sets the NATS connection state.
@@ -402,5 +418,184 @@ impl Metrics {
             tracing::error!(error = %e, "encoding the metrics failed");
         }
         out
+    }
+}
+
+/// The last few minutes of one function's invocations, for `ferry status`: counts, failures and
+/// a coarse duration histogram per minute, for the last [`WINDOW_MINUTES`] minutes.
+#[derive(Default)]
+struct Recent {
+    minutes: [Minute; WINDOW_MINUTES],
+}
+
+/// How many minutes `ferry status` looks back.
+pub const WINDOW_MINUTES: usize = 5;
+
+/// Duration bins: four per doubling from 10 µs (bin 0: up to 10 µs) to about 4.5 min.
+const BINS: usize = 100;
+
+#[derive(Clone)]
+struct Minute {
+    /// Which minute (since the epoch) this slot holds.
+    at: u64,
+    invocations: u64,
+    failures: u64,
+    bins: [u32; BINS],
+}
+
+impl Default for Minute {
+    fn default() -> Self {
+        Self {
+            at: 0,
+            invocations: 0,
+            failures: 0,
+            bins: [0; BINS],
+        }
+    }
+}
+
+fn bin_of(took: Duration) -> usize {
+    let us = took.as_secs_f64() * 1e6;
+    if us <= 10.0 {
+        return 0;
+    }
+    ((4.0 * (us / 10.0).log2()).ceil() as usize).min(BINS - 1)
+}
+
+/// The upper bound of a bin.
+fn bin_upper(bin: usize) -> Duration {
+    Duration::from_secs_f64(10e-6 * 2f64.powf(bin as f64 / 4.0))
+}
+
+/// One function's last minutes, as `ferry status` shows them.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RecentStats {
+    /// Invocations that ended in the window.
+    pub invocations: u64,
+    /// Of those, the ones that failed (any outcome but `ok`).
+    pub failures: u64,
+    /// failures / invocations (0 without invocations).
+    pub failure_rate: f64,
+    /// The median duration of those that ran, in milliseconds (to within 19 %: the upper bound
+    /// of its bin).
+    pub p50_ms: Option<f64>,
+    /// The 99th percentile, likewise.
+    pub p99_ms: Option<f64>,
+}
+
+impl Recent {
+    fn note(&mut self, minute: u64, failed: bool, took: Option<Duration>) {
+        let slot = &mut self.minutes[(minute % WINDOW_MINUTES as u64) as usize];
+        if slot.at != minute {
+            *slot = Minute {
+                at: minute,
+                ..Minute::default()
+            };
+        }
+        slot.invocations += 1;
+        slot.failures += u64::from(failed);
+        if let Some(took) = took {
+            slot.bins[bin_of(took)] += 1;
+        }
+    }
+
+    fn stats(&self, minute: u64) -> RecentStats {
+        let live = self
+            .minutes
+            .iter()
+            .filter(|m| m.at + (WINDOW_MINUTES as u64) > minute && m.at <= minute);
+        let mut out = RecentStats::default();
+        let mut bins = [0u64; BINS];
+        for m in live {
+            out.invocations += m.invocations;
+            out.failures += m.failures;
+            for (sum, n) in bins.iter_mut().zip(m.bins.iter()) {
+                *sum += u64::from(*n);
+            }
+        }
+        if out.invocations > 0 {
+            out.failure_rate = out.failures as f64 / out.invocations as f64;
+        }
+        let ran: u64 = bins.iter().sum();
+        let percentile = |p: f64| -> Option<f64> {
+            let want = ((ran as f64) * p).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            bins.iter().enumerate().find_map(|(i, n)| {
+                seen += n;
+                (seen >= want).then(|| bin_upper(i).as_secs_f64() * 1000.0)
+            })
+        };
+        if ran > 0 {
+            out.p50_ms = percentile(0.5);
+            out.p99_ms = percentile(0.99);
+        }
+        out
+    }
+}
+
+fn minute_now() -> u64 {
+    crate::delivery::record::now_ms() / 60_000
+}
+
+impl Metrics {
+    fn note_recent(&self, function: &str, failed: bool, took: Option<Duration>) {
+        let minute = minute_now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        match recent.get_mut(function) {
+            Some(r) => r.note(minute, failed, took),
+            None => {
+                let mut r = Recent::default();
+                r.note(minute, failed, took);
+                recent.insert(function.to_string(), r);
+            }
+        }
+    }
+
+    /// A function's invocations over the last [`WINDOW_MINUTES`] minutes.
+    pub fn recent(&self, function: &str) -> RecentStats {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(function)
+            .map(|r| r.stats(minute_now()))
+            .unwrap_or_default()
+    }
+
+    /// Forgets a removed function's recent invocations.
+    pub fn forget(&self, function: &str) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(function);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_minutes_give_counts_rates_and_percentiles() {
+        let mut r = Recent::default();
+        for i in 0..99 {
+            r.note(100, false, Some(Duration::from_millis(1 + i % 3)));
+        }
+        r.note(102, true, Some(Duration::from_secs(2)));
+        r.note(102, true, None);
+        let s = r.stats(103);
+        assert_eq!((s.invocations, s.failures), (101, 2));
+        assert!((s.failure_rate - 2.0 / 101.0).abs() < 1e-9);
+        let p50 = s.p50_ms.unwrap();
+        assert!((2.0..=2.4).contains(&p50), "{p50}");
+        let p99 = s.p99_ms.unwrap();
+        assert!((3.0..=3.6).contains(&p99), "{p99}");
+        // Minute 100 leaves the window at 105; 102 stays.
+        let later = r.stats(105);
+        assert_eq!(later.invocations, 2);
+        assert!(later.p99_ms.unwrap() >= 2000.0);
+        // An old slot is reused for a new minute.
+        r.note(105, false, None);
+        assert_eq!(r.stats(105).invocations, 3);
+        assert_eq!(Recent::default().stats(1).p50_ms, None);
     }
 }

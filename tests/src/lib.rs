@@ -392,6 +392,12 @@ impl Ferry {
         resp.text().expect("admin response body")
     }
 
+    /// The value of one series of `/metrics` (`name{labels}` exactly as the host writes it),
+    /// 0 when it is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        sample(&self.admin_text("/metrics"), series)
+    }
+
     /// Runs the CLI against this host; it finds the admin token in the host's data directory
     /// (`FERRY_DATA_DIR`), as the CLI on the host's machine does.
     pub fn cli(&self, args: &[&str], dir: Option<&Path>) -> Output {
@@ -878,6 +884,16 @@ impl Ferry {
             matches!(s, "succeeded" | "failed" | "dead_lettered").then_some(v)
         })
     }
+}
+
+/// The value of the sample whose line starts with `series` (name and labels) in OpenMetrics
+/// text, 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A current-thread tokio runtime for tests that talk to NATS.

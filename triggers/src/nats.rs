@@ -412,10 +412,12 @@ async fn handle_message<R: Runtime>(
     b: &NatsBinding,
     msg: async_nats::Message,
 ) {
+    runtime.count("nats", &b.function, "received");
     let headers = http_headers(msg.headers.as_ref());
     let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
+            runtime.count("nats", &b.function, "dead_lettered");
             let h = malformed_dead_letter(b, &msg, &invalid);
             publish(client, &b.dead_letter, h, msg.payload.clone()).await;
             if let Some(inbox) = &msg.reply {
@@ -429,7 +431,10 @@ async fn handle_message<R: Runtime>(
             return;
         }
     };
-    match invoke(runtime, b, event).await {
+    let result = invoke(runtime, b, event).await;
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    runtime.count("nats", &b.function, outcome);
+    match result {
         Ok(Some(out)) => {
             let (h, body) = out.to_headers(b.output.unwrap_or(mode));
             let h = nats_headers(&h);
@@ -547,13 +552,17 @@ async fn handle_jetstream<R: Runtime>(
 ) {
     use async_nats::jetstream::AckKind;
     let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+    runtime.count("nats", &b.function, "received");
     let headers = http_headers(msg.headers.as_ref());
     let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
             let h = malformed_dead_letter(b, &msg, &invalid);
             match publish_durably(client, streams, &b.dead_letter, h, msg.payload.clone()).await {
-                Ok(()) => settle(&msg, true).await,
+                Ok(()) => {
+                    runtime.count("nats", &b.function, "dead_lettered");
+                    settle(&msg, true).await
+                }
                 Err(e) => {
                     tracing::error!(subject = %b.dead_letter, error = %e, "publishing a dead letter failed; the message will be redelivered")
                 }
@@ -566,7 +575,10 @@ async fn handle_jetstream<R: Runtime>(
             "delivered {delivered} times, more than max_attempts ({}): earlier attempts were not settled in time (ack_wait)",
             b.max_attempts
         );
-        return dead_letter(client, b, streams, &msg, event, mode, delivered, &error).await;
+        if dead_letter(client, b, streams, &msg, event, mode, delivered, &error).await {
+            runtime.count("nats", &b.function, "dead_lettered");
+        }
+        return;
     }
     let failure = match invoke(runtime, b, event.clone()).await {
         Ok(out) => {
@@ -580,7 +592,10 @@ async fn handle_jetstream<R: Runtime>(
                 _ => Ok(()),
             };
             match published {
-                Ok(()) => return settle(&msg, false).await,
+                Ok(()) => {
+                    runtime.count("nats", &b.function, "acked");
+                    return settle(&msg, false).await;
+                }
                 // The result is part of success: try again rather than lose it.
                 Err(e) => EventFailure {
                     retryable: true,
@@ -593,12 +608,13 @@ async fn handle_jetstream<R: Runtime>(
     if failure.retryable && delivered < b.max_attempts {
         let delay = b.backoff(delivered);
         tracing::info!(attempt = delivered, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "event failed; redelivering");
+        runtime.count("nats", &b.function, "nakked");
         if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::warn!(error = %e, "nak failed; the server redelivers after ack_wait");
         }
         return;
     }
-    dead_letter(
+    if dead_letter(
         client,
         b,
         streams,
@@ -608,12 +624,15 @@ async fn handle_jetstream<R: Runtime>(
         delivered,
         &failure.message,
     )
-    .await;
+    .await
+    {
+        runtime.count("nats", &b.function, "dead_lettered");
+    }
 }
 
 /// Publishes the event with the error to the binding's dead-letter subject (durably when a
 /// stream captures it), then terminates the message. If the dead letter cannot be published,
-/// the message is left to be redelivered rather than lost.
+/// the message is left to be redelivered rather than lost (and this returns false).
 #[allow(clippy::too_many_arguments)]
 async fn dead_letter(
     client: &async_nats::Client,
@@ -624,7 +643,7 @@ async fn dead_letter(
     mode: ContentMode,
     delivered: u32,
     error: &str,
-) {
+) -> bool {
     event.set_extension("ferryerror", ExtensionValue::String(error.to_string()));
     event.set_extension("ferryattempts", ExtensionValue::Integer(delivered.into()));
     event.set_extension("ferrysubject", msg.subject.as_str().into());
@@ -632,10 +651,11 @@ async fn dead_letter(
     let (h, body) = event.to_headers(mode);
     if let Err(e) = publish_durably(client, streams, &b.dead_letter, nats_headers(&h), body).await {
         tracing::error!(subject = %b.dead_letter, error = %e, "publishing a dead letter failed; the event will be redelivered");
-        return;
+        return false;
     }
     tracing::warn!(attempts = delivered, %error, "event dead-lettered");
     settle(msg, true).await;
+    true
 }
 
 /// Which subjects a JetStream stream captures, looked up from the server and remembered for a

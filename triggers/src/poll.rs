@@ -478,8 +478,10 @@ async fn fire_until_done<R: Runtime>(
     shutdown: &mut Shutdown,
 ) -> bool {
     loop {
+        let kind = if p.url.is_some() { "poll" } else { "schedule" };
         match fire(runtime, p, slot, state).await {
             Ok(result) => {
+                runtime.count(kind, &p.function, "ok");
                 // Submitted, not yet recorded as fired: a crash here fires the slot again at the
                 // next start, and its idempotency key makes that run nothing.
                 crate::crashpoint::crashpoint("poll-fired");
@@ -497,6 +499,7 @@ async fn fire_until_done<R: Runtime>(
                 return true;
             }
             Err(e) => {
+                runtime.count(kind, &p.function, "failed");
                 state.errors += 1;
                 state.last_error = Some(e.clone());
                 let _ = save(runtime, p, state);

@@ -234,6 +234,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Reports a trigger's state for status pages (`/healthz`); the latest report wins.
     fn report(&self, kind: &'static str, status: serde_json::Value);
 
+    /// Counts something a trigger saw, for the metrics: `trigger` is the trigger kind, `outcome`
+    /// a fixed word (`received`, `acked`, `verified`, ...; see docs/operations.md).
+    fn count(&self, trigger: &'static str, function: &str, outcome: &'static str) {
+        let _ = (trigger, function, outcome);
+    }
+
     /// The sections of `kind` of every deployed function; the receiver sees every change.
     fn sections(&self, kind: &'static str) -> watch::Receiver<Arc<[Sections]>>;
 

@@ -372,6 +372,11 @@ impl Delivery {
         let metrics = self.runtime.metrics();
         metrics.set_queued("store_and_forward", self.ready.len());
         metrics.set_queued("fire_and_forget", self.ff.len());
+        let due = self
+            .store
+            .count_due(Queue::Attempts, now_ms(), 100_000)
+            .unwrap_or(0);
+        metrics.set_running_and_due(self.running_ids().len(), due);
     }
 
     /// The host-wide secret that signs callbacks.
@@ -451,6 +456,7 @@ impl Delivery {
                     .try_push(&inv.function, inv.id.clone(), self.share(&inv.function))
                 {
                     self.store.remove(&inv.id).map_err(store_failed)?;
+                    self.runtime.metrics().async_refused("fire_and_forget");
                     return Err(SubmitFailure::QueueFull);
                 }
             }

@@ -76,6 +76,10 @@ pub trait DeliveryStore: Send + Sync + 'static {
         skip: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Vec<Invocation>>;
 
+    /// How many invocations on `queue` are due at or before `now_ms` (leased ones included),
+    /// counting up to `cap`.
+    fn count_due(&self, queue: Queue, now_ms: u64, cap: usize) -> anyhow::Result<usize>;
+
     /// When the earliest invocation on `queue` is due (leased ones included).
     fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>>;
 

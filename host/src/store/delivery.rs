@@ -446,6 +446,12 @@ impl DeliveryStore for SledStore {
         })())
     }
 
+    fn count_due(&self, queue: Queue, now_ms: u64, cap: usize) -> anyhow::Result<usize> {
+        let start = due_key(queue, 0, "");
+        let end = due_key(queue, now_ms.saturating_add(1), "");
+        Ok(self.t()?.delivery.range(start..end).take(cap).count())
+    }
+
     fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>> {
         Ok(self
             .t()?

@@ -1,15 +1,6 @@
 //! `/metrics` with the real binary: counters and histograms move as invocations run.
 
-use ferry_tests::{guests, Ferry};
-
-/// The value of the sample whose line starts with `series` (name and labels), 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
+use ferry_tests::{guests, sample, Ferry};
 
 fn scrape(ferry: &Ferry) -> String {
     let resp = ferry
@@ -131,4 +122,106 @@ fn delivery_callbacks_and_compilations_are_counted() {
         text.contains(r#"ferry_async_queued{pool="store_and_forward"}"#),
         "{text}"
     );
+}
+
+#[test]
+fn status_shows_the_host_and_each_functions_last_five_minutes() {
+    let ferry = Ferry::start();
+    for (name, wasm) in [
+        ("hello-http", guests::HELLO_HTTP),
+        ("hostile", guests::HOSTILE),
+    ] {
+        let (status, body) = ferry.deploy_raw(name, guests::bytes(wasm));
+        assert_eq!(status, 201, "{body}");
+    }
+    for _ in 0..3 {
+        assert_eq!(ferry.get("/hello-http/x").0, 200);
+    }
+    assert_eq!(ferry.get("/hostile/panic").0, 500);
+    let (status, v) = ferry.admin_get("/v1/status");
+    assert_eq!(status, 200, "{v}");
+    let host = &v["host"];
+    assert_eq!(host["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(host["ready"], true);
+    assert_eq!(host["store"]["status"], "ok");
+    assert!(host["store"]["size_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(host["instances"]["in_use"], 0, "{v}");
+    assert_eq!(host["instances"]["capacity"], 1000, "{v}");
+    assert!(host["nats"].is_null());
+    let f = |name: &str| {
+        v["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let hello = f("hello-http");
+    assert_eq!(hello["last_5m"]["invocations"], 3, "{hello}");
+    assert_eq!(hello["last_5m"]["failure_rate"], 0.0, "{hello}");
+    let p50 = hello["last_5m"]["p50_ms"].as_f64().unwrap();
+    let p99 = hello["last_5m"]["p99_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99, "{hello}");
+    assert_eq!(hello["triggers"][0]["kind"], "http");
+    assert_eq!(hello["triggers"][0]["state"], "serving");
+    assert_eq!(hello["dead_letters"], 0);
+    let hostile = f("hostile");
+    assert_eq!(hostile["last_5m"]["failures"], 1, "{hostile}");
+    assert_eq!(hostile["last_5m"]["failure_rate"], 1.0, "{hostile}");
+
+    let out = ferry.cli(&["status"], None);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("ready") && text.contains("FUNCTION"),
+        "{text}"
+    );
+    let row = text.lines().find(|l| l.starts_with("hostile")).unwrap();
+    assert!(
+        row.contains("100.0%") && row.contains("http serving"),
+        "{text}"
+    );
+    let out = ferry.cli(&["status", "--json"], None);
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(parsed["functions"].as_array().unwrap().len(), 2);
+    // Liveness and readiness stay apart.
+    assert_eq!(ferry.admin_get("/readyz").1["ready"], true);
+    assert_eq!(ferry.admin_get("/healthz").1["status"], "ok");
+}
+
+#[test]
+fn every_metric_the_docs_and_the_dashboard_name_is_served() {
+    let ferry = Ferry::start();
+    let text = ferry.admin_text("/metrics");
+    let served: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in ["docs/operations.md", "docs/grafana-dashboard.json"] {
+        let whole = std::fs::read_to_string(root.join(file)).unwrap();
+        // operations.md: its metrics section (elsewhere `ferry_host` is a log target).
+        let doc = match (whole.find("### Metrics"), whole.find("### Function logs")) {
+            (Some(a), Some(b)) if a < b => &whole[a..b],
+            _ => whole.as_str(),
+        };
+        let mut named = 0;
+        for word in doc.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("ferry_") || word.len() <= "ferry_".len() {
+                continue;
+            }
+            let base = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            assert!(
+                served.contains(base),
+                "{file} names {word}, which /metrics does not serve: {served:?}"
+            );
+            named += 1;
+        }
+        assert!(named > 10, "{file} names the metrics");
+    }
 }

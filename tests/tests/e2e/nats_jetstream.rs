@@ -304,6 +304,19 @@ fn flaky_events_are_redelivered_then_dead_lettered() {
         // Nothing is left unacknowledged or pending on ferry's consumer.
         settled(&js, "FLAKY").await;
     });
+    // The metrics saw it all: f-1 and f-2 nakked twice each, three dead letters, two acks.
+    let metrics = ferry.admin_text("/metrics");
+    let nats = |outcome: &str| {
+        ferry_tests::sample(
+            &metrics,
+            &format!("ferry_trigger_events_total{{trigger=\"nats\",function=\"flaky\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(nats("nakked"), 4.0, "{metrics}");
+    assert_eq!(nats("dead_lettered"), 3.0, "{metrics}");
+    assert_eq!(nats("acked"), 2.0, "{metrics}");
+    assert_eq!(nats("received"), 9.0, "{metrics}");
+    assert_eq!(ferry_tests::sample(&metrics, "ferry_nats_connected"), 1.0);
 }
 
 /// Waits until ferry's consumer on `stream` has nothing pending or unacknowledged, and returns

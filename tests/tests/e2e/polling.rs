@@ -99,6 +99,13 @@ fn a_one_second_schedule_fires_every_slot_once() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n, "no invocation ran twice");
+    let ticks = ferry
+        .metric(r#"ferry_trigger_events_total{trigger="schedule",function="record",outcome="ok"}"#);
+    assert!(ticks >= 4.0, "{ticks}");
+    let ran = r#"ferry_invocations_total{function="record",trigger="schedule",mode="async",outcome="ok"}"#;
+    eventually("the runs counted", Duration::from_secs(30), || {
+        (ferry.metric(ran) >= 4.0).then_some(())
+    });
 }
 
 #[test]

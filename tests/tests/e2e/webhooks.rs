@@ -373,6 +373,19 @@ fn a_repeated_delivery_runs_once_and_a_rotation_takes_either_secret() {
         "succeeded"
     );
     assert_eq!(hits(&receiver), 2, "d-1 ran once");
+    let hook = |outcome: &str| {
+        ferry.metric(&format!(
+            "ferry_trigger_events_total{{trigger=\"webhook\",function=\"misbehave\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(hook("verified"), 3.0);
+    assert_eq!(hook("rejected"), 1.0);
+    assert_eq!(hook("accepted"), 2.0);
+    assert_eq!(hook("duplicate"), 1.0);
+    let ok = r#"ferry_invocations_total{function="misbehave",trigger="webhook",mode="async",outcome="ok"}"#;
+    eventually("both runs counted", Duration::from_secs(30), || {
+        (ferry.metric(ok) == 2.0).then_some(())
+    });
 }
 
 #[test]

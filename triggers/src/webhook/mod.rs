@@ -420,8 +420,10 @@ pub async fn handle<R: Runtime>(
         hook.tolerance,
     ) {
         let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        runtime.count("webhook", &hook.function, "rejected");
         return refused(status, format!("webhook refused: {refusal}"));
     }
+    runtime.count("webhook", &hook.function, "verified");
     let (delivery_id, event_name) = delivery_of(hook, &parts.headers, &body);
     let payload = match info.kind {
         FunctionKind::Http => Payload::Http {
@@ -467,6 +469,7 @@ pub async fn handle<R: Runtime>(
     };
     match runtime.submit(f, submission).await {
         Ok(accepted) if accepted.new => {
+            runtime.count("webhook", &hook.function, "accepted");
             tracing::info!(function = %hook.function, path = %hook.path, invocation_id = %accepted.id, delivery = ?delivery_id, "trigger.webhook: delivery accepted");
             activity.note(
                 runtime,
@@ -479,6 +482,7 @@ pub async fn handle<R: Runtime>(
         }
         Ok(accepted) => {
             // A repeated delivery: the first one's invocation, nothing runs again.
+            runtime.count("webhook", &hook.function, "duplicate");
             let mut resp = crate::http::accepted_response(&accepted);
             *resp.status_mut() = StatusCode::OK;
             resp
