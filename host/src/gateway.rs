@@ -121,6 +121,8 @@ impl TriggerRuntime for Gateway {
                 event: StoredEvent::new(&event),
             },
         };
+        let started = crate::otel::start();
+        let receive = started.map(|_| (trace.clone(), submission.trigger, f.name().to_string()));
         let submitted = self
             .delivery
             .submit(SubmitRequest {
@@ -134,6 +136,25 @@ impl TriggerRuntime for Gateway {
                 trace,
             })
             .await;
+        if let (Some(started), Some((trace, trigger, name))) = (started, receive) {
+            use opentelemetry::KeyValue;
+            let mut attributes = vec![
+                KeyValue::new("faas.invoked_name", name),
+                KeyValue::new("ferry.trigger", trigger),
+            ];
+            if let Ok((inv, new)) = &submitted {
+                attributes.push(KeyValue::new("faas.invocation_id", inv.id.clone()));
+                attributes.push(KeyValue::new("ferry.new", *new));
+            }
+            crate::otel::span(
+                "ferry.receive",
+                crate::otel::Kind::Server,
+                &trace,
+                started.elapsed(),
+                attributes,
+                submitted.as_ref().err().map(ToString::to_string),
+            );
+        }
         let (inv, new) = submitted?;
         Ok(Accepted {
             status_url: self.delivery.status_url(&inv.id),

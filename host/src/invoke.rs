@@ -336,7 +336,7 @@ pub async fn http_result<B: RequestBody>(
     result
 }
 
-/// Counts one invocation in the metrics.
+/// Counts one invocation in the metrics and, when spans are exported, exports its span.
 fn count(
     runtime: &Runtime,
     f: &Deployed,
@@ -346,12 +346,62 @@ fn count(
     started: std::time::Instant,
 ) {
     let (outcome, limit) = error.map_or(("ok", None), InvokeError::outcome);
-    let took = error
-        .is_none_or(InvokeError::ran)
-        .then(|| started.elapsed());
-    runtime
-        .metrics()
-        .invocation(f.name(), call.trigger, mode, outcome, limit, took);
+    let ran = error.is_none_or(InvokeError::ran);
+    finish(
+        runtime,
+        f,
+        call,
+        mode,
+        (outcome, limit),
+        ran,
+        started,
+        error.map(ToString::to_string),
+    );
+}
+
+/// Records how an invocation ended: metrics, and its span when spans are exported.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    runtime: &Runtime,
+    f: &Deployed,
+    call: &Call,
+    mode: &'static str,
+    (outcome, limit): (&'static str, Option<&'static str>),
+    ran: bool,
+    started: std::time::Instant,
+    error: Option<String>,
+) {
+    let took = started.elapsed();
+    runtime.metrics().invocation(
+        f.name(),
+        call.trigger,
+        mode,
+        outcome,
+        limit,
+        ran.then_some(took),
+    );
+    if crate::otel::enabled() {
+        use opentelemetry::KeyValue;
+        let (name, kind) = match (mode, call.trigger) {
+            ("async", _) => ("ferry.attempt", crate::otel::Kind::Consumer),
+            (_, "nats") => ("ferry.invoke", crate::otel::Kind::Consumer),
+            _ => ("ferry.invoke", crate::otel::Kind::Server),
+        };
+        crate::otel::span(
+            name,
+            kind,
+            &call.trace,
+            took,
+            vec![
+                KeyValue::new("faas.invoked_name", f.name().to_string()),
+                KeyValue::new("faas.invocation_id", call.id.to_string()),
+                KeyValue::new("ferry.trigger", call.trigger),
+                KeyValue::new("ferry.mode", mode),
+                KeyValue::new("ferry.outcome", outcome),
+            ],
+            error,
+        );
+    }
 }
 
 /// Serves one HTTP request: an HTTP function gets the request itself, an event function the
@@ -704,13 +754,15 @@ pub async fn event(
     match &result {
         Ok(_) => count(runtime, f, call, mode, None, started),
         Err(EventError::Invoke(e)) => count(runtime, f, call, mode, Some(e), started),
-        Err(EventError::Guest { .. }) => runtime.metrics().invocation(
-            f.name(),
-            call.trigger,
+        Err(e @ EventError::Guest { .. }) => finish(
+            runtime,
+            f,
+            call,
             mode,
-            "guest_error",
-            None,
-            Some(started.elapsed()),
+            ("guest_error", None),
+            true,
+            started,
+            Some(e.to_string()),
         ),
     }
     result

@@ -28,6 +28,7 @@ pub mod logs;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod otel;
 pub mod outbound;
 pub mod registry;
 pub mod server;

@@ -614,7 +614,11 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    runtime.block_on(server::serve(ServeOptions {
+    // Optional span export (OTEL_EXPORTER_OTLP_ENDPOINT); its client runs on a thread of its own.
+    if let Some(endpoint) = ferry_host::otel::init_from_env()? {
+        tracing::info!(%endpoint, "exporting spans over OTLP");
+    }
+    let served = runtime.block_on(server::serve(ServeOptions {
         listen: args.listen,
         admin_listen: args.admin_listen,
         data_dir,
@@ -692,7 +696,10 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             },
             ..DeliveryOptions::default()
         },
-    }))
+    }));
+    drop(runtime);
+    ferry_host::otel::shutdown();
+    served
 }
 
 fn print_counts(what: &str, counts: &[(&str, usize)], json: bool) {

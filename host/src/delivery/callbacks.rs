@@ -141,6 +141,8 @@ impl Delivery {
             }
         };
         let trace = inv.origin.child_span();
+        let started = std::time::Instant::now();
+        let host = url.host_str().unwrap_or_default().to_string();
         let mut request = self.http.post(url);
         if let Some(state) = &trace.state {
             request = request.header("tracestate", state.as_str());
@@ -158,6 +160,37 @@ impl Delivery {
             .body(body)
             .send()
             .await;
+        if crate::otel::enabled() {
+            use opentelemetry::KeyValue;
+            let (status, error) = match &sent {
+                Ok(resp) if resp.status().is_success() => (Some(resp.status().as_u16()), None),
+                Ok(resp) => (
+                    Some(resp.status().as_u16()),
+                    Some(format!("the receiver answered {}", resp.status())),
+                ),
+                Err(e) => (None, Some(format!("sending failed: {e}"))),
+            };
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("server.address", host),
+                KeyValue::new("faas.invocation_id", inv.id.clone()),
+                KeyValue::new("ferry.callback.attempt", i64::from(cb.attempts) + 1),
+            ];
+            if let Some(status) = status {
+                attributes.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+            }
+            crate::otel::span(
+                "ferry.callback",
+                crate::otel::Kind::Client,
+                &trace,
+                started.elapsed(),
+                attributes,
+                error,
+            );
+        }
         Ok(match sent {
             Ok(resp) if resp.status().is_success() => Ok(()),
             Ok(resp) if resp.status() == reqwest::StatusCode::GONE => {

@@ -275,3 +275,122 @@ fn the_json_log_carries_invocation_and_trace_ids() {
         assert!(v.is_object(), "{line}");
     }
 }
+
+/// Every span the receiver got over OTLP/HTTP JSON, flattened.
+fn exported_spans(receiver: &Receiver) -> Vec<serde_json::Value> {
+    let mut spans = Vec::new();
+    for r in receiver
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/traces")
+    {
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+            let service = rs["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["key"] == "service.name")
+                .map(|a| a["value"]["stringValue"].clone())
+                .unwrap_or_default();
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for span in ss["spans"].as_array().into_iter().flatten() {
+                    let mut span = span.clone();
+                    span["service"] = service.clone();
+                    spans.push(span);
+                }
+            }
+        }
+    }
+    spans
+}
+
+#[test]
+fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    let collector = Receiver::start();
+    let receiver = Receiver::start();
+    let mut ferry = Ferry::stopped(&["--allow-callback-host", "127.0.0.1"]);
+    ferry.env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            collector.url("").trim_end_matches('/').to_string(),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/json".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+    ];
+    ferry.start_again();
+    deploy_hostile(&ferry, "");
+
+    // A call: its span is the parent the guest saw, in the caller's trace.
+    let (_, id, seen) = get(
+        &ferry,
+        "/hostile/header?name=traceparent",
+        &[("traceparent", PARENT)],
+    );
+    let (_, guest_parent, _) = parts(&seen);
+    // An asynchronous invocation with a callback: receive, attempt and callback spans.
+    let callback = receiver.url("/callback");
+    let async_id = ferry.submit_ok(
+        "/hostile/ok",
+        &[("traceparent", PARENT), ("x-callback-url", &callback)],
+    );
+    ferry.finished(&async_id);
+    eventually("the callback", Duration::from_secs(30), || {
+        receiver
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/callback")
+    });
+
+    let spans = eventually("the spans to be exported", Duration::from_secs(30), || {
+        let spans = exported_spans(&collector);
+        let names: Vec<&str> = spans.iter().filter_map(|s| s["name"].as_str()).collect();
+        [
+            "ferry.invoke",
+            "ferry.receive",
+            "ferry.attempt",
+            "ferry.callback",
+        ]
+        .iter()
+        .all(|n| names.contains(n))
+        .then_some(spans)
+    });
+    let named = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap().clone();
+    let invoke = named("ferry.invoke");
+    assert_eq!(invoke["traceId"], TRACE, "{invoke}");
+    assert_eq!(invoke["spanId"], guest_parent.as_str(), "{invoke}");
+    assert_eq!(invoke["parentSpanId"], "b7ad6b7169203331", "{invoke}");
+    assert_eq!(invoke["service"], "ferry", "{invoke}");
+    let attrs = invoke["attributes"].to_string();
+    assert!(attrs.contains(&id) && attrs.contains("hostile"), "{invoke}");
+    let receive = named("ferry.receive");
+    for name in ["ferry.receive", "ferry.attempt", "ferry.callback"] {
+        let span = named(name);
+        assert_eq!(span["traceId"], TRACE, "{span}");
+        let parent = if name == "ferry.receive" {
+            "b7ad6b7169203331".to_string()
+        } else {
+            receive["spanId"].as_str().unwrap().to_string()
+        };
+        assert_eq!(span["parentSpanId"], parent.as_str(), "{span}");
+    }
+}
+
+#[test]
+fn an_unsupported_otlp_protocol_is_refused_at_start() {
+    let mut ferry = Ferry::stopped(&[]);
+    ferry.env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://127.0.0.1:9".into(),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()),
+    ];
+    let status = ferry.run_to_exit(&[], Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1));
+    let log = ferry.log();
+    assert!(
+        log.contains("http/protobuf") && log.contains("grpc"),
+        "{log}"
+    );
+}
