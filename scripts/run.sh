@@ -43,6 +43,8 @@ Ferry is running. Try:
   curl $public/hello-http/world
   curl $public/greet/you           # hello-http again, deployed from its ferry.toml as "greeter"
   $ferry list
+  $ferry status                    # health, triggers, last 5 minutes per function
+  $ferry logs hello-http -f        # what a function prints, as it prints it
   curl -i -X POST $public/hello-http/later -H 'Prefer: respond-async'   # then GET the status_url
 The ferry binary is $ferry: put it on your PATH with
   cargo install --path host        # or: alias ferry=$ferry

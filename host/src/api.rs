@@ -259,7 +259,9 @@ async fn healthz(
 
 /// `GET /metrics`: Prometheus / OpenMetrics text (with the admin token, like every admin route).
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    state.delivery.note_queues();
+    // Counting due work reads the store: off the async threads.
+    let delivery = state.delivery.clone();
+    let _ = tokio::task::spawn_blocking(move || delivery.note_queues()).await;
     if let Some(client) = &state.nats {
         state
             .runtime
@@ -605,10 +607,20 @@ struct LogsQuery {
     /// A duration back from now (`10m`) or an RFC 3339 time.
     since: Option<String>,
     /// Only lines numbered above this (the `next` of an earlier answer).
-    after: Option<u64>,
+    after: Option<String>,
     /// With `after`: wait up to this long (at most 60 s) for a new line.
     wait: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
+}
+
+/// A whole number from a query parameter, or 400 naming it.
+fn number<T: std::str::FromStr>(name: &str, text: Option<&str>) -> Result<Option<T>, ApiError> {
+    text.map(|t| {
+        t.trim()
+            .parse()
+            .map_err(|_| bad_request(format!("{name}={t:?} is not a whole number")))
+    })
+    .transpose()
 }
 
 /// The most lines one answer carries.
@@ -631,7 +643,8 @@ async fn logs(
     let since_ms = match q.since.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => Some(match humantime::parse_duration(text) {
-            Ok(back) => crate::delivery::record::now_ms().saturating_sub(back.as_millis() as u64),
+            Ok(back) => crate::delivery::record::now_ms()
+                .saturating_sub(u64::try_from(back.as_millis()).unwrap_or(u64::MAX)),
             Err(_) => chrono::DateTime::parse_from_rfc3339(text)
                 .map_err(|_| {
                     bad_request(format!(
@@ -650,21 +663,22 @@ async fn logs(
                 .min(std::time::Duration::from_secs(60)),
         ),
     };
-    let limit = q.limit.unwrap_or(1000);
+    let after: Option<u64> = number("after", q.after.as_deref())?;
+    let limit = number("limit", q.limit.as_deref())?.unwrap_or(1000);
     if limit == 0 || limit > MAX_LOG_LINES {
         return Err(bad_request(format!(
             "limit must be between 1 and {MAX_LOG_LINES}"
         )));
     }
     let query = crate::logs::Query {
-        after: q.after,
+        after,
         since_ms,
         invocation: q.invocation.filter(|i| !i.is_empty()),
         limit,
     };
     let logs = state.runtime.logs();
     let mut page = logs.read(&name, &query);
-    if let (Some(wait), Some(_), true) = (wait, q.after, page.lines.is_empty()) {
+    if let (Some(wait), Some(_), true) = (wait, after, page.lines.is_empty()) {
         // Follow: wait for any new line, then read again (until one of this function's
         // lines matches, or the time is up).
         let deadline = tokio::time::Instant::now() + wait;

@@ -18,6 +18,8 @@ pub struct Call {
     pub trace: TraceContext,
     /// What caused it: `http`, `nats`, `webhook`, `poll` or `schedule`.
     pub trigger: &'static str,
+    /// The id as a header value (`ferry-invocation-id`), made once.
+    pub header: Option<http::HeaderValue>,
 }
 
 impl Call {
@@ -34,6 +36,7 @@ impl Call {
         trigger: &'static str,
     ) -> Self {
         Self {
+            header: http::HeaderValue::from_str(&id).ok(),
             id,
             function: function.into(),
             trace,

@@ -37,6 +37,22 @@ struct State {
     pending: [Vec<u8>; 2],
 }
 
+impl State {
+    /// Keeps a line if the budget has room for it (its bytes and [`LINE_COST`]); otherwise
+    /// counts it (and its newline) as dropped and ends the budget.
+    fn charge(&mut self, line: Vec<u8>, newline: bool) -> Option<String> {
+        let cost = line.len() + LINE_COST;
+        if cost <= self.left {
+            self.left -= cost;
+            Some(text(&line))
+        } else {
+            self.dropped += line.len() as u64 + u64::from(newline);
+            self.left = 0;
+            None
+        }
+    }
+}
+
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
 impl GuestOutput {
@@ -62,30 +78,33 @@ impl GuestOutput {
         }
     }
 
+    /// Takes what the guest wrote: complete lines (and pieces of [`MAX_LINE`] bytes of longer
+    /// ones) are kept while the invocation's budget lasts, each costing its bytes and
+    /// [`LINE_COST`]; the rest is dropped and counted. One pass over `buf`, no shifting.
     fn write(&self, stream: usize, buf: &[u8]) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = buf.len().min(s.left);
-        s.left -= keep;
-        s.dropped += (buf.len() - keep) as u64;
-        let pending = &mut s.pending[stream];
-        pending.extend_from_slice(&buf[..keep]);
-        let mut lines = Vec::new();
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            lines.push(line[..line.len() - 1].to_vec());
-        }
-        while pending.len() >= MAX_LINE {
-            lines.push(pending.drain(..MAX_LINE).collect());
-        }
-        let mut kept = Vec::with_capacity(lines.len());
-        for line in lines {
+        let mut kept = Vec::new();
+        let mut rest = buf;
+        while !rest.is_empty() {
             if s.left < LINE_COST {
-                s.dropped += line.len() as u64 + 1;
-                s.left = 0;
-                continue;
+                // Out of budget: this and everything after it is dropped.
+                s.dropped += rest.len() as u64;
+                break;
             }
-            s.left -= LINE_COST;
-            kept.push((STREAMS[stream], text(&line)));
+            let room = MAX_LINE - s.pending[stream].len();
+            let window = &rest[..rest.len().min(room)];
+            let (piece, newline) = match window.iter().position(|b| *b == b'\n') {
+                Some(i) => (&window[..i], true),
+                None => (window, false),
+            };
+            rest = &rest[piece.len() + usize::from(newline)..];
+            s.pending[stream].extend_from_slice(piece);
+            if newline || s.pending[stream].len() >= MAX_LINE {
+                let line = std::mem::take(&mut s.pending[stream]);
+                if let Some(line) = s.charge(line, newline) {
+                    kept.push((STREAMS[stream], line));
+                }
+            }
         }
         drop(s);
         self.keep(kept);
@@ -96,7 +115,7 @@ impl GuestOutput {
             return;
         }
         for (stream, line) in &lines {
-            tracing::debug!(target: "ferry::guest", function = %self.call.function, invocation = %self.call.id, trace_id = %self.call.trace.trace_id_hex(), stream, "{line}");
+            tracing::debug!(target: "ferry::guest", function = %self.call.function, invocation_id = %self.call.id, trace_id = %self.call.trace.trace_id_hex(), stream, "{line}");
         }
         let evicted = self.logs.push(&self.call.function, &self.call.id, lines);
         if evicted > 0 {
@@ -114,19 +133,21 @@ impl Drop for GuestOutput {
     fn drop(&mut self) {
         let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         let rest = std::mem::take(&mut s.pending);
+        let mut lines = Vec::new();
+        for (stream, line) in rest.into_iter().enumerate() {
+            if !line.is_empty() {
+                if let Some(line) = s.charge(line, false) {
+                    lines.push((STREAMS[stream], line));
+                }
+            }
+        }
         let dropped = s.dropped;
-        let lines = rest
-            .iter()
-            .enumerate()
-            .filter(|(_, line)| !line.is_empty())
-            .map(|(stream, line)| (STREAMS[stream], text(line)))
-            .collect();
         self.keep(lines);
         if dropped > 0 {
             self.logs.over_bound(&self.call.function, dropped);
             self.metrics
                 .guest_output_dropped(&self.call.function, dropped);
-            tracing::warn!(target: "ferry::guest", function = %self.call.function, invocation = %self.call.id, trace_id = %self.call.trace.trace_id_hex(), dropped_bytes = dropped, "the function wrote more than {PER_INVOCATION} bytes of output in one invocation; the rest was dropped");
+            tracing::warn!(target: "ferry::guest", function = %self.call.function, invocation_id = %self.call.id, trace_id = %self.call.trace.trace_id_hex(), dropped_bytes = dropped, "the function wrote more than {PER_INVOCATION} bytes of output in one invocation; the rest was dropped");
         }
     }
 }
@@ -174,5 +195,75 @@ impl tokio::io::AsyncWrite for Writer {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::Query;
+
+    fn sink() -> (Arc<GuestOutput>, Arc<Logs>) {
+        let logs = Arc::new(Logs::new(16 << 20));
+        let call = Arc::new(Call::new("f", crate::trace::TraceContext::start(), "http"));
+        let out = GuestOutput::new(call, logs.clone(), Arc::new(Metrics::default()));
+        (out, logs)
+    }
+
+    fn texts(logs: &Logs) -> Vec<String> {
+        logs.read(
+            "f",
+            &Query {
+                limit: 10_000,
+                ..Query::default()
+            },
+        )
+        .lines
+        .into_iter()
+        .map(|l| l.text)
+        .collect()
+    }
+
+    #[test]
+    fn lines_are_kept_while_the_budget_lasts_and_the_rest_is_counted() {
+        let (out, logs) = sink();
+        // One write of many lines, more than the budget: the lines that fit are kept.
+        let line = [b'x'; 1000];
+        let mut buf = Vec::new();
+        for _ in 0..100 {
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+        out.write(0, &buf);
+        let kept = texts(&logs).len();
+        assert_eq!(kept, PER_INVOCATION / (1000 + LINE_COST));
+        drop(out);
+        let dropped = logs
+            .read(
+                "f",
+                &Query {
+                    limit: 1,
+                    ..Query::default()
+                },
+            )
+            .dropped
+            .over_invocation_bound_bytes;
+        assert_eq!(dropped as usize, buf.len() - kept * 1001);
+    }
+
+    #[test]
+    fn long_lines_are_split_and_partial_lines_kept_at_the_end() {
+        let (out, logs) = sink();
+        let mut buf = vec![b'a'; MAX_LINE + 10];
+        buf.extend_from_slice(b"\r\nsecond\nthird");
+        out.write(1, &buf[..5000]);
+        out.write(1, &buf[5000..]);
+        out.write(0, b"to stdout\n");
+        drop(out);
+        let t = texts(&logs);
+        assert_eq!(t.len(), 5, "{t:?}");
+        assert_eq!(t[0].len(), MAX_LINE);
+        assert_eq!(t[1], "a".repeat(10));
+        assert_eq!(&t[2..], ["second", "to stdout", "third"]);
     }
 }

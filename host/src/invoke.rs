@@ -355,7 +355,7 @@ fn count(
         (outcome, limit),
         ran,
         started,
-        error.map(ToString::to_string),
+        error.map(|e| e as &dyn std::fmt::Display),
     );
 }
 
@@ -369,7 +369,7 @@ fn finish(
     (outcome, limit): (&'static str, Option<&'static str>),
     ran: bool,
     started: std::time::Instant,
-    error: Option<String>,
+    error: Option<&dyn std::fmt::Display>,
 ) {
     let took = started.elapsed();
     runtime.metrics().invocation(
@@ -399,7 +399,7 @@ fn finish(
                 KeyValue::new("ferry.mode", mode),
                 KeyValue::new("ferry.outcome", outcome),
             ],
-            error,
+            error.map(ToString::to_string),
         );
     }
 }
@@ -420,12 +420,12 @@ pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::warn!(function = f.name(), invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %e, "invoke failed");
+            tracing::warn!(function = f.name(), invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), error = %e, "invoke failed");
             e.response()
         }
     };
-    if let Ok(id) = http::HeaderValue::try_from(&*call.id) {
-        resp.headers_mut().insert(INVOCATION_ID, id);
+    if let Some(id) = &call.header {
+        resp.headers_mut().insert(INVOCATION_ID, id.clone());
     }
     resp
 }
@@ -444,8 +444,8 @@ async fn try_http<B: RequestBody>(
         return Ok(event_over_http(runtime, f, req, call).await);
     };
     call.trace.inject(req.headers_mut());
-    if let Ok(id) = http::HeaderValue::try_from(&*call.id) {
-        req.headers_mut().insert(INVOCATION_ID, id);
+    if let Some(id) = &call.header {
+        req.headers_mut().insert(INVOCATION_ID, id.clone());
     }
     let max_body = f.record.limits.max_body;
     if let Some(len) = http_trigger::content_length(&req).filter(|len| *len > max_body) {
@@ -504,23 +504,23 @@ async fn try_http<B: RequestBody>(
     }
     match answer {
         Ok(Ok(resp)) => {
-            let call = call.clone();
+            let late = call.clone();
             // The guest may still be writing the body: report late failures in the log.
             tokio::spawn(async move {
                 match task.await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        tracing::warn!(function = %call.function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "function failed after sending its response head")
+                        tracing::warn!(function = %late.function, invocation_id = %late.id, trace_id = %late.trace.trace_id_hex(), error = %format!("{e:?}"), "function failed after sending its response head")
                     }
                     Err(e) => {
-                        tracing::error!(function = %call.function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %e, "invocation task panicked")
+                        tracing::error!(function = %late.function, invocation_id = %late.id, trace_id = %late.trace.trace_id_hex(), error = %e, "invocation task panicked")
                     }
                 }
             });
             let cap = ResponseCap {
                 left: f.record.limits.max_response,
                 max: f.record.limits.max_response,
-                function: f.name().into(),
+                call: call.clone(),
                 failed: failed_rx,
             };
             Ok(resp.map(|b| cap.wrap(b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())))
@@ -531,7 +531,7 @@ async fn try_http<B: RequestBody>(
         }),
         Err(_) => match task.await {
             Ok(Err(e)) => {
-                tracing::debug!(function = f.name(), invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "invocation error detail");
+                tracing::debug!(function = f.name(), invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "invocation error detail");
                 Err(InvokeError::from_wasmtime(runtime, f, &hit, e))
             }
             Ok(Ok(())) => Err(InvokeError::Failed {
@@ -563,7 +563,7 @@ fn too_large(f: &Deployed, max: u64) -> Response<Body> {
 struct ResponseCap {
     left: u64,
     max: u64,
-    function: Arc<str>,
+    call: Arc<Call>,
     failed: tokio::sync::oneshot::Receiver<bool>,
 }
 
@@ -573,16 +573,17 @@ impl ResponseCap {
         let Self {
             mut left,
             max,
-            function,
+            call,
             mut failed,
         } = self;
+        let function = call.function.clone();
         let name = function.clone();
         let frames = http_body_util::BodyStream::new(inner).map(move |frame| {
             let frame = frame?;
             if let Some(data) = frame.data_ref() {
                 let n = data.len() as u64;
                 if n > left {
-                    tracing::warn!(function = %function, limit = max, "the response body passed limits.max_response; cut");
+                    tracing::warn!(function = %function, invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), limit = max, "the response body passed limits.max_response; cut");
                     return Err(format!(
                         "function {function} sent a response body larger than its limit of {} \
                          (limits.max_response)",
@@ -762,7 +763,7 @@ pub async fn event(
             ("guest_error", None),
             true,
             started,
-            Some(e.to_string()),
+            Some(e as &dyn std::fmt::Display),
         ),
     }
     result
@@ -812,7 +813,7 @@ async fn run_event(
             })
         }
         Err(e) => {
-            tracing::debug!(function = f.name(), invocation = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "invocation error detail");
+            tracing::debug!(function = f.name(), invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), error = %format!("{e:?}"), "invocation error detail");
             Err(InvokeError::from_wasmtime(runtime, f, &hit, e).into())
         }
     }
@@ -889,7 +890,7 @@ async fn event_over_http<B: RequestBody>(
             }
             Err(e) => {
                 let msg = format!("function {} returned an invalid event: {e}", f.name());
-                tracing::warn!(function = f.name(), "{msg}");
+                tracing::warn!(function = f.name(), invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), "{msg}");
                 text_response(StatusCode::INTERNAL_SERVER_ERROR, msg)
             }
         },
@@ -915,7 +916,7 @@ async fn event_over_http<B: RequestBody>(
                 .expect("static response is valid")
         }
         Err(EventError::Invoke(e)) => {
-            tracing::warn!(function = f.name(), error = %e, "invoke failed");
+            tracing::warn!(function = f.name(), invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), error = %e, "invoke failed");
             e.response()
         }
     }

@@ -10,18 +10,16 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-/// What a line costs against the bound besides its text (its record).
-const LINE_OVERHEAD: usize = 64;
+/// What a line costs against the bound besides its text: its record, and its slot in the queue.
+const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>() + 16;
 
 /// One line a guest wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLine {
     /// Host-wide line number; a reader asks for the lines after the last one it saw.
     pub seq: u64,
-    /// When it was written (RFC 3339, milliseconds, UTC).
-    pub time: String,
-    /// Milliseconds since the epoch (for `since`).
-    #[serde(skip)]
+    /// When it was written: milliseconds since the epoch, shown as `time` (RFC 3339, UTC).
+    #[serde(rename = "time", serialize_with = "as_rfc3339")]
     pub at_ms: u64,
     /// The invocation that wrote it.
     #[serde(serialize_with = "as_str")]
@@ -30,6 +28,10 @@ pub struct LogLine {
     pub stream: &'static str,
     /// The line, without its newline (invalid UTF-8 replaced).
     pub text: String,
+}
+
+fn as_rfc3339<S: serde::Serializer>(ms: &u64, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_str(&crate::delivery::record::rfc3339(*ms))
 }
 
 fn as_str<S: serde::Serializer>(s: &Arc<str>, to: S) -> Result<S::Ok, S::Error> {
@@ -117,7 +119,6 @@ impl Logs {
             return 0;
         }
         let at_ms = crate::delivery::record::now_ms();
-        let time = crate::delivery::record::rfc3339(at_ms);
         let mut inner = self.lock();
         let mut seq = inner.seq;
         let log = inner.functions.entry(function.clone()).or_default();
@@ -127,7 +128,6 @@ impl Logs {
             log.bytes += text.len() + LINE_OVERHEAD;
             log.lines.push_back(LogLine {
                 seq,
-                time: time.clone(),
                 at_ms,
                 invocation: invocation.clone(),
                 stream,
@@ -157,28 +157,33 @@ impl Logs {
             .over_bound_bytes += bytes;
     }
 
-    /// The lines of `function` that match `query`.
+    /// The lines of `function` that match `query`. An `after` beyond the newest line number (the
+    /// host restarted since the reader's last page) reads from the start.
     pub fn read(&self, function: &str, query: &Query) -> Page {
         let inner = self.lock();
+        let after = query.after.map(|a| if a > inner.seq { 0 } else { a });
         let Some(log) = inner.functions.get(function) else {
+            // The newest number: a follower then waits for newer lines, rather than being
+            // woken again and again by the lines of other functions.
             return Page {
                 lines: Vec::new(),
-                next: query.after.unwrap_or(inner.seq),
+                next: inner.seq,
                 dropped: Dropped::default(),
             };
         };
         let matches = |l: &&LogLine| {
-            query.after.is_none_or(|a| l.seq > a)
-                && query.since_ms.is_none_or(|s| l.at_ms >= s)
+            query.since_ms.is_none_or(|s| l.at_ms >= s)
                 && query
                     .invocation
                     .as_deref()
                     .is_none_or(|i| &*l.invocation == i)
         };
         let limit = query.limit.max(1);
-        let lines: Vec<LogLine> = if query.after.is_some() {
+        let lines: Vec<LogLine> = if let Some(after) = after {
+            // Lines are in number order: start right after `after`.
+            let from = log.lines.partition_point(|l| l.seq <= after);
             log.lines
-                .iter()
+                .range(from..)
                 .filter(matches)
                 .take(limit)
                 .cloned()
@@ -197,10 +202,10 @@ impl Logs {
         };
         // A page cut short by the limit continues after its last line; otherwise after
         // everything seen so far, so a follower does not scan again what cannot match.
-        let next = if lines.len() == limit && query.after.is_some() {
+        let next = if lines.len() == limit && after.is_some() {
             lines.last().map_or(inner.seq, |l| l.seq)
         } else {
-            inner.seq.max(query.after.unwrap_or(0))
+            inner.seq
         };
         Page {
             lines,
@@ -308,6 +313,24 @@ mod tests {
             ["d", "e"]
         );
         assert_eq!(after.next, 5);
+        // A number from before a restart reads from the start.
+        let reset = logs.read(
+            "f",
+            &Query {
+                after: Some(99),
+                limit: 10,
+                ..Query::default()
+            },
+        );
+        assert_eq!(reset.lines.len(), 6);
+        // A function without lines answers with the newest number, so a follower waits for
+        // newer lines instead of being woken by every line of another function.
+        let quiet = Query {
+            after: Some(1),
+            limit: 9,
+            ..Query::default()
+        };
+        assert_eq!(logs.read("quiet", &quiet).next, 6);
         logs.remove("f");
         assert!(logs
             .read(

@@ -99,7 +99,7 @@ pub struct Metrics {
     async_running: Gauge,
     due: Gauge,
     nats_connected: Gauge,
-    recent: Mutex<std::collections::HashMap<String, Recent>>,
+    recent: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Mutex<Recent>>>>,
 }
 
 impl Default for Metrics {
@@ -262,7 +262,7 @@ impl Default for Metrics {
             async_running,
             due,
             nats_connected,
-            recent: Mutex::default(),
+            recent: std::sync::RwLock::default(),
         }
     }
 }
@@ -422,14 +422,18 @@ impl Metrics {
 }
 
 /// The last few minutes of one function's invocations, for `ferry status`: counts, failures and
-/// a coarse duration histogram per minute, for the last [`WINDOW_MINUTES`] minutes.
+/// a coarse duration histogram per minute: the current minute and the [`WINDOW_MINUTES`] before
+/// it (so at least five whole minutes).
 #[derive(Default)]
 struct Recent {
-    minutes: [Minute; WINDOW_MINUTES],
+    minutes: [Minute; SLOTS],
 }
 
 /// How many minutes `ferry status` looks back.
 pub const WINDOW_MINUTES: usize = 5;
+
+/// The current minute and the whole ones before it.
+const SLOTS: usize = WINDOW_MINUTES + 1;
 
 /// Duration bins: four per doubling from 10 µs (bin 0: up to 10 µs) to about 4.5 min.
 const BINS: usize = 100;
@@ -485,7 +489,7 @@ pub struct RecentStats {
 
 impl Recent {
     fn note(&mut self, minute: u64, failed: bool, took: Option<Duration>) {
-        let slot = &mut self.minutes[(minute % WINDOW_MINUTES as u64) as usize];
+        let slot = &mut self.minutes[(minute % SLOTS as u64) as usize];
         if slot.at != minute {
             *slot = Minute {
                 at: minute,
@@ -503,7 +507,7 @@ impl Recent {
         let live = self
             .minutes
             .iter()
-            .filter(|m| m.at + (WINDOW_MINUTES as u64) > minute && m.at <= minute);
+            .filter(|m| m.at + (SLOTS as u64) > minute && m.at <= minute);
         let mut out = RecentStats::default();
         let mut bins = [0u64; BINS];
         for m in live {
@@ -540,31 +544,48 @@ fn minute_now() -> u64 {
 impl Metrics {
     fn note_recent(&self, function: &str, failed: bool, took: Option<Duration>) {
         let minute = minute_now();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        match recent.get_mut(function) {
-            Some(r) => r.note(minute, failed, took),
-            None => {
-                let mut r = Recent::default();
-                r.note(minute, failed, took);
-                recent.insert(function.to_string(), r);
-            }
-        }
+        // A shared lock to find the function, its own lock to count: functions do not wait
+        // for each other.
+        let found = self
+            .recent
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(function)
+            .cloned();
+        let recent = match found {
+            Some(r) => r,
+            None => self
+                .recent
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(function.to_string())
+                .or_default()
+                .clone(),
+        };
+        recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(minute, failed, took);
     }
 
     /// A function's invocations over the last [`WINDOW_MINUTES`] minutes.
     pub fn recent(&self, function: &str) -> RecentStats {
         self.recent
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(function)
-            .map(|r| r.stats(minute_now()))
+            .map(|r| {
+                r.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stats(minute_now())
+            })
             .unwrap_or_default()
     }
 
     /// Forgets a removed function's recent invocations.
     pub fn forget(&self, function: &str) {
         self.recent
-            .lock()
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(function);
     }
@@ -589,13 +610,14 @@ mod tests {
         assert!((2.0..=2.4).contains(&p50), "{p50}");
         let p99 = s.p99_ms.unwrap();
         assert!((3.0..=3.6).contains(&p99), "{p99}");
-        // Minute 100 leaves the window at 105; 102 stays.
-        let later = r.stats(105);
+        // Minute 100 is still in the window at 105 (five whole minutes back), not at 106.
+        assert_eq!(r.stats(105).invocations, 101);
+        let later = r.stats(106);
         assert_eq!(later.invocations, 2);
         assert!(later.p99_ms.unwrap() >= 2000.0);
         // An old slot is reused for a new minute.
-        r.note(105, false, None);
-        assert_eq!(r.stats(105).invocations, 3);
+        r.note(106, false, None);
+        assert_eq!(r.stats(106).invocations, 3);
         assert_eq!(Recent::default().stats(1).p50_ms, None);
     }
 }

@@ -154,17 +154,17 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundPolicy {
         }
         self.remaining -= 1;
         if self.remaining == 0 {
-            tracing::warn!(function = %function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), "limits.outbound_requests reached: further outbound requests of this invocation are denied");
+            tracing::warn!(function = %function, invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), "limits.outbound_requests reached: further outbound requests of this invocation are denied");
         }
         if !allowed(&self.allow, &host) {
-            tracing::warn!(function = %function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), %host, "outbound request denied: the host is not in [outbound] allow");
+            tracing::warn!(function = %function, invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), %host, "outbound request denied: the host is not in [outbound] allow");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let shared = self.shared.clone();
         Box::new(async move {
             let sent = send(&shared, request, options).await;
             if let Err(e) = &sent {
-                tracing::debug!(function = %function, invocation = %call.id, trace_id = %call.trace.trace_id_hex(), %host, error = %e, "outbound request failed");
+                tracing::debug!(function = %function, invocation_id = %call.id, trace_id = %call.trace.trace_id_hex(), %host, error = %e, "outbound request failed");
             }
             sent
         })

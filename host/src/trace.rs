@@ -75,7 +75,7 @@ impl TraceContext {
                 state: tracestate
                     .and_then(|s| std::str::from_utf8(s).ok())
                     .map(str::trim)
-                    .filter(|s| !s.is_empty() && s.len() <= 512)
+                    .filter(|s| valid_state(s))
                     .map(String::from),
             },
             None => Self::start(),
@@ -132,6 +132,13 @@ impl TraceContext {
     }
 }
 
+/// Whether a `tracestate` may be passed on: at most 512 characters of printable ASCII (the
+/// spec's list members use nothing else), so it is always a valid header value. One that is
+/// not is dropped, as the spec allows.
+fn valid_state(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 512 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 /// The CloudEvents distributed-tracing extension's attributes.
 const EVENT_ATTRIBUTES: [&str; 2] = ["traceparent", "tracestate"];
 
@@ -182,7 +189,8 @@ impl TraceContext {
 /// first four fields, as the spec asks.
 pub fn parse(value: &[u8]) -> Option<(u128, u64, u8)> {
     let value = std::str::from_utf8(value).ok()?.trim();
-    if value.len() < 55 {
+    // ASCII only: the fields below are cut by byte position.
+    if value.len() < 55 || !value.is_ascii() {
         return None;
     }
     let (version, rest) = (&value[..2], &value[2..]);
@@ -266,6 +274,12 @@ mod tests {
             assert_eq!(t.state, None, "{bad}");
             assert_ne!(t.trace_id, 0);
         }
+        // Not ASCII: refused, never cut inside a character.
+        let odd = format!("0\u{e9}{}", &GOOD[2..GOOD.len() - 1]);
+        assert!(odd.len() >= 55);
+        assert_eq!(parse(odd.as_bytes()), None);
+        let t = TraceContext::continue_or_start(Some(GOOD.as_bytes()), Some("a=\u{1}".as_bytes()));
+        assert_eq!(t.state, None, "a state with control characters is dropped");
         // A later version may append fields.
         let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever";
         assert!(parse(v1.as_bytes()).is_some());

@@ -247,6 +247,19 @@ impl CloudEvent {
         Ok(())
     }
 
+    /// Takes the W3C `traceparent` and `tracestate` of the transport (HTTP or NATS headers) as
+    /// the distributed-tracing extension, unless the event carries its own.
+    pub fn adopt_trace_headers(&mut self, headers: &http::HeaderMap) {
+        if self.extension("traceparent").is_some() {
+            return;
+        }
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                self.set_extension(name, ExtensionValue::String(v.to_string()));
+            }
+        }
+    }
+
     /// Sets (or replaces) an extension attribute, keeping them sorted by name.
     pub fn set_extension(&mut self, name: &str, value: ExtensionValue) {
         match self

@@ -791,7 +791,10 @@ async fn payload(
             body,
         }),
         FunctionKind::Event => match crate::cloudevents::from_headers(&parts.headers, body) {
-            Ok((event, _)) => Ok(Payload::Event(event)),
+            Ok((mut event, _)) => {
+                event.adopt_trace_headers(&parts.headers);
+                Ok(Payload::Event(event))
+            }
             Err(e) => Err(text_response(
                 StatusCode::BAD_REQUEST,
                 format!("invalid CloudEvent: {e}"),

@@ -414,7 +414,7 @@ async fn handle_message<R: Runtime>(
 ) {
     runtime.count("nats", &b.function, "received");
     let headers = http_headers(msg.headers.as_ref());
-    let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
+    let (mut event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
             runtime.count("nats", &b.function, "dead_lettered");
@@ -431,6 +431,7 @@ async fn handle_message<R: Runtime>(
             return;
         }
     };
+    event.adopt_trace_headers(&headers);
     let result = invoke(runtime, b, event).await;
     let outcome = if result.is_ok() { "ok" } else { "failed" };
     runtime.count("nats", &b.function, outcome);
@@ -554,7 +555,7 @@ async fn handle_jetstream<R: Runtime>(
     let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
     runtime.count("nats", &b.function, "received");
     let headers = http_headers(msg.headers.as_ref());
-    let (event, mode) = match from_headers(&headers, msg.payload.clone()) {
+    let (mut event, mode) = match from_headers(&headers, msg.payload.clone()) {
         Ok(ok) => ok,
         Err(invalid) => {
             let h = malformed_dead_letter(b, &msg, &invalid);
@@ -570,6 +571,7 @@ async fn handle_jetstream<R: Runtime>(
             return;
         }
     };
+    event.adopt_trace_headers(&headers);
     if delivered > b.max_attempts {
         let error = format!(
             "delivered {delivered} times, more than max_attempts ({}): earlier attempts were not settled in time (ack_wait)",

@@ -224,6 +224,8 @@ impl Delivery {
     ) -> anyhow::Result<()> {
         let now = now_ms();
         let age = Duration::from_millis(now.saturating_sub(inv.created_ms));
+        let (function, id, trace_id) =
+            (inv.function.clone(), inv.id.clone(), inv.origin.trace_id());
         let Some(cb) = inv.callback.as_mut() else {
             return Ok(());
         };
@@ -250,17 +252,17 @@ impl Delivery {
                             .unwrap_or(delay);
                         cb.due_ms = Some(now + delay.as_millis() as u64);
                         self.runtime.metrics().callback("retry");
-                        tracing::info!(attempt = cb.attempts, error = %failed.error, "callback failed; will retry");
+                        tracing::info!(function = %function, invocation_id = %id, %trace_id, attempt = cb.attempts, error = %failed.error, "callback failed; will retry");
                     }
                     None if failed.retryable => {
                         cb.status = CallbackStatus::DeadLettered;
                         self.runtime.metrics().callback("dead_lettered");
-                        tracing::warn!(attempts = cb.attempts, error = %failed.error, "callback dead-lettered");
+                        tracing::warn!(function = %function, invocation_id = %id, %trace_id, attempts = cb.attempts, error = %failed.error, "callback dead-lettered");
                     }
                     None => {
                         cb.status = CallbackStatus::Failed;
                         self.runtime.metrics().callback("failed");
-                        tracing::warn!(error = %failed.error, "callback failed; not retrying");
+                        tracing::warn!(function = %function, invocation_id = %id, %trace_id, error = %failed.error, "callback failed; not retrying");
                     }
                 }
             }

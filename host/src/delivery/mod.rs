@@ -591,6 +591,8 @@ impl Delivery {
                     inv.function
                 ))
             })?;
+            let trace = inv.origin.child_span();
+            let started = crate::otel::start();
             let (new, _) = self
                 .submit(SubmitRequest {
                     function,
@@ -611,9 +613,26 @@ impl Delivery {
                     idempotency_key: None,
                     replaces_key: Some(inv.idempotency_key.clone()),
                     trigger: inv.origin.trigger_label(),
-                    trace: inv.origin.child_span(),
+                    trace: trace.clone(),
                 })
                 .await?;
+            if let Some(started) = started {
+                // The replay is the parent of the new attempts and callback.
+                use opentelemetry::KeyValue;
+                crate::otel::span(
+                    "ferry.receive",
+                    crate::otel::Kind::Server,
+                    &trace,
+                    started.elapsed(),
+                    vec![
+                        KeyValue::new("faas.invoked_name", inv.function.clone()),
+                        KeyValue::new("faas.invocation_id", new.id.clone()),
+                        KeyValue::new("ferry.trigger", "replay"),
+                        KeyValue::new("ferry.replay_of", inv.id.clone()),
+                    ],
+                    None,
+                );
+            }
             // The new invocation is durable (submit waited for the journal): only now does the
             // dead letter go. Its key now belongs to the new invocation.
             inv.idempotency_key = None;

@@ -341,6 +341,15 @@ impl Origin {
         }
     }
 
+    /// The trace id (32 hex digits) for log records; empty when none was kept.
+    pub fn trace_id(&self) -> String {
+        self.traceparent
+            .as_deref()
+            .and_then(|t| crate::trace::parse(t.as_bytes()))
+            .map(|(trace, _, _)| format!("{trace:032x}"))
+            .unwrap_or_default()
+    }
+
     /// A new span in the submit's trace (an attempt's, or a callback's).
     pub fn child_span(&self) -> crate::trace::TraceContext {
         crate::trace::TraceContext::continue_or_start(

@@ -257,15 +257,15 @@ fn failed(inv: &mut Invocation, failure: Failure, now: u64) {
     match (retry, inv.mode) {
         (Some(delay), _) => {
             inv.due_at(now + delay.as_millis() as u64);
-            tracing::info!(function = %inv.function, attempt = inv.attempts, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "attempt failed; will retry");
+            tracing::info!(function = %inv.function, invocation_id = %inv.id, trace_id = %inv.origin.trace_id(), attempt = inv.attempts, retry_in_ms = delay.as_millis() as u64, error = %failure.message, "attempt failed; will retry");
         }
         (None, DeliveryMode::StoreAndForward) => {
             inv.status = Status::DeadLettered;
-            tracing::warn!(function = %inv.function, attempts = inv.attempts, error = %failure.message, "dead-lettered");
+            tracing::warn!(function = %inv.function, invocation_id = %inv.id, trace_id = %inv.origin.trace_id(), attempts = inv.attempts, error = %failure.message, "dead-lettered");
         }
         (None, DeliveryMode::FireAndForget) => {
             inv.status = Status::Failed;
-            tracing::warn!(function = %inv.function, error = %failure.message, "fire-and-forget invocation failed");
+            tracing::warn!(function = %inv.function, invocation_id = %inv.id, trace_id = %inv.origin.trace_id(), error = %failure.message, "fire-and-forget invocation failed");
         }
     }
 }
@@ -285,7 +285,7 @@ fn interrupted(inv: &mut Invocation, now: u64) {
                 Some("lost: the host stopped during this fire-and-forget invocation".to_string());
         }
     }
-    tracing::warn!(function = %inv.function, status = ?inv.status, "attempt interrupted by shutdown");
+    tracing::warn!(function = %inv.function, invocation_id = %inv.id, trace_id = %inv.origin.trace_id(), status = ?inv.status, "attempt interrupted by shutdown");
 }
 
 /// An HTTP function's response as an invocation result: `{status, headers, body}` (or

@@ -274,6 +274,20 @@ fn an_events_trace_context_reaches_the_guest_and_the_published_result() {
         assert_ne!(p[2], "b7ad6b7169203331", "{parent}");
         assert_eq!(h.get("ce-tracestate").unwrap().as_str(), "vendor=x");
 
+        // A plain `traceparent` message header counts when the event has no extension.
+        let mut h = ce_headers("t-3", "order.created");
+        h.insert("traceparent", PARENT);
+        client
+            .publish_with_headers("orders.created", h, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let h = next_with_id(&mut out, "t-3-echo").await;
+        let parent = h.get("ce-traceparent").unwrap().as_str().to_string();
+        assert!(
+            parent.contains("0af7651916cd43dd8448eb211c80319c"),
+            "{parent}"
+        );
+
         // Without it, a trace starts and the result carries it.
         client
             .publish_with_headers(

@@ -129,6 +129,12 @@ fn guest_output_is_kept_per_invocation_and_followed_by_ferry_logs() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("neither a duration"), "{err}");
+    for bad in ["limit=abc", "limit=0", "after=-1", "wait=soon&after=1", "since=never"] {
+        let (status, v) = ferry.admin_get(&format!("/v1/functions/hostile/logs?{bad}"));
+        assert_eq!(status, 400, "{bad}: {v}");
+        let name = bad.split('=').next().unwrap();
+        assert!(v["error"].as_str().unwrap().contains(name), "{bad}: {v}");
+    }
     let out = ferry.cli(&["logs", "nope"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr)
@@ -247,13 +253,29 @@ fn a_traceparent_reaches_the_guest_its_outbound_requests_and_the_callback() {
 #[test]
 fn the_json_log_carries_invocation_and_trace_ids() {
     let ferry = Ferry::start_with(&["--log-format", "json"]);
-    deploy_hostile(&ferry, "");
+    deploy_hostile(&ferry, "[delivery]\nmax_attempts = 1\n");
+    // An asynchronous failure too: its dead-letter record names the invocation and the trace.
+    let async_id = ferry.submit_ok("/hostile/panic", &[("traceparent", PARENT)]);
+    assert_eq!(ferry.finished(&async_id)["status"], "dead_lettered");
+    let dead = eventually(
+        "the dead letter in the log",
+        Duration::from_secs(20),
+        || {
+            ferry.log().lines().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["invocation_id"] == async_id.as_str() && v["message"] == "dead-lettered")
+                    .then_some(v)
+            })
+        },
+    );
+    assert_eq!(dead["trace_id"], TRACE, "{dead}");
+    assert_eq!(dead["function"], "hostile", "{dead}");
     let (status, id, _) = get(&ferry, "/hostile/panic", &[("traceparent", PARENT)]);
     assert_eq!(status, 500);
     let record = eventually("the failure in the log", Duration::from_secs(20), || {
         ferry.log().lines().find_map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            (v["invocation"] == id.as_str() && v["level"] == "WARN").then_some(v)
+            (v["invocation_id"] == id.as_str() && v["level"] == "WARN").then_some(v)
         })
     });
     assert_eq!(record["function"], "hostile", "{record}");

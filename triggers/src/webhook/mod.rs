@@ -448,7 +448,10 @@ pub async fn handle<R: Runtime>(
                 event_name.as_deref(),
                 body,
             ) {
-                Ok(e) => Payload::Event(e),
+                Ok(mut e) => {
+                    e.adopt_trace_headers(&parts.headers);
+                    Payload::Event(e)
+                }
                 Err(e) => {
                     return refused(
                         StatusCode::BAD_REQUEST,
