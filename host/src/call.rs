@@ -24,21 +24,29 @@ pub struct Call {
 
 impl Call {
     /// A call of `function` with a new invocation id.
-    pub fn new(function: &str, trace: TraceContext, trigger: &'static str) -> Self {
-        Self::with_id(new_id().into(), function, trace, trigger)
+    pub fn new(function: Arc<str>, trace: TraceContext, trigger: &'static str) -> Self {
+        let mut buf = [0u8; 32];
+        let id = new_id_into(&mut buf);
+        Self {
+            header: http::HeaderValue::from_bytes(id.as_bytes()).ok(),
+            id: id.into(),
+            function,
+            trace,
+            trigger,
+        }
     }
 
     /// A call with a known invocation id.
     pub fn with_id(
         id: Arc<str>,
-        function: &str,
+        function: Arc<str>,
         trace: TraceContext,
         trigger: &'static str,
     ) -> Self {
         Self {
             header: http::HeaderValue::from_str(&id).ok(),
             id,
-            function: function.into(),
+            function,
             trace,
             trigger,
         }
@@ -48,14 +56,19 @@ impl Call {
 /// A new invocation id: a UUIDv7 (so ids sort by time) in simple form, its random bits from the
 /// thread's fast generator (ids are names, not secrets; no system call per request).
 pub fn new_id() -> String {
+    new_id_into(&mut [0u8; 32]).to_string()
+}
+
+/// [`new_id`] written into `buf`, without allocating.
+fn new_id_into(buf: &mut [u8; 32]) -> &str {
     let ms = crate::delivery::record::now_ms();
-    let random: [u8; 10] = fastrand::u128(..).to_le_bytes()[..10]
-        .try_into()
-        .unwrap_or_default();
-    uuid::Builder::from_unix_timestamp_millis(ms, &random)
+    let random = fastrand::u128(..).to_le_bytes();
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random[..10]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &bytes)
         .into_uuid()
         .simple()
-        .to_string()
+        .encode_lower(buf)
 }
 
 #[cfg(test)]

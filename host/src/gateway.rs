@@ -66,7 +66,7 @@ impl TriggerRuntime for Gateway {
     ) -> Result<Option<CloudEvent>, EventFailure> {
         let trace = TraceContext::from_event(&event, None);
         trace.inject_event(&mut event);
-        let call = Arc::new(Call::new(f.name(), trace, "nats"));
+        let call = Arc::new(Call::new(f.name.clone(), trace, "nats"));
         let guest = crate::guest_event::to_guest(&event);
         let waiter = crate::invoke::Waiter::Caller;
         match crate::invoke::event(&self.runtime, &f, &guest, waiter, &call).await {

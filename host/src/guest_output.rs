@@ -205,7 +205,11 @@ mod tests {
 
     fn sink() -> (Arc<GuestOutput>, Arc<Logs>) {
         let logs = Arc::new(Logs::new(16 << 20));
-        let call = Arc::new(Call::new("f", crate::trace::TraceContext::start(), "http"));
+        let call = Arc::new(Call::new(
+            "f".into(),
+            crate::trace::TraceContext::start(),
+            "http",
+        ));
         let out = GuestOutput::new(call, logs.clone(), Arc::new(Metrics::default()));
         (out, logs)
     }

@@ -372,7 +372,10 @@ fn finish(
     error: Option<&dyn std::fmt::Display>,
 ) {
     let took = started.elapsed();
-    runtime.metrics().invocation(
+    let metrics = runtime.metrics();
+    let handles = f.metrics.get_or_init(|| metrics.function(f.name()));
+    metrics.invocation(
+        handles,
         f.name(),
         call.trigger,
         mode,
@@ -409,7 +412,7 @@ fn finish(
 pub async fn http(runtime: &Runtime, f: Arc<Deployed>, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let call = Arc::new(Call::new(
-        f.name(),
+        f.name.clone(),
         TraceContext::from_headers(req.headers()),
         "http",
     ));
@@ -865,7 +868,7 @@ async fn event_over_http<B: RequestBody>(
     let call = &if event.extensions.iter().any(|(k, _)| k == "traceparent") {
         Arc::new(Call::with_id(
             call.id.clone(),
-            f.name(),
+            f.name.clone(),
             TraceContext::from_event(&event, None),
             call.trigger,
         ))

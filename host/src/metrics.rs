@@ -74,6 +74,18 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// The triggers, in the order of [`FunctionMetrics`]' counters.
+const TRIGGERS: [&str; 6] = ["http", "nats", "webhook", "poll", "schedule", "unknown"];
+
+/// One function's metric handles, found once per deployed version so that an invocation that
+/// ends well costs no label lookup: its `ok` counters by trigger and mode, its duration
+/// histogram and its recent minutes.
+pub struct FunctionMetrics {
+    ok: [std::sync::OnceLock<Counter>; 2 * TRIGGERS.len()],
+    duration: Histogram,
+    recent: std::sync::Arc<Mutex<Recent>>,
+}
+
 /// The host's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -268,10 +280,26 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one invocation of `function` and, when it ran, how long it took; a limit that
-    /// stopped or refused it is counted too.
+    /// The metric handles of `function`, for [`Metrics::invocation`].
+    pub fn function(&self, function: &str) -> FunctionMetrics {
+        FunctionMetrics {
+            ok: Default::default(),
+            duration: self
+                .durations
+                .get_or_create(&Function {
+                    function: function.to_string(),
+                })
+                .clone(),
+            recent: self.recent_of(function),
+        }
+    }
+
+    /// Counts one invocation of `function` (whose handles are `handles`) and, when it ran, how
+    /// long it took; a limit that stopped or refused it is counted too.
+    #[allow(clippy::too_many_arguments)]
     pub fn invocation(
         &self,
+        handles: &FunctionMetrics,
         function: &str,
         trigger: &'static str,
         mode: &'static str,
@@ -279,14 +307,33 @@ impl Metrics {
         limit: Option<&'static str>,
         took: Option<Duration>,
     ) {
-        self.invocations
-            .get_or_create(&Invocation {
-                function: function.to_string(),
-                trigger,
-                mode,
-                outcome,
-            })
-            .inc();
+        let slot = TRIGGERS
+            .iter()
+            .position(|t| *t == trigger)
+            .map(|t| t * 2 + usize::from(mode == "async"));
+        match slot {
+            Some(slot) if outcome == "ok" => handles.ok[slot]
+                .get_or_init(|| {
+                    self.invocations
+                        .get_or_create(&Invocation {
+                            function: function.to_string(),
+                            trigger,
+                            mode,
+                            outcome,
+                        })
+                        .clone()
+                })
+                .inc(),
+            _ => self
+                .invocations
+                .get_or_create(&Invocation {
+                    function: function.to_string(),
+                    trigger,
+                    mode,
+                    outcome,
+                })
+                .inc(),
+        };
         if let Some(limit) = limit {
             self.limit_hits
                 .get_or_create(&LimitHit {
@@ -296,13 +343,14 @@ impl Metrics {
                 .inc();
         }
         if let Some(took) = took {
-            self.durations
-                .get_or_create(&Function {
-                    function: function.to_string(),
-                })
-                .observe(took.as_secs_f64());
+            handles.duration.observe(took.as_secs_f64());
         }
-        self.note_recent(function, outcome != "ok", took);
+        let minute = minute_now();
+        handles
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(minute, outcome != "ok", took);
     }
 
     /// Counts a failed attempt that will run again, or one that was dead-lettered.
@@ -542,30 +590,14 @@ fn minute_now() -> u64 {
 }
 
 impl Metrics {
-    fn note_recent(&self, function: &str, failed: bool, took: Option<Duration>) {
-        let minute = minute_now();
-        // A shared lock to find the function, its own lock to count: functions do not wait
-        // for each other.
-        let found = self
-            .recent
-            .read()
+    /// The recent minutes of `function`, shared by its versions.
+    fn recent_of(&self, function: &str) -> std::sync::Arc<Mutex<Recent>> {
+        self.recent
+            .write()
             .unwrap_or_else(|e| e.into_inner())
-            .get(function)
-            .cloned();
-        let recent = match found {
-            Some(r) => r,
-            None => self
-                .recent
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(function.to_string())
-                .or_default()
-                .clone(),
-        };
-        recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .note(minute, failed, took);
+            .entry(function.to_string())
+            .or_default()
+            .clone()
     }
 
     /// A function's invocations over the last [`WINDOW_MINUTES`] minutes.

@@ -27,6 +27,10 @@ pub struct Deployed {
     pub waiting: std::sync::atomic::AtomicU32,
     /// Hosts the function may reach, shared with every invocation's store.
     pub outbound: Arc<[String]>,
+    /// The name, shared with every invocation (`Call`).
+    pub name: Arc<str>,
+    /// This function's metric handles, looked up once per version (not per invocation).
+    pub metrics: std::sync::OnceLock<crate::metrics::FunctionMetrics>,
 }
 
 impl Deployed {
@@ -36,6 +40,8 @@ impl Deployed {
             permits: Arc::new(Semaphore::new(record.limits.concurrency as usize)),
             waiting: std::sync::atomic::AtomicU32::new(0),
             outbound: record.outbound.clone().into(),
+            name: record.name.as_str().into(),
+            metrics: std::sync::OnceLock::new(),
             info: record.info(),
             record,
             prepared,

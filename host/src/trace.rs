@@ -6,8 +6,6 @@
 //! Each invocation is one span: it keeps the caller's trace id, remembers the caller's span as
 //! its parent, and gets a span id of its own, which is the parent everything downstream sees.
 
-use std::fmt::Write as _;
-
 use ferry_triggers::cloudevents::{CloudEvent, ExtensionValue};
 
 /// The trace context of one invocation (one span).
@@ -92,13 +90,18 @@ impl TraceContext {
 
     /// The `traceparent` that names this span as the parent.
     pub fn traceparent(&self) -> String {
-        let mut s = String::with_capacity(55);
-        let _ = write!(
-            s,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        );
-        s
+        String::from_utf8_lossy(&self.traceparent_bytes()).into_owned()
+    }
+
+    /// The `traceparent` as bytes, made without the formatting machinery (it is made for every
+    /// request).
+    fn traceparent_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex_into(&mut out[3..35], &self.trace_id.to_be_bytes());
+        hex_into(&mut out[36..52], &self.span_id.to_be_bytes());
+        hex_into(&mut out[53..55], &[self.flags]);
+        out
     }
 
     /// The trace id as 32 lowercase hex digits.
@@ -114,7 +117,7 @@ impl TraceContext {
     /// Sets `traceparent` (and `tracestate`, when there is one) in `headers`, naming this span
     /// as the parent; replaces what was there.
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        if let Ok(v) = http::HeaderValue::try_from(self.traceparent()) {
+        if let Ok(v) = http::HeaderValue::from_bytes(&self.traceparent_bytes()) {
             headers.insert("traceparent", v);
         }
         match self
@@ -209,6 +212,15 @@ pub fn parse(value: &[u8]) -> Option<(u128, u64, u8)> {
     let parent_id = hex_u64(&rest[34..50])?;
     let flags = hex_u8(&rest[51..53])?;
     (trace_id != 0 && parent_id != 0).then_some((trace_id, parent_id, flags))
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
 }
 
 fn lower_hex(s: &str) -> bool {

@@ -182,7 +182,7 @@ impl Delivery {
         };
         let call = Arc::new(Call::with_id(
             inv.id.as_str().into(),
-            &inv.function,
+            f.name.clone(),
             inv.origin.child_span(),
             inv.origin.trigger_label(),
         ));

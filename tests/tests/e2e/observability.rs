@@ -129,7 +129,13 @@ fn guest_output_is_kept_per_invocation_and_followed_by_ferry_logs() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("neither a duration"), "{err}");
-    for bad in ["limit=abc", "limit=0", "after=-1", "wait=soon&after=1", "since=never"] {
+    for bad in [
+        "limit=abc",
+        "limit=0",
+        "after=-1",
+        "wait=soon&after=1",
+        "since=never",
+    ] {
         let (status, v) = ferry.admin_get(&format!("/v1/functions/hostile/logs?{bad}"));
         assert_eq!(status, 400, "{bad}: {v}");
         let name = bad.split('=').next().unwrap();
