@@ -31,6 +31,7 @@ pub mod model;
 pub mod otel;
 pub mod outbound;
 pub mod registry;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod trace;

@@ -79,6 +79,28 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// Make a new function project: `ferry new http NAME` or `ferry new event NAME`, then build
+    /// and deploy it with the commands its README gives.
+    New {
+        /// What kind of function.
+        #[arg(value_enum)]
+        kind: ferry_host::scaffold::Kind,
+        /// The function's name (lower-case letters, digits and dashes); also the folder's.
+        name: String,
+        /// The language of the project.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: ferry_host::scaffold::Lang,
+        /// Where to make it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Write Ferry's WIT (the `http-function` and `event-function` worlds and the WASI packages
+    /// they use) for a guest project to bind to.
+    Wit {
+        /// The folder to write into (world.wit and deps/).
+        #[arg(long, default_value = "wit")]
+        out: PathBuf,
+    },
     /// The host (version, uptime, store, NATS) and every function: triggers and their state,
     /// invocations, failure rate and p50/p99 duration over the last 5 minutes, dead letters.
     Status,
@@ -453,6 +475,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
+        Command::New {
+            kind,
+            ref name,
+            lang,
+            ref dir,
+        } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let files = ferry_host::scaffold::new_project(kind, lang, name, &dir)?;
+            if cli.json {
+                say!(
+                    "{}",
+                    serde_json::json!({ "name": name, "dir": dir, "files": files })
+                );
+            } else {
+                let kind = match kind {
+                    ferry_host::scaffold::Kind::Http => "HTTP",
+                    ferry_host::scaffold::Kind::Event => "event",
+                };
+                say!("made the {kind} function {name} in {}/:", dir.display());
+                for f in files.iter().filter(|f| !f.starts_with("wit/deps/")) {
+                    say!("  {f}");
+                }
+                say!("try it (see its README.md):");
+                say!("  cd {}", dir.display());
+                say!("  cargo build --target wasm32-wasip2 --release");
+                say!("  ferry deploy");
+            }
+            Ok(())
+        }
+        Command::Wit { ref out } => {
+            let files = ferry_host::scaffold::write_wit(out)?;
+            if cli.json {
+                say!("{}", serde_json::json!({ "files": files }));
+            } else {
+                say!(
+                    "wrote Ferry's WIT ({} files) to {}/: worlds ferry:function/http-function and ferry:function/event-function",
+                    files.len(),
+                    out.display()
+                );
+            }
+            Ok(())
+        }
         Command::Status => {
             let status = client(&cli)?.status()?;
             if cli.json {

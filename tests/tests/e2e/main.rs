@@ -24,6 +24,7 @@ mod observability;
 mod polling;
 mod restart;
 mod sandbox;
+mod scaffold;
 mod security;
 mod shutdown;
 mod webhooks;

@@ -1,0 +1,135 @@
+//! `ferry new` and `ferry wit` as a newcomer uses them: scaffold, `cargo test`, build with plain
+//! cargo, `ferry deploy` in the folder, call — with no edit in between.
+
+use std::path::Path;
+use std::process::Command;
+
+use ferry_tests::Ferry;
+
+/// Runs cargo in `dir` as a user would: none of the outer build's settings leak in.
+fn cargo(dir: &Path, args: &[&str]) {
+    let out = Command::new("cargo")
+        .current_dir(dir)
+        .args(args)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("running cargo");
+    assert!(
+        out.status.success(),
+        "cargo {args:?} in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cli_ok(ferry: &Ferry, args: &[&str], dir: &Path) -> String {
+    let out = ferry.cli(args, Some(dir));
+    assert!(
+        out.status.success(),
+        "ferry {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn ferry_new_projects_test_build_deploy_and_answer_without_edits() {
+    let ferry = Ferry::start();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // HTTP.
+    let said = cli_ok(&ferry, &["new", "http", "hi-http"], tmp.path());
+    assert!(
+        said.contains("cargo build --target wasm32-wasip2 --release"),
+        "{said}"
+    );
+    let dir = tmp.path().join("hi-http");
+    cargo(&dir, &["test", "--quiet"]);
+    cargo(
+        &dir,
+        &["build", "--target", "wasm32-wasip2", "--release", "--quiet"],
+    );
+    let deployed = cli_ok(&ferry, &["deploy"], &dir);
+    assert!(deployed.contains("hi-http"), "{deployed}");
+    let (status, body) = ferry.get("/hi-http/hello?x=1");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        "Hello from hi-http! You asked for /hi-http/hello?x=1\n"
+    );
+    let logs = cli_ok(&ferry, &["logs", "hi-http"], &dir);
+    assert!(logs.contains("request for /hi-http/hello?x=1"), "{logs}");
+
+    // Event.
+    cli_ok(&ferry, &["new", "event", "hi-event"], tmp.path());
+    let dir = tmp.path().join("hi-event");
+    assert!(dir.join("wit/world.wit").exists());
+    cargo(&dir, &["test", "--quiet"]);
+    cargo(
+        &dir,
+        &["build", "--target", "wasm32-wasip2", "--release", "--quiet"],
+    );
+    cli_ok(&ferry, &["deploy"], &dir);
+    let post = |data: &'static str| {
+        ferry
+            .http
+            .post(ferry.url("/hi-event"))
+            .header("ce-id", "7")
+            .header("ce-source", "/demo")
+            .header("ce-type", "demo.hello")
+            .header("ce-specversion", "1.0")
+            .header("content-type", "text/plain")
+            .body(data)
+            .send()
+            .unwrap()
+    };
+    let resp = post("hi");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["ce-type"], "demo.hello.handled");
+    assert_eq!(resp.headers()["ce-source"], "/hi-event");
+    assert_eq!(resp.text().unwrap(), "hi");
+    assert_eq!(post("").status().as_u16(), 422, "no data: invalid-event");
+
+    // `cargo component build` builds both projects too, with no edit.
+    for (name, lib) in [("hi-http", "hi_http"), ("hi-event", "hi_event")] {
+        let dir = tmp.path().join(name);
+        cargo(&dir, &["component", "build", "--release", "--quiet"]);
+        let wasm = dir.join(format!("target/wasm32-wasip1/release/{lib}.wasm"));
+        let (status, body) = ferry.deploy_raw(&format!("{name}-cc"), std::fs::read(&wasm).unwrap());
+        assert_eq!(status, 201, "{name}: {body}");
+    }
+    assert_eq!(
+        ferry.get("/hi-http-cc/x").1,
+        "Hello from hi-http! You asked for /hi-http-cc/x\n"
+    );
+
+    // A name that is taken, or not a valid function name, changes nothing.
+    let out = ferry.cli(&["new", "http", "hi-http"], Some(tmp.path()));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    let out = ferry.cli(&["new", "http", "Not_A_Name"], Some(tmp.path()));
+    assert!(!out.status.success());
+    assert!(!tmp.path().join("Not_A_Name").exists());
+}
+
+#[test]
+fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(ferry_tests::ferry_bin())
+        .current_dir(tmp.path())
+        .args(["wit", "--out", "my-wit"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    for file in ["world.wit", "deps/http.wit", "deps/io.wit", "deps/cli.wit"] {
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("my-wit").join(file)).unwrap(),
+            std::fs::read_to_string(root.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
