@@ -24,6 +24,7 @@ pub mod gateway;
 pub mod guest_event;
 pub mod guest_output;
 pub mod invoke;
+pub mod invoke_cli;
 pub mod logs;
 pub mod manifest;
 pub mod metrics;

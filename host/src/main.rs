@@ -79,6 +79,9 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// Call a function through the public listener: an HTTP request, or a CloudEvent for an
+    /// event function; `--async` (with `--wait`, `--callback`) for an asynchronous invocation.
+    Invoke(ferry_host::invoke_cli::InvokeArgs),
     /// Make a new function project: `ferry new http NAME` or `ferry new event NAME`, then build
     /// and deploy it with the commands its README gives.
     New {
@@ -475,6 +478,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
+        Command::Invoke(ref args) => {
+            let invoked = ferry_host::invoke_cli::run(&client(&cli)?, args, cli.json)?;
+            if !invoked.output.is_empty() {
+                say!("{}", invoked.output);
+            }
+            if !invoked.ok {
+                bail!("function {} failed (the answer is above)", args.name);
+            }
+            Ok(())
+        }
         Command::New {
             kind,
             ref name,

@@ -256,3 +256,94 @@ fn serve_prints_its_data_directory() {
         ferry.stdout()
     );
 }
+
+#[test]
+fn ferry_invoke_calls_http_and_event_functions_sync_and_async() {
+    let receiver = ferry_tests::receiver::Receiver::start();
+    let ferry = Ferry::start_with(&["--allow-callback-host", "127.0.0.1"]);
+    for (name, wasm) in [
+        ("hello-http", guests::HELLO_HTTP),
+        ("echo-event", guests::ECHO_EVENT),
+    ] {
+        let (status, body) = ferry.deploy_raw(name, guests::bytes(wasm));
+        assert_eq!(status, 201, "{body}");
+    }
+    let run = |args: &[&str]| {
+        let out = ferry.cli(args, None);
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+
+    // An HTTP function: GET by default, POST with --data; --json gives status, headers, body.
+    let (ok, out, err) = run(&["invoke", "hello-http", "/world"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "Hello from Ferry! path=/hello-http/world\n");
+    let (ok, out, _) = run(&[
+        "invoke",
+        "hello-http",
+        "x?y=1",
+        "--data",
+        "hi",
+        "-H",
+        "x-a: 1",
+        "--json",
+    ]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["body"], "Hello from Ferry! path=/hello-http/x?y=1\n");
+    assert!(v["headers"]["ferry-invocation-id"].is_string(), "{v}");
+
+    // An event function: a CloudEvent in, the result event out as JSON.
+    let (ok, out, err) = run(&[
+        "invoke",
+        "echo-event",
+        "--data",
+        r#"{"n":1}"#,
+        "--event-type",
+        "order.created",
+        "--event-source",
+        "/shop",
+    ]);
+    assert!(ok, "{err}");
+    let event: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(event["type"], "order.created.echo", "{event}");
+    assert_eq!(event["echoedfrom"], "/shop", "{event}");
+    assert_eq!(event["data"], r#"{"n":1}"#, "{event}");
+    // The function's typed error: a failure, with the answer shown.
+    let (ok, out, err) = run(&["invoke", "echo-event", "--event-type", "ferry.test.reject"]);
+    assert!(!ok);
+    assert!(
+        out.contains("422") && out.contains("invalid-event"),
+        "{out}"
+    );
+    assert!(err.contains("failed"), "{err}");
+
+    // Asynchronous: --wait prints the outcome; --callback gets the signed result.
+    let (ok, out, err) = run(&["invoke", "hello-http", "/later", "--async", "--wait"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("succeeded after 1 attempt(s)"), "{out}");
+    assert!(
+        out.contains("Hello from Ferry! path=/hello-http/later"),
+        "{out}"
+    );
+    assert!(err.contains("waiting for"), "{err}");
+    let callback = receiver.url("/cb");
+    let (ok, out, _) = run(&["invoke", "hello-http", "--async", "--callback", &callback]);
+    assert!(ok);
+    assert!(out.starts_with("accepted "), "{out}");
+    ferry_tests::eventually("the callback", std::time::Duration::from_secs(30), || {
+        receiver.requests().into_iter().find(|r| r.path == "/cb")
+    });
+
+    // Bad input: a clear error, nothing sent.
+    let (ok, _, err) = run(&["invoke", "nope"]);
+    assert!(!ok && err.contains("no function named"), "{err}");
+    let (ok, _, err) = run(&["invoke", "hello-http", "-H", "no-colon"]);
+    assert!(!ok && err.contains("NAME:VALUE"), "{err}");
+    let (ok, _, err) = run(&["invoke", "hello-http", "--wait"]);
+    assert!(!ok && err.contains("--async"), "{err}");
+}
