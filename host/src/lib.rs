@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod bindings;
+pub mod build_cli;
 pub mod call;
 pub mod client;
 pub mod compiler;

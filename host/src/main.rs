@@ -79,6 +79,9 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// Build the function project in this folder (`cargo build --target wasm32-wasip2 --release`,
+    /// or `cargo component build --release` with --component) and say what came out.
+    Build(ferry_host::build_cli::BuildArgs),
     /// Call a function through the public listener: an HTTP request, or a CloudEvent for an
     /// event function; `--async` (with `--wait`, `--callback`) for an asynchronous invocation.
     Invoke(ferry_host::invoke_cli::InvokeArgs),
@@ -478,6 +481,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
+        Command::Build(ref args) => {
+            let built = ferry_host::build_cli::run(args)?;
+            if cli.json {
+                say!("{}", serde_json::to_string(&built)?);
+            } else {
+                say!(
+                    "built {} ({}, {} function)",
+                    built.component.display(),
+                    bytesize::ByteSize(built.size),
+                    built.world
+                );
+            }
+            Ok(())
+        }
         Command::Invoke(ref args) => {
             let invoked = ferry_host::invoke_cli::run(&client(&cli)?, args, cli.json)?;
             if !invoked.output.is_empty() {

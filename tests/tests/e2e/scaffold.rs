@@ -68,10 +68,25 @@ fn ferry_new_projects_test_build_deploy_and_answer_without_edits() {
     let dir = tmp.path().join("hi-event");
     assert!(dir.join("wit/world.wit").exists());
     cargo(&dir, &["test", "--quiet"]);
-    cargo(
-        &dir,
-        &["build", "--target", "wasm32-wasip2", "--release", "--quiet"],
+    // `ferry build` runs cargo and says what it made.
+    let out = ferry
+        .cli_command(&["build", "--json"])
+        .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(built["world"], "event", "{built}");
+    assert!(built["size"].as_u64().unwrap() > 10_000, "{built}");
+    assert!(built["component"]
+        .as_str()
+        .unwrap()
+        .ends_with("wasm32-wasip2/release/hi_event.wasm"));
     cli_ok(&ferry, &["deploy"], &dir);
     let post = |data: &'static str| {
         ferry
@@ -105,6 +120,11 @@ fn ferry_new_projects_test_build_deploy_and_answer_without_edits() {
         ferry.get("/hi-http-cc/x").1,
         "Hello from hi-http! You asked for /hi-http-cc/x\n"
     );
+
+    // `ferry build` outside a project says what to do.
+    let out = ferry.cli(&["build"], Some(tmp.path()));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ferry new http NAME"));
 
     // A name that is taken, or not a valid function name, changes nothing.
     let out = ferry.cli(&["new", "http", "hi-http"], Some(tmp.path()));
