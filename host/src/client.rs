@@ -35,6 +35,16 @@ impl AdminClient {
         })
     }
 
+    /// The admin API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The token this client sends.
+    pub fn token(&self) -> Option<&crate::auth::Token> {
+        self.token.as_ref()
+    }
+
     fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(&t.value),

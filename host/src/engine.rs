@@ -43,6 +43,8 @@ pub struct EngineOptions {
     pub compile: Option<CompileLimits>,
     /// The bytes of guest output kept for each function (`--log-buffer`).
     pub log_buffer: usize,
+    /// Also put each invocation's outcome into its function's log (`--log-outcomes`).
+    pub log_outcomes: bool,
 }
 
 impl Default for EngineOptions {
@@ -56,6 +58,7 @@ impl Default for EngineOptions {
             own_listeners: Vec::new(),
             compile: None,
             log_buffer: 1 << 20,
+            log_outcomes: false,
         }
     }
 }
@@ -194,6 +197,7 @@ pub struct Runtime {
     compiler: Option<ChildCompiler>,
     metrics: Arc<crate::metrics::Metrics>,
     logs: Arc<crate::logs::Logs>,
+    log_outcomes: bool,
 }
 
 impl Runtime {
@@ -241,6 +245,7 @@ impl Runtime {
                 m
             },
             logs: Arc::new(crate::logs::Logs::new(opts.log_buffer)),
+            log_outcomes: opts.log_outcomes,
         }))
     }
 
@@ -257,6 +262,11 @@ impl Runtime {
     /// What the host counts, for `/metrics`.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    /// Whether each invocation's outcome goes into its function's log.
+    pub fn log_outcomes(&self) -> bool {
+        self.log_outcomes
     }
 
     /// What the functions wrote to stdout and stderr.

@@ -383,6 +383,19 @@ fn finish(
         limit,
         ran.then_some(took),
     );
+    if runtime.log_outcomes() {
+        let mut text = format!(
+            "{} {mode} {outcome} in {:.1} ms",
+            call.trigger,
+            took.as_secs_f64() * 1000.0
+        );
+        if let Some(e) = error {
+            text.push_str(&format!(": {e}"));
+        }
+        runtime
+            .logs()
+            .push(&call.function, &call.id, vec![("outcome", text)]);
+    }
     if crate::otel::enabled() {
         use opentelemetry::KeyValue;
         let (name, kind) = match (mode, call.trigger) {

@@ -18,6 +18,7 @@ pub mod compiler;
 pub mod crashpoint;
 pub mod delivery;
 pub mod deploy;
+pub mod dev_cli;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzz;

@@ -79,6 +79,9 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// The inner loop: build, deploy (to the host at --admin, or to one it starts), print where
+    /// the function is served, stream its logs and outcomes, rebuild and redeploy on every change.
+    Dev(ferry_host::dev_cli::DevArgs),
     /// Build the function project in this folder (`cargo build --target wasm32-wasip2 --release`,
     /// or `cargo component build --release` with --component) and say what came out.
     Build(ferry_host::build_cli::BuildArgs),
@@ -240,6 +243,10 @@ struct ServeArgs {
     /// Guest output kept for each function (`ferry logs`), newest lines; older ones are dropped.
     #[arg(long, env = "FERRY_LOG_BUFFER", default_value = "1MiB", value_parser = parse_size)]
     log_buffer: u64,
+    /// Also put each invocation's outcome (trigger, mode, outcome, duration, error) into its
+    /// function's log, as stream `outcome` (`ferry dev` turns it on for the host it starts).
+    #[arg(long, env = "FERRY_LOG_OUTCOMES")]
+    log_outcomes: bool,
     /// The host log's format on stderr: `human` (one line per record) or `json` (one JSON object
     /// per line, for log collectors).
     #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
@@ -481,6 +488,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
+        Command::Dev(ref args) => ferry_host::dev_cli::run(&cli.admin, &given(&cli), args),
         Command::Build(ref args) => {
             let built = ferry_host::build_cli::run(args)?;
             if cli.json {
@@ -725,6 +733,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             max_total_memory: args.max_total_memory,
             max_wasm_stack: args.max_wasm_stack,
             log_buffer: usize::try_from(args.log_buffer).unwrap_or(usize::MAX),
+            log_outcomes: args.log_outcomes,
             outbound: OutboundOptions {
                 allow_private: args.allow_private_outbound,
                 connect_timeout: args.outbound_connect_timeout,

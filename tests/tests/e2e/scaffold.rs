@@ -153,3 +153,103 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
         );
     }
 }
+
+#[test]
+fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_host() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let made = Command::new(ferry_tests::ferry_bin())
+        .current_dir(tmp.path())
+        .args(["new", "http", "dev-fn"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let dir = tmp.path().join("dev-fn");
+    // No host at --admin: `ferry dev` starts its own (store in dev-fn/.ferry).
+    let mut dev = Command::new(ferry_tests::ferry_bin())
+        .current_dir(&dir)
+        .args([
+            "--admin",
+            "http://127.0.0.1:1",
+            "dev",
+            "--debounce",
+            "200ms",
+        ])
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("FERRY_DATA_DIR")
+        .env_remove("FERRY_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = dev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut dev = Kill(dev);
+    let until = |marker: &str, within: Duration| -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("`ferry dev` never printed {marker:?}: {e}"),
+            }
+        }
+    };
+    let serving = until("dev: serving ", Duration::from_secs(300));
+    let url = serving.rsplit(" at ").next().unwrap().trim().to_string();
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        http.get(format!("{url}{path}"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    };
+    assert_eq!(get("/x"), "Hello from dev-fn! You asked for /dev-fn/x\n");
+    // The function's output and the outcome stream in.
+    until("request for /dev-fn/x", Duration::from_secs(30));
+    until("http sync ok in", Duration::from_secs(30));
+
+    // A change is built and served.
+    let lib = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, text.replace("Hello from", "Howdy from")).unwrap();
+    until("dev: redeployed dev-fn v2", Duration::from_secs(300));
+    assert_eq!(get("/y"), "Howdy from dev-fn! You asked for /dev-fn/y\n");
+
+    // A broken edit is reported; the last good version keeps serving.
+    let good = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, format!("{good}\nbroken(")).unwrap();
+    until("still serving v2", Duration::from_secs(300));
+    assert_eq!(get("/z"), "Howdy from dev-fn! You asked for /dev-fn/z\n");
+
+    // Ctrl-C stops `ferry dev` and the host it started.
+    let pid = dev.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    ferry_tests::eventually("ferry dev to exit", Duration::from_secs(60), || {
+        dev.0.try_wait().unwrap()
+    });
+    ferry_tests::eventually("its host to stop", Duration::from_secs(30), || {
+        http.get(format!("{url}/x")).send().is_err().then_some(())
+    });
+}

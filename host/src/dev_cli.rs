@@ -1,0 +1,318 @@
+//! `ferry dev`: the inner loop. Builds the project in a folder, uses the host at `--admin` or
+//! starts one of its own (store in the project's `.ferry`), deploys, prints where the function
+//! is served, streams its logs, and rebuilds and redeploys whenever a source file changes. A
+//! build that fails is shown and the last good version keeps serving. Ctrl-C stops the host it
+//! started.
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use crate::auth::{self, Given};
+use crate::build_cli::{self, BuildArgs};
+use crate::client::AdminClient;
+
+/// What `ferry dev` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// The project folder.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Build with `cargo component build`.
+    #[arg(long)]
+    pub component: bool,
+    /// How long the sources must stay unchanged before a rebuild.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+}
+
+/// A host `ferry dev` started: stopped (SIGTERM, then SIGKILL) when dropped.
+struct OwnHost(Child);
+
+impl Drop for OwnHost {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn reachable(admin: &str) -> bool {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()
+        .and_then(|c| c.get(format!("{admin}/readyz")).send().ok())
+        .is_some_and(|r| r.status().is_success())
+}
+
+/// Starts `ferry serve` on free loopback ports with its store in `data_dir`; returns it and its
+/// admin URL once it serves.
+fn start_host(data_dir: &Path) -> anyhow::Result<(OwnHost, String)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let log_path = data_dir.join("host.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the ferry binary")?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-outcomes",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("cannot start ferry serve")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let host = OwnHost(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("ferry: serving functions on ") {
+                let admin = rest.rsplit(' ').next().unwrap_or("").to_string();
+                let _ = tx.send(admin);
+            }
+        }
+    });
+    let admin = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+        anyhow::anyhow!(
+            "the host did not start within a minute; its log: {}",
+            log_path.display()
+        )
+    })?;
+    Ok((host, admin))
+}
+
+/// Each source file's modification time and size, below `dir` (build output, the store and
+/// version control left out).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                if !matches!(
+                    name.as_ref(),
+                    "target" | ".ferry" | ".git" | "node_modules" | "__pycache__"
+                ) {
+                    stack.push(e.path());
+                }
+            } else if name != "bindings.rs" {
+                // (cargo component rewrites src/bindings.rs at every build.)
+                out.insert(
+                    e.path(),
+                    (
+                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        meta.len(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn deploy(client: &AdminClient, dir: &Path, built: &build_cli::Built) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(&built.component)
+        .with_context(|| format!("cannot read {}", built.component.display()))?;
+    let manifest = dir.join("ferry.toml");
+    if manifest.exists() {
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        let parsed = crate::manifest::Manifest::parse(&text)
+            .with_context(|| format!("in {}", manifest.display()))?;
+        client.deploy_with_manifest(&parsed.name, bytes, text)
+    } else {
+        let name = built
+            .component
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("function")
+            .replace('_', "-");
+        client.deploy_raw(&name, bytes)
+    }
+}
+
+/// Prints every new line of `name`'s log (and, from a host started by `ferry dev`, every
+/// invocation's outcome) until `stop`.
+fn follow_logs(client: AdminClient, name: String, stop: Arc<AtomicBool>) {
+    let mut after: Option<u64> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let query = match after {
+            Some(a) => vec![
+                ("after", a.to_string()),
+                ("wait", "2s".to_string()),
+                ("limit", "1000".to_string()),
+            ],
+            // Start from now: the lines before this session were shown by earlier ones.
+            None => vec![("limit", "1".to_string())],
+        };
+        match client.logs(&name, &query) {
+            Ok(page) => {
+                if after.is_some() {
+                    for line in page["lines"].as_array().into_iter().flatten() {
+                        let s = |k: &str| line[k].as_str().unwrap_or("").to_string();
+                        println!(
+                            "{} {} {}  {}",
+                            s("time"),
+                            s("stream"),
+                            s("invocation"),
+                            s("text")
+                        );
+                    }
+                }
+                after = page["next"].as_u64().or(after);
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+fn describe(f: &Value) -> String {
+    let mut out = format!(
+        "{} v{} ({} function) at {}",
+        f["name"].as_str().unwrap_or("?"),
+        f["version"],
+        f["world"].as_str().unwrap_or("?"),
+        f["url"].as_str().unwrap_or("?")
+    );
+    for route in f["routes"].as_array().into_iter().flatten() {
+        if let Some(r) = route.as_str() {
+            out.push_str(&format!("\n  route {r}"));
+        }
+    }
+    for hook in f["webhooks"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  webhook {}",
+            hook["url"].as_str().unwrap_or("?")
+        ));
+    }
+    out
+}
+
+/// Runs `ferry dev` until Ctrl-C (or `stop` is set).
+pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
+    let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
+    let build = BuildArgs {
+        dir: dir.clone(),
+        component: args.component,
+    };
+    let built = build_cli::run(&build)?;
+    let (host, client) = if reachable(admin) {
+        let (token, looked) = auth::for_cli(given, admin, None)?;
+        println!("dev: using the host at {admin}");
+        (None, AdminClient::new(admin, token, looked)?)
+    } else {
+        let data_dir = dir.join(".ferry");
+        println!(
+            "dev: no host at {admin}; starting one (store and log in {})",
+            data_dir.display()
+        );
+        let (host, own_admin) = start_host(&data_dir)?;
+        let (token, looked) = auth::for_cli(&Given::default(), &own_admin, Some(&data_dir))?;
+        (Some(host), AdminClient::new(&own_admin, token, looked)?)
+    };
+    let deployed = deploy(&client, &dir, &built)?;
+    let name = deployed["name"].as_str().unwrap_or("").to_string();
+    if name.is_empty() {
+        bail!("the host did not say what it deployed: {deployed}");
+    }
+    println!("dev: serving {}", describe(&deployed));
+    println!("dev: watching {} for changes; Ctrl-C stops", dir.display());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    {
+        let (token, looked) = (client_token(&client), String::new());
+        let follower = AdminClient::new(client.base(), token, looked)?;
+        let (stop, name) = (stop.clone(), name.clone());
+        std::thread::spawn(move || follow_logs(follower, name, stop));
+    }
+
+    let mut seen = snapshot(&dir);
+    let mut version = deployed["version"].clone();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = snapshot(&dir);
+        if now == seen {
+            continue;
+        }
+        // Debounce: wait until the sources stop changing.
+        let mut settled = now;
+        loop {
+            std::thread::sleep(args.debounce);
+            let again = snapshot(&dir);
+            if again == settled || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            settled = again;
+        }
+        seen = settled;
+        println!("dev: change seen; building");
+        match build_cli::run(&build).and_then(|b| deploy(&client, &dir, &b).map(|d| (b, d))) {
+            Ok((b, d)) => {
+                version = d["version"].clone();
+                println!(
+                    "dev: redeployed {} v{version} ({})",
+                    name,
+                    bytesize::ByteSize(b.size)
+                );
+            }
+            Err(e) => println!("dev: {e:#}; still serving v{version}"),
+        }
+    }
+    println!("dev: stopping");
+    drop(host);
+    Ok(())
+}
+
+fn client_token(client: &AdminClient) -> Option<auth::Token> {
+    client.token().cloned()
+}
