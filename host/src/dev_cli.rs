@@ -169,34 +169,27 @@ fn deploy(client: &AdminClient, dir: &Path, built: &build_cli::Built) -> anyhow:
 }
 
 /// Prints every new line of `name`'s log (and, from a host started by `ferry dev`, every
-/// invocation's outcome) until `stop`.
-fn follow_logs(client: AdminClient, name: String, stop: Arc<AtomicBool>) {
-    let mut after: Option<u64> = None;
+/// invocation's outcome) after line number `after`, until `stop`.
+fn follow_logs(client: AdminClient, name: String, mut after: u64, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let query = match after {
-            Some(a) => vec![
-                ("after", a.to_string()),
-                ("wait", "2s".to_string()),
-                ("limit", "1000".to_string()),
-            ],
-            // Start from now: the lines before this session were shown by earlier ones.
-            None => vec![("limit", "1".to_string())],
-        };
+        let query = [
+            ("after", after.to_string()),
+            ("wait", "2s".to_string()),
+            ("limit", "1000".to_string()),
+        ];
         match client.logs(&name, &query) {
             Ok(page) => {
-                if after.is_some() {
-                    for line in page["lines"].as_array().into_iter().flatten() {
-                        let s = |k: &str| line[k].as_str().unwrap_or("").to_string();
-                        println!(
-                            "{} {} {}  {}",
-                            s("time"),
-                            s("stream"),
-                            s("invocation"),
-                            s("text")
-                        );
-                    }
+                for line in page["lines"].as_array().into_iter().flatten() {
+                    let s = |k: &str| line[k].as_str().unwrap_or("").to_string();
+                    println!(
+                        "{} {} {}  {}",
+                        s("time"),
+                        s("stream"),
+                        s("invocation"),
+                        s("text")
+                    );
                 }
-                after = page["next"].as_u64().or(after);
+                after = page["next"].as_u64().unwrap_or(after);
             }
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
@@ -252,6 +245,13 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
     if name.is_empty() {
         bail!("the host did not say what it deployed: {deployed}");
     }
+    // Follow from the newest line now, before the URL is out: nothing after it is missed (the
+    // lines before this session were shown by earlier ones).
+    let newest = client
+        .logs(&name, &[("limit", "1".to_string())])
+        .ok()
+        .and_then(|p| p["next"].as_u64())
+        .unwrap_or(0);
     println!("dev: serving {}", describe(&deployed));
     println!("dev: watching {} for changes; Ctrl-C stops", dir.display());
 
@@ -273,7 +273,7 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
         let (token, looked) = (client_token(&client), String::new());
         let follower = AdminClient::new(client.base(), token, looked)?;
         let (stop, name) = (stop.clone(), name.clone());
-        std::thread::spawn(move || follow_logs(follower, name, stop));
+        std::thread::spawn(move || follow_logs(follower, name, newest, stop));
     }
 
     let mut seen = snapshot(&dir);

@@ -633,6 +633,8 @@ struct LimitedBody<B> {
     remaining: u64,
     max: u64,
     over: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Once over the limit: bytes of the rest read and dropped so far.
+    drained: Option<u64>,
 }
 
 impl<B> LimitedBody<B> {
@@ -642,6 +644,7 @@ impl<B> LimitedBody<B> {
             remaining: max,
             max,
             over: None,
+            drained: None,
         }
     }
 
@@ -662,6 +665,23 @@ impl<B: RequestBody> hyper::body::Body for LimitedBody<B> {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         use std::task::Poll;
         let this = &mut *self;
+        let too_large = || wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.max));
+        if let Some(drained) = &mut this.drained {
+            // Over the limit: read and drop the rest (up to LINGER more bytes) before failing,
+            // so that the caller, still sending, gets its 413 instead of a reset connection.
+            loop {
+                match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        *drained += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        if *drained > http_trigger::LINGER {
+                            return Poll::Ready(Some(Err(too_large())));
+                        }
+                    }
+                    Poll::Ready(_) => return Poll::Ready(Some(Err(too_large()))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -670,9 +690,9 @@ impl<B: RequestBody> hyper::body::Body for LimitedBody<B> {
                         if let Some(over) = &this.over {
                             over.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
-                        return Poll::Ready(Some(Err(
-                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.max)),
-                        )));
+                        this.drained = Some(0);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
                     this.remaining -= len;
                 }
