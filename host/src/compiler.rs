@@ -199,7 +199,11 @@ fn resident(pid: u32) -> u64 {
 /// limits back the parent's wall-clock and resident-memory watch (which samples, so a burst
 /// could slip past it). Returns the process's exit code.
 pub fn run_child(engine: &EngineOptions, cpu: Duration, memory: u64) -> i32 {
-    let secs = cpu.as_secs().max(1);
+    // CPU time adds up over the compiler's threads: the wall-clock bound times the cores is
+    // what a compile within that bound can use (with one core's worth, a big component compiled
+    // on two cores was stopped at half the time the operator allowed).
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
+    let secs = cpu.as_secs().max(1).saturating_mul(cores);
     let _ = rlimit::setrlimit(rlimit::Resource::CPU, secs + 1, secs + 2);
     // Address space is more than resident memory (thread stacks, allocator arenas, the
     // engine's reservations): allow twice the bound plus 1 GiB before the allocator fails.
