@@ -16,6 +16,7 @@ mod delivery;
 mod delivery_crash;
 mod durability;
 mod event_functions;
+mod guides;
 mod http_functions;
 mod metrics;
 mod nats;
