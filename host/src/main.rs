@@ -951,8 +951,22 @@ fn dlq(client: &AdminClient, cmd: DlqCommand, json: bool) -> anyhow::Result<()> 
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))
+    let bytes =
+        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    // Progress for the long part: a big component (an interpreter inside, say) takes seconds to
+    // upload and compile. On stderr, so that stdout stays the answer.
+    if bytes.len() >= PROGRESS_FROM {
+        eprintln!(
+            "uploading {} ({}); the host compiles it before answering…",
+            path.display(),
+            bytesize::ByteSize(bytes.len() as u64)
+        );
+    }
+    Ok(bytes)
 }
+
+/// Uploads from this size on say that they are under way.
+const PROGRESS_FROM: usize = 1 << 20;
 
 fn deploy(client: &AdminClient, args: DeployArgs) -> anyhow::Result<Value> {
     let manifest_path = match (&args.manifest, &args.file) {

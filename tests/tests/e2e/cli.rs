@@ -347,3 +347,29 @@ fn ferry_invoke_calls_http_and_event_functions_sync_and_async() {
     let (ok, _, err) = run(&["invoke", "hello-http", "--wait"]);
     assert!(!ok && err.contains("--async"), "{err}");
 }
+
+#[test]
+fn a_large_upload_says_it_is_under_way_on_stderr() {
+    let ferry = Ferry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let big =
+        ferry_tests::with_custom_section(&guests::bytes(guests::HELLO_HTTP), &"x".repeat(2 << 20));
+    let file = dir.path().join("big_one.wasm");
+    std::fs::write(&file, big).unwrap();
+    let out = ferry.cli(&["deploy", file.to_str().unwrap()], None);
+    let stdout = ok(&out);
+    assert!(stdout.contains("big-one"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("uploading") && stderr.contains("MiB"),
+        "{stderr}"
+    );
+    // A small one stays quiet.
+    let out = ferry.cli(&["deploy", guests::HELLO_HTTP], None);
+    ok(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
