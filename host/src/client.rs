@@ -7,6 +7,7 @@ use reqwest::blocking::{multipart, Client, RequestBuilder, Response};
 use serde_json::Value;
 
 /// A connection to one host's admin API, with its token.
+#[derive(Clone)]
 pub struct AdminClient {
     base: String,
     token: Option<crate::auth::Token>,
@@ -33,16 +34,6 @@ impl AdminClient {
                 .build()
                 .context("failed to build an HTTP client")?,
         })
-    }
-
-    /// The admin API's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// The token this client sends.
-    pub fn token(&self) -> Option<&crate::auth::Token> {
-        self.token.as_ref()
     }
 
     fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
@@ -145,6 +136,19 @@ impl AdminClient {
 
     fn function_url(&self, name: &str) -> String {
         format!("{}/v1/functions/{name}", self.base)
+    }
+
+    /// Deploys `wasm` with the manifest in the file `manifest` (its `name` names the function).
+    pub fn deploy_manifest_file(
+        &self,
+        manifest: &std::path::Path,
+        wasm: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let text = std::fs::read_to_string(manifest)
+            .with_context(|| format!("failed to read {}", manifest.display()))?;
+        let parsed = crate::manifest::Manifest::parse(&text)
+            .with_context(|| format!("in {}", manifest.display()))?;
+        self.deploy_with_manifest(&parsed.name, wasm, text)
     }
 
     /// Deploys raw component bytes with default settings.

@@ -152,11 +152,7 @@ fn deploy(client: &AdminClient, dir: &Path, built: &build_cli::Built) -> anyhow:
         .with_context(|| format!("cannot read {}", built.component.display()))?;
     let manifest = dir.join("ferry.toml");
     if manifest.exists() {
-        let text = std::fs::read_to_string(&manifest)
-            .with_context(|| format!("cannot read {}", manifest.display()))?;
-        let parsed = crate::manifest::Manifest::parse(&text)
-            .with_context(|| format!("in {}", manifest.display()))?;
-        client.deploy_with_manifest(&parsed.name, bytes, text)
+        client.deploy_manifest_file(&manifest, bytes)
     } else {
         let name = built
             .component
@@ -270,8 +266,7 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
         });
     }
     {
-        let (token, looked) = (client_token(&client), String::new());
-        let follower = AdminClient::new(client.base(), token, looked)?;
+        let follower = client.clone();
         let (stop, name) = (stop.clone(), name.clone());
         std::thread::spawn(move || follow_logs(follower, name, newest, stop));
     }
@@ -311,8 +306,4 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
     println!("dev: stopping");
     drop(host);
     Ok(())
-}
-
-fn client_token(client: &AdminClient) -> Option<auth::Token> {
-    client.token().cloned()
 }

@@ -98,9 +98,10 @@ impl TraceContext {
     fn traceparent_bytes(&self) -> [u8; 55] {
         let mut out = [b'-'; 55];
         out[..2].copy_from_slice(b"00");
-        hex_into(&mut out[3..35], &self.trace_id.to_be_bytes());
-        hex_into(&mut out[36..52], &self.span_id.to_be_bytes());
-        hex_into(&mut out[53..55], &[self.flags]);
+        // The slices are exactly twice the bytes' length, so encoding cannot fail.
+        let _ = hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.span_id.to_be_bytes(), &mut out[36..52]);
+        let _ = hex::encode_to_slice([self.flags], &mut out[53..55]);
         out
     }
 
@@ -212,15 +213,6 @@ pub fn parse(value: &[u8]) -> Option<(u128, u64, u8)> {
     let parent_id = hex_u64(&rest[34..50])?;
     let flags = hex_u8(&rest[51..53])?;
     (trace_id != 0 && parent_id != 0).then_some((trace_id, parent_id, flags))
-}
-
-/// Writes `bytes` as lowercase hex into `out` (twice as long).
-pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
-    }
 }
 
 fn lower_hex(s: &str) -> bool {
