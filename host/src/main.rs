@@ -677,13 +677,14 @@ fn print_status(status: &Value) {
         say!(
             "{:<24} {:>7} {:<6} {:>8} {:>6.1}% {:>9} {:>9} {:>5}  {}",
             f["name"].as_str().unwrap_or("?"),
-            f["version"],
+            // (A JSON value ignores width: pad its text.)
+            f["version"].to_string(),
             f["world"].as_str().unwrap_or("?"),
-            recent["invocations"],
+            recent["invocations"].to_string(),
             recent["failure_rate"].as_f64().unwrap_or(0.0) * 100.0,
             ms(&recent["p50_ms"]),
             ms(&recent["p99_ms"]),
-            f["dead_letters"],
+            f["dead_letters"].to_string(),
             triggers.join(", ")
         );
     }
