@@ -76,8 +76,8 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<Built> {
             );
         }
         bail!(
-            "{} has no Cargo.toml: run `ferry build` in a function project (make one with \
-             `ferry new http NAME`)",
+            "{} has no Cargo.toml: run this in a function project's folder, or give it with \
+             --dir (make one with `ferry new http NAME`)",
             dir.display()
         );
     }
