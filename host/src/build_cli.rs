@@ -64,25 +64,86 @@ fn have(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Builds the project in `args.dir`.
+/// Whether `program` is on PATH (or, with a slash, a file relative to `dir`).
+fn on_path(program: &str, dir: &Path) -> bool {
+    if program.contains('/') {
+        return dir.join(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+}
+
+/// What to tell someone whose `program` is missing.
+fn install_hint(program: &str) -> String {
+    match program {
+        "componentize-py" => "componentize-py is not installed: `pip install componentize-py` \
+                              (Python 3.10 or newer), then run `ferry build` again"
+            .to_string(),
+        "npm" | "npx" | "node" => format!(
+            "Node.js is not installed (`{program}` is not on PATH): install Node.js 20 or newer \
+             (https://nodejs.org), then run `ferry build` again"
+        ),
+        "cargo" => "cargo is not installed: install Rust with rustup (https://rustup.rs), then \
+                    run `ferry build` again"
+            .to_string(),
+        _ => format!(
+            "`{program}` (the first word of ferry.toml's [build] command) is not installed or \
+             not on PATH"
+        ),
+    }
+}
+
+/// A command whose output goes to this process's stderr: what `ferry build` prints on stdout
+/// (or as JSON) is its result alone.
+fn quiet_command(program: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(dir).stdout(std::io::stderr());
+    cmd
+}
+
+/// Builds the project in `args.dir`: with the `[build]` command of its `ferry.toml` when it has
+/// one, else as a Rust project.
 pub fn run(args: &BuildArgs) -> anyhow::Result<Built> {
     let dir = &args.dir;
-    if !dir.join("Cargo.toml").exists() {
-        if dir.join("package.json").exists() || dir.join("pyproject.toml").exists() {
+    let manifest_path = dir.join("ferry.toml");
+    let manifest = if manifest_path.exists() {
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+        Some(
+            crate::manifest::Manifest::parse(&text)
+                .with_context(|| format!("in {}", manifest_path.display()))?,
+        )
+    } else {
+        None
+    };
+    if let Some((manifest, build)) = manifest
+        .as_ref()
+        .and_then(|m| m.build.as_ref().map(|b| (m, b)))
+    {
+        if args.component {
             bail!(
-                "{} is not a Rust project: `ferry build` builds Rust projects so far (build a \
-                 JavaScript or Python component with jco or componentize-py, then `ferry deploy`)",
-                dir.display()
+                "--component builds a Rust project with cargo component; this project builds \
+                 with the [build] command of its ferry.toml"
             );
         }
+        let component = manifest.component.as_deref().with_context(|| {
+            format!(
+                "{} has a [build] command but no `component`: name the file the command makes",
+                manifest_path.display()
+            )
+        })?;
+        return run_command(dir, &build.command, &dir.join(component));
+    }
+    if !dir.join("Cargo.toml").exists() {
         bail!(
-            "{} has no Cargo.toml: run this in a function project's folder, or give it with \
-             --dir (make one with `ferry new http NAME`)",
+            "{} has no Cargo.toml and no ferry.toml with a [build] command: run this in a \
+             function project's folder, or give it with --dir (make one with `ferry new http \
+             NAME`)",
             dir.display()
         );
     }
     if !have("cargo", &["--version"]) {
-        bail!("cargo is not installed: install Rust with rustup (https://rustup.rs), then run `ferry build` again");
+        bail!("{}", install_hint("cargo"));
     }
     let target = if args.component {
         if !have("cargo", &["component", "--version"]) {
@@ -103,8 +164,7 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<Built> {
             bail!("the Rust target {target} is not installed: `rustup target add {target}`");
         }
     }
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(dir);
+    let mut cmd = quiet_command("cargo", dir);
     if args.component {
         cmd.args(["component", "build", "--release"]);
     } else {
@@ -114,7 +174,50 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<Built> {
     if !status.success() {
         bail!("the build failed (cargo's errors are above)");
     }
-    let component = component_path(dir, target)?;
+    built(component_path(dir, target)?)
+}
+
+/// Runs a `[build]` command in `dir` (installing a JavaScript project's packages first when it
+/// has none), then reads `component`.
+fn run_command(dir: &Path, command: &str, component: &Path) -> anyhow::Result<Built> {
+    let program = command.split_whitespace().next().unwrap_or("");
+    if program.is_empty() {
+        bail!("ferry.toml's [build] command is empty");
+    }
+    if dir.join("package.json").exists() && !dir.join("node_modules").exists() {
+        if !on_path("npm", dir) {
+            bail!("{}", install_hint("npm"));
+        }
+        eprintln!("ferry build: installing the project's packages (npm install)…");
+        let status = quiet_command("npm", dir)
+            .args(["install", "--no-audit", "--no-fund"])
+            .status()
+            .context("cannot run npm")?;
+        if !status.success() {
+            bail!("npm install failed (its errors are above)");
+        }
+    }
+    if !on_path(program, dir) {
+        bail!("{}", install_hint(program));
+    }
+    eprintln!("ferry build: {command}");
+    let status = quiet_command("sh", dir)
+        .args(["-c", command])
+        .status()
+        .context("cannot run sh")?;
+    if !status.success() {
+        bail!(
+            "the build failed: `{command}` {} (its errors are above)",
+            status
+                .code()
+                .map_or("was killed".to_string(), |c| format!("exited with {c}"))
+        );
+    }
+    built(component.to_path_buf())
+}
+
+/// Reads what a build made.
+fn built(component: PathBuf) -> anyhow::Result<Built> {
     let bytes = std::fs::read(&component)
         .with_context(|| format!("cannot read the built component {}", component.display()))?;
     let world = world_of(&bytes)?;

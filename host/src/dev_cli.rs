@@ -62,9 +62,24 @@ fn reachable(admin: &str) -> bool {
         .is_some_and(|r| r.status().is_success())
 }
 
-/// Starts `ferry serve` on free loopback ports with its store in `data_dir`; returns it and its
-/// admin URL once it serves.
+/// Starts `ferry serve` with its store in `data_dir` on the usual loopback ports (the URLs a
+/// guide shows) when they are free, else on any; returns it and its admin URL once it serves.
 fn start_host(data_dir: &Path) -> anyhow::Result<(OwnHost, String)> {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    if free(8080) && free(8081) {
+        // (Another program may take them in between: then any ports.)
+        if let Ok(started) = start_host_on(data_dir, "127.0.0.1:8080", "127.0.0.1:8081") {
+            return Ok(started);
+        }
+    }
+    start_host_on(data_dir, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+fn start_host_on(
+    data_dir: &Path,
+    listen: &str,
+    admin_listen: &str,
+) -> anyhow::Result<(OwnHost, String)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let log_path = data_dir.join("host.log");
@@ -75,9 +90,9 @@ fn start_host(data_dir: &Path) -> anyhow::Result<(OwnHost, String)> {
         .args([
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--admin-listen",
-            "127.0.0.1:0",
+            admin_listen,
             "--log-outcomes",
         ])
         .arg("--data-dir")
@@ -103,12 +118,18 @@ fn start_host(data_dir: &Path) -> anyhow::Result<(OwnHost, String)> {
             }
         }
     });
-    let admin = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
-        anyhow::anyhow!(
-            "the host did not start within a minute; its log: {}",
-            log_path.display()
-        )
-    })?;
+    let admin = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|e| match e {
+            std::sync::mpsc::RecvTimeoutError::Timeout => anyhow::anyhow!(
+                "the host did not start within a minute; its log: {}",
+                log_path.display()
+            ),
+            std::sync::mpsc::RecvTimeoutError::Disconnected => anyhow::anyhow!(
+                "the host stopped before serving; its log: {}",
+                log_path.display()
+            ),
+        })?;
     Ok((host, admin))
 }
 
@@ -132,8 +153,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
                 ) {
                     stack.push(e.path());
                 }
-            } else if name != "bindings.rs" {
-                // (cargo component rewrites src/bindings.rs at every build.)
+            } else if name != "bindings.rs" && !name.ends_with(".wasm") {
+                // (cargo component rewrites src/bindings.rs at every build; Python and
+                // JavaScript builds write their component into the folder.)
                 out.insert(
                     e.path(),
                     (

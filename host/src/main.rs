@@ -109,6 +109,11 @@ enum Command {
         /// The folder to write into (world.wit and deps/).
         #[arg(long, default_value = "wit")]
         out: PathBuf,
+        /// Write the WASI packages at this 0.2 release instead of the one Ferry vendors (for
+        /// tools that bind to one release only: componentize-js needs 0.2.10). Items newer than
+        /// the release are left out; a host serves every 0.2 release.
+        #[arg(long, value_name = "0.2.N")]
+        wasi: Option<String>,
     },
     /// The host (version, uptime, store, NATS) and every function: triggers and their state,
     /// invocations, failure rate and p50/p99 duration over the last 5 minutes, dead letters.
@@ -537,18 +542,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 say!("try it (see its README.md):");
                 say!("  cd {}", dir.display());
-                say!("  cargo build --target wasm32-wasip2 --release");
-                say!("  ferry deploy");
+                say!("  ferry dev      # builds, deploys, streams its output, redeploys on save");
             }
             Ok(())
         }
-        Command::Wit { ref out } => {
-            let files = ferry_host::scaffold::write_wit(out)?;
+        Command::Wit { ref out, ref wasi } => {
+            let patch = wasi
+                .as_deref()
+                .map(ferry_host::scaffold::parse_wasi)
+                .transpose()?;
+            let files = ferry_host::scaffold::write_wit(out, patch)?;
+            let wasi = patch.map_or_else(
+                || ferry_host::scaffold::WASI.to_string(),
+                |p| format!("0.2.{p}"),
+            );
             if cli.json {
-                say!("{}", serde_json::json!({ "files": files }));
+                say!("{}", serde_json::json!({ "files": files, "wasi": wasi }));
             } else {
                 say!(
-                    "wrote Ferry's WIT ({} files) to {}/: worlds ferry:function/http-function and ferry:function/event-function",
+                    "wrote Ferry's WIT ({} files, WASI {wasi}) to {}/: worlds ferry:function/http-function and ferry:function/event-function",
                     files.len(),
                     out.display()
                 );

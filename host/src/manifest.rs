@@ -16,6 +16,8 @@ pub struct Manifest {
     pub name: String,
     /// Path of the component, relative to the manifest; used by the CLI only.
     pub component: Option<String>,
+    /// `[build]`: how `ferry build` and `ferry dev` make the component; used by the CLI only.
+    pub build: Option<BuildSection>,
     /// `[limits]`: the sandbox limits.
     #[serde(default)]
     pub limits: LimitsSection,
@@ -35,6 +37,15 @@ pub struct Manifest {
     /// environment (`env:NAME`) and are never shown.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+}
+
+/// `[build]`: the command that builds the component (run with `sh -c` in the manifest's
+/// folder).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    /// The command, e.g. `componentize-py -d wit -w http-function componentize app -o app.wasm`.
+    pub command: String,
 }
 
 /// A `[config]` value: text, or `{ value = "...", secret = true }`.

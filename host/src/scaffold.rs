@@ -37,62 +37,190 @@ pub enum Kind {
 pub enum Lang {
     /// Rust: cargo (`wasm32-wasip2`) or cargo component.
     Rust,
+    /// Python: componentize-py.
+    Python,
+    /// JavaScript: componentize-js (the engine of `jco componentize`).
+    #[value(alias = "javascript")]
+    Js,
 }
 
 /// One file of a template: its path in the project and its text, with `{{name}}` (the function
 /// name) and `{{crate}}` (the name as a Rust library file name) to fill in.
 type Template = &'static [(&'static str, &'static str)];
 
-const RUST_HTTP: Template = &[
-    (
-        "Cargo.toml",
-        include_str!("../templates/rust-http/Cargo.toml"),
-    ),
-    (
-        "src/lib.rs",
-        include_str!("../templates/rust-http/src/lib.rs"),
-    ),
-    (
-        "ferry.toml",
-        include_str!("../templates/rust-http/ferry.toml"),
-    ),
-    (
-        "README.md",
-        include_str!("../templates/rust-http/README.md"),
-    ),
-    (
-        ".gitignore",
-        include_str!("../templates/rust-http/gitignore"),
-    ),
-];
+/// A template's files from `host/templates/DIR`: (path in the project, file in DIR).
+macro_rules! template {
+    ($dir:literal: $($to:literal <- $from:literal),* $(,)?) => {
+        &[$(($to, include_str!(concat!("../templates/", $dir, "/", $from)))),*]
+    };
+}
 
-const RUST_EVENT: Template = &[
-    (
-        "Cargo.toml",
-        include_str!("../templates/rust-event/Cargo.toml"),
-    ),
-    (
-        "src/lib.rs",
-        include_str!("../templates/rust-event/src/lib.rs"),
-    ),
-    (
-        "ferry.toml",
-        include_str!("../templates/rust-event/ferry.toml"),
-    ),
-    (
-        "README.md",
-        include_str!("../templates/rust-event/README.md"),
-    ),
-    (
-        ".gitignore",
-        include_str!("../templates/rust-event/gitignore"),
-    ),
-];
+const RUST_HTTP: Template = template!("rust-http":
+    "Cargo.toml" <- "Cargo.toml",
+    "src/lib.rs" <- "src/lib.rs",
+    "ferry.toml" <- "ferry.toml",
+    "README.md" <- "README.md",
+    ".gitignore" <- "gitignore",
+);
 
-/// Writes Ferry's WIT into `dir` (`dir/world.wit`, `dir/deps/*.wit`); returns the files written.
-pub fn write_wit(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+const RUST_EVENT: Template = template!("rust-event":
+    "Cargo.toml" <- "Cargo.toml",
+    "src/lib.rs" <- "src/lib.rs",
+    "ferry.toml" <- "ferry.toml",
+    "README.md" <- "README.md",
+    ".gitignore" <- "gitignore",
+);
+
+const PYTHON_HTTP: Template = template!("python-http":
+    "app.py" <- "app.py",
+    "test_app.py" <- "test_app.py",
+    "ferry.toml" <- "ferry.toml",
+    "README.md" <- "README.md",
+    ".gitignore" <- "gitignore",
+);
+
+const PYTHON_EVENT: Template = template!("python-event":
+    "app.py" <- "app.py",
+    "test_app.py" <- "test_app.py",
+    "ferry.toml" <- "ferry.toml",
+    "README.md" <- "README.md",
+    ".gitignore" <- "gitignore",
+);
+
+const JS_HTTP: Template = template!("js-http":
+    "app.js" <- "app.js",
+    "app.test.js" <- "app.test.js",
+    "package.json" <- "package.json",
+    "ferry.toml" <- "ferry.toml",
+    "README.md" <- "README.md",
+    ".gitignore" <- "gitignore",
+);
+
+const JS_EVENT: Template = template!("js-event":
+    "app.js" <- "app.js",
+    "app.test.js" <- "app.test.js",
+    "package.json" <- "package.json",
+    "ferry.toml" <- "ferry.toml",
+    "README.md" <- "README.md",
+    ".gitignore" <- "gitignore",
+);
+
+/// The WASI version of the packages in `wit/deps` (what Ferry's WIT imports).
+pub const WASI: &str = "0.2.12";
+
+/// The WASI 0.2 patch release JavaScript projects bind to: componentize-js's engine exports
+/// `wasi:http/incoming-handler@0.2.10` and refuses WIT of any other version.
+pub const JS_WASI_PATCH: u32 = 10;
+
+/// Parses a `--wasi` version: `0.2.N`, N at most the vendored patch release.
+pub fn parse_wasi(version: &str) -> anyhow::Result<u32> {
+    let newest = newest_patch();
+    version
+        .strip_prefix("0.2.")
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|p| *p <= newest)
+        .with_context(|| {
+            format!(
+                "--wasi {version}: Ferry's WIT is WASI {WASI}, and can be written for 0.2.0 to \
+                 {WASI} (a host serves every 0.2 release up to {WASI})"
+            )
+        })
+}
+
+fn newest_patch() -> u32 {
+    WASI.rsplit('.')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ferry's WIT with the WASI packages at `0.2.{patch}` (the vendored release when `None`):
+/// versions rewritten, items newer than that release left out, newer deprecations dropped.
+pub fn wit_files(patch: Option<u32>) -> Vec<(&'static str, String)> {
+    WIT.iter()
+        .map(|(path, text)| {
+            let text = match patch {
+                Some(p) if p != newest_patch() => retarget(text, p),
+                _ => (*text).to_string(),
+            };
+            (*path, text)
+        })
+        .collect()
+}
+
+/// `@since(version = 0.2.N)` or `@deprecated(version = 0.2.N)`: which, and N.
+fn gate(line: &str) -> Option<(&'static str, u32)> {
+    for kind in ["since", "deprecated"] {
+        if let Some(rest) = line
+            .strip_prefix('@')
+            .and_then(|l| l.strip_prefix(kind))
+            .and_then(|l| l.strip_prefix("(version = 0.2."))
+        {
+            let patch = rest.split(')').next()?.parse().ok()?;
+            return Some((kind, patch));
+        }
+    }
+    None
+}
+
+/// One WIT file for WASI `0.2.{patch}`: tools such as componentize-js refuse a feature gate that
+/// names a release newer than the package's, so a newer function or interface goes (with its
+/// docs), a newer type alias only loses its gate (other items name it; an alias adds nothing to
+/// a component's interface), and a newer deprecation is dropped.
+fn retarget(text: &str, patch: u32) -> String {
+    let text = text.replace(&format!("@{WASI}"), &format!("@0.2.{patch}"));
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<&str> = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        let Some((kind, since)) = gate(line.trim()) else {
+            out.push(line);
+            continue;
+        };
+        if since <= patch {
+            out.push(line);
+            continue;
+        }
+        let item = lines[i..]
+            .iter()
+            .find(|l| !l.trim().starts_with('@'))
+            .map_or("", |l| l.trim());
+        if kind == "deprecated" || item.starts_with("type ") {
+            continue;
+        }
+        // The item is newer than the release: leave it out with its docs and annotations.
+        while out
+            .last()
+            .is_some_and(|l| l.trim().starts_with("///") || l.trim().starts_with('@'))
+        {
+            out.pop();
+        }
+        while i < lines.len() && lines[i].trim().starts_with('@') {
+            i += 1;
+        }
+        let mut depth = 0i64;
+        while i < lines.len() {
+            let l = lines[i];
+            i += 1;
+            depth += l.matches('{').count() as i64 - l.matches('}').count() as i64;
+            let end = l.trim_end();
+            if depth <= 0 && (end.ends_with(';') || end.ends_with('}')) {
+                break;
+            }
+        }
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// Writes Ferry's WIT into `dir` (`dir/world.wit`, `dir/deps/*.wit`), its WASI packages at
+/// `0.2.{patch}` (see [`wit_files`]); returns the files written.
+pub fn write_wit(dir: &Path, patch: Option<u32>) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    for (path, text) in WIT {
+    for (path, text) in wit_files(patch) {
         let to = dir.join(path);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)
@@ -121,6 +249,10 @@ pub fn new_project(kind: Kind, lang: Lang, name: &str, dir: &Path) -> anyhow::Re
     let template = match (lang, kind) {
         (Lang::Rust, Kind::Http) => RUST_HTTP,
         (Lang::Rust, Kind::Event) => RUST_EVENT,
+        (Lang::Python, Kind::Http) => PYTHON_HTTP,
+        (Lang::Python, Kind::Event) => PYTHON_EVENT,
+        (Lang::Js, Kind::Http) => JS_HTTP,
+        (Lang::Js, Kind::Event) => JS_EVENT,
     };
     let lib = name.replace('-', "_");
     let mut written = Vec::new();
@@ -134,9 +266,15 @@ pub fn new_project(kind: Kind, lang: Lang, name: &str, dir: &Path) -> anyhow::Re
         std::fs::write(&to, text).with_context(|| format!("cannot write {}", to.display()))?;
         written.push((*path).to_string());
     }
-    if kind == Kind::Event {
-        // The event world's bindings are generated from these at compile time.
-        write_wit(&dir.join("wit"))?;
+    // Bindings are generated from Ferry's WIT at build time: always for Python and JavaScript,
+    // for Rust's event world (its HTTP world comes with the `wasip2` crate).
+    let wit = match (lang, kind) {
+        (Lang::Rust, Kind::Http) => None,
+        (Lang::Rust | Lang::Python, _) => Some(None),
+        (Lang::Js, _) => Some(Some(JS_WASI_PATCH)),
+    };
+    if let Some(patch) = wit {
+        write_wit(&dir.join("wit"), patch)?;
         written.extend(WIT.iter().map(|(p, _)| format!("wit/{p}")));
     }
     Ok(written)
@@ -167,6 +305,35 @@ mod tests {
         let mut embedded: Vec<String> = WIT.iter().map(|(p, _)| (*p).to_string()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded, "add new WIT files to scaffold::WIT");
+    }
+
+    #[test]
+    fn the_wit_parses_at_every_wasi_release_it_can_be_written_for() {
+        for patch in 0..=newest_patch() {
+            let tmp = tempfile::tempdir().unwrap();
+            write_wit(tmp.path(), Some(patch)).unwrap();
+            let mut resolve = wit_parser::Resolve::default();
+            let (pkg, _) = resolve
+                .push_dir(tmp.path())
+                .unwrap_or_else(|e| panic!("WASI 0.2.{patch}: {e:?}"));
+            for world in ["http-function", "event-function"] {
+                resolve
+                    .select_world(&[pkg], Some(world))
+                    .unwrap_or_else(|e| panic!("WASI 0.2.{patch}, {world}: {e:?}"));
+            }
+            let http = std::fs::read_to_string(tmp.path().join("deps/http.wit")).unwrap();
+            assert!(http.contains(&format!("package wasi:http@0.2.{patch};")));
+        }
+        let js = wit_files(Some(JS_WASI_PATCH));
+        let all: String = js.iter().map(|(_, t)| t.as_str()).collect();
+        assert!(!all.contains("0.2.12"), "a newer release is named");
+        assert!(
+            !all.contains("exit-with-code"),
+            "0.2.12's function is left out"
+        );
+        assert!(all.contains("type field-name"), "0.2.1's alias is kept");
+        assert!(parse_wasi("0.2.13").is_err() && parse_wasi("0.3.0").is_err());
+        assert_eq!(parse_wasi("0.2.10").unwrap(), 10);
     }
 
     #[test]
