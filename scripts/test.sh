@@ -19,6 +19,24 @@ if ! command -v nats-server >/dev/null; then
 fi
 command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
 
+# The Python and JavaScript guides build components with componentize-py (PyPI) and
+# componentize-js (npm); their tests say they are skipped, and why, when these cannot install.
+if ! componentize-py --version 2>/dev/null | grep -q '0\.25\.'; then
+    python3 -m pip install --quiet 'componentize-py==0.25.1' || echo "warning: componentize-py did not install: the Python guide's test will be skipped" >&2
+    command -v pyenv >/dev/null && pyenv rehash || true
+    hash -r
+fi
+if ! command -v npm >/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq nodejs npm; } || echo "warning: Node.js and npm did not install: the JavaScript guide's test will be skipped" >&2
+fi
+if command -v npm >/dev/null; then
+    # Fill npm's cache once, so that each test project's `npm install` is a local copy.
+    mkdir -p target/npm-warm
+    (cd target/npm-warm && { [ -f package.json ] || echo '{"private":true}' > package.json; } &&
+     npm install --no-audit --no-fund --loglevel=error '@bytecodealliance/componentize-js@^0.23.0') \
+        || echo "warning: componentize-js did not install from npm: the JavaScript guide's test will fail" >&2
+fi
+
 # The durability tests trace the host's syscalls.
 if ! command -v strace >/dev/null; then
     apt-get update -qq && apt-get install -y -qq strace || sudo apt-get install -y -qq strace

@@ -151,8 +151,17 @@ impl AdminClient {
         self.deploy_with_manifest(&parsed.name, wasm, text)
     }
 
+    /// Before an upload, one small request: a host that refuses the token answers 401 at once
+    /// and closes the connection, which the client, still sending the component, sees only as
+    /// a broken pipe.
+    fn check_token_before_upload(&self, name: &str) -> anyhow::Result<()> {
+        self.send(self.http.get(self.function_url(name)))?;
+        Ok(())
+    }
+
     /// Deploys raw component bytes with default settings.
     pub fn deploy_raw(&self, name: &str, wasm: Vec<u8>) -> anyhow::Result<Value> {
+        self.check_token_before_upload(name)?;
         let req = self
             .http
             .put(self.function_url(name))
@@ -169,6 +178,7 @@ impl AdminClient {
         wasm: Vec<u8>,
         manifest: String,
     ) -> anyhow::Result<Value> {
+        self.check_token_before_upload(name)?;
         let form = multipart::Form::new()
             .part(
                 "component",

@@ -186,9 +186,37 @@ fn deploy(client: &AdminClient, dir: &Path, built: &build_cli::Built) -> anyhow:
     }
 }
 
+/// Where `ferry dev` reports: lines for a person, or with `--json` one JSON object per line,
+/// its kind in `event` (`host`, `serving`, `log`, `building`, `redeployed`, `build-failed`,
+/// `stopping`).
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    json: bool,
+}
+
+impl Report {
+    fn say(self, event: &str, text: impl std::fmt::Display, mut data: Value) {
+        if self.json {
+            if !data.is_object() {
+                data = serde_json::json!({});
+            }
+            data["event"] = event.into();
+            println!("{data}");
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
 /// Prints every new line of `name`'s log (and, from a host started by `ferry dev`, every
 /// invocation's outcome) after line number `after`, until `stop`.
-fn follow_logs(client: AdminClient, name: String, mut after: u64, stop: Arc<AtomicBool>) {
+fn follow_logs(
+    client: AdminClient,
+    name: String,
+    mut after: u64,
+    stop: Arc<AtomicBool>,
+    report: Report,
+) {
     while !stop.load(Ordering::Relaxed) {
         let query = [
             ("after", after.to_string()),
@@ -199,13 +227,14 @@ fn follow_logs(client: AdminClient, name: String, mut after: u64, stop: Arc<Atom
             Ok(page) => {
                 for line in page["lines"].as_array().into_iter().flatten() {
                     let s = |k: &str| line[k].as_str().unwrap_or("").to_string();
-                    println!(
+                    let text = format!(
                         "{} {} {}  {}",
                         s("time"),
                         s("stream"),
                         s("invocation"),
                         s("text")
                     );
+                    report.say("log", text, line.clone());
                 }
                 after = page["next"].as_u64().unwrap_or(after);
             }
@@ -236,8 +265,16 @@ fn describe(f: &Value) -> String {
     out
 }
 
-/// Runs `ferry dev` until Ctrl-C (or `stop` is set).
-pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
+/// Runs `ferry dev` until Ctrl-C; `data_dir` is where the token of a running host is kept
+/// (`--data-dir`), when not found from the project's folder.
+pub fn run(
+    admin: &str,
+    given: &Given,
+    data_dir: Option<&Path>,
+    json: bool,
+    args: &DevArgs,
+) -> anyhow::Result<()> {
+    let report = Report { json };
     let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
     let build = BuildArgs {
         dir: dir.clone(),
@@ -245,16 +282,24 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
     };
     let built = build_cli::run(&build)?;
     let (host, client) = if reachable(admin) {
-        let (token, looked) = auth::for_cli(given, admin, None)?;
-        println!("dev: using the host at {admin}");
+        let (token, looked) = auth::for_cli(given, admin, data_dir)?;
+        report.say(
+            "host",
+            format!("dev: using the host at {admin}"),
+            serde_json::json!({ "admin": admin, "started": false }),
+        );
         (None, AdminClient::new(admin, token, looked)?)
     } else {
         let data_dir = dir.join(".ferry");
-        println!(
-            "dev: no host at {admin}; starting one (store and log in {})",
-            data_dir.display()
-        );
         let (host, own_admin) = start_host(&data_dir)?;
+        report.say(
+            "host",
+            format!(
+                "dev: no host at {admin}; started one at {own_admin} (store and log in {})",
+                data_dir.display()
+            ),
+            serde_json::json!({ "admin": own_admin, "started": true, "data_dir": data_dir }),
+        );
         let (token, looked) = auth::for_cli(&Given::default(), &own_admin, Some(&data_dir))?;
         (Some(host), AdminClient::new(&own_admin, token, looked)?)
     };
@@ -270,8 +315,15 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p["next"].as_u64())
         .unwrap_or(0);
-    println!("dev: serving {}", describe(&deployed));
-    println!("dev: watching {} for changes; Ctrl-C stops", dir.display());
+    report.say(
+        "serving",
+        format!(
+            "dev: serving {}\ndev: watching {} for changes; Ctrl-C stops",
+            describe(&deployed),
+            dir.display()
+        ),
+        deployed.clone(),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -290,7 +342,7 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
     {
         let follower = client.clone();
         let (stop, name) = (stop.clone(), name.clone());
-        std::thread::spawn(move || follow_logs(follower, name, newest, stop));
+        std::thread::spawn(move || follow_logs(follower, name, newest, stop, report));
     }
 
     let mut seen = snapshot(&dir);
@@ -312,20 +364,28 @@ pub fn run(admin: &str, given: &Given, args: &DevArgs) -> anyhow::Result<()> {
             settled = again;
         }
         seen = settled;
-        println!("dev: change seen; building");
+        report.say("building", "dev: change seen; building", Value::Null);
         match build_cli::run(&build).and_then(|b| deploy(&client, &dir, &b).map(|d| (b, d))) {
             Ok((b, d)) => {
                 version = d["version"].clone();
-                println!(
-                    "dev: redeployed {} v{version} ({})",
-                    name,
-                    bytesize::ByteSize(b.size)
+                report.say(
+                    "redeployed",
+                    format!(
+                        "dev: redeployed {} v{version} ({})",
+                        name,
+                        bytesize::ByteSize(b.size)
+                    ),
+                    serde_json::json!({ "function": d, "size": b.size }),
                 );
             }
-            Err(e) => println!("dev: {e:#}; still serving v{version}"),
+            Err(e) => report.say(
+                "build-failed",
+                format!("dev: {e:#}; still serving v{version}"),
+                serde_json::json!({ "error": format!("{e:#}"), "serving": version }),
+            ),
         }
     }
-    println!("dev: stopping");
+    report.say("stopping", "dev: stopping", Value::Null);
     drop(host);
     Ok(())
 }

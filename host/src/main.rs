@@ -493,7 +493,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(cmd) => dlq(&client(&cli)?, cmd, cli.json),
-        Command::Dev(ref args) => ferry_host::dev_cli::run(&cli.admin, &given(&cli), args),
+        Command::Dev(ref args) => ferry_host::dev_cli::run(
+            &cli.admin,
+            &given(&cli),
+            cli.data_dir.as_deref(),
+            cli.json,
+            args,
+        ),
         Command::Build(ref args) => {
             let built = ferry_host::build_cli::run(args)?;
             if cli.json {

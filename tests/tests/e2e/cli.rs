@@ -364,6 +364,19 @@ fn a_large_upload_says_it_is_under_way_on_stderr() {
         stderr.contains("uploading") && stderr.contains("MiB"),
         "{stderr}"
     );
+    // Without the token, a big upload is refused for what it is (not as a broken pipe: the
+    // host answers 401 before reading the body).
+    let out = ferry
+        .cli_command(&["deploy", file.to_str().unwrap()])
+        .env("FERRY_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("requires a token (401 unauthorized)"),
+        "{stderr}"
+    );
     // A small one stays quiet.
     let out = ferry.cli(&["deploy", guests::HELLO_HTTP], None);
     ok(&out);

@@ -1,10 +1,22 @@
-//! The guides in docs/guides/ run as written: every `sh` block, in order, against a real host
-//! (its ports put in place of 8080 and 8081), each `# → text` line a text the output must show.
+//! The guides in docs/guides/ and the quickstart run as written: every `sh` block, in order,
+//! against a real host (its ports put in place of 8080 and 8081), each `# → text` line a text
+//! the output must show. (Blocks fenced as `shell` are what the harness does itself: installing
+//! `ferry`, starting `ferry serve`.)
+//!
+//! A block that is `ferry dev` runs in the background, as in a second terminal, until the guide
+//! ends; while it runs, a later block whose output does not show what it should yet (the new
+//! version is still building) is run again until it does, within a deadline.
 
+use std::io::Read as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferry_tests::Ferry;
+
+/// How long a block may take to show what it should while `ferry dev` rebuilds.
+const SETTLE: Duration = Duration::from_secs(240);
 
 /// The `sh` blocks of a Markdown file.
 fn sh_blocks(markdown: &str) -> Vec<String> {
@@ -24,11 +36,77 @@ fn sh_blocks(markdown: &str) -> Vec<String> {
     blocks
 }
 
-/// Runs the `sh` blocks of `file` for which `pick` is true.
-fn run_guide(file: &str, pick: impl Fn(&str) -> bool) {
+/// The texts a block's output must show.
+fn expected(block: &str) -> Vec<&str> {
+    block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("# → "))
+        .collect()
+}
+
+/// Whether a block starts `ferry dev` (a command that keeps running).
+fn runs_dev(block: &str) -> bool {
+    block
+        .lines()
+        .any(|l| l.split('#').next().unwrap_or("").trim() == "ferry dev")
+}
+
+/// A block running in the background, its output gathered; stopped with Ctrl-C (SIGINT to its
+/// process group) when dropped.
+struct Background {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Background {
+    fn shown(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-s", "INT", "--", &group])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &group])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `program` runs (`program --version`).
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs the `sh` blocks of `file`, unless a program in `needs` (program, what installs it) is
+/// missing: then the test says so and passes without running them.
+fn run_guide(file: &str, needs: &[(&str, &str)]) {
+    for (program, install) in needs {
+        if !have(program) {
+            println!(
+                "SKIPPED {file}: `{program}` is not installed ({install}; scripts/test.sh \
+                 installs it and says why it could not)"
+            );
+            return;
+        }
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let guide = std::fs::read_to_string(root.join(file)).unwrap();
-    let blocks: Vec<String> = sh_blocks(&guide).into_iter().filter(|b| pick(b)).collect();
+    let blocks = sh_blocks(&guide);
     assert!(!blocks.is_empty(), "{file} has its commands in sh blocks");
     let ferry = Ferry::start();
     let tmp = tempfile::tempdir().unwrap();
@@ -38,13 +116,10 @@ fn run_guide(file: &str, pick: impl Fn(&str) -> bool) {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    for block in blocks {
-        let script = block
-            .replace("http://127.0.0.1:8080", &ferry.public)
-            .replace("http://127.0.0.1:8081", &ferry.admin);
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(&script)
+    let shell = |script: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(script)
             .current_dir(tmp.path())
             .env("PATH", &path)
             .env("FERRY_ADMIN", &ferry.admin)
@@ -53,31 +128,108 @@ fn run_guide(file: &str, pick: impl Fn(&str) -> bool) {
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_BUILD_TARGET")
             .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .output()
-            .unwrap();
-        let shown = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for expected in block.lines().filter_map(|l| l.trim().strip_prefix("# → ")) {
-            assert!(
-                shown.contains(expected),
-                "{file}: after\n{block}\nthe output does not show {expected:?}:\n{shown}"
+            .env_remove("CARGO_ENCODED_RUSTFLAGS");
+        cmd
+    };
+    let mut background: Option<Background> = None;
+    for block in blocks {
+        let script = block
+            .replace("http://127.0.0.1:8080", &ferry.public)
+            .replace("http://127.0.0.1:8081", &ferry.admin);
+        let wanted = expected(&block);
+        if runs_dev(&block) {
+            let mut cmd = shell(&script);
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let output = Arc::new(Mutex::new(String::new()));
+            for mut stream in [
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                Box::new(child.stderr.take().unwrap()),
+            ] {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        output
+                            .lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                });
+            }
+            let dev = Background { child, output };
+            let deadline = Instant::now() + SETTLE;
+            while !wanted.iter().all(|w| dev.shown().contains(w)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{file}: after\n{block}\nthe output does not show {wanted:?}:\n{}",
+                    dev.shown()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            background = Some(dev);
+            continue;
+        }
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let out = shell(&script).output().unwrap();
+            let shown = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
+            let missing: Vec<&&str> = wanted.iter().filter(|w| !shown.contains(**w)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            let dev = background
+                .as_ref()
+                .map(Background::shown)
+                .unwrap_or_default();
+            assert!(
+                background.is_some() && Instant::now() < deadline,
+                "{file}: after\n{block}\nthe output does not show {missing:?}:\n{shown}\n\
+                 (ferry dev's output:\n{dev})"
+            );
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 }
 
 #[test]
 fn the_rust_guide_runs_as_written() {
-    run_guide("docs/guides/rust.md", |_| true);
+    run_guide("docs/guides/rust.md", &[]);
 }
 
-/// The quickstart's `ferry new` path, as a newcomer types it (its first block, installing and
-/// starting the host, is what the harness does).
+#[test]
+fn the_python_guide_runs_as_written() {
+    run_guide(
+        "docs/guides/python.md",
+        &[("componentize-py", "pip install componentize-py")],
+    );
+}
+
+#[test]
+fn the_javascript_guide_runs_as_written() {
+    run_guide(
+        "docs/guides/javascript.md",
+        &[
+            ("node", "install Node.js 20"),
+            ("npm", "install Node.js 20"),
+        ],
+    );
+}
+
+/// The quickstart, as a newcomer types it: `ferry new`, `ferry dev`, a call, an edit, the new
+/// version served (installing `ferry` and starting a host are what the harness does).
 #[test]
 fn the_quickstart_runs_as_written() {
-    run_guide("docs/quickstart.md", |block| block.contains("ferry new"));
+    run_guide("docs/quickstart.md", &[]);
 }

@@ -42,10 +42,7 @@ fn ferry_new_projects_test_build_deploy_and_answer_without_edits() {
 
     // HTTP.
     let said = cli_ok(&ferry, &["new", "http", "hi-http"], tmp.path());
-    assert!(
-        said.contains("cargo build --target wasm32-wasip2 --release"),
-        "{said}"
-    );
+    assert!(said.contains("ferry dev"), "{said}");
     let dir = tmp.path().join("hi-http");
     cargo(&dir, &["test", "--quiet"]);
     cargo(
@@ -152,6 +149,32 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
             "{file}"
         );
     }
+
+    // For a tool bound to WASI 0.2.10 (componentize-js): every package at that release.
+    let out = Command::new(ferry_tests::ferry_bin())
+        .current_dir(tmp.path())
+        .args(["--json", "wit", "--out", "wit-10", "--wasi", "0.2.10"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["wasi"], "0.2.10");
+    let http = std::fs::read_to_string(tmp.path().join("wit-10/deps/http.wit")).unwrap();
+    assert!(http.starts_with("package wasi:http@0.2.10;"), "{http:.60}");
+    let world = std::fs::read_to_string(tmp.path().join("wit-10/world.wit")).unwrap();
+    assert!(world.contains("include wasi:http/proxy@0.2.10;"));
+    assert!(!world.contains("0.2.12"));
+
+    // A release Ferry cannot write is refused, saying which it can, and nothing is written.
+    let out = Command::new(ferry_tests::ferry_bin())
+        .current_dir(tmp.path())
+        .args(["wit", "--out", "wit-bad", "--wasi", "0.3.0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0.2.0 to 0.2.12"), "{stderr}");
+    assert!(!tmp.path().join("wit-bad").exists());
 }
 
 #[test]
@@ -173,6 +196,8 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
         .args([
             "--admin",
             "http://127.0.0.1:1",
+            // One JSON object per line (the quickstart's test reads the text for people).
+            "--json",
             "dev",
             "--debounce",
             "200ms",
@@ -212,8 +237,11 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
             }
         }
     };
-    let serving = until("dev: serving ", Duration::from_secs(300));
-    let url = serving.rsplit(" at ").next().unwrap().trim().to_string();
+    let event = |line: String| serde_json::from_str::<serde_json::Value>(&line).unwrap();
+    let host = event(until(r#""event":"host""#, Duration::from_secs(300)));
+    assert_eq!(host["started"], true, "{host}");
+    let serving = event(until(r#""event":"serving""#, Duration::from_secs(300)));
+    let url = serving["url"].as_str().unwrap().to_string();
     let http = reqwest::blocking::Client::new();
     let get = |path: &str| {
         http.get(format!("{url}{path}"))
@@ -230,13 +258,19 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
     let lib = dir.join("src/lib.rs");
     let text = std::fs::read_to_string(&lib).unwrap();
     std::fs::write(&lib, text.replace("Hello from", "Howdy from")).unwrap();
-    until("dev: redeployed dev-fn v2", Duration::from_secs(300));
+    let redeployed = event(until(r#""event":"redeployed""#, Duration::from_secs(300)));
+    assert_eq!(redeployed["function"]["version"], 2, "{redeployed}");
     assert_eq!(get("/y"), "Howdy from dev-fn! You asked for /dev-fn/y\n");
 
     // A broken edit is reported; the last good version keeps serving.
     let good = std::fs::read_to_string(&lib).unwrap();
     std::fs::write(&lib, format!("{good}\nbroken(")).unwrap();
-    until("still serving v2", Duration::from_secs(300));
+    let failed = event(until(r#""event":"build-failed""#, Duration::from_secs(300)));
+    assert_eq!(failed["serving"], 2, "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("build failed"),
+        "{failed}"
+    );
     assert_eq!(get("/z"), "Howdy from dev-fn! You asked for /dev-fn/z\n");
 
     // Ctrl-C stops `ferry dev` and the host it started.
@@ -252,4 +286,34 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
     ferry_tests::eventually("its host to stop", Duration::from_secs(30), || {
         http.get(format!("{url}/x")).send().is_err().then_some(())
     });
+}
+
+/// A Python or JavaScript project built on a machine without its toolchain: the error says what
+/// to install, and nothing is built.
+#[test]
+fn ferry_build_names_the_toolchain_to_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (lang, name, says) in [
+        ("python", "py-fn", "pip install componentize-py"),
+        ("js", "js-fn", "install Node.js 20"),
+    ] {
+        let made = Command::new(ferry_tests::ferry_bin())
+            .current_dir(tmp.path())
+            .args(["new", "http", name, "--lang", lang])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let dir = tmp.path().join(name);
+        assert!(dir.join("wit/world.wit").exists());
+        let out = Command::new(ferry_tests::ferry_bin())
+            .current_dir(&dir)
+            .arg("build")
+            .env("PATH", tmp.path().join("no-such-dir"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{lang}: {stderr}");
+        assert!(!dir.join(format!("{name}.wasm")).exists());
+    }
 }
