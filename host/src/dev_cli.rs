@@ -262,6 +262,30 @@ fn describe(f: &Value) -> String {
             hook["url"].as_str().unwrap_or("?")
         ));
     }
+    // The other triggers, by the keys that say what fires them (never headers: they may hold
+    // credentials).
+    let shown = |kind: &str| -> &'static [&'static str] {
+        match kind {
+            "nats" => &["subject", "stream", "queue"],
+            "poll" => &["every", "cron", "timezone", "url"],
+            _ => &[],
+        }
+    };
+    for (kind, sections) in f["triggers"].as_object().into_iter().flatten() {
+        for section in sections.as_array().into_iter().flatten() {
+            let keys: Vec<String> = shown(kind)
+                .iter()
+                .filter_map(|k| section.get(*k).map(|v| format!("{k} = {v}")))
+                .collect();
+            if !keys.is_empty() {
+                let kind = match kind.as_str() {
+                    "poll" if section.get("url").is_none() => "schedule",
+                    other => other,
+                };
+                out.push_str(&format!("\n  {kind}: {}", keys.join(", ")));
+            }
+        }
+    }
     out
 }
 
@@ -388,4 +412,39 @@ pub fn run(
     report.say("stopping", "dev: stopping", Value::Null);
     drop(host);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_description_names_every_trigger_but_never_its_headers() {
+        let f = serde_json::json!({
+            "name": "f", "version": 3, "world": "event", "url": "http://127.0.0.1:8080/f",
+            "routes": ["/api/..."],
+            "webhooks": [{ "url": "http://127.0.0.1:8080/_ferry/webhooks/f/gh" }],
+            "triggers": {
+                "nats": [{ "subject": "orders.created", "queue": "q" }],
+                "poll": [
+                    { "every": "1m" },
+                    { "cron": "0 * * * *", "url": "https://x.test/feed",
+                      "headers": { "authorization": "Bearer secret" } }
+                ]
+            }
+        });
+        let text = super::describe(&f);
+        assert!(
+            text.starts_with("f v3 (event function) at http://127.0.0.1:8080/f"),
+            "{text}"
+        );
+        for line in [
+            "route /api/...",
+            "webhook http://127.0.0.1:8080/_ferry/webhooks/f/gh",
+            "nats: subject = \"orders.created\", queue = \"q\"",
+            "schedule: every = \"1m\"",
+            "poll: cron = \"0 * * * *\", url = \"https://x.test/feed\"",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("secret"), "{text}");
+    }
 }
