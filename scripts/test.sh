@@ -29,6 +29,9 @@ fi
 if ! command -v npm >/dev/null; then
     { apt-get update -qq && apt-get install -y -qq nodejs npm; } || echo "warning: Node.js and npm did not install: the JavaScript guide's test will be skipped" >&2
 fi
+if command -v node >/dev/null && [ "$(node -e 'console.log(process.versions.node.split(".")[0])')" -lt 20 ]; then
+    echo "warning: Node.js $(node --version) is older than 20: the JavaScript guide's test will be skipped" >&2
+fi
 if command -v npm >/dev/null; then
     # Fill npm's cache once, so that each test project's `npm install` is a local copy.
     mkdir -p target/npm-warm

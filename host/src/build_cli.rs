@@ -190,14 +190,23 @@ fn run_command(dir: &Path, command: &str, component: &Path) -> anyhow::Result<Bu
         }
         eprintln!("ferry build: installing the project's packages (npm install)…");
         let status = quiet_command("npm", dir)
-            .args(["install", "--no-audit", "--no-fund"])
+            .args(["install", "--no-audit", "--no-fund", "--prefer-offline"])
             .status()
             .context("cannot run npm")?;
         if !status.success() {
             bail!("npm install failed (its errors are above)");
         }
     }
-    if !on_path(program, dir) {
+    // A plain program name is looked for first, to say how to install it; a command that
+    // starts with shell syntax (`cd web && …`, `FOO=1 make`) is left to the shell.
+    let plain = program
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./+".contains(c))
+        && !matches!(
+            program,
+            "cd" | "exec" | "export" | "set" | "env" | "true" | "."
+        );
+    if plain && !on_path(program, dir) {
         bail!("{}", install_hint(program));
     }
     eprintln!("ferry build: {command}");
@@ -205,6 +214,12 @@ fn run_command(dir: &Path, command: &str, component: &Path) -> anyhow::Result<Bu
         .args(["-c", command])
         .status()
         .context("cannot run sh")?;
+    if status.code() == Some(127) {
+        bail!(
+            "the build failed: a program `{command}` runs was not found (exit code 127; the \
+             shell named it above)"
+        );
+    }
     if !status.success() {
         bail!(
             "the build failed: `{command}` {} (its errors are above)",

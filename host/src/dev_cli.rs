@@ -83,7 +83,10 @@ fn start_host_on(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let log_path = data_dir.join("host.log");
-    let log = std::fs::File::create(&log_path)
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the ferry binary")?;
     let mut child = Command::new(exe)
@@ -305,21 +308,43 @@ pub fn run(
         component: args.component,
     };
     let built = build_cli::run(&build)?;
-    let (host, client) = if reachable(admin) {
+    // What the first build saw: a change from here on is built (an edit made while the host
+    // starts or the first deploy runs is not missed).
+    let mut seen = snapshot(&dir);
+    let attach = if reachable(admin) {
         let (token, looked) = auth::for_cli(given, admin, data_dir)?;
+        let client = AdminClient::new(admin, token, looked)?;
+        // A host whose token this folder does not have (another project's `ferry dev` on the
+        // usual ports, say) is not ours to use: start one of our own.
+        match client.list() {
+            Ok(_) => Some(client),
+            Err(e) if given.token.is_none() && given.token_file.is_none() => {
+                report.say(
+                    "host",
+                    format!("dev: not using the host at {admin} ({e:#})"),
+                    serde_json::json!({ "admin": admin, "refused": format!("{e:#}") }),
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    let (host, client) = if let Some(client) = attach {
         report.say(
             "host",
             format!("dev: using the host at {admin}"),
             serde_json::json!({ "admin": admin, "started": false }),
         );
-        (None, AdminClient::new(admin, token, looked)?)
+        (None, client)
     } else {
         let data_dir = dir.join(".ferry");
         let (host, own_admin) = start_host(&data_dir)?;
         report.say(
             "host",
             format!(
-                "dev: no host at {admin}; started one at {own_admin} (store and log in {})",
+                "dev: started a host at {own_admin} (store and log in {})",
                 data_dir.display()
             ),
             serde_json::json!({ "admin": own_admin, "started": true, "data_dir": data_dir }),
@@ -369,7 +394,6 @@ pub fn run(
         std::thread::spawn(move || follow_logs(follower, name, newest, stop, report));
     }
 
-    let mut seen = snapshot(&dir);
     let mut version = deployed["version"].clone();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));

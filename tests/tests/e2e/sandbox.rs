@@ -435,25 +435,27 @@ impl std::io::Read for ChunkedReader {
 }
 
 /// A valid component whose one function keeps `n` values alive at once: slow and hungry to
-/// compile (register allocation), tiny to upload.
+/// compile (register allocation), tiny to upload. Each value depends on the parameter, so the
+/// optimiser cannot fold them into a constant.
 fn slow_to_compile(n: usize) -> Vec<u8> {
     let mut body = String::new();
     for i in 0..n {
-        body.push_str(&format!("(i32.const {}) ", i % 100));
+        body.push_str(&format!("(i32.mul (local.get 0) (i32.const {})) ", i + 2));
     }
     for _ in 1..n {
         body.push_str("i32.add ");
     }
     wat::parse_str(format!(
-        "(component (core module (func (export \"f\") (result i32) {body})))"
+        "(component (core module (func (export \"f\") (param i32) (result i32) {body})))"
     ))
     .unwrap()
 }
 
 #[test]
 fn a_component_made_to_stall_the_compiler_is_refused_and_the_admin_api_stays_up() {
-    // 150,000 values alive at once: far more than a second of register allocation anywhere.
-    let slow = slow_to_compile(150_000);
+    // 300,000 values alive at once: far more than a second of register allocation anywhere
+    // (the optimised compiler still took more than a second for half as many).
+    let slow = slow_to_compile(300_000);
     let ferry = Ferry::start_with(&["--max-compile-time", "1s"]);
     let deploy = {
         let (url, token, slow) = (

@@ -190,12 +190,14 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
         .unwrap();
     assert!(made.status.success(), "{made:?}");
     let dir = tmp.path().join("dev-fn");
-    // No host at --admin: `ferry dev` starts its own (store in dev-fn/.ferry).
+    // The host at --admin is someone else's (this folder has no token for it): `ferry dev`
+    // leaves it alone and starts its own (store in dev-fn/.ferry).
+    let theirs = Ferry::start();
     let mut dev = Command::new(ferry_tests::ferry_bin())
         .current_dir(&dir)
         .args([
             "--admin",
-            "http://127.0.0.1:1",
+            &theirs.admin,
             // One JSON object per line (the quickstart's test reads the text for people).
             "--json",
             "dev",
@@ -238,8 +240,14 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
         }
     };
     let event = |line: String| serde_json::from_str::<serde_json::Value>(&line).unwrap();
+    let refused = event(until(r#""event":"host""#, Duration::from_secs(300)));
+    assert!(
+        refused["refused"].as_str().unwrap().contains("401"),
+        "{refused}"
+    );
     let host = event(until(r#""event":"host""#, Duration::from_secs(300)));
     assert_eq!(host["started"], true, "{host}");
+    assert_ne!(host["admin"], theirs.admin.as_str(), "{host}");
     let serving = event(until(r#""event":"serving""#, Duration::from_secs(300)));
     let url = serving["url"].as_str().unwrap().to_string();
     let http = reqwest::blocking::Client::new();
