@@ -104,7 +104,7 @@ fn major_version(program: &str) -> Option<u32> {
 /// stderr, which the test harness does not capture) and passes without running them.
 fn run_guide(file: &str, needs: &[(&str, u32, &str)]) {
     for (program, lowest, install) in needs {
-        if !major_version(program).is_some_and(|v| v >= *lowest) {
+        if major_version(program).is_none_or(|v| v < *lowest) {
             use std::io::Write as _;
             let _ = writeln!(
                 std::io::stderr(),
