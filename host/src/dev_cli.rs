@@ -136,6 +136,21 @@ fn start_host_on(
     Ok((host, admin))
 }
 
+/// Whether a file's changes call for a rebuild: not what builds write (cargo component's
+/// `src/bindings.rs`, a Python or JavaScript component in the folder), nor logs (`ferry dev >
+/// dev.log` in the folder would otherwise never let the sources settle), nor editors' swap,
+/// lock and backup files.
+fn is_source(name: &str) -> bool {
+    !(name == "bindings.rs"
+        || name.ends_with(".wasm")
+        || name.ends_with(".log")
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with('~')
+        || name.starts_with(".#")
+        || name.starts_with('#'))
+}
+
 /// Each source file's modification time and size, below `dir` (build output, the store and
 /// version control left out).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
@@ -156,9 +171,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
                 ) {
                     stack.push(e.path());
                 }
-            } else if name != "bindings.rs" && !name.ends_with(".wasm") {
-                // (cargo component rewrites src/bindings.rs at every build; Python and
-                // JavaScript builds write their component into the folder.)
+            } else if is_source(&name) {
                 out.insert(
                     e.path(),
                     (
@@ -401,9 +414,10 @@ pub fn run(
         if now == seen {
             continue;
         }
-        // Debounce: wait until the sources stop changing.
+        // Debounce: wait until the sources stop changing, for at most 20 debounce periods (a
+        // file rewritten without pause must not hold the rebuild back for ever).
         let mut settled = now;
-        loop {
+        for _ in 0..20 {
             std::thread::sleep(args.debounce);
             let again = snapshot(&dir);
             if again == settled || stop.load(Ordering::Relaxed) {
@@ -440,6 +454,30 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logs_swap_files_and_build_output_are_not_sources() {
+        for name in [
+            "app.py",
+            "lib.rs",
+            "app.js",
+            "ferry.toml",
+            "Cargo.toml",
+            "world.wit",
+        ] {
+            assert!(super::is_source(name), "{name}");
+        }
+        for name in [
+            "dev.log",
+            "hello.wasm",
+            "bindings.rs",
+            ".app.py.swp",
+            "lib.rs~",
+            ".#app.js",
+        ] {
+            assert!(!super::is_source(name), "{name}");
+        }
+    }
+
     #[test]
     fn the_description_names_every_trigger_but_never_its_headers() {
         let f = serde_json::json!({
