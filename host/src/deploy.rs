@@ -418,6 +418,36 @@ impl Deployer {
         Ok(stats)
     }
 
+    /// Serves a function record another host wrote (cluster mode) when it is newer than the
+    /// version this host serves; true when it was applied. Runs on a blocking thread.
+    pub fn apply_remote(&self, record: &FunctionRecord) -> anyhow::Result<bool> {
+        let _guard = self.lock.blocking_lock();
+        if self
+            .registry
+            .get(&record.name)
+            .is_some_and(|d| d.record.version >= record.version)
+        {
+            return Ok(false);
+        }
+        let deployed = self.restore_one(&record.clone().upgrade(), &mut Restored::default())?;
+        let snapshot = self
+            .registry
+            .with(Arc::new(deployed))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        self.registry.commit(snapshot);
+        tracing::info!(function = %record.name, version = record.version, "serving a version deployed on another host");
+        Ok(true)
+    }
+
+    /// Stops serving a function another host removed (cluster mode).
+    pub fn remove_remote(&self, name: &str) {
+        let _guard = self.lock.blocking_lock();
+        if self.registry.get(name).is_some() {
+            self.registry.commit(self.registry.without(name));
+            tracing::info!(function = %name, "removed on another host");
+        }
+    }
+
     fn restore_one(
         &self,
         record: &FunctionRecord,

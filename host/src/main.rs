@@ -323,6 +323,16 @@ struct ServeArgs {
     /// NATS server for NATS triggers, e.g. nats://127.0.0.1:4222.
     #[arg(long, env = "FERRY_NATS")]
     nats: Option<String>,
+    /// Cluster mode (in progress): share function records and components with every host on
+    /// these NATS JetStream servers (comma-separated URLs; nats-server 2.11 or newer).
+    #[arg(long, env = "FERRY_CLUSTER")]
+    cluster: Option<String>,
+    /// The prefix of the cluster's bucket names, so that clusters can share a NATS account.
+    #[arg(long, env = "FERRY_CLUSTER_PREFIX", default_value = "ferry")]
+    cluster_prefix: String,
+    /// Copies of each cluster bucket (at most the number of NATS servers).
+    #[arg(long, env = "FERRY_CLUSTER_REPLICAS", default_value_t = 1)]
+    cluster_replicas: usize,
     /// After Ctrl-C or SIGTERM, how long requests and asynchronous attempts in flight may take
     /// to finish; attempts still running then are recorded as interrupted (store-and-forward
     /// ones run again on the next start).
@@ -787,6 +797,13 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         .map_err(anyhow::Error::msg)?,
         callback_secret: args.callback_secret,
         nats: args.nats,
+        cluster: args
+            .cluster
+            .map(|servers| ferry_host::server::ClusterOptions {
+                servers,
+                prefix: args.cluster_prefix,
+                replicas: args.cluster_replicas,
+            }),
         keep_versions: args.keep_versions as usize,
         http: ferry_triggers::http::HttpOptions {
             header_read_timeout: args.header_read_timeout,

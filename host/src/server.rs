@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub callback_secret: Option<String>,
     /// `--nats`: the NATS server for NATS triggers.
     pub nats: Option<String>,
+    /// `--cluster`: share function records and components over NATS JetStream.
+    pub cluster: Option<ClusterOptions>,
     /// `--quarantine` or `--repair`: what to do when the store is damaged (else refuse to
     /// start).
     pub recovery: Option<Recovery>,
@@ -65,6 +67,17 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         let flag = if what == "admin" { "--admin-listen (FERRY_ADMIN_LISTEN)" } else { "--listen (FERRY_LISTEN)" };
         format!("failed to listen on {addr} for the {what} listener; is another `ferry serve` running? Stop it or choose another address with {flag}")
     })
+}
+
+/// `--cluster` and its settings.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Comma-separated NATS URLs.
+    pub servers: String,
+    /// The prefix of the bucket names.
+    pub prefix: String,
+    /// Copies of each bucket.
+    pub replicas: usize,
 }
 
 /// Runs the host until Ctrl-C or SIGTERM (or until a listener fails), then stops cleanly:
@@ -105,8 +118,32 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         ..opts.engine.clone()
     })?;
     let registry = Arc::new(Registry::default());
+    // What hosts share: the local store, or the cluster's buckets (compiled code stays local).
+    let cluster = match &opts.cluster {
+        Some(c) => {
+            let client = crate::store::cluster::connect(&c.servers).await?;
+            let names = crate::store::cluster::Names::new(&c.prefix)?;
+            let shared = crate::store::cluster::ClusterStore::open(
+                client,
+                &names,
+                c.replicas,
+                store.clone(),
+            )
+            .await?;
+            println!(
+                "ferry: cluster mode: function records and components in NATS at {}",
+                c.servers
+            );
+            Some(Arc::new(shared))
+        }
+        None => None,
+    };
+    let shared: Arc<dyn crate::store::Store> = match &cluster {
+        Some(c) => c.clone(),
+        None => store.clone(),
+    };
     let deployer =
-        restore(&opts, &runtime, &store, &registry, started).map_err(|e| store.as_damage(e))?;
+        restore(&opts, &runtime, &shared, &registry, started).map_err(|e| store.as_damage(e))?;
 
     let public_url = format!("http://{}", public.local_addr()?);
     let admin_addr = admin.local_addr()?;
@@ -147,11 +184,18 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         store_health: store.health(),
         store: store.clone(),
     });
+    if let Some(c) = &cluster {
+        tokio::spawn(crate::store::cluster::follow_functions(
+            c.clone(),
+            admin_state.deployer.clone(),
+            shutdown.clone(),
+        ));
+    }
     let gateway = Arc::new(Gateway {
         runtime,
         registry,
         delivery: delivery.clone(),
-        store: store.clone(),
+        store: shared.clone(),
         reports: reports.clone(),
     });
 
@@ -332,7 +376,7 @@ fn report_recovery(r: &crate::store::recover::Recovered) {
 fn restore(
     opts: &ServeOptions,
     runtime: &Arc<Runtime>,
-    store: &Arc<SledStore>,
+    store: &Arc<dyn crate::store::Store>,
     registry: &Arc<Registry>,
     started: Instant,
 ) -> anyhow::Result<Arc<Deployer>> {

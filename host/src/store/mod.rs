@@ -12,6 +12,7 @@ use crate::crashpoint::crashpoint;
 use crate::model::FunctionRecord;
 
 pub mod backup;
+pub mod cluster;
 mod delivery;
 pub mod durable;
 pub mod recover;

