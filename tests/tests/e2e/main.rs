@@ -11,6 +11,7 @@ mod bad_input;
 mod cargo_component;
 mod cli;
 mod cloudevents_conformance;
+mod cluster;
 mod crash_loop;
 mod delivery;
 mod delivery_crash;
