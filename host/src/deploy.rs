@@ -429,7 +429,7 @@ impl Deployer {
         {
             return Ok(false);
         }
-        let deployed = self.restore_one(&record.clone().upgrade(), &mut Restored::default())?;
+        let deployed = self.restore_one(record, &mut Restored::default())?;
         let snapshot = self
             .registry
             .with(Arc::new(deployed))

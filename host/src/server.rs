@@ -155,7 +155,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         store.health(),
         DeliveryOptions {
             public_url: public_url.clone(),
-            callback_secret: callback_secret(&opts, &*store)?,
+            // Shared in a cluster: every host signs callbacks with the same secret.
+            callback_secret: callback_secret(&opts, &*shared)?,
             journal_dir: opts.data_dir.clone(),
             own_listeners: vec![public.local_addr()?, admin.local_addr()?],
             host_id: host_id(&*store)?,

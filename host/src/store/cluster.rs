@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
-use super::{trigger_state_key, SledStore, Store};
+use super::{decode_record, trigger_state_key, SledStore, Store};
 use crate::model::FunctionRecord;
 
 /// The oldest nats-server a cluster accepts: per-key TTLs (used for invocation records,
@@ -194,7 +194,17 @@ impl ClusterStore {
         self.runtime.spawn(async move {
             let _ = tx.send(work.await);
         });
-        rx.recv_timeout(CALL_TIMEOUT)
+        // Called from an async worker (a trigger reading its state), the wait must not hold
+        // the worker the request itself may need.
+        let wait = || rx.recv_timeout(CALL_TIMEOUT);
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let answer = if on_worker {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        answer
             .map_err(|_| {
                 anyhow::anyhow!(
                     "the cluster's NATS did not answer within {}s ({what})",
@@ -251,24 +261,13 @@ impl Store for ClusterStore {
     }
 
     fn component_digests(&self) -> anyhow::Result<Vec<String>> {
-        let store = self.components.clone();
-        self.call("list components", async move {
-            let mut list = store.list().await?;
-            let mut out = Vec::new();
-            while let Some(info) = list.next().await {
-                let info = info?;
-                if !info.deleted {
-                    out.push(info.name);
-                }
-            }
-            Ok(out)
-        })
+        // None offered for garbage collection: another host may have written bytes and not
+        // yet the record that names them (a cluster-wide collection is still to come).
+        Ok(Vec::new())
     }
 
     fn remove_component(&self, digest: &str) -> anyhow::Result<()> {
-        // Kept: another host may have written these bytes and not yet the record that names
-        // them, so one host's garbage collection must not remove them (a cluster-wide
-        // collection is still to come).
+        // Never asked for (see component_digests); kept if it were.
         tracing::debug!(digest, "cluster mode keeps component bytes");
         Ok(())
     }
@@ -298,14 +297,10 @@ impl Store for ClusterStore {
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>> {
         let (kv, name) = (self.functions.clone(), name.to_string());
         self.call("read a function record", async move {
-            match kv.get(name.clone()).await? {
-                Some(v) => {
-                    let record: FunctionRecord = serde_json::from_slice(&v)
-                        .with_context(|| format!("corrupt record for function {name}"))?;
-                    Ok(Some(record.upgrade()))
-                }
-                None => Ok(None),
-            }
+            kv.get(name.clone())
+                .await?
+                .map(|v| decode_record(&name, &v))
+                .transpose()
         })
     }
 
@@ -317,9 +312,7 @@ impl Store for ClusterStore {
             while let Some(key) = keys.next().await {
                 let key = key?;
                 if let Some(v) = kv.get(key.clone()).await? {
-                    let record: FunctionRecord = serde_json::from_slice(&v)
-                        .with_context(|| format!("corrupt record for function {key}"))?;
-                    out.push(record.upgrade());
+                    out.push(decode_record(&key, &v)?);
                 }
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -394,9 +387,9 @@ impl Store for ClusterStore {
     }
 
     fn flush(&self) -> anyhow::Result<()> {
-        // Every JetStream write above was acknowledged before its call returned: what the
-        // server's sync setting makes of an acknowledgement is in docs/cluster.md. The local
-        // artifacts are a cache.
+        // Every JetStream write above was acknowledged before its call returned (how durable
+        // an acknowledgement is depends on the replicas and the server's sync setting). The
+        // local artifacts are a cache.
         self.local.flush()
     }
 }
@@ -433,8 +426,7 @@ pub async fn follow_functions(
             let deployer = deployer.clone();
             let applied = tokio::task::spawn_blocking(move || match entry.operation {
                 kv::Operation::Put => {
-                    let record: FunctionRecord = serde_json::from_slice(&entry.value)
-                        .with_context(|| format!("corrupt record for function {}", entry.key))?;
+                    let record = decode_record(&entry.key, &entry.value)?;
                     deployer.apply_remote(&record).map(drop)
                 }
                 kv::Operation::Delete | kv::Operation::Purge => {

@@ -20,6 +20,13 @@ pub mod recover;
 pub use durable::{is_disk_full, Damaged, Health};
 pub use recover::{check, Recovery};
 
+/// A stored function record (JSON), upgraded to the current form.
+pub(crate) fn decode_record(name: &str, bytes: &[u8]) -> anyhow::Result<FunctionRecord> {
+    let record: FunctionRecord = serde_json::from_slice(bytes)
+        .with_context(|| format!("corrupt record for function {name}"))?;
+    Ok(record.upgrade())
+}
+
 /// The storage port of the runtime. Writes become durable on [`Store::flush`].
 pub trait Store: Send + Sync + 'static {
     /// Keeps a component's bytes under their sha256 (lower-case hex).
@@ -540,14 +547,11 @@ impl Store for SledStore {
     }
 
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>> {
-        match self.t()?.functions.get(name)? {
-            Some(v) => {
-                let record: FunctionRecord = serde_json::from_slice(&v)
-                    .with_context(|| format!("corrupt record for function {name}"))?;
-                Ok(Some(record.upgrade()))
-            }
-            None => Ok(None),
-        }
+        self.t()?
+            .functions
+            .get(name)?
+            .map(|v| decode_record(name, &v))
+            .transpose()
     }
 
     fn functions(&self) -> anyhow::Result<Vec<FunctionRecord>> {
@@ -555,8 +559,8 @@ impl Store for SledStore {
             .functions
             .iter()
             .map(|kv| {
-                let (_, v) = kv?;
-                Ok(serde_json::from_slice::<FunctionRecord>(&v)?.upgrade())
+                let (k, v) = kv?;
+                decode_record(&String::from_utf8_lossy(&k), &v)
             })
             .collect()
     }
