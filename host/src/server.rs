@@ -123,23 +123,40 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Some(c) => {
             let client = crate::store::cluster::connect(&c.servers).await?;
             let names = crate::store::cluster::Names::new(&c.prefix)?;
-            let shared = crate::store::cluster::ClusterStore::open(
-                client,
-                &names,
-                c.replicas,
-                store.clone(),
-            )
+            // Opening is idempotent; a NATS cluster still forming may refuse it for a while.
+            let shared = crate::store::cluster::patiently("open the cluster's buckets", || {
+                crate::store::cluster::ClusterStore::open(
+                    client.clone(),
+                    &names,
+                    c.replicas,
+                    store.clone(),
+                )
+            })
             .await?;
+            let delivery =
+                crate::store::cluster::patiently("open the cluster's work queue", || {
+                    crate::store::cluster_delivery::ClusterDelivery::open(
+                        client.clone(),
+                        &names,
+                        c.replicas,
+                        opts.delivery.retention,
+                    )
+                })
+                .await?;
             println!(
-                "ferry: cluster mode: function records and components in NATS at {}",
+                "ferry: cluster mode: functions, components and invocations in NATS at {}",
                 c.servers
             );
-            Some(Arc::new(shared))
+            Some((Arc::new(shared), delivery))
         }
         None => None,
     };
+    let delivery_store: Arc<dyn crate::delivery::store::DeliveryStore> = match &cluster {
+        Some((_, d)) => d.clone(),
+        None => store.clone(),
+    };
     let shared: Arc<dyn crate::store::Store> = match &cluster {
-        Some(c) => c.clone(),
+        Some((c, _)) => c.clone(),
         None => store.clone(),
     };
     let deployer =
@@ -151,7 +168,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let delivery = Delivery::start(
         runtime.clone(),
         registry.clone(),
-        store.clone(),
+        delivery_store,
         store.health(),
         DeliveryOptions {
             public_url: public_url.clone(),
@@ -185,7 +202,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         store_health: store.health(),
         store: store.clone(),
     });
-    if let Some(c) = &cluster {
+    if let Some((c, _)) = &cluster {
         tokio::spawn(crate::store::cluster::follow_functions(
             c.clone(),
             admin_state.deployer.clone(),

@@ -921,19 +921,30 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// More arguments (a cluster node's name and routes).
+    args: Vec<String>,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_with(free_port(), Vec::new())
+    }
+
+    fn start_with(port: u16, args: Vec<String>) -> NatsServer {
         let mut s = NatsServer {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            args,
         };
         s.spawn();
         s
@@ -943,6 +954,7 @@ impl NatsServer {
         let child = Command::new(std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()))
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -969,6 +981,52 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+}
+
+/// A NATS cluster of real `nats-server` processes on loopback ports, each with JetStream: the
+/// nodes route to each other, so streams can have up to `nodes.len()` replicas.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, route))| {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .filter(|(_, r)| r != route)
+                    .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+                    .collect();
+                NatsServer::start_with(
+                    *port,
+                    vec![
+                        "-n".into(),
+                        format!("n{i}"),
+                        "--cluster_name".into(),
+                        "ferry-test".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{route}"),
+                        "--routes".into(),
+                        routes.join(","),
+                    ],
+                )
+            })
+            .collect();
+        NatsCluster { nodes }
+    }
+
+    /// Every node's URL, comma-separated (what `--cluster` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

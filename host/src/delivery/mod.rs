@@ -140,7 +140,9 @@ pub struct Delivery {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
     store: Arc<dyn DeliveryStore>,
-    journal: Arc<Journal>,
+    /// The submit journal (none when the store is shared: its writes are durable as they
+    /// return, and a host's own disk is not the cluster's).
+    journal: Option<Arc<Journal>>,
     /// Ids whose attempt is running right now in this process: the "running" of status
     /// documents (the store knows only that an invocation is leased).
     running: Mutex<HashSet<String>>,
@@ -197,17 +199,22 @@ impl Delivery {
         let ready = Arc::new(fair::FairQueue::new(options.workers * 4));
         let ff = Arc::new(fair::FairQueue::new(options.queue_size.max(1)));
         let (callbacks, callbacks_rx) = mpsc::channel(256);
-        let (journal, journaled) = Journal::open(
-            &options.journal_dir,
-            store.clone(),
-            health,
-            options.flush_per_submit,
-        )?;
-        journal.set_metrics(runtime.metrics().clone());
-        Self::restore_journaled(&*store, journaled)?;
-        let tasks = TaskTracker::new();
         let (journal_closing, closing) = tokio::sync::watch::channel(false);
-        let journal_task = tokio::spawn(journal.clone().run(closing));
+        let (journal, journal_task) = if store.shared() {
+            (None, None)
+        } else {
+            let (journal, journaled) = Journal::open(
+                &options.journal_dir,
+                store.clone(),
+                health,
+                options.flush_per_submit,
+            )?;
+            journal.set_metrics(runtime.metrics().clone());
+            Self::restore_journaled(&*store, journaled)?;
+            let task = tokio::spawn(journal.clone().run(closing));
+            (Some(journal), Some(task))
+        };
+        let tasks = TaskTracker::new();
         let this = Arc::new(Self {
             runtime,
             registry,
@@ -225,7 +232,7 @@ impl Delivery {
             shutdown,
             stop_requested: std::sync::OnceLock::new(),
             journal_closing,
-            journal_task: Mutex::new(Some(journal_task)),
+            journal_task: Mutex::new(journal_task),
             tasks,
             guard,
             http,
@@ -353,6 +360,7 @@ impl Delivery {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(queue, id.to_string()));
+        self.store.release(queue, id);
     }
 
     /// A lease on work taken now by this process.
@@ -413,11 +421,14 @@ impl Delivery {
             DeliveryMode::StoreAndForward => {
                 // Fast path: with a worker slot free, take the new invocation at once (leased,
                 // so the scanner leaves it alone); otherwise the scanner will.
-                let slot = (self.ready.room() > 0).then_some(());
+                // A shared store hands work out to every host: it goes that way only.
+                let slot = (!self.store.shared() && self.ready.room() > 0).then_some(());
                 let lease = slot.as_ref().map(|_| self.lease(Queue::Attempts));
                 if let Some(existing) = self.store_new(&inv, check_key, lease.as_ref())? {
                     // It may still be on its way to disk: wait for what is journaled so far.
-                    Self::within(self.journal.durable(self.journal.barrier())).await?;
+                    if let Some(journal) = &self.journal {
+                        Self::within(journal.durable(journal.barrier())).await?;
+                    }
                     // Its own submit may have failed meanwhile (and removed it).
                     if self
                         .store
@@ -478,7 +489,11 @@ impl Delivery {
     }
 
     async fn commit(&self, inv: &Invocation) -> Result<(), SubmitFailure> {
-        Self::within(self.journal.commit(inv)).await
+        match &self.journal {
+            Some(journal) => Self::within(journal.commit(inv)).await,
+            // A shared store's insert was durable when it returned.
+            None => Ok(()),
+        }
     }
 
     async fn within(
@@ -506,6 +521,8 @@ impl Delivery {
     /// The invocation once it has finished, or as it is when `max` has passed.
     pub async fn wait(&self, id: &str, max: Duration) -> anyhow::Result<Option<Invocation>> {
         let mut done = self.done.subscribe();
+        // Finished by another host sharing the store (never resolves when there is none).
+        let mut elsewhere = self.store.finished();
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let inv = self.store.get(id)?;
@@ -514,11 +531,21 @@ impl Delivery {
                 _ => return Ok(inv),
             }
             loop {
-                match tokio::time::timeout_at(deadline, done.recv()).await {
-                    Err(_) => return self.store.get(id),
-                    Ok(Ok(finished)) if finished != id => continue,
+                let next = async {
+                    match &mut elsewhere {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let finished = tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return self.store.get(id),
+                    finished = done.recv() => finished,
+                    finished = next => finished,
+                };
+                match finished {
+                    Ok(finished) if finished != id => continue,
                     // Ours finished, or we lagged behind: look again.
-                    Ok(_) => break,
+                    _ => break,
                 }
             }
         }

@@ -114,4 +114,22 @@ pub trait DeliveryStore: Send + Sync + 'static {
     fn reopens(&self) -> u64 {
         0
     }
+
+    /// This process is done with work it took from `queue`, whatever became of it (its outcome
+    /// stored, or storing it failed): a backend that holds taken work for its taker lets it go
+    /// now, and the stored record decides what happens to it next.
+    fn release(&self, _queue: Queue, _id: &str) {}
+
+    /// Whether several hosts share this backend: then every write is durable when it returns
+    /// (the host's submit journal is not used), and work is handed out only by
+    /// [`DeliveryStore::take_due`] (a submit is not run at once by the host that took it).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Ids of invocations finished by any host sharing the backend, for long polls (None: only
+    /// this process finishes what it stores).
+    fn finished(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }

@@ -24,6 +24,9 @@ use crate::model::FunctionRecord;
 /// idempotency keys and leases) came in 2.11.
 const OLDEST_SERVER: (u64, u64) = (2, 11);
 
+/// How long a starting host waits for the cluster's JetStream to answer.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(60);
+
 /// How long one store call may wait for JetStream.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,6 +40,24 @@ pub struct Names {
     pub state: String,
     /// Component bytes by sha256.
     pub components: String,
+    /// Invocation records (KV).
+    pub invocations: String,
+    /// Idempotency keys (KV).
+    pub idempotency: String,
+    /// Dead letters (KV).
+    pub dead: String,
+    /// Payloads (KV, and an object store of the same name for large ones).
+    pub payloads: String,
+    /// The work-queue stream of due work.
+    pub work: String,
+    /// Its subjects' stem: `<stem>.attempts`, `<stem>.callbacks`.
+    pub work_subject: String,
+    /// The durable consumers of due attempts and of due callbacks.
+    pub attempts: String,
+    /// See `attempts`.
+    pub callbacks: String,
+    /// Where hosts say which invocations they finished (core NATS).
+    pub finished_subject: String,
 }
 
 impl Names {
@@ -53,6 +74,15 @@ impl Names {
             functions: format!("{prefix}_functions"),
             state: format!("{prefix}_state"),
             components: format!("{prefix}_components"),
+            invocations: format!("{prefix}_invocations"),
+            idempotency: format!("{prefix}_idempotency"),
+            dead: format!("{prefix}_dead"),
+            payloads: format!("{prefix}_payloads"),
+            work: format!("{prefix}_work"),
+            work_subject: format!("{prefix}.work"),
+            attempts: format!("{prefix}_attempts"),
+            callbacks: format!("{prefix}_callbacks"),
+            finished_subject: format!("{prefix}.finished"),
         })
     }
 }
@@ -98,13 +128,81 @@ pub async fn connect(servers: &str) -> anyhow::Result<async_nats::Client> {
         ),
     }
     let js = jetstream::new(client.clone());
-    js.query_account().await.with_context(|| {
-        format!(
-            "the NATS server {} has no JetStream for this account: start it with -js",
-            info.server_name
-        )
-    })?;
-    Ok(client)
+    // A NATS cluster starting with the hosts elects its JetStream leader first: wait for it,
+    // bounded, and say so.
+    let deadline = tokio::time::Instant::now() + JETSTREAM_WAIT;
+    let mut said = false;
+    loop {
+        match js.query_account().await {
+            Ok(_) => return Ok(client),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "the NATS server {} offers no JetStream to this account after {}s: start \
+                     it with -js (in a NATS cluster, every node with -js and a quorum of them up)",
+                    info.server_name,
+                    JETSTREAM_WAIT.as_secs()
+                )))
+            }
+            Err(e) => {
+                if !said {
+                    println!("ferry: waiting for the cluster's JetStream ({e})");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Runs `work` on `runtime` and waits for it, at most `timeout`, from a blocking thread or an
+/// async worker (where the wait must not hold the worker the request itself may need).
+pub(super) fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    timeout: Duration,
+    what: &str,
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    let wait = || rx.recv_timeout(timeout);
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let answer = if on_worker {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
+    };
+    answer
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the cluster's NATS did not answer within {}s ({what})",
+                timeout.as_secs()
+            )
+        })?
+        .with_context(|| format!("cluster store: {what}"))
+}
+
+/// Runs `open` until it succeeds, for at most [`JETSTREAM_WAIT`]: a NATS cluster that is still
+/// electing leaders refuses new streams for a while.
+pub async fn patiently<T, F: Future<Output = anyhow::Result<T>>>(
+    what: &str,
+    mut open: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + JETSTREAM_WAIT;
+    loop {
+        match open().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("cannot {what}")))
+            }
+            Err(e) => {
+                tracing::info!(error = %format!("{e:#}"), "cannot {what} yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// The cluster backend: JetStream for what hosts share, a local store for compiled code.
@@ -190,28 +288,7 @@ impl ClusterStore {
         what: &str,
         work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.runtime.spawn(async move {
-            let _ = tx.send(work.await);
-        });
-        // Called from an async worker (a trigger reading its state), the wait must not hold
-        // the worker the request itself may need.
-        let wait = || rx.recv_timeout(CALL_TIMEOUT);
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let answer = if on_worker {
-            tokio::task::block_in_place(wait)
-        } else {
-            wait()
-        };
-        answer
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the cluster's NATS did not answer within {}s ({what})",
-                    CALL_TIMEOUT.as_secs()
-                )
-            })?
-            .with_context(|| format!("cluster store: {what}"))
+        wait_on(&self.runtime, CALL_TIMEOUT, what, work)
     }
 
     fn state_key(key: &str) -> String {

