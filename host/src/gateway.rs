@@ -190,6 +190,10 @@ impl TriggerRuntime for Gateway {
         self.store.flush()
     }
 
+    fn claim(&self, key: &StateKey, ttl: std::time::Duration) -> anyhow::Result<bool> {
+        self.store.claim(key.kind, &key.function, &key.key, ttl)
+    }
+
     fn report(&self, kind: &'static str, status: serde_json::Value) {
         self.reports
             .0

@@ -459,10 +459,42 @@ async fn run_poll<R: Runtime>(runtime: Arc<R>, p: Poll, mut shutdown: Shutdown) 
         };
         for slot in due {
             let catch_up = slot < now;
+            if !claimed(&*runtime, &p, slot) {
+                // Another host of the cluster fires it: show what it recorded.
+                cursor = cursor.max(slot);
+                state = load(&*runtime, &p);
+                state.next_ms = p.when.after(slot);
+                continue;
+            }
             if !fire_until_done(&*runtime, &p, slot, catch_up, &mut state, &mut shutdown).await {
                 return;
             }
             cursor = cursor.max(slot);
+        }
+    }
+}
+
+/// Whether this host fires `slot`: hosts sharing a store claim each slot, and one wins. A claim
+/// that cannot be made (the store fails) fires the slot anyway: the submit's idempotency key
+/// still makes a second firing of it run nothing.
+fn claimed<R: Runtime>(runtime: &R, p: &Poll, slot: u64) -> bool {
+    let period = p
+        .when
+        .after(slot)
+        .map_or(0, |next| next.saturating_sub(slot));
+    // Longer than any host could still be firing the slot, and bounded (one key per slot).
+    let ttl = Duration::from_millis(period.saturating_mul(2))
+        .clamp(Duration::from_secs(10), Duration::from_secs(3600));
+    let key = StateKey {
+        kind: KIND.name,
+        function: p.function.clone(),
+        key: format!("{}/{slot}", p.index),
+    };
+    match runtime.claim(&key, ttl) {
+        Ok(won) => won,
+        Err(e) => {
+            tracing::warn!(function = %p.function, section = p.index, error = %format!("{e:#}"), "trigger.poll: cannot claim a slot; firing it");
+            true
         }
     }
 }

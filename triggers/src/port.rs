@@ -231,6 +231,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// Writes a trigger's state record durably.
     fn put_state(&self, key: &StateKey, value: &[u8]) -> anyhow::Result<()>;
 
+    /// Claims one occurrence (a schedule's slot, say) for this host among every host sharing
+    /// the store: exactly one claimant wins while the claim lasts (`ttl`); a host alone always
+    /// does.
+    fn claim(&self, key: &StateKey, ttl: std::time::Duration) -> anyhow::Result<bool> {
+        let _ = (key, ttl);
+        Ok(true)
+    }
+
     /// Reports a trigger's state for status pages (`/healthz`); the latest report wins.
     fn report(&self, kind: &'static str, status: serde_json::Value);
 

@@ -40,6 +40,8 @@ pub struct Names {
     pub state: String,
     /// Component bytes by sha256.
     pub components: String,
+    /// Claims on trigger occurrences (KV with per-key TTLs).
+    pub leases: String,
     /// Invocation records (KV).
     pub invocations: String,
     /// Idempotency keys (KV).
@@ -74,6 +76,7 @@ impl Names {
             functions: format!("{prefix}_functions"),
             state: format!("{prefix}_state"),
             components: format!("{prefix}_components"),
+            leases: format!("{prefix}_leases"),
             invocations: format!("{prefix}_invocations"),
             idempotency: format!("{prefix}_idempotency"),
             dead: format!("{prefix}_dead"),
@@ -205,12 +208,89 @@ pub async fn patiently<T, F: Future<Output = anyhow::Result<T>>>(
     }
 }
 
+/// A bucket whose keys may carry their own TTL, read from its stream's leader.
+pub(super) async fn ttl_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    let store = match js.get_key_value(name).await {
+        Ok(store) => store,
+        Err(_) => create_ttl_bucket(js, name, description, replicas).await?,
+    };
+    if !store.stream.cached_info().config.allow_direct {
+        return Ok(store);
+    }
+    // Direct gets may be answered by any replica, also one that lags behind: a record written
+    // a moment ago would look missing, and due work for it be dropped. Reads go to the leader.
+    let mut config = store.stream.cached_info().config.clone();
+    config.allow_direct = false;
+    js.update_stream(config)
+        .await
+        .with_context(|| format!("cannot make reads of {name} go to its leader"))?;
+    Ok(js.get_key_value(name).await?)
+}
+
+async fn create_ttl_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    js.create_key_value(kv::Config {
+        bucket: name.to_string(),
+        description: description.to_string(),
+        history: 1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        // Per-key TTLs; the marker an expired key leaves lives this long.
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("cannot create the key-value bucket {name}"))
+}
+
+/// Publishes `value` under `key` of `bucket`, with a TTL, and (with `expect`) only if the
+/// key's last revision is that one (0: the key must not exist).
+pub(super) async fn write(
+    js: &jetstream::Context,
+    bucket: &kv::Store,
+    key: &str,
+    value: Bytes,
+    ttl: Option<Duration>,
+    expect: Option<u64>,
+) -> Result<u64, jetstream::context::PublishError> {
+    let mut message = jetstream::message::PublishMessage::build().payload(value);
+    if let Some(ttl) = ttl {
+        // Whole seconds, at least one: the server's unit and minimum.
+        message = message.ttl(Duration::from_secs(ttl.as_secs().max(1)));
+    }
+    if let Some(revision) = expect {
+        message = message.expected_last_subject_sequence(revision);
+    }
+    let ack = js
+        .send_publish(
+            format!(
+                "{}{key}",
+                bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix)
+            ),
+            message,
+        )
+        .await?
+        .await?;
+    Ok(ack.sequence)
+}
+
 /// The cluster backend: JetStream for what hosts share, a local store for compiled code.
 pub struct ClusterStore {
     runtime: tokio::runtime::Handle,
     functions: kv::Store,
     state: kv::Store,
     components: object_store::ObjectStore,
+    leases: kv::Store,
+    js: jetstream::Context,
     local: Arc<SledStore>,
 }
 
@@ -273,11 +353,20 @@ impl ClusterStore {
                 .await
                 .with_context(|| format!("cannot create the object store {}", names.components))?,
         };
+        let leases = ttl_bucket(
+            &js,
+            &names.leases,
+            "Ferry claims on trigger occurrences",
+            replicas,
+        )
+        .await?;
         Ok(Self {
             runtime: tokio::runtime::Handle::current(),
             functions,
             state,
             components,
+            leases,
+            js,
             local,
         })
     }
@@ -460,6 +549,22 @@ impl Store for ClusterStore {
                 .await
                 .map(drop)
                 .map_err(anyhow::Error::from)
+        })
+    }
+
+    fn claim(&self, kind: &str, function: &str, key: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let k = format!("c.{}", hex::encode(trigger_state_key(kind, function, key)));
+        let (js, leases) = (self.js.clone(), self.leases.clone());
+        self.call("claim a trigger occurrence", async move {
+            // Created only if the key has never been written (expected last sequence 0): one
+            // host wins; the key expires with its TTL.
+            match write(&js, &leases, &k, Bytes::new(), Some(ttl), Some(0)).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
         })
     }
 

@@ -37,7 +37,7 @@ use sha2::Digest as _;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::broadcast;
 
-use super::cluster::Names;
+use super::cluster::{ttl_bucket, write, Names};
 use crate::delivery::record::{now_ms, Invocation, Payload};
 use crate::delivery::store::{DeliveryStore, Lease, Queue};
 use crate::model::DeliveryMode;
@@ -104,50 +104,6 @@ impl Subjects {
     }
 }
 
-/// A bucket whose keys may carry their own TTL, read from its stream's leader.
-async fn ttl_bucket(
-    js: &jetstream::Context,
-    name: &str,
-    description: &str,
-    replicas: usize,
-) -> anyhow::Result<kv::Store> {
-    let store = match js.get_key_value(name).await {
-        Ok(store) => store,
-        Err(_) => create_ttl_bucket(js, name, description, replicas).await?,
-    };
-    if !store.stream.cached_info().config.allow_direct {
-        return Ok(store);
-    }
-    // Direct gets may be answered by any replica, also one that lags behind: a record written
-    // a moment ago would look missing, and due work for it be dropped. Reads go to the leader.
-    let mut config = store.stream.cached_info().config.clone();
-    config.allow_direct = false;
-    js.update_stream(config)
-        .await
-        .with_context(|| format!("cannot make reads of {name} go to its leader"))?;
-    Ok(js.get_key_value(name).await?)
-}
-
-async fn create_ttl_bucket(
-    js: &jetstream::Context,
-    name: &str,
-    description: &str,
-    replicas: usize,
-) -> anyhow::Result<kv::Store> {
-    js.create_key_value(kv::Config {
-        bucket: name.to_string(),
-        description: description.to_string(),
-        history: 1,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: replicas,
-        // Per-key TTLs; the marker an expired key leaves lives this long.
-        limit_markers: Some(Duration::from_secs(60)),
-        ..Default::default()
-    })
-    .await
-    .with_context(|| format!("cannot create the key-value bucket {name}"))
-}
-
 /// Whether a publish failed because the subject's last sequence was not the expected one.
 fn lost_race(e: &jetstream::context::PublishError) -> bool {
     e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
@@ -174,11 +130,6 @@ fn expirable(inv: &Invocation) -> bool {
 /// A KV key for an idempotency key (which may hold any bytes).
 fn key_of(idempotency_key: &str) -> String {
     hex::encode(sha2::Sha256::digest(idempotency_key.as_bytes()))
-}
-
-/// A TTL in whole seconds, at least one (the server's unit and minimum).
-fn whole_seconds(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs().max(1))
 }
 
 impl ClusterDelivery {
@@ -330,36 +281,6 @@ impl ClusterDelivery {
         }
     }
 
-    /// Publishes `value` under `key` of `bucket`, with a TTL, and (with `expect`) only if the
-    /// key's last revision is that one (0: the key must not exist).
-    async fn write(
-        js: &jetstream::Context,
-        bucket: &kv::Store,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-        expect: Option<u64>,
-    ) -> Result<u64, jetstream::context::PublishError> {
-        let mut message = jetstream::message::PublishMessage::build().payload(value);
-        if let Some(ttl) = ttl {
-            message = message.ttl(whole_seconds(ttl));
-        }
-        if let Some(revision) = expect {
-            message = message.expected_last_subject_sequence(revision);
-        }
-        let ack = js
-            .send_publish(
-                format!(
-                    "{}{key}",
-                    bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix)
-                ),
-                message,
-            )
-            .await?
-            .await?;
-        Ok(ack.sequence)
-    }
-
     /// Tells the server what became of a message this host held.
     async fn settle(client: &async_nats::Client, reply: async_nats::Subject, kind: AckKind) {
         if let Err(e) = client.publish(reply, kind.into()).await {
@@ -407,9 +328,9 @@ impl DeliveryStore for ClusterDelivery {
                 let k = key_of(key);
                 let id = Bytes::from(inv.id.clone());
                 let claimed = if check_key {
-                    Self::write(&js, &keys, &k, id.clone(), Some(keep), Some(0)).await
+                    write(&js, &keys, &k, id.clone(), Some(keep), Some(0)).await
                 } else {
-                    Self::write(&js, &keys, &k, id.clone(), Some(keep), None).await
+                    write(&js, &keys, &k, id.clone(), Some(keep), None).await
                 };
                 match claimed {
                     Ok(_) => {}
@@ -428,7 +349,7 @@ impl DeliveryStore for ClusterDelivery {
                                 return Ok(Some(existing));
                             }
                         }
-                        Self::write(&js, &keys, &k, id, Some(keep), Some(entry.revision))
+                        write(&js, &keys, &k, id, Some(keep), Some(entry.revision))
                             .await
                             .context("the idempotency key was claimed meanwhile; retry")?;
                     }
@@ -438,14 +359,14 @@ impl DeliveryStore for ClusterDelivery {
             if let Some(p) = &inv.payload {
                 let bytes = p.to_stored();
                 if bytes.len() <= KV_PAYLOAD {
-                    Self::write(&js, &payloads, &inv.id, bytes.into(), Some(keep), None).await?;
+                    write(&js, &payloads, &inv.id, bytes.into(), Some(keep), None).await?;
                 } else {
                     large.put(inv.id.as_str(), &mut bytes.as_slice()).await?;
                 }
             }
             let record = Bytes::from(serde_json::to_vec(&inv.without_payload())?);
             let ttl = (inv.mode == DeliveryMode::FireAndForget).then_some(keep.max(ff_ttl));
-            Self::write(&js, &records, &inv.id, record, ttl, Some(0)).await?;
+            write(&js, &records, &inv.id, record, ttl, Some(0)).await?;
             if due_on(&inv, Queue::Attempts).is_some() {
                 js.publish(subject, Bytes::from(inv.id.clone()))
                     .await?
@@ -486,7 +407,7 @@ impl DeliveryStore for ClusterDelivery {
                 };
                 let value = Bytes::from(serde_json::to_vec(&inv)?);
                 let ttl = expirable(&inv).then_some(retention);
-                match Self::write(&js, &records, &inv.id, value, ttl, Some(revision)).await {
+                match write(&js, &records, &inv.id, value, ttl, Some(revision)).await {
                     Ok(_) => {
                         previous = Some(before);
                         break;
@@ -503,13 +424,13 @@ impl DeliveryStore for ClusterDelivery {
                 dead.put(&inv.id, Bytes::new()).await?;
                 // Kept for a replay, however long that takes.
                 if let Some(v) = payloads.get(&inv.id).await? {
-                    Self::write(&js, &payloads, &inv.id, v, None, None).await?;
+                    write(&js, &payloads, &inv.id, v, None, None).await?;
                 }
                 if let Some(key) = &inv.idempotency_key {
                     let k = key_of(key);
                     if let Some(v) = keys.get(&k).await? {
                         if v == inv.id.as_bytes() {
-                            Self::write(&js, &keys, &k, v, None, None).await?;
+                            write(&js, &keys, &k, v, None, None).await?;
                         }
                     }
                 }

@@ -278,3 +278,74 @@ fn three_hosts_on_a_three_node_nats_share_work_and_lose_nothing_when_killed() {
         assert!(hosts[i].is_running(), "a surviving host is still up");
     }
 }
+
+/// The slots a host's log says it fired.
+fn fired_slots(host: &Ferry) -> Vec<u64> {
+    host.log()
+        .lines()
+        .filter(|l| l.contains("trigger.poll: fired"))
+        .filter_map(|l| l.split("slot_ms=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_schedule_fires_once_per_tick_across_hosts_and_survives_a_killed_host() {
+    if !cluster_capable() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut hosts: Vec<Ferry> = (0..3)
+        .map(|_| {
+            let mut host = Ferry::stopped(&["--cluster", &url]);
+            host.env = vec![("FERRY_LOG".into(), "info,ferry_triggers=debug".into())];
+            host.start_again();
+            host
+        })
+        .collect();
+    let recv = Receiver::start();
+    // Named `record`: a tick is a `POST /record`, which the guest records.
+    let manifest = format!(
+        "name = \"record\"\n[outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n\
+         [[trigger.poll]]\nevery = \"1s\"\n",
+        recv.addr
+    );
+    let (status, body) =
+        hosts[0].deploy_manifest("record", guests::bytes(guests::MISBEHAVE), &manifest);
+    assert_eq!(status, 201, "{body}");
+    let all = |hosts: &[Ferry]| -> Vec<u64> { hosts.iter().flat_map(fired_slots).collect() };
+    eventually("five ticks", Duration::from_secs(60), || {
+        (all(&hosts).len() >= 5).then_some(())
+    });
+    hosts[1].kill();
+    let killed_after = all(&hosts).len();
+    eventually("ten ticks after the kill", Duration::from_secs(60), || {
+        (all(&hosts).len() >= killed_after + 10).then_some(())
+    });
+    let per_host: Vec<usize> = hosts.iter().map(|h| fired_slots(h).len()).collect();
+    let mut slots = all(&hosts);
+    slots.sort();
+    let n = slots.len();
+    slots.dedup();
+    assert_eq!(slots.len(), n, "a slot fired by two hosts: {slots:?}");
+    let (first, last) = (slots[0], slots[slots.len() - 1]);
+    let expected = ((last - first) / 1000 + 1) as usize;
+    // A host killed between claiming a slot and submitting it takes that slot with it.
+    assert!(
+        slots.len() + 1 >= expected,
+        "slots from {first} to {last}: {} fired of {expected}: {slots:?}",
+        slots.len()
+    );
+    // Each fired slot ran once.
+    eventually("every fired tick to run", Duration::from_secs(60), || {
+        (hits(&recv).len() >= slots.len()).then_some(())
+    });
+    let runs = hits(&recv);
+    assert!(runs.values().all(|n| *n == 1), "a tick ran twice: {runs:?}");
+    println!(
+        "cluster: {} one-second ticks fired by 3 hosts ({per_host:?} per host, host B killed \
+         after {killed_after}), {} of the {expected} slots in that span, each ran once",
+        slots.len(),
+        slots.len()
+    );
+}
