@@ -51,6 +51,8 @@ pub struct AdminState {
     pub store_health: Arc<crate::store::Health>,
     /// The store, for backups.
     pub store: Arc<crate::store::SledStore>,
+    /// This host's cluster membership, in cluster mode.
+    pub members: Option<Arc<crate::store::members::Members>>,
 }
 
 /// Collects what a blocking writer writes into chunks for a streamed response body.
@@ -166,6 +168,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/functions/{name}", get(show).put(deploy).delete(remove))
         .route("/v1/functions/{name}/logs", get(logs))
         .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/deadletters", get(dead_letters).delete(purge_all))
         .route("/v1/deadletters/{id}", get(dead_letter).delete(purge_one))
         .route("/v1/deadletters/{id}/replay", axum::routing::post(replay))
@@ -596,8 +599,36 @@ async fn status(State(state): State<Arc<AdminState>>) -> Result<Json<serde_json:
             },
             "dead_letters": dead.len(),
         },
+        "cluster": members(&state).await?,
         "functions": functions,
     })))
+}
+
+/// The cluster's members with their state, or None on a host alone.
+async fn members(state: &AdminState) -> Result<Option<serde_json::Value>, ApiError> {
+    let Some(members) = &state.members else {
+        return Ok(None);
+    };
+    let hosts = members.list().await.map_err(internal)?;
+    Ok(Some(json!({
+        "this_host": members.id(),
+        "format": crate::store::members::FORMAT,
+        "hosts": hosts,
+    })))
+}
+
+/// `GET /v1/cluster`: every host of the cluster, its version, load and last heartbeat.
+async fn cluster(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match members(&state).await? {
+        Some(v) => Ok(Json(v)),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this host is not in cluster mode (start it with ferry serve --cluster nats://…)"
+                .into(),
+        )),
+    }
 }
 
 /// The query of `GET /v1/functions/{name}/logs`.

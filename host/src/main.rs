@@ -716,6 +716,44 @@ fn print_status(status: &Value) {
             triggers.join(", ")
         );
     }
+    print_cluster(&status["cluster"]);
+}
+
+/// The hosts of a cluster, in `ferry status` (nothing on a host alone).
+fn print_cluster(cluster: &Value) {
+    let Some(hosts) = cluster["hosts"].as_array() else {
+        return;
+    };
+    let this = cluster["this_host"].as_str().unwrap_or("");
+    say!(
+        "\n{:<34} {:<8} {:<9} {:>9} {:>8} {:>7} {:>10}  ADMIN",
+        "CLUSTER HOST",
+        "STATE",
+        "VERSION",
+        "HEARTBEAT",
+        "RUNNING",
+        "QUEUED",
+        "FUNCTIONS"
+    );
+    for h in hosts {
+        let id = h["id"].as_str().unwrap_or("?");
+        let age = h["heartbeat_age_ms"].as_u64().unwrap_or(0);
+        say!(
+            "{:<34} {:<8} {:<9} {:>9} {:>8} {:>7} {:>10}  {}",
+            if id == this {
+                format!("{id} *")
+            } else {
+                id.to_string()
+            },
+            h["state"].as_str().unwrap_or("?"),
+            h["version"].as_str().unwrap_or("?"),
+            format!("{:.1}s ago", age as f64 / 1000.0),
+            h["load"]["running"].to_string(),
+            h["load"]["queued"].to_string(),
+            h["load"]["functions"].to_string(),
+            h["admin_url"].as_str().unwrap_or("")
+        );
+    }
 }
 
 fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyhow::Result<()> {

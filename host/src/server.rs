@@ -133,6 +133,24 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 )
             })
             .await?;
+            // Refused here when the cluster stores another format than this version's.
+            let members = crate::store::members::Members::join(
+                client.clone(),
+                &names,
+                c.replicas,
+                crate::store::members::Member {
+                    id: host_id(&*store)?,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    format: crate::store::members::FORMAT,
+                    public_url: format!("http://{}", public.local_addr()?),
+                    admin_url: format!("http://{}", admin.local_addr()?),
+                    started_ms: crate::delivery::record::now_ms(),
+                    heartbeat_ms: 0,
+                    load: Default::default(),
+                    stopped: false,
+                },
+            )
+            .await?;
             let delivery =
                 crate::store::cluster::patiently("open the cluster's work queue", || {
                     crate::store::cluster_delivery::ClusterDelivery::open(
@@ -147,16 +165,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 "ferry: cluster mode: functions, components and invocations in NATS at {}",
                 c.servers
             );
-            Some((Arc::new(shared), delivery))
+            Some((Arc::new(shared), delivery, members))
         }
         None => None,
     };
     let delivery_store: Arc<dyn crate::delivery::store::DeliveryStore> = match &cluster {
-        Some((_, d)) => d.clone(),
+        Some((_, d, _)) => d.clone(),
         None => store.clone(),
     };
     let shared: Arc<dyn crate::store::Store> = match &cluster {
-        Some((c, _)) => c.clone(),
+        Some((c, _, _)) => c.clone(),
         None => store.clone(),
     };
     let deployer =
@@ -201,8 +219,22 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         nats: nats.clone(),
         store_health: store.health(),
         store: store.clone(),
+        members: cluster.as_ref().map(|(_, _, m)| m.clone()),
     });
-    if let Some((c, _)) = &cluster {
+    if let Some((c, _, members)) = &cluster {
+        let (delivery, registry, runtime) = (delivery.clone(), registry.clone(), runtime.clone());
+        members.clone().spawn_heartbeat(
+            move || {
+                let (running, queued) = delivery.load();
+                crate::store::members::Load {
+                    running,
+                    queued,
+                    instances: runtime.metrics().instances().get() as u64,
+                    functions: registry.list().len(),
+                }
+            },
+            shutdown.clone(),
+        );
         tokio::spawn(crate::store::cluster::follow_functions(
             c.clone(),
             admin_state.deployer.clone(),

@@ -375,6 +375,11 @@ impl Delivery {
         }
     }
 
+    /// Attempts running in this process now, and taken attempts waiting for a worker.
+    pub fn load(&self) -> (usize, usize) {
+        (self.running_ids().len(), self.ready.len())
+    }
+
     /// Sets the metrics' queue gauges from the worker pools (at scrape time).
     pub fn note_queues(&self) {
         let metrics = self.runtime.metrics();

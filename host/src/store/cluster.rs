@@ -42,6 +42,8 @@ pub struct Names {
     pub components: String,
     /// Claims on trigger occurrences (KV with per-key TTLs).
     pub leases: String,
+    /// Members' heartbeats (KV).
+    pub hosts: String,
     /// Invocation records (KV).
     pub invocations: String,
     /// Idempotency keys (KV).
@@ -77,6 +79,7 @@ impl Names {
             state: format!("{prefix}_state"),
             components: format!("{prefix}_components"),
             leases: format!("{prefix}_leases"),
+            hosts: format!("{prefix}_hosts"),
             invocations: format!("{prefix}_invocations"),
             idempotency: format!("{prefix}_idempotency"),
             dead: format!("{prefix}_dead"),

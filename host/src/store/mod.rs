@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod cluster_delivery;
 mod delivery;
 pub mod durable;
+pub mod members;
 pub mod recover;
 
 pub use durable::{is_disk_full, Damaged, Health};

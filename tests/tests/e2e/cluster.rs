@@ -322,6 +322,31 @@ fn a_schedule_fires_once_per_tick_across_hosts_and_survives_a_killed_host() {
     eventually("ten ticks after the kill", Duration::from_secs(60), || {
         (all(&hosts).len() >= killed_after + 10).then_some(())
     });
+    // The killed host is shown as gone; the others as up.
+    let members = eventually("B to be shown as gone", Duration::from_secs(60), || {
+        let (status, v) = hosts[0].admin_get("/v1/cluster");
+        assert_eq!(status, 200, "{v}");
+        let states: Vec<String> = v["hosts"]
+            .as_array()?
+            .iter()
+            .map(|h| h["state"].as_str().unwrap_or("?").to_string())
+            .collect();
+        let mut sorted = states.clone();
+        sorted.sort();
+        (sorted == ["gone", "up", "up"]).then_some(v)
+    });
+    for h in members["hosts"].as_array().unwrap() {
+        assert_eq!(h["version"], env!("CARGO_PKG_VERSION"), "{h}");
+        assert!(h["heartbeat_ms"].as_u64().unwrap() > 0, "{h}");
+    }
+    let shown = hosts[2].cli(&["status"], None);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("CLUSTER HOST")
+            && shown.matches(" up ").count() >= 2
+            && shown.contains(" gone "),
+        "{shown}"
+    );
     let per_host: Vec<usize> = hosts.iter().map(|h| fired_slots(h).len()).collect();
     let mut slots = all(&hosts);
     slots.sort();
@@ -348,4 +373,45 @@ fn a_schedule_fires_once_per_tick_across_hosts_and_survives_a_killed_host() {
         slots.len(),
         slots.len()
     );
+}
+
+#[test]
+fn a_host_refuses_a_cluster_that_stores_another_format() {
+    if !cluster_capable() {
+        return;
+    }
+    let nats = NatsServer::start();
+    // A cluster whose first host wrote a format this version does not know.
+    ferry_tests::runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let kv = js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: "future_state".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        kv.put("cluster.format", r#"{"format":999,"by":"99.0.0"}"#.into())
+            .await
+            .unwrap();
+    });
+    let mut host = Ferry::stopped(&["--cluster", &nats.url(), "--cluster-prefix", "future"]);
+    let status = host.run_to_exit(&[], Duration::from_secs(60));
+    assert!(!status.success());
+    let log = host.log();
+    assert!(
+        log.contains("format 999") && log.contains("99.0.0") && log.contains("--cluster-prefix"),
+        "{log}"
+    );
+    // The same NATS takes a cluster of this version under another prefix.
+    let ok = Ferry::start_with(&["--cluster", &nats.url(), "--cluster-prefix", "today"]);
+    let (status, v) = ok.admin_get("/v1/cluster");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["hosts"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["hosts"][0]["state"], "up", "{v}");
+    // A host alone says it is not in a cluster.
+    let alone = Ferry::start();
+    let (status, v) = alone.admin_get("/v1/cluster");
+    assert_eq!(status, 404, "{v}");
 }
