@@ -41,6 +41,9 @@ pub enum DeployError {
     /// function, or one this host does not run (422).
     #[error("{0}")]
     Unsupported(String),
+    /// Another host of the cluster deployed or removed the function first (409).
+    #[error("{0}")]
+    Changed(String),
     /// The store or a task failed: not the caller's doing (500).
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -56,7 +59,7 @@ impl DeployError {
             }
             DeployError::Component(ComponentError::Compile(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             DeployError::Component(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            DeployError::TriggerConflict(_) => StatusCode::CONFLICT,
+            DeployError::TriggerConflict(_) | DeployError::Changed(_) => StatusCode::CONFLICT,
             DeployError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Internal(e) if crate::store::is_disk_full(e) => {
                 StatusCode::INSUFFICIENT_STORAGE
@@ -285,7 +288,7 @@ impl Deployer {
                 if let Some(artifact) = artifact {
                     store.put_artifact(&key, &artifact)?;
                 }
-                store.put_function(&rec)?;
+                store.replace_function(&rec, before.as_ref())?;
                 remember_version(&*store, &rec.name, &rec.digest, keep)?;
                 crate::crashpoint::crashpoint("deploy-before-flush");
                 store.flush()
@@ -294,14 +297,18 @@ impl Deployer {
                 // The deploy is answered with an error: the record it may have written must
                 // not come back after a restart.
                 let _ = match &before {
-                    Some(old) => store.put_function(old),
+                    Some(old) => store.replace_function(old, Some(&rec)),
                     None => store.delete_function(&rec.name).map(drop),
                 };
             }
             written
         })
         .await
-        .context("store task failed")??;
+        .context("store task failed")?
+        .map_err(|e| match e.downcast_ref::<crate::store::Changed>() {
+            Some(changed) => DeployError::Changed(changed.0.clone()),
+            None => DeployError::Internal(e),
+        })?;
         self.registry.commit(snapshot);
         tracing::info!(function = %record.name, version = record.version, world = %record.world, "deployed");
         self.collect_garbage_now().await;

@@ -463,6 +463,47 @@ impl Store for ClusterStore {
         })
     }
 
+    fn replace_function(
+        &self,
+        record: &FunctionRecord,
+        replacing: Option<&FunctionRecord>,
+    ) -> anyhow::Result<()> {
+        let (kv, name, value) = (
+            self.functions.clone(),
+            record.name.clone(),
+            Bytes::from(serde_json::to_vec(record)?),
+        );
+        let expected = replacing.map(|r| (r.version, r.digest.clone()));
+        self.call("write a function record", async move {
+            let (current, revision) = match kv.entry(&name).await? {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let r = decode_record(&name, &e.value)?;
+                    (Some((r.version, r.digest)), e.revision)
+                }
+                Some(e) => (None, e.revision),
+                None => (None, 0),
+            };
+            let changed = || {
+                super::Changed(format!(
+                    "function {name} was deployed or removed on another host meanwhile; look \
+                     at `ferry show {name}` and deploy again"
+                ))
+            };
+            if current != expected {
+                return Err(changed().into());
+            }
+            // Compare-and-set on the revision read: a write by another host in between loses
+            // this one the race.
+            match kv.update(&name, value, revision).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    Err(changed().into())
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>> {
         let (kv, name) = (self.functions.clone(), name.to_string());
         self.call("read a function record", async move {

@@ -11,6 +11,11 @@ use anyhow::Context as _;
 use crate::crashpoint::crashpoint;
 use crate::model::FunctionRecord;
 
+/// A write refused because another host changed the record first (cluster mode).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Changed(pub String);
+
 pub mod backup;
 pub mod cluster;
 pub mod cluster_delivery;
@@ -49,6 +54,18 @@ pub trait Store: Send + Sync + 'static {
     fn remove_artifact(&self, key: &str) -> anyhow::Result<()>;
     /// Writes a function's record, replacing the one of the same name.
     fn put_function(&self, record: &FunctionRecord) -> anyhow::Result<()>;
+    /// Writes a function's record in place of `replacing` (None: in place of no record). A
+    /// store several hosts share fails with [`Changed`] when the stored record is another one
+    /// (a deploy on another host came first); a store one host uses, whose deploys run one at a
+    /// time, writes it.
+    fn replace_function(
+        &self,
+        record: &FunctionRecord,
+        replacing: Option<&FunctionRecord>,
+    ) -> anyhow::Result<()> {
+        let _ = replacing;
+        self.put_function(record)
+    }
     /// The record of the function with this name, upgraded to the current form.
     fn function(&self, name: &str) -> anyhow::Result<Option<FunctionRecord>>;
     /// Every function record, upgraded to the current form.

@@ -71,6 +71,52 @@ fn a_deploy_or_removal_on_one_host_is_served_by_every_host() {
         },
     );
 
+    // Deploys of one name on two hosts at once: each is applied or refused with 409 (another
+    // host came first), never lost in between, and both hosts end up serving the same version.
+    let (hello, echo) = (
+        guests::bytes(guests::HELLO_HTTP),
+        guests::bytes(guests::ECHO_EVENT),
+    );
+    let mut refused = 0;
+    for _ in 0..5 {
+        let (ra, rb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| a.deploy_raw("shared", hello.clone()));
+            let tb = s.spawn(|| b.deploy_raw("shared", echo.clone()));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        for (status, body) in [&ra, &rb] {
+            assert!(
+                matches!(status, 200 | 201 | 409),
+                "a deploy is applied or refused as a conflict: {status} {body}"
+            );
+            if *status == 409 {
+                refused += 1;
+                assert!(
+                    ferry_tests::error_of(body).contains("another host"),
+                    "{body}"
+                );
+            }
+        }
+        assert!(
+            ra.0 != 409 || rb.0 != 409,
+            "one of two deploys wins: {ra:?} {rb:?}"
+        );
+    }
+    let shown = |h: &Ferry| {
+        let out = h.cli(&["--json", "show", "shared"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (v["version"].clone(), v["digest"].clone())
+    };
+    let agreed = eventually(
+        "A and B to serve the same version",
+        Duration::from_secs(30),
+        || {
+            let (sa, sb) = (shown(&a), shown(&b));
+            (sa == sb && sa.0.is_u64()).then_some(sa)
+        },
+    );
+    println!("cluster: 5 rounds of concurrent deploys, {refused} refused with 409, both serve {agreed:?}");
+
     // Removed on A: B stops serving it.
     let out = a.cli(&["rm", "shared"], None);
     assert!(out.status.success(), "{out:?}");
