@@ -323,16 +323,17 @@ struct ServeArgs {
     /// NATS server for NATS triggers, e.g. nats://127.0.0.1:4222.
     #[arg(long, env = "FERRY_NATS")]
     nats: Option<String>,
-    /// Cluster mode (in progress): share function records and components with every host on
-    /// these NATS JetStream servers (comma-separated URLs; nats-server 2.11 or newer).
+    /// Cluster mode: share functions, components, invocations and the work queue with every
+    /// host on these NATS JetStream servers (comma-separated URLs; nats-server 2.11 or newer).
     #[arg(long, env = "FERRY_CLUSTER")]
     cluster: Option<String>,
     /// The prefix of the cluster's bucket names, so that clusters can share a NATS account.
     #[arg(long, env = "FERRY_CLUSTER_PREFIX", default_value = "ferry")]
     cluster_prefix: String,
-    /// Copies of each cluster bucket (at most the number of NATS servers).
-    #[arg(long, env = "FERRY_CLUSTER_REPLICAS", default_value_t = 1)]
-    cluster_replicas: usize,
+    /// Copies of each cluster bucket and stream (at most the number of NATS servers; 1 to 5).
+    /// Default: 3 when the NATS cluster has three servers or more, else 1.
+    #[arg(long, env = "FERRY_CLUSTER_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster_replicas: Option<u8>,
     /// After Ctrl-C or SIGTERM, how long requests and asynchronous attempts in flight may take
     /// to finish; attempts still running then are recorded as interrupted (store-and-forward
     /// ones run again on the next start).
@@ -840,7 +841,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             .map(|servers| ferry_host::server::ClusterOptions {
                 servers,
                 prefix: args.cluster_prefix,
-                replicas: args.cluster_replicas,
+                replicas: args.cluster_replicas.map(usize::from),
             }),
         keep_versions: args.keep_versions as usize,
         http: ferry_triggers::http::HttpOptions {

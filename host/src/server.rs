@@ -76,8 +76,9 @@ pub struct ClusterOptions {
     pub servers: String,
     /// The prefix of the bucket names.
     pub prefix: String,
-    /// Copies of each bucket.
-    pub replicas: usize,
+    /// Copies of each bucket and stream (None: 3 when the NATS cluster has three servers or
+    /// more, else 1).
+    pub replicas: Option<usize>,
 }
 
 /// Runs the host until Ctrl-C or SIGTERM (or until a listener fails), then stops cleanly:
@@ -123,12 +124,19 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Some(c) => {
             let client = crate::store::cluster::connect(&c.servers).await?;
             let names = crate::store::cluster::Names::new(&c.prefix)?;
+            let c = &crate::server::ClusterOptions {
+                replicas: Some(c.replicas.unwrap_or_else(|| {
+                    crate::store::cluster::safest_replicas(&client, &c.servers)
+                })),
+                ..c.clone()
+            };
+            let replicas = c.replicas.unwrap_or(1);
             // Opening is idempotent; a NATS cluster still forming may refuse it for a while.
             let shared = crate::store::cluster::patiently("open the cluster's buckets", || {
                 crate::store::cluster::ClusterStore::open(
                     client.clone(),
                     &names,
-                    c.replicas,
+                    replicas,
                     store.clone(),
                 )
             })
@@ -137,7 +145,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let members = crate::store::members::Members::join(
                 client.clone(),
                 &names,
-                c.replicas,
+                replicas,
                 crate::store::members::Member {
                     id: host_id(&*store)?,
                     version: env!("CARGO_PKG_VERSION").into(),
@@ -156,14 +164,16 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                     crate::store::cluster_delivery::ClusterDelivery::open(
                         client.clone(),
                         &names,
-                        c.replicas,
+                        replicas,
                         opts.delivery.retention,
                     )
                 })
                 .await?;
             println!(
-                "ferry: cluster mode: functions, components and invocations in NATS at {}",
-                c.servers
+                "ferry: cluster mode: functions, components and invocations in NATS at {} \
+                 ({replicas} replica{} of each bucket and stream)",
+                c.servers,
+                if replicas == 1 { "" } else { "s" }
             );
             Some((Arc::new(shared), delivery, members))
         }

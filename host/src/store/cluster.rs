@@ -190,6 +190,21 @@ pub(super) fn wait_on<T: Send + 'static>(
         .with_context(|| format!("cluster store: {what}"))
 }
 
+/// The most copies the NATS cluster behind `client` can keep of a stream, up to three: 3 when
+/// it has three servers or more (it survives one lost server), else 1. `servers` is how many
+/// the operator named (`--cluster`).
+pub fn safest_replicas(client: &async_nats::Client, servers: &str) -> usize {
+    let named = servers.split(',').filter(|s| !s.trim().is_empty()).count();
+    // The servers this one knows in its cluster (it lists itself among them when it is in one;
+    // a cluster still forming may not list them all yet).
+    let servers = client.server_info().connect_urls.len().max(named);
+    if servers >= 3 {
+        3
+    } else {
+        1
+    }
+}
+
 /// Runs `open` until it succeeds, for at most [`JETSTREAM_WAIT`]: a NATS cluster that is still
 /// electing leaders refuses new streams for a while.
 pub async fn patiently<T, F: Future<Output = anyhow::Result<T>>>(

@@ -42,6 +42,7 @@ fn a_deploy_or_removal_on_one_host_is_served_by_every_host() {
     }
     let nats = NatsServer::start();
     let a = Ferry::start_with(&["--cluster", &nats.url()]);
+    assert!(a.stdout().contains("(1 replica of each"), "{}", a.stdout());
     let b = Ferry::start_with(&["--cluster", &nats.url()]);
 
     // Deployed on A, served by B without a deploy of its own.
@@ -245,8 +246,16 @@ fn three_hosts_on_a_three_node_nats_share_work_and_lose_nothing_when_killed() {
     }
     let mut nats = NatsCluster::start(3);
     let urls = nats.urls();
-    let args = ["--cluster", urls.as_str(), "--cluster-replicas", "3"];
+    // Replicas by default: three, as the NATS cluster has three servers.
+    let args = ["--cluster", urls.as_str()];
     let mut hosts: Vec<Ferry> = (0..3).map(|_| Ferry::start_with(&args)).collect();
+    assert!(
+        hosts[0]
+            .stdout()
+            .contains("(3 replicas of each bucket and stream)"),
+        "{}",
+        hosts[0].stdout()
+    );
     let recv = Receiver::start();
 
     // Deployed on A, served by C: how long that takes on loopback.
