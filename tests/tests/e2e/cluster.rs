@@ -470,3 +470,39 @@ fn a_host_refuses_a_cluster_that_stores_another_format() {
     let (status, v) = alone.admin_get("/v1/cluster");
     assert_eq!(status, 404, "{v}");
 }
+
+#[test]
+fn the_local_cluster_script_starts_three_nats_nodes_and_three_hosts() {
+    if !cluster_capable() {
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+    let out = std::process::Command::new("timeout")
+        .args(["--signal=KILL", "300", "bash"])
+        .arg(&script)
+        .arg("--check")
+        .env("FERRY_BIN", ferry_tests::ferry_bin())
+        .env("HELLO_WASM", guests::HELLO_HTTP)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..3 {
+        assert!(
+            stdout.contains(&format!(
+                "host {i}: Hello from Ferry! path=/hello/from-host-{i}"
+            )),
+            "{stdout}"
+        );
+    }
+    let hosts_up = stdout
+        .lines()
+        .filter(|l| !l.starts_with("ferry ") && l.contains(" up "))
+        .count();
+    assert_eq!(hosts_up, 3, "{stdout}");
+    assert!(stdout.contains("cluster check passed"), "{stdout}");
+}

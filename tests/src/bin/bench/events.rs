@@ -79,7 +79,7 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
     use ferry_host::engine::{EngineOptions, Runtime};
     use ferry_host::registry::Deployed;
     let runtime = Runtime::new(&EngineOptions::default())?;
-    let component = runtime.compile(&std::fs::read(ferry_tests::guests::FLAKY)?)?;
+    let (component, _) = runtime.compile(&std::fs::read(ferry_tests::guests::FLAKY)?)?;
     let prepared = runtime.prepare(&component)?;
     let record = ferry_host::model::FunctionRecord::new(
         "flaky".into(),
@@ -106,6 +106,14 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
         extensions: vec![],
         data: None,
     };
+    // Each invocation has its call (id, trace context), as a trigger gives it.
+    let call = || {
+        std::sync::Arc::new(ferry_host::call::Call::new(
+            "flaky".into(),
+            ferry_host::trace::TraceContext::start(),
+            "nats",
+        ))
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -113,15 +121,25 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
     let mut times = Vec::with_capacity(n);
     rt.block_on(async {
         for _ in 0..2_000 {
-            let _ =
-                ferry_host::invoke::event(&runtime, &f, &event, ferry_host::invoke::Waiter::Caller)
-                    .await;
+            let _ = ferry_host::invoke::event(
+                &runtime,
+                &f,
+                &event,
+                ferry_host::invoke::Waiter::Caller,
+                &call(),
+            )
+            .await;
         }
         for _ in 0..n {
             let t0 = Instant::now();
-            let out =
-                ferry_host::invoke::event(&runtime, &f, &event, ferry_host::invoke::Waiter::Caller)
-                    .await;
+            let out = ferry_host::invoke::event(
+                &runtime,
+                &f,
+                &event,
+                ferry_host::invoke::Waiter::Caller,
+                &call(),
+            )
+            .await;
             times.push(t0.elapsed());
             debug_assert!(out.is_ok());
         }
@@ -142,19 +160,39 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
 }
 
 /// A nats-server for the benchmark on a free loopback port.
-struct NatsProcess {
+pub(super) struct NatsProcess {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl NatsProcess {
-    fn start() -> anyhow::Result<Self> {
+    pub(super) fn start() -> anyhow::Result<Self> {
+        Self::start_syncing(false)
+    }
+
+    /// With `always`, JetStream calls `fsync` on every write (`sync_interval: always`, a
+    /// setting of the configuration file only); else every 2 minutes, the server's default.
+    pub(super) fn start_syncing(always: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
+        let config = dir.path().join("nats.conf");
+        let store = dir.path().join("js");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?}{} }}\n",
+                store.display().to_string(),
+                if always {
+                    ", sync_interval: always"
+                } else {
+                    ""
+                }
+            ),
+        )?;
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+            .arg("-c")
+            .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -167,7 +205,7 @@ impl NatsProcess {
         })
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 }

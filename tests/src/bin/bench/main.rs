@@ -34,7 +34,7 @@ struct Args {
     /// Where to write the results.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
-    /// Which benchmarks to run: all, http, durable or events.
+    /// Which benchmarks to run: all, http, durable, events or cluster.
     #[arg(long, default_value = "all")]
     suite: String,
     /// Concurrent connections for the durable-accept benchmark (many clients submitting).
@@ -55,6 +55,7 @@ fn humantime_parse(s: &str) -> Result<Duration, String> {
     }
 }
 
+mod cluster;
 mod events;
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +76,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.suite == "all" || args.suite == "events" {
         events::events_suite(&rt, &args)?;
+    }
+    if args.suite == "all" || args.suite == "cluster" {
+        cluster::cluster_suite(&rt, &args)?;
     }
     println!("\nwrote {}", args.out.display());
     Ok(())
@@ -180,12 +184,23 @@ async fn measure(
     load: Load,
     args: &Args,
 ) -> anyhow::Result<Measured> {
-    eprintln!("measuring {name} at {addr} ...");
+    measure_spread(name, &[addr], load, args).await
+}
+
+/// As [`measure`], with the connections spread over `addrs` in turn.
+async fn measure_spread(
+    name: &'static str,
+    addrs: &[SocketAddr],
+    load: Load,
+    args: &Args,
+) -> anyhow::Result<Measured> {
+    eprintln!("measuring {name} at {addrs:?} ...");
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
     let mut tasks = Vec::new();
-    for _ in 0..args.connections {
+    for i in 0..args.connections {
+        let addr = addrs[i % addrs.len()];
         tasks.push(tokio::spawn(async move {
             connection(addr, load, measure_from, end).await
         }));
