@@ -167,6 +167,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/functions", get(list))
         .route("/v1/functions/{name}", get(show).put(deploy).delete(remove))
         .route("/v1/functions/{name}/logs", get(logs))
+        .route(
+            "/v1/functions/{name}/rollback",
+            axum::routing::post(rollback),
+        )
         .route("/v1/status", get(status))
         .route("/v1/cluster", get(cluster))
         .route("/v1/deadletters", get(dead_letters).delete(purge_all))
@@ -769,6 +773,25 @@ async fn deploy(
         StatusCode::CREATED
     };
     Ok((status, Json(view(&state, deployment.record))))
+}
+
+/// The query of `POST /v1/functions/{name}/rollback`.
+#[derive(serde::Deserialize)]
+struct RollbackQuery {
+    /// The version to serve again; default: the newest kept one older than the one serving.
+    to: Option<String>,
+}
+
+/// `POST /v1/functions/{name}/rollback[?to=N]`: serves an earlier version's component and
+/// manifest again, as a new version.
+async fn rollback(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RollbackQuery>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let to = number::<u64>("to", q.to.as_deref())?;
+    let deployment = state.deployer.rollback(&name, to).await?;
+    Ok(Json(view(&state, deployment.record)))
 }
 
 fn too_large(max: u64) -> ApiError {

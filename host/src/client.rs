@@ -249,6 +249,16 @@ impl AdminClient {
         self.json(resp)
     }
 
+    /// Serves an earlier version again (`POST /v1/functions/{name}/rollback[?to=N]`).
+    pub fn rollback(&self, name: &str, to: Option<u64>) -> anyhow::Result<Value> {
+        let mut url = format!("{}/rollback", self.function_url(name));
+        if let Some(v) = to {
+            url.push_str(&format!("?to={v}"));
+        }
+        let resp = self.send(self.http.post(url))?;
+        self.json(resp)
+    }
+
     /// Removes a function (`DELETE /v1/functions/{name}`).
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
         let resp = self.send(self.http.delete(self.function_url(name)))?;

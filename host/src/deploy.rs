@@ -41,6 +41,9 @@ pub enum DeployError {
     /// function, or one this host does not run (422).
     #[error("{0}")]
     Unsupported(String),
+    /// No such function, or no such version of it kept (404).
+    #[error("{0}")]
+    NotFound(String),
     /// Another host of the cluster deployed or removed the function first (409).
     #[error("{0}")]
     Changed(String),
@@ -60,6 +63,7 @@ impl DeployError {
             DeployError::Component(ComponentError::Compile(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             DeployError::Component(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::TriggerConflict(_) | DeployError::Changed(_) => StatusCode::CONFLICT,
+            DeployError::NotFound(_) => StatusCode::NOT_FOUND,
             DeployError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Internal(e) if crate::store::is_disk_full(e) => {
                 StatusCode::INSUFFICIENT_STORAGE
@@ -110,18 +114,37 @@ fn versions_key(name: &str) -> String {
     format!("versions\u{0}{name}")
 }
 
-/// Records `digest` as the newest version of `name`, keeping `keep` of them.
-fn remember_version(
-    store: &dyn Store,
-    name: &str,
-    digest: &str,
-    keep: usize,
-) -> anyhow::Result<()> {
+/// The settings key of a function's recent records, newest first (for a rollback).
+fn history_key(name: &str) -> String {
+    format!("history\u{0}{name}")
+}
+
+/// The most records of one function kept for a rollback.
+const MAX_KEPT_RECORDS: usize = 16;
+
+/// Records `record` as the newest version of its function, keeping `keep` components: their
+/// digests (garbage collection keeps those) and the records that name them (a rollback needs
+/// both).
+fn remember_version(store: &dyn Store, record: &FunctionRecord, keep: usize) -> anyhow::Result<()> {
+    let name = &record.name;
     let mut list = recent_versions(store, name)?;
-    list.retain(|d| d != digest);
-    list.insert(0, digest.to_string());
+    list.retain(|d| d != &record.digest);
+    list.insert(0, record.digest.clone());
     list.truncate(keep.max(1));
-    store.put_setting(&versions_key(name), &serde_json::to_string(&list)?)
+    store.put_setting(&versions_key(name), &serde_json::to_string(&list)?)?;
+    let mut records = kept_records(store, name)?;
+    records.retain(|r| r.version != record.version && list.contains(&r.digest));
+    records.insert(0, record.clone());
+    records.truncate(MAX_KEPT_RECORDS);
+    store.put_setting(&history_key(name), &serde_json::to_string(&records)?)
+}
+
+/// The records of `name` kept for a rollback, newest first.
+fn kept_records(store: &dyn Store, name: &str) -> anyhow::Result<Vec<FunctionRecord>> {
+    Ok(match store.setting(&history_key(name))? {
+        Some(text) => serde_json::from_str(&text).unwrap_or_default(),
+        None => Vec::new(),
+    })
 }
 
 fn recent_versions(store: &dyn Store, name: &str) -> anyhow::Result<Vec<String>> {
@@ -243,10 +266,90 @@ impl Deployer {
         self.check_triggers(&spec.name, prepared.world(), &spec.triggers)?;
 
         let _guard = self.lock.lock().await;
-        let previous = self.registry.get(&spec.name);
+        let (stored, version) = self.next_version(&spec.name).await?;
+        let mut record = FunctionRecord::new(
+            spec.name,
+            version,
+            prepared.world(),
+            digest,
+            bytes.len() as u64,
+            spec.limits,
+            spec.config,
+            spec.outbound,
+            spec.delivery,
+            spec.triggers,
+        );
+        record.secrets = spec.secrets;
+        self.install(record, prepared, bytes, artifact, stored)
+            .await
+    }
+
+    /// Serves an earlier version of a function again, as a new version: `to`, or the newest
+    /// kept version older than the one serving. Its component and manifest are the stored ones.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        name: &str,
+        to: Option<u64>,
+    ) -> Result<Deployment, DeployError> {
+        let Some(current) = self.registry.get(name) else {
+            return Err(DeployError::NotFound(format!("no function named {name:?}")));
+        };
+        let history = {
+            let store = self.store.clone();
+            let n = name.to_string();
+            tokio::task::spawn_blocking(move || kept_records(&*store, &n))
+                .await
+                .context("store task failed")??
+        };
+        let serving = current.record.version;
+        let target = match to {
+            Some(v) => history.iter().find(|r| r.version == v),
+            None => history.iter().find(|r| r.version < serving),
+        };
+        let Some(target) = target.cloned() else {
+            let kept: Vec<String> = history.iter().map(|r| r.version.to_string()).collect();
+            return Err(DeployError::NotFound(match to {
+                Some(v) => format!(
+                    "version {v} of {name} is not kept (kept: {}; ferry serve --keep-versions)",
+                    kept.join(", ")
+                ),
+                None => format!(
+                    "no version of {name} older than {serving} is kept (ferry serve --keep-versions)"
+                ),
+            }));
+        };
+        let bytes = {
+            let (store, digest) = (self.store.clone(), target.digest.clone());
+            tokio::task::spawn_blocking(move || store.component(&digest))
+                .await
+                .context("store task failed")??
+        };
+        let Some(bytes) = bytes else {
+            return Err(DeployError::NotFound(format!(
+                "the component of version {} of {name} is no longer kept",
+                target.version
+            )));
+        };
+        let bytes = Bytes::from(bytes);
+        let (component, artifact) = self.compile_cached(&target.digest, bytes.clone()).await?;
+        let prepared = self.runtime.prepare(&component)?;
+        self.check_triggers(name, prepared.world(), &target.triggers)?;
+
+        let _guard = self.lock.lock().await;
+        let (stored, version) = self.next_version(name).await?;
+        let record = target.as_version(version);
+        tracing::info!(function = %name, from = serving, to = target.version, "rolling back");
+        self.install(record, prepared, bytes, artifact, stored)
+            .await
+    }
+
+    /// The stored record of `name` and the version a new deploy of it gets. Call it holding
+    /// the deploy lock.
+    async fn next_version(&self, name: &str) -> Result<(Option<FunctionRecord>, u64), DeployError> {
+        let previous = self.registry.get(name);
         let stored = {
             let store = self.store.clone();
-            let name = spec.name.clone();
+            let name = name.to_string();
             tokio::task::spawn_blocking(move || store.function(&name))
                 .await
                 .context("store task failed")??
@@ -258,19 +361,19 @@ impl Deployer {
             .max()
             .unwrap_or(0)
             + 1;
-        let mut record = FunctionRecord::new(
-            spec.name,
-            version,
-            prepared.world(),
-            digest.clone(),
-            bytes.len() as u64,
-            spec.limits,
-            spec.config,
-            spec.outbound,
-            spec.delivery,
-            spec.triggers,
-        );
-        record.secrets = spec.secrets;
+        Ok((stored, version))
+    }
+
+    /// Stores `record` with its component (and the artifact compiled now), in place of
+    /// `stored`, and serves it. Call it holding the deploy lock.
+    async fn install(
+        self: &Arc<Self>,
+        record: FunctionRecord,
+        prepared: crate::engine::Prepared,
+        bytes: Bytes,
+        artifact: Option<Vec<u8>>,
+        stored: Option<FunctionRecord>,
+    ) -> Result<Deployment, DeployError> {
         let deployed = Arc::new(Deployed::new(record.clone(), prepared));
         let snapshot = self
             .registry
@@ -278,6 +381,7 @@ impl Deployer {
             .map_err(DeployError::TriggerConflict)?;
 
         let store = self.store.clone();
+        let digest = record.digest.clone();
         let key = artifact_key(&digest, self.runtime.compat_key());
         let rec = record.clone();
         let before = stored.clone();
@@ -289,7 +393,7 @@ impl Deployer {
                     store.put_artifact(&key, &artifact)?;
                 }
                 store.replace_function(&rec, before.as_ref())?;
-                remember_version(&*store, &rec.name, &rec.digest, keep)?;
+                remember_version(&*store, &rec, keep)?;
                 crate::crashpoint::crashpoint("deploy-before-flush");
                 store.flush()
             })();
@@ -380,6 +484,7 @@ impl Deployer {
         let existed = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
             let existed = store.delete_function(&n)?;
             store.put_setting(&versions_key(&n), "[]")?;
+            store.put_setting(&history_key(&n), "[]")?;
             store.flush()?;
             Ok(existed)
         })

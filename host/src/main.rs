@@ -142,6 +142,14 @@ enum Command {
         /// Function name.
         name: String,
     },
+    /// Serve an earlier version again (its component and manifest), as a new version.
+    Rollback {
+        /// Function name.
+        name: String,
+        /// The version to serve again; default: the newest kept one before the current one.
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Dead letters: invocations (or callbacks) that failed for good.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -635,6 +643,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 page = client.logs(name, &query)?;
                 query.retain(|(k, _)| *k == "invocation");
             }
+        }
+        Command::Rollback { name, to } => {
+            let record = client(&cli)?.rollback(&name, to)?;
+            if cli.json {
+                say!("{record:#}");
+            } else {
+                say!(
+                    "rolled back {name}: version {} serves the component {}",
+                    record["version"],
+                    record["digest"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
         }
         Command::Rm { name } => {
             client(&cli)?.remove(&name)?;

@@ -208,6 +208,11 @@ pub struct FunctionRecord {
 /// Trigger sections by kind.
 pub type Triggers = BTreeMap<String, Vec<toml::Table>>;
 
+/// A record's `created` for now.
+fn created_now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
 impl FunctionRecord {
     /// A new record; `created` is now.
     #[allow(clippy::too_many_arguments)]
@@ -235,9 +240,18 @@ impl FunctionRecord {
             outbound,
             delivery,
             triggers,
-            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            created: created_now(),
             routes: Vec::new(),
             nats: Vec::new(),
+        }
+    }
+
+    /// This record as a new version, created now (a rollback).
+    pub fn as_version(&self, version: u64) -> Self {
+        FunctionRecord {
+            version,
+            created: created_now(),
+            ..self.clone()
         }
     }
 

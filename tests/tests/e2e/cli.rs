@@ -386,3 +386,57 @@ fn a_large_upload_says_it_is_under_way_on_stderr() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn rollback_serves_an_earlier_version_again_as_a_new_version() {
+    let ferry = Ferry::start();
+    ok(&ferry.cli(&["deploy", "--name", "svc", guests::HELLO_HTTP], None));
+    ok(&ferry.cli(&["deploy", "--name", "svc", guests::ECHO_EVENT], None));
+    let shown = |ferry: &Ferry| -> serde_json::Value {
+        serde_json::from_str(&ok(&ferry.cli(&["--json", "show", "svc"], None))).unwrap()
+    };
+    let v2 = shown(&ferry);
+    assert_eq!(v2["world"], "event");
+    assert_ne!(
+        ferry.get("/svc/x").0,
+        200,
+        "an event function takes events, not GETs"
+    );
+
+    // Back to the version before: version 3 serves version 1's component and settings.
+    let out = ok(&ferry.cli(&["rollback", "svc"], None));
+    assert!(out.contains("rolled back svc: version 3"), "{out}");
+    let v3 = shown(&ferry);
+    assert_eq!(
+        (v3["version"].as_u64(), v3["world"].as_str()),
+        (Some(3), Some("http"))
+    );
+    let (status, body) = ferry.get("/svc/x");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Hello"), "{body}");
+
+    // To a given version, through the API.
+    let (status, v4) = ferry_tests::json_of(
+        ferry
+            .admin_req(reqwest::Method::POST, "/v1/functions/svc/rollback?to=2")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{v4}");
+    assert_eq!(
+        (v4["version"].as_u64(), v4["digest"].clone()),
+        (Some(4), v2["digest"].clone())
+    );
+
+    // A version not kept, a function that does not exist: 404, nothing changes.
+    let err = failed(&ferry.cli(&["rollback", "svc", "--to", "99"], None));
+    assert!(
+        err.contains("version 99 of svc is not kept") && err.contains("--keep-versions"),
+        "{err}"
+    );
+    let err = failed(&ferry.cli(&["rollback", "nothing"], None));
+    assert!(err.contains("no function named"), "{err}");
+    assert_eq!(shown(&ferry)["version"], 4);
+    let (status, v) = ferry.admin_get("/v1/functions/svc/rollback?to=x");
+    assert_eq!(status, 405, "{v}");
+}

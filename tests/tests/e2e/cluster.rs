@@ -118,6 +118,16 @@ fn a_deploy_or_removal_on_one_host_is_served_by_every_host() {
     );
     println!("cluster: 5 rounds of concurrent deploys, {refused} refused with 409, both serve {agreed:?}");
 
+    // Rolled back on B: A serves the earlier version as a new one.
+    let before = shown(&a);
+    let out = b.cli(&["--json", "rollback", "shared"], None);
+    assert!(out.status.success(), "{out:?}");
+    let rolled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(rolled["digest"], before.1, "{rolled}");
+    eventually("A to serve B's rollback", Duration::from_secs(30), || {
+        (shown(&a) == (rolled["version"].clone(), rolled["digest"].clone())).then_some(())
+    });
+
     // Removed on A: B stops serving it.
     let out = a.cli(&["rm", "shared"], None);
     assert!(out.status.success(), "{out:?}");
