@@ -397,9 +397,13 @@ impl Deployer {
                 crate::crashpoint::crashpoint("deploy-before-flush");
                 store.flush()
             })();
-            if written.is_err() {
+            let lost_race = written
+                .as_ref()
+                .is_err_and(|e| e.downcast_ref::<crate::store::Changed>().is_some());
+            if written.is_err() && !lost_race {
                 // The deploy is answered with an error: the record it may have written must
-                // not come back after a restart.
+                // not come back after a restart. (One that lost the race to another host's
+                // deploy wrote nothing, and the record stored is the winner's.)
                 let _ = match &before {
                     Some(old) => store.replace_function(old, Some(&rec)),
                     None => store.delete_function(&rec.name).map(drop),

@@ -142,22 +142,20 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             })
             .await?;
             // Refused here when the cluster stores another format than this version's.
-            let members = crate::store::members::Members::join(
-                client.clone(),
-                &names,
-                replicas,
-                crate::store::members::Member {
-                    id: host_id(&*store)?,
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    format: crate::store::members::FORMAT,
-                    public_url: format!("http://{}", public.local_addr()?),
-                    admin_url: format!("http://{}", admin.local_addr()?),
-                    started_ms: crate::delivery::record::now_ms(),
-                    heartbeat_ms: 0,
-                    load: Default::default(),
-                    stopped: false,
-                },
-            )
+            let me = crate::store::members::Member {
+                id: host_id(&*store)?,
+                version: env!("CARGO_PKG_VERSION").into(),
+                format: crate::store::members::FORMAT,
+                public_url: format!("http://{}", public.local_addr()?),
+                admin_url: format!("http://{}", admin.local_addr()?),
+                started_ms: crate::delivery::record::now_ms(),
+                heartbeat_ms: 0,
+                load: Default::default(),
+                stopped: false,
+            };
+            let members = crate::store::cluster::patiently("join the cluster", || {
+                crate::store::members::Members::join(client.clone(), &names, replicas, me.clone())
+            })
             .await?;
             let delivery =
                 crate::store::cluster::patiently("open the cluster's work queue", || {

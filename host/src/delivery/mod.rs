@@ -312,6 +312,18 @@ impl Delivery {
             if inv.status.is_final() || inv.attempts > 0 {
                 return Ok(false);
             }
+            if self.store.shared() {
+                // No later start of this host runs it (another host would not know it): it
+                // is lost, as it would be on a crash, and says so.
+                inv.status = Status::Failed;
+                inv.error = Some(
+                    "lost: the host stopped before this fire-and-forget invocation started".into(),
+                );
+                inv.due_ms = None;
+                inv.updated_ms = now_ms();
+                self.store.put(&inv)?;
+                return Ok(false);
+            }
             inv.due_ms = Some(now_ms());
             inv.updated_ms = now_ms();
             self.store.put(&inv)?;
@@ -361,6 +373,10 @@ impl Delivery {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(queue, id.to_string()));
         self.store.release(queue, id);
+        if queue == Queue::Attempts && self.store.shared() {
+            // A worker is free: take more from the shared queue.
+            self.wake_scanner.notify_one();
+        }
     }
 
     /// A lease on work taken now by this process.

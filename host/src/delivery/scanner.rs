@@ -110,12 +110,22 @@ impl Delivery {
             // Take no more than the workers can start soon: what is taken is leased.
             let room = match queue {
                 Queue::Callbacks => self.callbacks.capacity().max(1),
+                // Sharing the work with other hosts: take only what idle workers can start
+                // now, and leave the rest to hosts that have idle workers.
+                Queue::Attempts if self.store.shared() => {
+                    let busy = self.running_ids().len() + self.ready.len();
+                    self.ready
+                        .room()
+                        .min(self.options.workers.saturating_sub(busy))
+                }
                 Queue::Attempts => self.ready.room(),
             };
             if room == 0 {
-                // The queue is full: wait until a worker takes something (or a while).
+                // The queue is full (or every worker busy): wait until a worker takes
+                // something or finishes (or a while).
                 tokio::select! {
                     () = self.ready.taken() => {}
+                    _ = wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     () = shutdown.requested() => return,
                 }

@@ -205,7 +205,12 @@ pub fn safest_replicas(client: &async_nats::Client, servers: &str) -> usize {
     }
 }
 
-/// Runs `open` until it succeeds, for at most [`JETSTREAM_WAIT`]: a NATS cluster that is still
+/// An answer that waiting does not change (a cluster of another stored format).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Runs `open` until it succeeds (or is [`Refused`]), for at most [`JETSTREAM_WAIT`]: a NATS cluster that is still
 /// electing leaders refuses new streams for a while.
 pub async fn patiently<T, F: Future<Output = anyhow::Result<T>>>(
     what: &str,
@@ -215,6 +220,7 @@ pub async fn patiently<T, F: Future<Output = anyhow::Result<T>>>(
     loop {
         match open().await {
             Ok(v) => return Ok(v),
+            Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(e.context(format!("cannot {what}")))
             }

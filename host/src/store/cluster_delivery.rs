@@ -52,8 +52,17 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How often a host says it still works on what it took.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// Messages handed out and not yet acknowledged, per consumer (delayed retries included).
-const MAX_ACK_PENDING: i64 = 100_000;
+/// Messages handed out and not yet acknowledged, per consumer: no limit, as a retry waiting
+/// for its time is one of them (a limit would stop new work once that many wait). Work in
+/// flight is bounded by each host, which takes no more than its workers can start.
+const MAX_ACK_PENDING: i64 = -1;
+
+/// The most messages one take fetches.
+const MAX_FETCH: usize = 32;
+
+/// A message whose invocation has no record yet may be ahead of it (a submit writes the work
+/// message, then the record): it is looked at again for this long before it is dropped.
+const RECORD_GRACE: Duration = Duration::from_secs(60);
 
 /// How long one store call may wait for JetStream.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,8 +93,9 @@ pub struct ClusterDelivery {
 #[derive(Clone)]
 struct Held {
     reply: async_nats::Subject,
-    /// The engine's lease: kept alive until then at most (ms since the Unix epoch).
-    until_ms: u64,
+    /// The message's sequence in the stream: a redelivery of it has the same one, a second
+    /// message for the same invocation another.
+    seq: u64,
 }
 
 #[derive(Clone)]
@@ -125,6 +135,11 @@ fn due_on(inv: &Invocation, queue: Queue) -> Option<u64> {
 /// dead letter (the sled store's expiry rule).
 fn expirable(inv: &Invocation) -> bool {
     inv.status.is_final() && !inv.is_dead_letter() && !inv.callback_pending()
+}
+
+/// Seconds from `unix_s` (a time in seconds since the Unix epoch) to now; 0 for a future one.
+fn age_s(unix_s: i64) -> u64 {
+    ((now_ms() / 1000) as i64).saturating_sub(unix_s).max(0) as u64
 }
 
 /// A KV key for an idempotency key (which may hold any bytes).
@@ -248,14 +263,13 @@ impl ClusterDelivery {
             loop {
                 tick.tick().await;
                 let Some(held) = held.upgrade() else { return };
-                let now = now_ms();
-                let replies: Vec<_> = {
-                    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
-                    // A lease that ran out is not kept alive: the message goes to whoever
-                    // takes it after ACK_WAIT.
-                    held.retain(|_, h| h.until_ms > now);
-                    held.values().map(|h| h.reply.clone()).collect()
-                };
+                // Held until the engine is done with it (it stores the outcome, or releases it).
+                let replies: Vec<_> = held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|h| h.reply.clone())
+                    .collect();
                 drop(held);
                 for reply in replies {
                     let _ = client.publish(reply, AckKind::Progress.into()).await;
@@ -288,6 +302,65 @@ impl ClusterDelivery {
             // record says what it is due for by then.
             tracing::debug!(error = %e, "cannot settle a work message");
         }
+    }
+
+    /// Writes an invocation's new state over the stored one (compare-and-set on its revision),
+    /// with its dead-letter index, and keeps a dead letter's payload and key for good. None
+    /// when nothing was written: the invocation was removed meanwhile, or another host stored
+    /// it as finished while this one still ran it (it stays finished).
+    async fn store_state(
+        js: &jetstream::Context,
+        records: &kv::Store,
+        dead: &kv::Store,
+        keys: &kv::Store,
+        payloads: &kv::Store,
+        inv: &Invocation,
+        retention: Duration,
+    ) -> anyhow::Result<Option<Invocation>> {
+        let mut previous = None;
+        for _ in 0..16 {
+            let Some((before, revision)) = read_record(records, &inv.id).await? else {
+                return Ok(None);
+            };
+            if before.status.is_final() && !inv.status.is_final() {
+                return Ok(None);
+            }
+            let value = Bytes::from(serde_json::to_vec(inv)?);
+            // A fire-and-forget invocation never finished by its host (stopped or lost with
+            // it) goes too, in time.
+            let ttl =
+                (expirable(inv) || inv.mode == DeliveryMode::FireAndForget).then_some(retention);
+            match write(js, records, &inv.id, value, ttl, Some(revision)).await {
+                Ok(_) => {
+                    previous = Some(before);
+                    break;
+                }
+                Err(e) if lost_race(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(before) = previous else {
+            anyhow::bail!("the record of {} kept changing under this write", inv.id);
+        };
+        let now_dead = inv.is_dead_letter();
+        if now_dead && !before.is_dead_letter() {
+            dead.put(&inv.id, Bytes::new()).await?;
+            // Kept for a replay, however long that takes.
+            if let Some(v) = payloads.get(&inv.id).await? {
+                write(js, payloads, &inv.id, v, None, None).await?;
+            }
+            if let Some(key) = &inv.idempotency_key {
+                let k = key_of(key);
+                if let Some(v) = keys.get(&k).await? {
+                    if v == inv.id.as_bytes() {
+                        write(js, keys, &k, v, None, None).await?;
+                    }
+                }
+            }
+        } else if !now_dead && before.is_dead_letter() {
+            dead.purge(&inv.id).await?;
+        }
+        Ok(Some(inv.clone()))
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(Queue, String), Held>> {
@@ -348,6 +421,14 @@ impl DeliveryStore for ClusterDelivery {
                             if let Some((existing, _)) = read_record(&records, &earlier).await? {
                                 return Ok(Some(existing));
                             }
+                            // Its submit may still be writing it: a key is taken over only
+                            // once that submit has had time to finish or fail.
+                            if age_s(entry.created.unix_timestamp()) < RECORD_GRACE.as_secs() {
+                                anyhow::bail!(
+                                    "an earlier submit with the same idempotency key is still \
+                                     being stored; retry in a moment"
+                                );
+                            }
                         }
                         write(&js, &keys, &k, id, Some(keep), Some(entry.revision))
                             .await
@@ -356,21 +437,38 @@ impl DeliveryStore for ClusterDelivery {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if let Some(p) = &inv.payload {
-                let bytes = p.to_stored();
-                if bytes.len() <= KV_PAYLOAD {
-                    write(&js, &payloads, &inv.id, bytes.into(), Some(keep), None).await?;
-                } else {
-                    large.put(inv.id.as_str(), &mut bytes.as_slice()).await?;
+            let stored = async {
+                if let Some(p) = &inv.payload {
+                    let bytes = p.to_stored();
+                    if bytes.len() <= KV_PAYLOAD {
+                        write(&js, &payloads, &inv.id, bytes.into(), Some(keep), None).await?;
+                    } else {
+                        large.put(inv.id.as_str(), &mut bytes.as_slice()).await?;
+                    }
                 }
+                // The work message goes first: a record without one would never run, while a
+                // message without a record (a submit that failed in between) is dropped by the
+                // host that takes it, once RECORD_GRACE has passed.
+                if due_on(&inv, Queue::Attempts).is_some() {
+                    js.publish(subject, Bytes::from(inv.id.clone()))
+                        .await?
+                        .await?;
+                }
+                let record = Bytes::from(serde_json::to_vec(&inv.without_payload())?);
+                let ttl = (inv.mode == DeliveryMode::FireAndForget).then_some(keep.max(ff_ttl));
+                write(&js, &records, &inv.id, record, ttl, Some(0)).await?;
+                anyhow::Ok(())
             }
-            let record = Bytes::from(serde_json::to_vec(&inv.without_payload())?);
-            let ttl = (inv.mode == DeliveryMode::FireAndForget).then_some(keep.max(ff_ttl));
-            write(&js, &records, &inv.id, record, ttl, Some(0)).await?;
-            if due_on(&inv, Queue::Attempts).is_some() {
-                js.publish(subject, Bytes::from(inv.id.clone()))
-                    .await?
-                    .await?;
+            .await;
+            if let Err(e) = stored {
+                // Not accepted: the key must not lead to an invocation that was never stored.
+                if let Some(key) = &inv.idempotency_key {
+                    let k = key_of(key);
+                    if keys.get(&k).await.ok().flatten().as_deref() == Some(inv.id.as_bytes()) {
+                        let _ = keys.purge(&k).await;
+                    }
+                }
+                return Err(e);
             }
             Ok(None)
         })
@@ -394,64 +492,54 @@ impl DeliveryStore for ClusterDelivery {
         let subjects = self.subjects.clone();
         let retention = self.retention;
         self.call("store an invocation's state", async move {
-            let mut previous = None;
-            for _ in 0..16 {
-                let Some((before, revision)) = read_record(&records, &inv.id).await? else {
-                    // Removed meanwhile (purged, expired): it stays removed.
-                    for (_, reply) in held.into_iter() {
-                        if let Some(reply) = reply {
-                            Self::settle(&client, reply, AckKind::Ack).await;
-                        }
+            let stored =
+                Self::store_state(&js, &records, &dead, &keys, &payloads, &inv, retention).await;
+            let written = match stored {
+                Ok(written) => written,
+                Err(e) => {
+                    // Not stored: the messages come back in a moment, and the record (as it
+                    // is) says what they are due for.
+                    for reply in held.into_iter().filter_map(|(_, r)| r) {
+                        let again = AckKind::Nak(Some(Duration::from_secs(1)));
+                        Self::settle(&client, reply, again).await;
                     }
-                    return Ok(());
-                };
-                let value = Bytes::from(serde_json::to_vec(&inv)?);
-                let ttl = expirable(&inv).then_some(retention);
-                match write(&js, &records, &inv.id, value, ttl, Some(revision)).await {
-                    Ok(_) => {
-                        previous = Some(before);
-                        break;
-                    }
-                    Err(e) if lost_race(&e) => continue,
-                    Err(e) => return Err(e.into()),
+                    return Err(e);
                 }
-            }
-            let Some(before) = previous else {
-                anyhow::bail!("the record of {} kept changing under this write", inv.id);
             };
-            let now_dead = inv.is_dead_letter();
-            if now_dead && !before.is_dead_letter() {
-                dead.put(&inv.id, Bytes::new()).await?;
-                // Kept for a replay, however long that takes.
-                if let Some(v) = payloads.get(&inv.id).await? {
-                    write(&js, &payloads, &inv.id, v, None, None).await?;
+            let Some(inv) = written else {
+                // Removed meanwhile (purged, expired), or finished by another host: it stays so.
+                for reply in held.into_iter().filter_map(|(_, r)| r) {
+                    Self::settle(&client, reply, AckKind::Ack).await;
                 }
-                if let Some(key) = &inv.idempotency_key {
-                    let k = key_of(key);
-                    if let Some(v) = keys.get(&k).await? {
-                        if v == inv.id.as_bytes() {
-                            write(&js, &keys, &k, v, None, None).await?;
+                return Ok(());
+            };
+            // New messages first, then the held ones settled: a crash in between leaves a
+            // message too many (dropped by whoever takes it), never one too few.
+            for (queue, reply) in &held {
+                if reply.is_none() && due_on(&inv, *queue).is_some() {
+                    let queued = async {
+                        js.publish(subjects.of(*queue).to_string(), Bytes::from(inv.id.clone()))
+                            .await?
+                            .await
+                    }
+                    .await;
+                    if let Err(e) = queued {
+                        for reply in held.into_iter().filter_map(|(_, r)| r) {
+                            let again = AckKind::Nak(Some(Duration::from_secs(1)));
+                            Self::settle(&client, reply, again).await;
                         }
+                        return Err(e.into());
                     }
                 }
-            } else if !now_dead && before.is_dead_letter() {
-                dead.purge(&inv.id).await?;
             }
             let now = now_ms();
             for (queue, reply) in held {
-                match (due_on(&inv, queue), reply) {
-                    (Some(due), Some(reply)) => {
-                        let delay = Duration::from_millis(due.saturating_sub(now));
-                        Self::settle(&client, reply, AckKind::Nak(Some(delay))).await;
-                    }
-                    (Some(_), None) => {
-                        js.publish(subjects.of(queue).to_string(), Bytes::from(inv.id.clone()))
-                            .await?
-                            .await?;
-                    }
-                    (None, Some(reply)) => Self::settle(&client, reply, AckKind::Ack).await,
-                    (None, None) => {}
-                }
+                let Some(reply) = reply else { continue };
+                let kind = match due_on(&inv, queue) {
+                    Some(due) => AckKind::Nak(Some(Duration::from_millis(due.saturating_sub(now)))),
+                    None => AckKind::Ack,
+                };
+                Self::settle(&client, reply, kind).await;
             }
             if inv.status.is_final() {
                 let _ = client
@@ -490,16 +578,20 @@ impl DeliveryStore for ClusterDelivery {
         &self,
         queue: Queue,
         now_ms: u64,
-        lease: &Lease,
+        _lease: &Lease,
         limit: usize,
         skip: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Vec<Invocation>> {
-        let (consumer, records, client) = (
+        let (consumer, records, client, js) = (
             self.consumer(queue),
             self.records.clone(),
             self.client.clone(),
+            self.js.clone(),
         );
-        let limit = limit.max(1);
+        let callbacks = self.subjects.callbacks.clone();
+        // A few at a time, so that hosts with room share what is due rather than the quickest
+        // one taking a whole burst into its queue.
+        let limit = limit.clamp(1, MAX_FETCH);
         // Messages with their records; what is not due now is settled there and then.
         let fetched = self.call("take due work", async move {
             let mut batch = consumer
@@ -530,8 +622,22 @@ impl DeliveryStore for ClusterDelivery {
                 let Some(reply) = msg.reply.clone() else {
                     continue;
                 };
+                let (seq, age, redelivered) = match msg.info() {
+                    Ok(info) => (
+                        info.stream_sequence,
+                        age_s(info.published.unix_timestamp()),
+                        info.delivered > 1,
+                    ),
+                    Err(_) => (0, u64::MAX, true),
+                };
                 let inv = match read {
                     Ok(Some((inv, _))) => inv,
+                    // Its submit may still be writing the record.
+                    Ok(None) if age < RECORD_GRACE.as_secs() => {
+                        let again = AckKind::Nak(Some(Duration::from_secs(1)));
+                        Self::settle(&client, reply, again).await;
+                        continue;
+                    }
                     Ok(None) => {
                         Self::settle(&client, reply, AckKind::Ack).await;
                         continue;
@@ -544,6 +650,21 @@ impl DeliveryStore for ClusterDelivery {
                     }
                 };
                 match due_on(&inv, queue) {
+                    // Finished with its callback pending, and handed out again: the host that
+                    // finished it may have died before queuing the callback.
+                    None if queue == Queue::Attempts
+                        && redelivered
+                        && due_on(&inv, Queue::Callbacks).is_some() =>
+                    {
+                        let queued = js
+                            .publish(callbacks.clone(), Bytes::from(inv.id.clone()))
+                            .await;
+                        let kind = match queued {
+                            Ok(_) => AckKind::Ack,
+                            Err(_) => AckKind::Nak(Some(Duration::from_secs(1))),
+                        };
+                        Self::settle(&client, reply, kind).await;
+                    }
                     // Not due here any more, or seen twice in this batch.
                     None => Self::settle(&client, reply, AckKind::Ack).await,
                     Some(_) if !seen.insert(inv.id.clone()) => {
@@ -553,22 +674,41 @@ impl DeliveryStore for ClusterDelivery {
                         let delay = Duration::from_millis(due - now_ms);
                         Self::settle(&client, reply, AckKind::Nak(Some(delay))).await;
                     }
-                    Some(_) => out.push((inv, reply)),
+                    Some(_) => out.push((inv, Held { reply, seq })),
                 }
             }
             Ok(out)
         })?;
         let mut taken = Vec::new();
+        let mut duplicates = Vec::new();
         let mut held = self.held();
-        for (inv, reply) in fetched {
-            // Work this process still has queued or running came back (its lease lapsed):
-            // hold the new message instead of queuing it twice.
-            let queued_here = skip(&inv.id);
-            let until_ms = lease.until_ms;
-            held.insert((queue, inv.id.clone()), Held { reply, until_ms });
-            if !queued_here {
-                taken.push(inv);
+        for (inv, message) in fetched {
+            let key = (queue, inv.id.clone());
+            match held.get_mut(&key) {
+                // The message this process holds, handed out again: answer for it with the
+                // new delivery's reply subject.
+                Some(h) if h.seq == message.seq => h.reply = message.reply,
+                // A second message for work this process already has.
+                Some(_) => duplicates.push(message.reply),
+                None => {
+                    // Work this process still has queued or running (which should be held):
+                    // hold the message, and do not queue the work twice.
+                    let queued_here = skip(&inv.id);
+                    held.insert(key, message);
+                    if !queued_here {
+                        taken.push(inv);
+                    }
+                }
             }
+        }
+        drop(held);
+        if !duplicates.is_empty() {
+            let client = self.client.clone();
+            self.runtime.spawn(async move {
+                for reply in duplicates {
+                    Self::settle(&client, reply, AckKind::Ack).await;
+                }
+            });
         }
         Ok(taken)
     }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -220,15 +220,13 @@ impl Members {
 /// Refuses a host whose stored format is not the cluster's.
 fn check_format(theirs: &Stored, mine: &Stored) -> anyhow::Result<()> {
     if theirs.format != mine.format {
-        bail!(
+        return Err(super::cluster::Refused(format!(
             "this cluster stores format {} (written by Ferry {}), but this Ferry {} reads and \
              writes format {}: it cannot join. Run one Ferry version across the cluster, or give \
              this host its own cluster with --cluster-prefix",
-            theirs.format,
-            theirs.by,
-            mine.by,
-            mine.format
-        );
+            theirs.format, theirs.by, mine.by, mine.format
+        ))
+        .into());
     }
     Ok(())
 }

@@ -119,11 +119,21 @@ fn a_deploy_or_removal_on_one_host_is_served_by_every_host() {
     println!("cluster: 5 rounds of concurrent deploys, {refused} refused with 409, both serve {agreed:?}");
 
     // Rolled back on B: A serves the earlier version as a new one.
-    let before = shown(&a);
+    for wasm in [guests::HELLO_HTTP, guests::ECHO_EVENT] {
+        let out = b.cli(&["deploy", "--name", "shared", wasm], None);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let hello_digest = {
+        use sha2::Digest as _;
+        format!(
+            "{:x}",
+            sha2::Sha256::digest(guests::bytes(guests::HELLO_HTTP))
+        )
+    };
     let out = b.cli(&["--json", "rollback", "shared"], None);
     assert!(out.status.success(), "{out:?}");
     let rolled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_ne!(rolled["digest"], before.1, "{rolled}");
+    assert_eq!(rolled["digest"], hello_digest.as_str(), "{rolled}");
     eventually("A to serve B's rollback", Duration::from_secs(30), || {
         (shown(&a) == (rolled["version"].clone(), rolled["digest"].clone())).then_some(())
     });
