@@ -526,3 +526,108 @@ fn the_local_cluster_script_starts_three_nats_nodes_and_three_hosts() {
     assert_eq!(hosts_up, 3, "{stdout}");
     assert!(stdout.contains("cluster check passed"), "{stdout}");
 }
+
+#[test]
+fn a_jetstream_trigger_is_one_durable_consumer_shared_by_the_hosts() {
+    use async_nats::jetstream::{self, consumer, stream};
+    use futures::StreamExt as _;
+    if !cluster_capable() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let hosts: Vec<Ferry> = (0..2)
+        .map(|_| Ferry::start_with(&["--cluster", &url, "--nats", &url]))
+        .collect();
+    let manifest = "name = \"echo-event\"\n[[trigger.nats]]\nsubject = \"orders.created\"\n\
+        stream = \"ORDERS\"\nreply = \"results.echoed\"\n";
+    let (status, body) =
+        hosts[0].deploy_manifest("echo-event", guests::bytes(guests::ECHO_EVENT), manifest);
+    assert_eq!(status, 201, "{body}");
+    let consumed = |h: &Ferry| {
+        h.metric(
+            r#"ferry_trigger_events_total{trigger="nats",function="echo-event",outcome="acked"}"#,
+        )
+    };
+    const EVENTS: usize = 400;
+    let results = ferry_tests::runtime().block_on(async {
+        let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+        js.get_or_create_stream(stream::Config {
+            name: "RESULTS".into(),
+            subjects: vec!["results.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // The trigger (on both hosts) creates the ORDERS stream.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while js.get_stream("ORDERS").await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the ORDERS stream was not created"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for i in 0..EVENTS {
+            js.publish_with_headers(
+                "orders.created",
+                ferry_tests::ce_headers(&format!("e-{i}"), "order.created"),
+                bytes::Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        let results = js.get_stream("RESULTS").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let n = results.clone().info().await.unwrap().state.messages as usize;
+            if n >= EVENTS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{n} of {EVENTS} results");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reader: consumer::PullConsumer = results
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        let mut batch = reader
+            .fetch()
+            .max_messages(EVENTS * 2)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            if let Some(id) = m.headers.as_ref().and_then(|h| h.get("ce-id")) {
+                ids.push(id.as_str().to_string());
+            }
+        }
+        ids
+    });
+    let mut unique = results.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), EVENTS, "every event handled");
+    let per_host: Vec<f64> = hosts.iter().map(consumed).collect();
+    println!(
+        "cluster: {EVENTS} JetStream events, {} results ({} duplicates), acked per host {per_host:?}",
+        results.len(),
+        results.len() - unique.len()
+    );
+    assert_eq!(
+        per_host.iter().sum::<f64>() as usize,
+        results.len(),
+        "{per_host:?}"
+    );
+    assert!(
+        per_host.iter().all(|n| *n > 0.0),
+        "both hosts consume: {per_host:?}"
+    );
+}
