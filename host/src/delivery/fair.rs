@@ -58,6 +58,25 @@ impl FairQueue {
         self.lock().len
     }
 
+    /// Work running now, and queued work that could start now (its function is below its
+    /// share): what the pool's workers are busy with, or are about to be.
+    pub(super) fn busy(&self) -> usize {
+        let s = self.lock();
+        let running: usize = s.running.values().map(|(n, _)| n).sum();
+        let startable: usize = s
+            .queued
+            .iter()
+            .map(|(f, q)| {
+                let free = s
+                    .running
+                    .get(f)
+                    .map_or(q.len(), |(n, share)| share.saturating_sub(*n));
+                q.len().min(free)
+            })
+            .sum();
+        running + startable
+    }
+
     /// How many more ids fit before the queue is full.
     pub(super) fn room(&self) -> usize {
         self.capacity.saturating_sub(self.lock().len)

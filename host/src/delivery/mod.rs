@@ -368,11 +368,13 @@ impl Delivery {
 
     /// Work that this process has finished with (stored its outcome, or given up).
     fn dequeue(&self, queue: Queue, id: &str) {
+        // Released first: once out of `in_process`, a new delivery of it may be taken and held
+        // here, and must not be released with this one.
+        self.store.release(queue, id);
         self.in_process
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(queue, id.to_string()));
-        self.store.release(queue, id);
         if queue == Queue::Attempts && self.store.shared() {
             // A worker is free: take more from the shared queue.
             self.wake_scanner.notify_one();

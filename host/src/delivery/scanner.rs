@@ -113,7 +113,7 @@ impl Delivery {
                 // Sharing the work with other hosts: take only what idle workers can start
                 // now, and leave the rest to hosts that have idle workers.
                 Queue::Attempts if self.store.shared() => {
-                    let busy = self.running_ids().len() + self.ready.len();
+                    let busy = self.ready.busy();
                     self.ready
                         .room()
                         .min(self.options.workers.saturating_sub(busy))

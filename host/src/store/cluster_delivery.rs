@@ -60,9 +60,20 @@ const MAX_ACK_PENDING: i64 = -1;
 /// The most messages one take fetches.
 const MAX_FETCH: usize = 32;
 
-/// A message whose invocation has no record yet may be ahead of it (a submit writes the work
-/// message, then the record): it is looked at again for this long before it is dropped.
-const RECORD_GRACE: Duration = Duration::from_secs(60);
+/// A message may be ahead of the record it is about (a submit writes the work message, then
+/// the record; a callback's message goes out before the finished record): a message whose
+/// record is missing or not due is looked at again, with a growing delay, this many times
+/// (about a minute in all) before it is dropped. Counted in deliveries, not by clocks.
+const AHEAD_DELIVERIES: i64 = 20;
+
+/// How long an idempotency key leading to no record may be the record's submit still at work.
+const KEY_GRACE: Duration = Duration::from_secs(60);
+
+/// The delay before looking again at a message ahead of its record, on its `delivered`th
+/// delivery.
+fn ahead_delay(delivered: i64) -> Duration {
+    Duration::from_millis(250 * delivered.clamp(1, 20) as u64)
+}
 
 /// How long one store call may wait for JetStream.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -423,7 +434,7 @@ impl DeliveryStore for ClusterDelivery {
                             }
                             // Its submit may still be writing it: a key is taken over only
                             // once that submit has had time to finish or fail.
-                            if age_s(entry.created.unix_timestamp()) < RECORD_GRACE.as_secs() {
+                            if age_s(entry.created.unix_timestamp()) < KEY_GRACE.as_secs() {
                                 anyhow::bail!(
                                     "an earlier submit with the same idempotency key is still \
                                      being stored; retry in a moment"
@@ -448,7 +459,7 @@ impl DeliveryStore for ClusterDelivery {
                 }
                 // The work message goes first: a record without one would never run, while a
                 // message without a record (a submit that failed in between) is dropped by the
-                // host that takes it, once RECORD_GRACE has passed.
+                // hosts that take it, after AHEAD_DELIVERIES looks.
                 if due_on(&inv, Queue::Attempts).is_some() {
                     js.publish(subject, Bytes::from(inv.id.clone()))
                         .await?
@@ -461,6 +472,11 @@ impl DeliveryStore for ClusterDelivery {
             }
             .await;
             if let Err(e) = stored {
+                // The record's write may have been stored and its acknowledgement lost: then
+                // the invocation runs, and is accepted.
+                if matches!(read_record(&records, &inv.id).await, Ok(Some(_))) {
+                    return Ok(None);
+                }
                 // Not accepted: the key must not lead to an invocation that was never stored.
                 if let Some(key) = &inv.idempotency_key {
                     let k = key_of(key);
@@ -492,17 +508,37 @@ impl DeliveryStore for ClusterDelivery {
         let subjects = self.subjects.clone();
         let retention = self.retention;
         self.call("store an invocation's state", async move {
+            let give_back = |held: Vec<(Queue, Option<async_nats::Subject>)>| async {
+                // Not stored: the messages come back in a moment, and the record (as it is)
+                // says what they are due for.
+                for reply in held.into_iter().filter_map(|(_, r)| r) {
+                    let again = AckKind::Nak(Some(Duration::from_secs(1)));
+                    Self::settle(&client, reply, again).await;
+                }
+            };
+            // A queue this state is due on and no held message covers gets its message before
+            // the record: a crash in between leaves a message too many (dropped by the hosts
+            // that take it), never a due record without one.
+            for (queue, reply) in &held {
+                if reply.is_none() && due_on(&inv, *queue).is_some() {
+                    let queued = async {
+                        js.publish(subjects.of(*queue).to_string(), Bytes::from(inv.id.clone()))
+                            .await?
+                            .await
+                    }
+                    .await;
+                    if let Err(e) = queued {
+                        give_back(held).await;
+                        return Err(e.into());
+                    }
+                }
+            }
             let stored =
                 Self::store_state(&js, &records, &dead, &keys, &payloads, &inv, retention).await;
             let written = match stored {
                 Ok(written) => written,
                 Err(e) => {
-                    // Not stored: the messages come back in a moment, and the record (as it
-                    // is) says what they are due for.
-                    for reply in held.into_iter().filter_map(|(_, r)| r) {
-                        let again = AckKind::Nak(Some(Duration::from_secs(1)));
-                        Self::settle(&client, reply, again).await;
-                    }
+                    give_back(held).await;
                     return Err(e);
                 }
             };
@@ -513,25 +549,6 @@ impl DeliveryStore for ClusterDelivery {
                 }
                 return Ok(());
             };
-            // New messages first, then the held ones settled: a crash in between leaves a
-            // message too many (dropped by whoever takes it), never one too few.
-            for (queue, reply) in &held {
-                if reply.is_none() && due_on(&inv, *queue).is_some() {
-                    let queued = async {
-                        js.publish(subjects.of(*queue).to_string(), Bytes::from(inv.id.clone()))
-                            .await?
-                            .await
-                    }
-                    .await;
-                    if let Err(e) = queued {
-                        for reply in held.into_iter().filter_map(|(_, r)| r) {
-                            let again = AckKind::Nak(Some(Duration::from_secs(1)));
-                            Self::settle(&client, reply, again).await;
-                        }
-                        return Err(e.into());
-                    }
-                }
-            }
             let now = now_ms();
             for (queue, reply) in held {
                 let Some(reply) = reply else { continue };
@@ -622,19 +639,17 @@ impl DeliveryStore for ClusterDelivery {
                 let Some(reply) = msg.reply.clone() else {
                     continue;
                 };
-                let (seq, age, redelivered) = match msg.info() {
-                    Ok(info) => (
-                        info.stream_sequence,
-                        age_s(info.published.unix_timestamp()),
-                        info.delivered > 1,
-                    ),
-                    Err(_) => (0, u64::MAX, true),
+                let (seq, delivered) = match msg.info() {
+                    Ok(info) => (info.stream_sequence, info.delivered),
+                    Err(_) => (0, i64::MAX),
                 };
+                let redelivered = delivered > 1;
+                let ahead = delivered < AHEAD_DELIVERIES;
                 let inv = match read {
                     Ok(Some((inv, _))) => inv,
                     // Its submit may still be writing the record.
-                    Ok(None) if age < RECORD_GRACE.as_secs() => {
-                        let again = AckKind::Nak(Some(Duration::from_secs(1)));
+                    Ok(None) if ahead => {
+                        let again = AckKind::Nak(Some(ahead_delay(delivered)));
                         Self::settle(&client, reply, again).await;
                         continue;
                     }
@@ -656,14 +671,22 @@ impl DeliveryStore for ClusterDelivery {
                         && redelivered
                         && due_on(&inv, Queue::Callbacks).is_some() =>
                     {
-                        let queued = js
-                            .publish(callbacks.clone(), Bytes::from(inv.id.clone()))
-                            .await;
+                        let queued = async {
+                            js.publish(callbacks.clone(), Bytes::from(inv.id.clone()))
+                                .await?
+                                .await
+                        }
+                        .await;
                         let kind = match queued {
                             Ok(_) => AckKind::Ack,
                             Err(_) => AckKind::Nak(Some(Duration::from_secs(1))),
                         };
                         Self::settle(&client, reply, kind).await;
+                    }
+                    // Maybe ahead of the record that makes it due (a callback's message).
+                    None if ahead => {
+                        let again = AckKind::Nak(Some(ahead_delay(delivered)));
+                        Self::settle(&client, reply, again).await;
                     }
                     // Not due here any more, or seen twice in this batch.
                     None => Self::settle(&client, reply, AckKind::Ack).await,
