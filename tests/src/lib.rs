@@ -1035,3 +1035,73 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Submits `total` store-and-forward invocations of `/misbehave/record` (the recorder) from
+/// `clients` threads, spread over the hosts' base URLs in turn; `during(acked so far)` runs on
+/// the test thread meanwhile (to kill and restart things; the URLs it writes are used from then
+/// on). Returns the ids that got a 202 and how many submits were refused or cut off.
+pub fn burst(
+    hosts: &std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+    total: usize,
+    clients: usize,
+    mut during: impl FnMut(usize),
+) -> (Vec<String>, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (count, refused, turn) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (hosts, acked, count, refused, turn) = (
+                hosts.clone(),
+                acked.clone(),
+                count.clone(),
+                refused.clone(),
+                turn.clone(),
+            );
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(40))
+                    .build()
+                    .unwrap();
+                while count.load(Ordering::SeqCst) < total && Instant::now() < deadline {
+                    let url = {
+                        let hosts = hosts.read().unwrap();
+                        let host = &hosts[turn.fetch_add(1, Ordering::SeqCst) % hosts.len()];
+                        format!("{host}/misbehave/record")
+                    };
+                    match http.post(url).header("prefer", "respond-async").send() {
+                        Ok(resp) if resp.status().as_u16() == 202 => {
+                            if let Ok(v) = resp.json::<serde_json::Value>() {
+                                acked
+                                    .lock()
+                                    .unwrap()
+                                    .push(v["id"].as_str().unwrap().to_string());
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        // Refused, or cut off by a kill: not acknowledged.
+                        _ => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    while threads.iter().any(|t| !t.is_finished()) {
+        during(count.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    (acked, refused.load(Ordering::SeqCst))
+}

@@ -83,13 +83,7 @@ type Consumer = jetstream::consumer::Consumer<pull::Config>;
 /// The delivery store of a cluster (see the module's documentation).
 pub struct ClusterDelivery {
     runtime: tokio::runtime::Handle,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    records: kv::Store,
-    keys: kv::Store,
-    dead: kv::Store,
-    payloads: kv::Store,
-    large: object_store::ObjectStore,
+    nats: Nats,
     attempts: Consumer,
     callbacks: Consumer,
     subjects: Subjects,
@@ -98,6 +92,18 @@ pub struct ClusterDelivery {
     held: Arc<Mutex<HashMap<(Queue, String), Held>>>,
     retention: Duration,
     finished: broadcast::Sender<String>,
+}
+
+/// The connection and the buckets, cloned into each call's future.
+#[derive(Clone)]
+struct Nats {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    records: kv::Store,
+    keys: kv::Store,
+    dead: kv::Store,
+    payloads: kv::Store,
+    large: object_store::ObjectStore,
 }
 
 /// A message this host took.
@@ -236,13 +242,15 @@ impl ClusterDelivery {
         let callbacks = consumer(names.callbacks.clone(), subjects.callbacks.clone()).await?;
         let this = Arc::new(Self {
             runtime: tokio::runtime::Handle::current(),
-            client: client.clone(),
-            js,
-            records,
-            keys,
-            dead,
-            payloads,
-            large,
+            nats: Nats {
+                client: client.clone(),
+                js,
+                records,
+                keys,
+                dead,
+                payloads,
+                large,
+            },
             attempts,
             callbacks,
             subjects,
@@ -258,6 +266,7 @@ impl ClusterDelivery {
     /// any host finished (for long polls here).
     async fn spawn_background(self: Arc<Self>) -> anyhow::Result<()> {
         let mut finished = self
+            .nats
             .client
             .subscribe(self.subjects.finished.clone())
             .await
@@ -268,7 +277,7 @@ impl ClusterDelivery {
                 let _ = tx.send(String::from_utf8_lossy(&msg.payload).into_owned());
             }
         });
-        let (held, client) = (Arc::downgrade(&self.held), self.client.clone());
+        let (held, client) = (Arc::downgrade(&self.held), self.nats.client.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(KEEPALIVE);
             loop {
@@ -320,14 +329,18 @@ impl ClusterDelivery {
     /// when nothing was written: the invocation was removed meanwhile, or another host stored
     /// it as finished while this one still ran it (it stays finished).
     async fn store_state(
-        js: &jetstream::Context,
-        records: &kv::Store,
-        dead: &kv::Store,
-        keys: &kv::Store,
-        payloads: &kv::Store,
+        n: &Nats,
         inv: &Invocation,
         retention: Duration,
     ) -> anyhow::Result<Option<Invocation>> {
+        let Nats {
+            js,
+            records,
+            dead,
+            keys,
+            payloads,
+            ..
+        } = n;
         let mut previous = None;
         for _ in 0..16 {
             let Some((before, revision)) = read_record(records, &inv.id).await? else {
@@ -397,13 +410,14 @@ impl DeliveryStore for ClusterDelivery {
         check_key: bool,
         _lease: Option<&Lease>,
     ) -> anyhow::Result<Option<Invocation>> {
-        let (js, records, keys, payloads, large) = (
-            self.js.clone(),
-            self.records.clone(),
-            self.keys.clone(),
-            self.payloads.clone(),
-            self.large.clone(),
-        );
+        let Nats {
+            js,
+            records,
+            keys,
+            payloads,
+            large,
+            ..
+        } = self.nats.clone();
         let (inv, subject) = (inv.clone(), self.subjects.attempts.clone());
         let keep = inv.policy.max_age + self.retention;
         let ff_ttl = self.retention;
@@ -491,14 +505,8 @@ impl DeliveryStore for ClusterDelivery {
     }
 
     fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
-        let (js, client, records, dead, keys, payloads) = (
-            self.js.clone(),
-            self.client.clone(),
-            self.records.clone(),
-            self.dead.clone(),
-            self.keys.clone(),
-            self.payloads.clone(),
-        );
+        let nats = self.nats.clone();
+        let (js, client) = (nats.js.clone(), nats.client.clone());
         let inv = inv.without_payload();
         let mut held = Vec::new();
         for queue in [Queue::Attempts, Queue::Callbacks] {
@@ -533,8 +541,7 @@ impl DeliveryStore for ClusterDelivery {
                     }
                 }
             }
-            let stored =
-                Self::store_state(&js, &records, &dead, &keys, &payloads, &inv, retention).await;
+            let stored = Self::store_state(&nats, &inv, retention).await;
             let written = match stored {
                 Ok(written) => written,
                 Err(e) => {
@@ -568,14 +575,18 @@ impl DeliveryStore for ClusterDelivery {
     }
 
     fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
-        let (records, id) = (self.records.clone(), id.to_string());
+        let (records, id) = (self.nats.records.clone(), id.to_string());
         self.call("read an invocation", async move {
             Ok(read_record(&records, &id).await?.map(|(inv, _)| inv))
         })
     }
 
     fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>> {
-        let (payloads, large, id) = (self.payloads.clone(), self.large.clone(), id.to_string());
+        let (payloads, large, id) = (
+            self.nats.payloads.clone(),
+            self.nats.large.clone(),
+            id.to_string(),
+        );
         self.call("read a payload", async move {
             if let Some(v) = payloads.get(&id).await? {
                 return Payload::from_stored(&v).map(Some);
@@ -601,9 +612,9 @@ impl DeliveryStore for ClusterDelivery {
     ) -> anyhow::Result<Vec<Invocation>> {
         let (consumer, records, client, js) = (
             self.consumer(queue),
-            self.records.clone(),
-            self.client.clone(),
-            self.js.clone(),
+            self.nats.records.clone(),
+            self.nats.client.clone(),
+            self.nats.js.clone(),
         );
         let callbacks = self.subjects.callbacks.clone();
         // A few at a time, so that hosts with room share what is due rather than the quickest
@@ -726,7 +737,7 @@ impl DeliveryStore for ClusterDelivery {
         }
         drop(held);
         if !duplicates.is_empty() {
-            let client = self.client.clone();
+            let client = self.nats.client.clone();
             self.runtime.spawn(async move {
                 for reply in duplicates {
                     Self::settle(&client, reply, AckKind::Ack).await;
@@ -754,7 +765,7 @@ impl DeliveryStore for ClusterDelivery {
     }
 
     fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
-        let (dead, records) = (self.dead.clone(), self.records.clone());
+        let (dead, records) = (self.nats.dead.clone(), self.nats.records.clone());
         self.call("list dead letters", async move {
             let mut out = Vec::new();
             let mut keys = match dead.keys().await {
@@ -775,14 +786,15 @@ impl DeliveryStore for ClusterDelivery {
     }
 
     fn remove(&self, id: &str) -> anyhow::Result<bool> {
-        let (records, keys, dead, payloads, large, client) = (
-            self.records.clone(),
-            self.keys.clone(),
-            self.dead.clone(),
-            self.payloads.clone(),
-            self.large.clone(),
-            self.client.clone(),
-        );
+        let Nats {
+            records,
+            keys,
+            dead,
+            payloads,
+            large,
+            client,
+            ..
+        } = self.nats.clone();
         let id = id.to_string();
         let held: Vec<_> = [Queue::Attempts, Queue::Callbacks]
             .into_iter()
@@ -819,7 +831,7 @@ impl DeliveryStore for ClusterDelivery {
     fn expire(&self, _before_ms: u64, limit: usize) -> anyhow::Result<usize> {
         // Records, small payloads and keys expire by their TTLs; a large payload whose record
         // is gone (expired) is removed here.
-        let (records, large) = (self.records.clone(), self.large.clone());
+        let (records, large) = (self.nats.records.clone(), self.nats.large.clone());
         let grace = self.retention.min(Duration::from_secs(600));
         self.call("remove expired payloads", async move {
             let mut list = large.list().await?;
@@ -868,7 +880,7 @@ impl DeliveryStore for ClusterDelivery {
             return;
         };
         // Its outcome was not stored (that settles the message): look at it again soon.
-        let client = self.client.clone();
+        let client = self.nats.client.clone();
         self.runtime.spawn(async move {
             let again = AckKind::Nak(Some(Duration::from_secs(1)));
             Self::settle(&client, held.reply, again).await;

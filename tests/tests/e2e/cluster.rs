@@ -3,8 +3,6 @@
 //! nats-server processes (one, or a three-node NATS cluster with R3 streams).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_tests::receiver::Receiver;
@@ -167,70 +165,6 @@ fn hits(recv: &Receiver) -> HashMap<String, usize> {
     hits
 }
 
-/// Submits `total` store-and-forward invocations of `/misbehave/record` from `clients` threads,
-/// spread over `hosts` in turn; `during(acked so far)` runs on the test thread meanwhile (to kill
-/// things). Returns the ids that got a 202 and how many submits were refused.
-fn burst(
-    hosts: &[String],
-    total: usize,
-    clients: usize,
-    mut during: impl FnMut(usize),
-) -> (Vec<String>, usize) {
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (count, refused, turn) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (hosts, acked, count, refused, turn) = (
-                hosts.to_vec(),
-                acked.clone(),
-                count.clone(),
-                refused.clone(),
-                turn.clone(),
-            );
-            std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(40))
-                    .build()
-                    .unwrap();
-                while count.load(Ordering::SeqCst) < total && Instant::now() < deadline {
-                    let host = &hosts[turn.fetch_add(1, Ordering::SeqCst) % hosts.len()];
-                    let url = format!("{host}/misbehave/record");
-                    match http.post(url).header("prefer", "respond-async").send() {
-                        Ok(resp) if resp.status().as_u16() == 202 => {
-                            if let Ok(v) = resp.json::<serde_json::Value>() {
-                                acked
-                                    .lock()
-                                    .unwrap()
-                                    .push(v["id"].as_str().unwrap().to_string());
-                                count.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        // Refused, or cut off by a kill: not acknowledged.
-                        _ => {
-                            refused.fetch_add(1, Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    while threads.iter().any(|t| !t.is_finished()) {
-        during(count.load(Ordering::SeqCst));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for t in threads {
-        t.join().unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    (acked, refused.load(Ordering::SeqCst))
-}
-
 /// Waits until every id in `acked` reached the receiver; returns (duplicated ids, extra runs).
 /// On a timeout, says how many are missing and what `host` says of one of them.
 fn drained(recv: &Receiver, acked: &[String], within: Duration, host: &Ferry) -> (usize, usize) {
@@ -303,9 +237,11 @@ fn three_hosts_on_a_three_node_nats_share_work_and_lose_nothing_when_killed() {
     assert_eq!(again, first, "an idempotency key holds across hosts");
 
     // A burst spread over the hosts is shared.
-    let urls: Vec<String> = hosts.iter().map(|h| h.public.clone()).collect();
+    let urls = std::sync::Arc::new(std::sync::RwLock::new(
+        hosts.iter().map(|h| h.public.clone()).collect::<Vec<_>>(),
+    ));
     let before: Vec<f64> = hosts.iter().map(|h| async_runs(h, "misbehave")).collect();
-    let (acked, _) = burst(&urls, 900, 6, |_| {});
+    let (acked, _) = ferry_tests::burst(&urls, 900, 6, |_| {});
     assert!(acked.len() >= 900, "{}", acked.len());
     drained(&recv, &acked, Duration::from_secs(120), &hosts[0]);
     let shares: Vec<f64> = hosts
@@ -329,7 +265,7 @@ fn three_hosts_on_a_three_node_nats_share_work_and_lose_nothing_when_killed() {
     // SIGKILL host B mid-burst, then one NATS node: every 202 reaches the function.
     const TOTAL: usize = 3_000;
     let (mut host_killed, mut node_killed) = (None, None);
-    let (acked, refused) = burst(&urls, TOTAL, 6, |n| {
+    let (acked, refused) = ferry_tests::burst(&urls, TOTAL, 6, |n| {
         if n >= TOTAL / 3 && host_killed.is_none() {
             hosts[1].kill();
             host_killed = Some(n);

@@ -3,9 +3,8 @@
 //! be invoked at least once; duplicates (at-least-once) are counted and reported.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use ferry_tests::receiver::Receiver;
 use ferry_tests::{eventually, Ferry};
@@ -20,54 +19,18 @@ fn acknowledged_submits_survive_sigkill() {
     let mut ferry = Ferry::start();
     ferry.deploy_recorder(&recv);
 
-    let base = Arc::new(RwLock::new(ferry.public.clone()));
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (base, acked, count, refused) =
-                (base.clone(), acked.clone(), count.clone(), refused.clone());
-            std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap();
-                while count.load(Ordering::SeqCst) < TOTAL && Instant::now() < deadline {
-                    let url = format!("{}/misbehave/record", base.read().unwrap());
-                    match http.post(url).header("prefer", "respond-async").send() {
-                        Ok(resp) if resp.status().as_u16() == 202 => {
-                            if let Ok(v) = resp.json::<serde_json::Value>() {
-                                acked
-                                    .lock()
-                                    .unwrap()
-                                    .push(v["id"].as_str().unwrap().to_string());
-                                count.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        // Refused, cut off by the kill, or the host is restarting: not acknowledged.
-                        _ => {
-                            refused.fetch_add(1, Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-
-    eventually("the first submits", Duration::from_secs(120), || {
-        (count.load(Ordering::SeqCst) >= KILL_AT).then_some(())
+    let urls = Arc::new(RwLock::new(vec![ferry.public.clone()]));
+    let mut acked_before_kill = None;
+    let (acked, refused) = ferry_tests::burst(&urls, TOTAL, CLIENTS, |n| {
+        if n >= KILL_AT && acked_before_kill.is_none() {
+            ferry.kill();
+            acked_before_kill = Some(n);
+            ferry.restart();
+            *urls.write().unwrap() = vec![ferry.public.clone()];
+        }
     });
-    ferry.kill();
-    let acked_before_kill = count.load(Ordering::SeqCst);
-    ferry.restart();
-    *base.write().unwrap() = ferry.public.clone();
-    for c in clients {
-        c.join().unwrap();
-    }
-    let acked: Vec<String> = acked.lock().unwrap().clone();
+    let acked_before_kill = acked_before_kill.expect("the host was killed mid-burst");
+
     assert!(
         acked.len() >= TOTAL,
         "only {} submits were acknowledged",
@@ -100,7 +63,7 @@ fn acknowledged_submits_survive_sigkill() {
          {duplicates} invoked more than once ({extra} extra runs)",
         acked.len(),
         acked_before_kill,
-        refused.load(Ordering::SeqCst),
+        refused,
         acked.len(),
     );
     for line in ferry
