@@ -131,6 +131,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 ..c.clone()
             };
             let replicas = c.replicas.unwrap_or(1);
+            crate::store::cluster::check_replicas(&client, replicas)?;
             // Opening is idempotent; a NATS cluster still forming may refuse it for a while.
             let shared = crate::store::cluster::patiently("open the cluster's buckets", || {
                 crate::store::cluster::ClusterStore::open(

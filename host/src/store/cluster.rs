@@ -194,15 +194,34 @@ pub(super) fn wait_on<T: Send + 'static>(
 /// it has three servers or more (it survives one lost server), else 1. `servers` is how many
 /// the operator named (`--cluster`).
 pub fn safest_replicas(client: &async_nats::Client, servers: &str) -> usize {
+    let info = client.server_info();
+    if info.cluster.is_none() {
+        return 1; // a server on its own keeps one copy
+    }
     let named = servers.split(',').filter(|s| !s.trim().is_empty()).count();
     // The servers this one knows in its cluster (it lists itself among them when it is in one;
     // a cluster still forming may not list them all yet).
-    let servers = client.server_info().connect_urls.len().max(named);
+    let servers = info.connect_urls.len().max(named);
     if servers >= 3 {
         3
     } else {
         1
     }
+}
+
+/// Refuses more than one replica on a NATS server that is not in a NATS cluster (JetStream
+/// would refuse every bucket, after a wait).
+pub fn check_replicas(client: &async_nats::Client, replicas: usize) -> anyhow::Result<()> {
+    let info = client.server_info();
+    if replicas > 1 && info.cluster.is_none() {
+        bail!(
+            "--cluster-replicas {replicas} needs a NATS cluster of at least {replicas} servers, \
+             but the NATS server {} is not in a cluster: use --cluster-replicas 1 (the default \
+             for a single server), or give nats-server a cluster {{}} block",
+            info.server_name
+        );
+    }
+    Ok(())
 }
 
 /// An answer that waiting does not change (a cluster of another stored format).
@@ -404,6 +423,14 @@ impl ClusterStore {
         wait_on(&self.runtime, CALL_TIMEOUT, what, work)
     }
 
+    /// A key of the state bucket for a trigger's record (`t`) or claim (`c`).
+    fn trigger_key(what: &str, kind: &str, function: &str, key: &str) -> String {
+        format!(
+            "{what}.{}",
+            hex::encode(trigger_state_key(kind, function, key))
+        )
+    }
+
     fn state_key(key: &str) -> String {
         // KV keys take [-/_=.a-zA-Z0-9]: anything else is hex-encoded.
         format!("s.{}", hex::encode(key))
@@ -593,7 +620,7 @@ impl Store for ClusterStore {
         function: &str,
         key: &str,
     ) -> anyhow::Result<Option<Vec<u8>>> {
-        let k = format!("t.{}", hex::encode(trigger_state_key(kind, function, key)));
+        let k = Self::trigger_key("t", kind, function, key);
         let kv = self.state.clone();
         self.call("read trigger state", async move {
             Ok(kv.get(k).await?.map(|v| v.to_vec()))
@@ -607,7 +634,7 @@ impl Store for ClusterStore {
         key: &str,
         value: &[u8],
     ) -> anyhow::Result<()> {
-        let k = format!("t.{}", hex::encode(trigger_state_key(kind, function, key)));
+        let k = Self::trigger_key("t", kind, function, key);
         let (kv, value) = (self.state.clone(), Bytes::from(value.to_vec()));
         self.call("write trigger state", async move {
             kv.put(k, value)
@@ -618,7 +645,7 @@ impl Store for ClusterStore {
     }
 
     fn claim(&self, kind: &str, function: &str, key: &str, ttl: Duration) -> anyhow::Result<bool> {
-        let k = format!("c.{}", hex::encode(trigger_state_key(kind, function, key)));
+        let k = Self::trigger_key("c", kind, function, key);
         let (js, leases) = (self.js.clone(), self.leases.clone());
         self.call("claim a trigger occurrence", async move {
             // Created only if the key has never been written (expected last sequence 0): one

@@ -415,6 +415,14 @@ fn a_host_refuses_a_cluster_that_stores_another_format() {
         log.contains("format 999") && log.contains("99.0.0") && log.contains("--cluster-prefix"),
         "{log}"
     );
+    // Three copies asked of a NATS server on its own: refused at once, saying what to use.
+    let mut host = Ferry::stopped(&["--cluster", &nats.url(), "--cluster-replicas", "3"]);
+    assert!(!host.run_to_exit(&[], Duration::from_secs(60)).success());
+    let log = host.log();
+    assert!(
+        log.contains("--cluster-replicas 1") && log.contains("not in a cluster"),
+        "{log}"
+    );
     // The same NATS takes a cluster of this version under another prefix.
     let ok = Ferry::start_with(&["--cluster", &nats.url(), "--cluster-prefix", "today"]);
     let (status, v) = ok.admin_get("/v1/cluster");
