@@ -3,6 +3,12 @@
 //! (`ferry internal-compile`, the same binary) that it kills when it passes the time or memory
 //! bound, and loads the compiled artifact the child writes. The memory the compiler used goes
 //! back to the operating system with the child. A few compilations run at once; more wait.
+//!
+//! Time is counted in the child's CPU time, not on the clock: on a busy machine a compile that
+//! waits for a core is slow through no fault of the component (two big compiles beside a test
+//! suite on two cores passed a 120 s clock bound). The bound is what the compile could use in
+//! that long with every core to itself; the clock only stops a child that gets no CPU at all
+//! for ten times the bound.
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
@@ -17,7 +23,8 @@ use crate::engine::{ComponentError, EngineOptions};
 pub struct CompileLimits {
     /// The `ferry` binary to run as the compiler.
     pub exe: PathBuf,
-    /// The longest a compilation may take (`--max-compile-time`).
+    /// The longest a compilation may take with the machine to itself (`--max-compile-time`):
+    /// its CPU time over the cores it may use.
     pub timeout: Duration,
     /// The most resident memory it may use (`--max-compile-memory`).
     pub memory: u64,
@@ -101,6 +108,7 @@ impl ChildCompiler {
             out
         });
         let started = Instant::now();
+        let cpu_budget = self.limits.timeout.as_secs_f64() * cores() as f64;
         let mut peak = 0u64;
         let verdict = loop {
             match child.try_wait() {
@@ -121,7 +129,8 @@ impl ChildCompiler {
                     crate::model::size_text(self.limits.memory)
                 )));
             }
-            if started.elapsed() > self.limits.timeout {
+            if cpu_seconds(child.id()) > cpu_budget || started.elapsed() > self.limits.timeout * 10
+            {
                 let _ = child.kill();
                 let _ = child.wait();
                 break Err(ComponentError::TooCostly(format!(
@@ -182,6 +191,33 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// The cores a compile may use (its threads' CPU time adds up over them).
+fn cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64
+}
+
+/// The CPU time a process has used over all its threads, in seconds (0 when it cannot be read).
+fn cpu_seconds(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat (user and system time) are in USER_HZ ticks, which
+    // Linux fixes at 100 per second for user space. The command (field 2) may hold spaces: count
+    // from its closing parenthesis.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3 (the state): user time is field 14, index 11.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// The resident memory of a process, in bytes (0 when it cannot be read).
 fn resident(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/statm"))
@@ -196,14 +232,13 @@ fn resident(pid: u32) -> u64 {
 
 /// `ferry internal-compile`: reads a component on stdin, writes the compiled artifact on
 /// stdout. Invalid input exits with code 2 and the reason on stderr. CPU-time and address-space
-/// limits back the parent's wall-clock and resident-memory watch (which samples, so a burst
+/// limits back the parent's CPU-time and resident-memory watch (which samples, so a burst
 /// could slip past it). Returns the process's exit code.
 pub fn run_child(engine: &EngineOptions, cpu: Duration, memory: u64) -> i32 {
     // CPU time adds up over the compiler's threads: the wall-clock bound times the cores is
     // what a compile within that bound can use (with one core's worth, a big component compiled
     // on two cores was stopped at half the time the operator allowed).
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
-    let secs = cpu.as_secs().max(1).saturating_mul(cores);
+    let secs = cpu.as_secs().max(1).saturating_mul(cores());
     let _ = rlimit::setrlimit(rlimit::Resource::CPU, secs + 1, secs + 2);
     // Address space is more than resident memory (thread stacks, allocator arenas, the
     // engine's reservations): allow twice the bound plus 1 GiB before the allocator fails.

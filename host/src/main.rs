@@ -241,7 +241,8 @@ struct ServeArgs {
     /// no more (and its caller 503). Default: half of this machine's memory.
     #[arg(long, env = "FERRY_MAX_TOTAL_MEMORY", value_parser = parse_size)]
     max_total_memory: Option<u64>,
-    /// The longest compiling one upload may take; a component that takes longer is refused.
+    /// The longest compiling one upload may take with the machine to itself (its CPU time over
+    /// the cores); a component that takes longer is refused.
     #[arg(long, env = "FERRY_MAX_COMPILE_TIME", default_value = "120s", value_parser = humantime::parse_duration)]
     max_compile_time: Duration,
     /// The most memory compiling one upload may use; a component that needs more is refused.

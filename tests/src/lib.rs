@@ -858,8 +858,9 @@ impl Ferry {
     pub fn submit_ok(&self, path: &str, headers: &[(&str, &str)]) -> String {
         let resp = self.submit(path, headers, "");
         let status = resp.status().as_u16();
-        let body: serde_json::Value = resp.json().expect("JSON body");
-        assert_eq!(status, 202, "{body}");
+        let text = resp.text().expect("submit response body");
+        assert_eq!(status, 202, "{text}");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("JSON body");
         body["id"].as_str().unwrap().to_string()
     }
 

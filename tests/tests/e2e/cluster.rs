@@ -222,6 +222,10 @@ fn three_hosts_on_a_three_node_nats_share_work_and_lose_nothing_when_killed() {
         "cluster: deploy on A answered and served by C {} ms after the upload began",
         deployed.elapsed().as_millis()
     );
+    // B watches the same bucket; it may apply the deploy a moment after C.
+    eventually("B to serve A's deploy", Duration::from_secs(30), || {
+        (hosts[1].get("/misbehave/status?code=204").0 == 204).then_some(())
+    });
 
     // Status, long poll and idempotency from any host.
     let resp = hosts[0].submit("/misbehave/record", &[("idempotency-key", "order-7")], "");
