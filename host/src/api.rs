@@ -159,6 +159,9 @@ pub struct FunctionView {
     /// The state of each `[[trigger.poll]]`, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub polls: Vec<ferry_triggers::poll::PollState>,
+    /// Which code serves it: baseline code (compiled in seconds) while the optimised code is
+    /// made behind it, then optimised code.
+    pub code: crate::registry::Code,
 }
 
 /// The admin API's routes, with the token check on every `/v1` route.
@@ -382,7 +385,11 @@ async fn callback_secret(State(state): State<Arc<AdminState>>) -> Json<serde_jso
     Json(json!({ "secret": state.delivery.callback_secret() }))
 }
 
-fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
+fn view(
+    state: &AdminState,
+    mut record: FunctionRecord,
+    code: crate::registry::Code,
+) -> FunctionView {
     if record.delivery.callback_secret.is_some() {
         // Never echo a secret; say only that one is set.
         record.delivery.callback_secret = Some("(set)".into());
@@ -447,6 +454,7 @@ fn view(state: &AdminState, mut record: FunctionRecord) -> FunctionView {
         url,
         webhooks,
         polls,
+        code,
     }
 }
 
@@ -457,7 +465,7 @@ async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<FunctionView>> {
             .registry()
             .list()
             .into_iter()
-            .map(|f| view(&state, f.record.clone()))
+            .map(|f| view(&state, f.record.clone(), f.code()))
             .collect(),
     )
 }
@@ -475,7 +483,7 @@ async fn show(
         .registry()
         .get(&name)
         .ok_or_else(|| unknown(&name))?;
-    Ok(Json(view(&state, f.record.clone())))
+    Ok(Json(view(&state, f.record.clone(), f.code())))
 }
 
 async fn remove(
@@ -565,7 +573,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Result<Json<serde_json:
         .list()
         .into_iter()
         .map(|f| {
-            let view = view(&state, f.record.clone());
+            let view = view(&state, f.record.clone(), f.code());
             let name = &view.record.name;
             json!({
                 "name": name,
@@ -772,7 +780,10 @@ async fn deploy(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(view(&state, deployment.record))))
+    Ok((
+        status,
+        Json(view(&state, deployment.record, deployment.code)),
+    ))
 }
 
 /// The query of `POST /v1/functions/{name}/rollback`.
@@ -791,7 +802,7 @@ async fn rollback(
 ) -> Result<Json<FunctionView>, ApiError> {
     let to = number::<u64>("to", q.to.as_deref())?;
     let deployment = state.deployer.rollback(&name, to).await?;
-    Ok(Json(view(&state, deployment.record)))
+    Ok(Json(view(&state, deployment.record, deployment.code)))
 }
 
 fn too_large(max: u64) -> ApiError {

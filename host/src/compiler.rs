@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::{ComponentError, EngineOptions};
+use crate::engine::{ComponentError, EngineOptions, Tier};
 
 /// Bounds of one compilation (from `ferry serve` flags).
 #[derive(Debug, Clone)]
@@ -40,6 +40,9 @@ pub(crate) struct ChildCompiler {
     freed: Condvar,
 }
 
+/// The nice value of a background compile: below the host's request handling.
+const BACKGROUND_NICE: libc::c_int = 10;
+
 /// How the child says a component is invalid (its message is on stderr).
 const EXIT_INVALID: i32 = 2;
 
@@ -54,11 +57,25 @@ impl ChildCompiler {
     }
 
     /// Compiles `bytes` in a child process and returns the serialized artifact. Blocks: call it
-    /// off the async threads.
-    pub(crate) fn compile(&self, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
-        let _slot = self.slot();
-        let mut child = Command::new(&self.limits.exe)
+    /// off the async threads. A `background` compile (the optimised code of a function already
+    /// served by baseline code) runs at a lower CPU priority and outside the `--compile-jobs`
+    /// slots, so that it never holds up a deploy: its caller runs one at a time.
+    pub(crate) fn compile(
+        &self,
+        bytes: &[u8],
+        tier: Tier,
+        background: bool,
+    ) -> Result<Vec<u8>, ComponentError> {
+        let _slot = (!background).then(|| self.slot());
+        let mut command = Command::new(&self.limits.exe);
+        command
             .arg("internal-compile")
+            .arg("--tier")
+            .arg(tier.name());
+        if background {
+            command.arg("--background");
+        }
+        let mut child = command
             .arg("--max-instances")
             .arg(self.engine.max_instances.to_string())
             .arg("--max-memory")
@@ -234,7 +251,24 @@ fn resident(pid: u32) -> u64 {
 /// stdout. Invalid input exits with code 2 and the reason on stderr. CPU-time and address-space
 /// limits back the parent's CPU-time and resident-memory watch (which samples, so a burst
 /// could slip past it). Returns the process's exit code.
-pub fn run_child(engine: &EngineOptions, cpu: Duration, memory: u64) -> i32 {
+pub fn run_child(
+    engine: &EngineOptions,
+    tier: Tier,
+    background: bool,
+    cpu: Duration,
+    memory: u64,
+) -> i32 {
+    // The compiler dies with the host: a host killed mid-compile leaves no orphan compiling on.
+    // SAFETY: prctl with PR_SET_PDEATHSIG reads only its integer arguments.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if background {
+        // Before the compiler's threads start: on Linux each thread has its own nice value,
+        // and new threads take their creator's.
+        // SAFETY: setpriority only reads its integer arguments.
+        #[allow(unsafe_code)]
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
+    }
     // CPU time adds up over the compiler's threads: the wall-clock bound times the cores is
     // what a compile within that bound can use (with one core's worth, a big component compiled
     // on two cores was stopped at half the time the operator allowed).
@@ -249,7 +283,7 @@ pub fn run_child(engine: &EngineOptions, cpu: Duration, memory: u64) -> i32 {
         eprintln!("reading the component: {e}");
         return 1;
     }
-    let artifact = match crate::engine::compile_artifact(engine, &bytes) {
+    let artifact = match crate::engine::compile_artifact(engine, &bytes, tier) {
         Ok(a) => a,
         Err(ComponentError::Invalid(m)) => {
             eprintln!("{m}");

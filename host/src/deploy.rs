@@ -10,10 +10,10 @@ use http::StatusCode;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use crate::engine::{ComponentError, Runtime};
+use crate::engine::{ComponentError, Runtime, Tier};
 use crate::manifest::{Ceilings, Manifest, ManifestError};
 use crate::model::{FunctionRecord, World};
-use crate::registry::{Deployed, Registry};
+use crate::registry::{Code, Deployed, Registry};
 use crate::store::{artifact_key, Store};
 
 /// Why a deploy was refused.
@@ -79,6 +79,8 @@ pub struct Deployment {
     pub record: FunctionRecord,
     /// False when the name was new.
     pub replaced: bool,
+    /// Which code serves it now.
+    pub code: Code,
 }
 
 /// What a restart restored.
@@ -107,6 +109,80 @@ pub struct Deployer {
     lock: Arc<tokio::sync::Mutex<()>>,
     /// How many versions of each function keep their component (the deployed one included).
     keep_versions: usize,
+    /// Versions served by baseline code, for the optimiser thread (None without a baseline
+    /// tier).
+    optimize: Option<std::sync::mpsc::Sender<Optimize>>,
+}
+
+/// A function version served by baseline code whose optimised code is to be made.
+struct Optimize {
+    name: String,
+    version: u64,
+    digest: String,
+}
+
+/// What the optimiser thread needs of the deployer.
+struct Optimizer {
+    runtime: Arc<Runtime>,
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Optimizer {
+    /// Compiles the optimised code of `job` (or loads it from the cache) and serves it in place
+    /// of the baseline code, unless the function has moved on meanwhile. A failure is kept on
+    /// the version (the API shows it) and the baseline code keeps serving.
+    fn run(&self, job: Optimize) {
+        let current = || {
+            self.registry
+                .get(&job.name)
+                .filter(|d| d.record.version == job.version && d.tier == Tier::Baseline)
+        };
+        if current().is_none() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let made = (|| -> Result<crate::engine::Prepared, DeployError> {
+            let key = artifact_key(&job.digest, self.runtime.compat_key());
+            let component = match cached(&self.runtime, &*self.store, &key)? {
+                Some(c) => c,
+                None => {
+                    let bytes = self.store.component(&job.digest)?.with_context(|| {
+                        format!("component {} is missing from the store", job.digest)
+                    })?;
+                    let (c, artifact) = self.runtime.compile_behind(&bytes)?;
+                    self.store.put_artifact(&key, &artifact)?;
+                    self.store.flush()?;
+                    c
+                }
+            };
+            Ok(self.runtime.prepare(&component)?)
+        })();
+        let _guard = self.lock.blocking_lock();
+        let Some(now) = current() else {
+            return;
+        };
+        match made.and_then(|prepared| {
+            self.registry
+                .with(Arc::new(now.optimized(prepared)))
+                .map_err(DeployError::TriggerConflict)
+        }) {
+            Ok(snapshot) => {
+                self.registry.commit(snapshot);
+                tracing::info!(
+                    function = %job.name,
+                    version = job.version,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "serving optimized code"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(function = %job.name, version = job.version, error = %e, "the optimized code could not be made; the baseline code keeps serving");
+                *now.optimize_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            }
+        }
+    }
 }
 
 /// The settings key of a function's recent component digests, newest first.
@@ -173,14 +249,50 @@ impl Deployer {
         enabled: Vec<&'static str>,
         keep_versions: usize,
     ) -> Self {
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let optimize = runtime.has_baseline().then(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Optimize>();
+            let optimizer = Optimizer {
+                runtime: runtime.clone(),
+                store: store.clone(),
+                registry: registry.clone(),
+                lock: lock.clone(),
+            };
+            // One optimised compile at a time, behind the deploys; the thread ends with the
+            // deployer (its sender).
+            let _ = std::thread::Builder::new()
+                .name("ferry-optimize".into())
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        optimizer.run(job);
+                    }
+                });
+            tx
+        });
         Self {
             runtime,
             store,
             registry,
             ceilings,
             enabled,
-            lock: Arc::new(tokio::sync::Mutex::new(())),
+            lock,
             keep_versions: keep_versions.max(1),
+            optimize,
+        }
+    }
+
+    /// Has the optimised code of `deployed` made behind it, when baseline code serves it. Call
+    /// it once the version is in the registry.
+    fn optimize_later(&self, deployed: &Deployed) {
+        if deployed.tier != Tier::Baseline {
+            return;
+        }
+        if let Some(tx) = &self.optimize {
+            let _ = tx.send(Optimize {
+                name: deployed.record.name.clone(),
+                version: deployed.record.version,
+                digest: deployed.record.digest.clone(),
+            });
         }
     }
 
@@ -262,6 +374,7 @@ impl Deployer {
         let spec = manifest.resolve(&self.ceilings)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let (component, artifact) = self.compile_cached(&digest, bytes.clone()).await?;
+        let tier = self.runtime.tier(&component);
         let prepared = self.runtime.prepare(&component)?;
         self.check_triggers(&spec.name, prepared.world(), &spec.triggers)?;
 
@@ -280,7 +393,7 @@ impl Deployer {
             spec.triggers,
         );
         record.secrets = spec.secrets;
-        self.install(record, prepared, bytes, artifact, stored)
+        self.install(record, (prepared, tier), bytes, artifact, stored)
             .await
     }
 
@@ -332,6 +445,7 @@ impl Deployer {
         };
         let bytes = Bytes::from(bytes);
         let (component, artifact) = self.compile_cached(&target.digest, bytes.clone()).await?;
+        let tier = self.runtime.tier(&component);
         let prepared = self.runtime.prepare(&component)?;
         self.check_triggers(name, prepared.world(), &target.triggers)?;
 
@@ -339,7 +453,7 @@ impl Deployer {
         let (stored, version) = self.next_version(name).await?;
         let record = target.as_version(version);
         tracing::info!(function = %name, from = serving, to = target.version, "rolling back");
-        self.install(record, prepared, bytes, artifact, stored)
+        self.install(record, (prepared, tier), bytes, artifact, stored)
             .await
     }
 
@@ -369,15 +483,15 @@ impl Deployer {
     async fn install(
         self: &Arc<Self>,
         record: FunctionRecord,
-        prepared: crate::engine::Prepared,
+        (prepared, tier): (crate::engine::Prepared, Tier),
         bytes: Bytes,
         artifact: Option<Vec<u8>>,
         stored: Option<FunctionRecord>,
     ) -> Result<Deployment, DeployError> {
-        let deployed = Arc::new(Deployed::new(record.clone(), prepared));
+        let deployed = Arc::new(Deployed::new(record.clone(), prepared, tier));
         let snapshot = self
             .registry
-            .with(deployed)
+            .with(deployed.clone())
             .map_err(DeployError::TriggerConflict)?;
 
         let store = self.store.clone();
@@ -418,11 +532,13 @@ impl Deployer {
             None => DeployError::Internal(e),
         })?;
         self.registry.commit(snapshot);
-        tracing::info!(function = %record.name, version = record.version, world = %record.world, "deployed");
+        tracing::info!(function = %record.name, version = record.version, world = %record.world, code = tier.name(), "deployed");
+        self.optimize_later(&deployed);
         self.collect_garbage_now().await;
         Ok(Deployment {
             record,
             replaced: stored.is_some(),
+            code: deployed.code(),
         })
     }
 
@@ -459,8 +575,7 @@ impl Deployer {
         Ok(())
     }
 
-    /// Compiles `bytes`, or loads the artifact cached for the same bytes. Returns the artifact to
-    /// store when it was compiled now.
+    /// [`load_or_compile`] off the async threads.
     async fn compile_cached(
         &self,
         digest: &str,
@@ -469,15 +584,9 @@ impl Deployer {
         let runtime = self.runtime.clone();
         let store = self.store.clone();
         let key = artifact_key(digest, runtime.compat_key());
-        tokio::task::spawn_blocking(move || {
-            if let Some(component) = cached(&runtime, &*store, &key)? {
-                return Ok((component, None));
-            }
-            let (component, artifact) = runtime.compile(&bytes)?;
-            Ok((component, Some(artifact)))
-        })
-        .await
-        .context("compile task failed")?
+        tokio::task::spawn_blocking(move || load_or_compile(&runtime, &*store, &key, || Ok(bytes)))
+            .await
+            .context("compile task failed")?
     }
 
     /// Removes a function; false when there was none.
@@ -509,9 +618,10 @@ impl Deployer {
         let mut stats = Restored::default();
         for record in self.store.functions()? {
             match self.restore_one(&record, &mut stats) {
-                Ok(deployed) => match self.registry.with(Arc::new(deployed)) {
+                Ok(deployed) => match self.registry.with(deployed.clone()) {
                     Ok(snapshot) => {
                         self.registry.commit(snapshot);
+                        self.optimize_later(&deployed);
                         stats.functions += 1;
                     }
                     Err(e) => {
@@ -548,9 +658,10 @@ impl Deployer {
         let deployed = self.restore_one(record, &mut Restored::default())?;
         let snapshot = self
             .registry
-            .with(Arc::new(deployed))
+            .with(deployed.clone())
             .map_err(|e| anyhow::anyhow!(e))?;
         self.registry.commit(snapshot);
+        self.optimize_later(&deployed);
         tracing::info!(function = %record.name, version = record.version, "serving a version deployed on another host");
         Ok(true)
     }
@@ -568,27 +679,59 @@ impl Deployer {
         &self,
         record: &FunctionRecord,
         stats: &mut Restored,
-    ) -> anyhow::Result<Deployed> {
+    ) -> anyhow::Result<Arc<Deployed>> {
         let key = artifact_key(&record.digest, self.runtime.compat_key());
-        let component = match cached(&self.runtime, &*self.store, &key)? {
-            Some(c) => {
-                stats.from_cache += 1;
-                c
-            }
-            None => {
-                let bytes = self.store.component(&record.digest)?.with_context(|| {
-                    format!("component {} is missing from the store", record.digest)
-                })?;
-                let (c, artifact) = self.runtime.compile(&bytes)?;
-                self.store.put_artifact(&key, &artifact)?;
+        let (component, artifact) = load_or_compile(&self.runtime, &*self.store, &key, || {
+            let bytes = self.store.component(&record.digest)?.with_context(|| {
+                format!("component {} is missing from the store", record.digest)
+            })?;
+            Ok(Bytes::from(bytes))
+        })?;
+        let tier = self.runtime.tier(&component);
+        match (&artifact, tier) {
+            (Some(artifact), _) => {
+                self.store.put_artifact(&key, artifact)?;
                 self.store.flush()?;
                 stats.compiled += 1;
-                c
             }
-        };
+            (None, Tier::Baseline) => stats.compiled += 1,
+            (None, Tier::Optimized) => stats.from_cache += 1,
+        }
         let prepared = self.runtime.prepare(&component)?;
-        Ok(Deployed::new(record.clone(), prepared))
+        Ok(Arc::new(Deployed::new(record.clone(), prepared, tier)))
     }
+}
+
+/// The compiled component for `key`: the cached optimised code; else, on a host with a baseline
+/// tier, baseline code compiled now (the optimised code is made behind it); else optimised
+/// code compiled now, returned with its artifact to store. `bytes` is read only when something
+/// is compiled. A component the baseline compiler cannot take (a WebAssembly feature Winch
+/// lacks) is compiled optimised at once.
+fn load_or_compile(
+    runtime: &Runtime,
+    store: &dyn Store,
+    key: &str,
+    bytes: impl FnOnce() -> anyhow::Result<Bytes>,
+) -> Result<(Component, Option<Vec<u8>>), DeployError> {
+    if let Some(component) = cached(runtime, store, key)? {
+        return Ok((component, None));
+    }
+    let bytes = bytes()?;
+    if runtime.has_baseline() {
+        match runtime.compile_baseline(&bytes) {
+            Ok(component) => return Ok((component, None)),
+            Err(
+                e @ (ComponentError::TooCostly(_)
+                | ComponentError::NotWasm
+                | ComponentError::CoreModule),
+            ) => return Err(e.into()),
+            Err(e) => {
+                tracing::info!(error = %e, "the baseline compiler cannot take this component; compiling optimized code now");
+            }
+        }
+    }
+    let (component, artifact) = runtime.compile(&bytes)?;
+    Ok((component, Some(artifact)))
 }
 
 /// The cached compiled component for `key`, if present and loadable; an artifact this engine

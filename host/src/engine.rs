@@ -45,6 +45,9 @@ pub struct EngineOptions {
     pub log_buffer: usize,
     /// Also put each invocation's outcome into its function's log (`--log-outcomes`).
     pub log_outcomes: bool,
+    /// Serve a new component first with code from wasmtime's baseline compiler, Winch, while
+    /// Cranelift's optimised code is compiled behind it (`--baseline-compile`).
+    pub baseline: bool,
 }
 
 impl Default for EngineOptions {
@@ -59,6 +62,7 @@ impl Default for EngineOptions {
             compile: None,
             log_buffer: 1 << 20,
             log_outcomes: false,
+            baseline: false,
         }
     }
 }
@@ -73,6 +77,14 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// The engine the component was compiled for: its stores are made with it.
+    pub fn engine(&self) -> &Engine {
+        match self {
+            Prepared::Http(p) => p.engine(),
+            Prepared::Event(p) => p.engine(),
+        }
+    }
+
     /// Which kind of function the component is.
     pub fn world(&self) -> World {
         match self {
@@ -154,6 +166,36 @@ fn engine_config(opts: &EngineOptions, pooling: bool) -> Config {
     config
 }
 
+/// Which compiler made a component's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Winch, wasmtime's baseline compiler: a big component compiles in a fraction of the time,
+    /// and its code runs slower. Served until the optimised code is ready.
+    Baseline,
+    /// Cranelift, the optimising compiler.
+    Optimized,
+}
+
+impl Tier {
+    /// The name the API, the metrics and the logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+}
+
+/// The engine configuration of the baseline tier: the host's, compiled by Winch, instances
+/// allocated on demand (the tier is short-lived: a second pool would reserve address space for
+/// every instance slot again).
+fn baseline_config(opts: &EngineOptions) -> Config {
+    let mut config = engine_config(opts, false);
+    config.strategy(wasmtime::Strategy::Winch);
+    config
+}
+
 /// Checks the first bytes: WebAssembly, and a component rather than a core module.
 fn check_header(bytes: &[u8]) -> Result<(), ComponentError> {
     match bytes.get(0..8) {
@@ -168,10 +210,17 @@ fn check_header(bytes: &[u8]) -> Result<(), ComponentError> {
 
 /// Compiles an upload into an artifact for an engine with these settings (in the compiler
 /// process).
-pub fn compile_artifact(opts: &EngineOptions, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+pub fn compile_artifact(
+    opts: &EngineOptions,
+    bytes: &[u8],
+    tier: Tier,
+) -> Result<Vec<u8>, ComponentError> {
     check_header(bytes)?;
-    let engine = Engine::new(&engine_config(opts, false))
-        .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+    let config = match tier {
+        Tier::Baseline => baseline_config(opts),
+        Tier::Optimized => engine_config(opts, false),
+    };
+    let engine = Engine::new(&config).map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
     compile_with(&engine, bytes).map(|(_, artifact)| artifact)
 }
 
@@ -189,6 +238,8 @@ fn compile_with(engine: &Engine, bytes: &[u8]) -> Result<(Component, Vec<u8>), C
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The baseline tier's engine and linker (`--baseline-compile`).
+    baseline: Option<(Engine, Linker<HostState>)>,
     compat_key: String,
     compilations: AtomicU64,
     outbound: Arc<Outbound>,
@@ -206,14 +257,17 @@ impl Runtime {
         let engine = Engine::new(&engine_config(opts, true))
             .map_err(anyhow::Error::from)
             .context("failed to configure the wasmtime engine")?;
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("failed to link WASI")?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("failed to link wasi:http")?;
+        let linker = ferry_linker(&engine)?;
+        let baseline = if opts.baseline {
+            let engine = Engine::new(&baseline_config(opts))
+                .map_err(anyhow::Error::from)
+                .context("failed to configure the baseline (Winch) engine")?;
+            spawn_epoch_ticker(&engine)?;
+            let linker = ferry_linker(&engine)?;
+            Some((engine, linker))
+        } else {
+            None
+        };
 
         let compat_key = {
             use std::hash::{Hash, Hasher};
@@ -225,6 +279,7 @@ impl Runtime {
         Ok(Arc::new(Self {
             engine,
             linker,
+            baseline,
             compat_key,
             compilations: AtomicU64::new(0),
             outbound: Arc::new(Outbound::new(
@@ -298,8 +353,22 @@ impl Runtime {
     /// CPU-heavy and blocking: call it off the async threads. With compile limits (`ferry
     /// serve`) the compiler runs in a child process bounded in time and memory.
     pub fn compile(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
+        self.compile_metered(bytes, false)
+    }
+
+    /// [`Runtime::compile`] for a function already served by baseline code: at a lower CPU
+    /// priority, outside the `--compile-jobs` slots.
+    pub fn compile_behind(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
+        self.compile_metered(bytes, true)
+    }
+
+    fn compile_metered(
+        &self,
+        bytes: &[u8],
+        background: bool,
+    ) -> Result<(Component, Vec<u8>), ComponentError> {
         let started = Instant::now();
-        let compiled = self.compile_unmetered(bytes);
+        let compiled = self.compile_unmetered(bytes, background);
         match &compiled {
             Ok(_) => self
                 .metrics
@@ -310,11 +379,57 @@ impl Runtime {
         compiled
     }
 
-    fn compile_unmetered(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
+    /// Whether new components are served first with baseline code (`--baseline-compile`).
+    pub fn has_baseline(&self) -> bool {
+        self.baseline.is_some()
+    }
+
+    /// Compiles an upload with the baseline compiler (Winch): seconds where Cranelift takes
+    /// tens of them, for code that runs slower. Nothing is kept of it: the optimised code
+    /// replaces it. Blocking, like [`Runtime::compile`].
+    pub fn compile_baseline(&self, bytes: &[u8]) -> Result<Component, ComponentError> {
+        let Some((engine, _)) = &self.baseline else {
+            return Err(ComponentError::Compile(
+                "this host compiles no baseline code (ferry serve --baseline-compile)".into(),
+            ));
+        };
+        check_header(bytes)?;
+        let started = Instant::now();
+        let component = match &self.compiler {
+            Some(child) => {
+                let artifact = child.compile(bytes, Tier::Baseline, false)?;
+                // SAFETY: as in `load_artifact`: the artifact was written just now by this
+                // program's compiler process for this engine's settings.
+                #[allow(unsafe_code)]
+                let component = unsafe { Component::deserialize(engine, &artifact) };
+                component.map_err(|e| ComponentError::Compile(format!("{e:#}")))?
+            }
+            None => Component::new(engine, bytes)
+                .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?,
+        };
+        self.metrics
+            .compilation("baseline", Some(started.elapsed()));
+        Ok(component)
+    }
+
+    /// Which compiler made `component`'s code.
+    pub fn tier(&self, component: &Component) -> Tier {
+        if Engine::same(component.engine(), &self.engine) {
+            Tier::Optimized
+        } else {
+            Tier::Baseline
+        }
+    }
+
+    fn compile_unmetered(
+        &self,
+        bytes: &[u8],
+        background: bool,
+    ) -> Result<(Component, Vec<u8>), ComponentError> {
         check_header(bytes)?;
         let (component, artifact) = match &self.compiler {
             Some(child) => {
-                let artifact = child.compile(bytes)?;
+                let artifact = child.compile(bytes, Tier::Optimized, background)?;
                 let component = self
                     .load_artifact(&artifact)
                     .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
@@ -342,13 +457,16 @@ impl Runtime {
     /// Links a component and decides which kind of function it is.
     pub fn prepare(&self, component: &Component) -> Result<Prepared, ComponentError> {
         // Link first: an import Ferry does not provide is the more useful thing to report.
-        let pre = self
-            .linker
+        let linker = match (&self.baseline, self.tier(component)) {
+            (Some((_, linker)), Tier::Baseline) => linker,
+            _ => &self.linker,
+        };
+        let pre = linker
             .instantiate_pre(component)
             .map_err(|e| self.unsatisfied(component, &e))?;
         let ty = component.component_type();
         let exports: Vec<String> = ty
-            .exports(&self.engine)
+            .exports(component.engine())
             .map(|(n, _)| n.to_string())
             .collect();
         let world = if exports.iter().any(|e| e.starts_with(HTTP_EXPORT_PREFIX)) {
@@ -417,7 +535,7 @@ impl Runtime {
     fn unsatisfied(&self, component: &Component, error: &wasmtime::Error) -> ComponentError {
         let foreign: Vec<String> = component
             .component_type()
-            .imports(&self.engine)
+            .imports(component.engine())
             .map(|(name, _)| name.to_string())
             .filter(|name| !provided(name))
             .collect();
@@ -434,6 +552,18 @@ impl Runtime {
         };
         ComponentError::UnsatisfiedImport(message)
     }
+}
+
+/// Ferry's linker for `engine`: WASI 0.2 and wasi:http.
+fn ferry_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("failed to link WASI")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("failed to link wasi:http")?;
+    Ok(linker)
 }
 
 /// One thread for the whole engine advances the epoch; it ends when the engine is dropped.

@@ -470,7 +470,7 @@ async fn try_http<B: RequestBody>(
     }
     let permit = acquire(f, waiter).await?;
     let hit = Arc::new(LimitsHit::default());
-    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit, call));
+    let mut store = new_store(f.prepared.engine(), new_state(runtime, f, &hit, call));
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let req = req.map(|body| LimitedBody::new(body, max_body).noting(over.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -821,7 +821,7 @@ async fn run_event(
     };
     let _permit = acquire(f, waiter).await?;
     let hit = Arc::new(LimitsHit::default());
-    let mut store = new_store(runtime.engine(), new_state(runtime, f, &hit, call));
+    let mut store = new_store(f.prepared.engine(), new_state(runtime, f, &hit, call));
     let run = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance

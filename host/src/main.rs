@@ -248,6 +248,11 @@ struct ServeArgs {
     /// The most memory compiling one upload may use; a component that needs more is refused.
     #[arg(long, env = "FERRY_MAX_COMPILE_MEMORY", default_value = "2GiB", value_parser = parse_size)]
     max_compile_memory: u64,
+    /// Serve a new component within seconds with code from wasmtime's baseline compiler
+    /// (Winch), while Cranelift compiles the optimised code in the background; false: deploys
+    /// wait for the optimised code.
+    #[arg(long, env = "FERRY_BASELINE_COMPILE", default_value_t = true, action = clap::ArgAction::Set)]
+    baseline_compile: bool,
     /// Uploads compiled at once; more wait their turn.
     #[arg(long, env = "FERRY_COMPILE_JOBS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     compile_jobs: u32,
@@ -368,6 +373,10 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct InternalCompileArgs {
+    #[arg(long, value_parser = ["baseline", "optimized"])]
+    tier: String,
+    #[arg(long)]
+    background: bool,
     #[arg(long)]
     max_instances: u32,
     #[arg(long, value_parser = parse_size)]
@@ -474,8 +483,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_wasm_stack: a.max_wasm_stack,
                 ..EngineOptions::default()
             };
+            let tier = if a.tier == "baseline" {
+                ferry_host::engine::Tier::Baseline
+            } else {
+                ferry_host::engine::Tier::Optimized
+            };
             std::process::exit(ferry_host::compiler::run_child(
                 &engine,
+                tier,
+                a.background,
                 a.max_compile_time,
                 a.max_compile_memory,
             ))
@@ -824,6 +840,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             max_wasm_stack: args.max_wasm_stack,
             log_buffer: usize::try_from(args.log_buffer).unwrap_or(usize::MAX),
             log_outcomes: args.log_outcomes,
+            baseline: args.baseline_compile,
             outbound: OutboundOptions {
                 allow_private: args.allow_private_outbound,
                 connect_timeout: args.outbound_connect_timeout,
@@ -1149,6 +1166,16 @@ fn print_function(f: &Value, json: bool, verb: &str) {
         s("world"),
         s("url")
     );
+    let code = &f["code"];
+    if code["tier"] == "baseline" {
+        match code["error"].as_str() {
+            Some(e) => say!("  served by baseline code: the optimized code could not be made: {e}"),
+            None => say!(
+                "  served by baseline code (compiled in seconds); the optimized code is compiling \
+                 in the background and takes over by itself"
+            ),
+        }
+    }
     if let Some(routes) = f.get("routes").and_then(Value::as_array) {
         for r in routes.iter().filter_map(Value::as_str) {
             say!("  route {r}");

@@ -41,7 +41,8 @@ struct CallbackOutcome {
 /// A compilation's label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Compilation {
-    /// `compiled`, `cache_hit` or `refused`.
+    /// `compiled` (optimised code), `baseline` (Winch code served until then), `cache_hit` or
+    /// `refused`.
     outcome: &'static str,
 }
 
@@ -374,7 +375,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a compilation (`compiled` with how long it took, `cache_hit`, `refused`).
+    /// Counts a compilation (`compiled` or `baseline` with how long it took, `cache_hit`,
+    /// `refused`).
     pub fn compilation(&self, outcome: &'static str, took: Option<Duration>) {
         self.compilations
             .get_or_create(&Compilation { outcome })

@@ -10,8 +10,21 @@ use arc_swap::ArcSwap;
 use ferry_triggers::{FunctionInfo, Sections, TRIGGERS};
 use tokio::sync::{watch, Semaphore};
 
-use crate::engine::Prepared;
+use crate::engine::{Prepared, Tier};
 use crate::model::FunctionRecord;
+
+/// Which code serves a function version, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Code {
+    /// The compiler that made the code serving now: `baseline` (Winch, compiled in seconds)
+    /// or `optimized` (Cranelift).
+    pub tier: Tier,
+    /// The optimised code is being compiled behind the baseline code.
+    pub optimizing: bool,
+    /// Why the optimised code could not be made (the baseline code keeps serving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// One function version, ready to serve.
 pub struct Deployed {
@@ -24,27 +37,65 @@ pub struct Deployed {
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
     /// Callers waiting for a permit now (at most `limits.queue`).
-    pub waiting: std::sync::atomic::AtomicU32,
+    pub waiting: Arc<std::sync::atomic::AtomicU32>,
     /// Hosts the function may reach, shared with every invocation's store.
     pub outbound: Arc<[String]>,
     /// The name, shared with every invocation (`Call`).
     pub name: Arc<str>,
     /// This function's metric handles, looked up once per version (not per invocation).
     pub metrics: std::sync::OnceLock<crate::metrics::FunctionMetrics>,
+    /// The compiler that made `prepared`'s code.
+    pub tier: Tier,
+    /// Why the optimised code of a baseline version could not be made, once that is known.
+    pub optimize_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Deployed {
-    /// A version ready to serve `record` with `prepared`.
-    pub fn new(record: FunctionRecord, prepared: Prepared) -> Self {
+    /// A version ready to serve `record` with `prepared` (code made by `tier`).
+    pub fn new(record: FunctionRecord, prepared: Prepared, tier: Tier) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(record.limits.concurrency as usize)),
-            waiting: std::sync::atomic::AtomicU32::new(0),
+            waiting: Arc::new(std::sync::atomic::AtomicU32::new(0)),
             outbound: record.outbound.clone().into(),
             name: record.name.as_str().into(),
             metrics: std::sync::OnceLock::new(),
             info: record.info(),
             record,
             prepared,
+            tier,
+            optimize_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The same version served by its optimised code. It shares the instance permits and the
+    /// queue count, so that
+    /// invocations still running on the baseline code count against the function's concurrency.
+    pub fn optimized(&self, prepared: Prepared) -> Self {
+        Self {
+            permits: self.permits.clone(),
+            waiting: self.waiting.clone(),
+            outbound: self.outbound.clone(),
+            name: self.name.clone(),
+            metrics: std::sync::OnceLock::new(),
+            info: self.info.clone(),
+            record: self.record.clone(),
+            prepared,
+            tier: Tier::Optimized,
+            optimize_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Which code serves this version.
+    pub fn code(&self) -> Code {
+        let error = self
+            .optimize_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Code {
+            tier: self.tier,
+            optimizing: self.tier == Tier::Baseline && error.is_none(),
+            error,
         }
     }
 

@@ -38,7 +38,7 @@ pub fn ferry_bin() -> PathBuf {
         .join("ferry");
     assert!(
         bin.exists(),
-        "{} does not exist: build it first with `cargo build -p ferry-host` (scripts/test.sh does)",
+        "{} does not exist: build it first with `cargo build --release --workspace --bins` and run the tests with `cargo test --release` (scripts/test.sh does both)",
         bin.display()
     );
     bin
@@ -334,6 +334,26 @@ impl Ferry {
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
+        }
+    }
+
+    /// Waits until function `name` is served by its optimised code (a deploy answers once
+    /// baseline code serves it; the optimised code follows in the background). Returns the
+    /// function's document.
+    pub fn optimized(&self, name: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let (status, f) = self.admin_get(&format!("/v1/functions/{name}"));
+            assert_eq!(status, 200, "{f}");
+            assert!(f["code"]["error"].is_null(), "{f}");
+            if f["code"]["tier"] == "optimized" {
+                return f;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} was not served by optimized code within 300 s: {f}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

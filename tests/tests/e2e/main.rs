@@ -29,4 +29,5 @@ mod sandbox;
 mod scaffold;
 mod security;
 mod shutdown;
+mod tiers;
 mod webhooks;

@@ -76,13 +76,16 @@ fn delivery_callbacks_and_compilations_are_counted() {
         "name = \"hostile\"\n[delivery]\nmax_attempts = 2\nbackoff = { initial = \"10ms\", max = \"20ms\" }\n",
     );
     assert_eq!(status, 201, "{body}");
+    assert_eq!(body["code"]["tier"], "baseline", "{body}");
+    ferry.optimized("hello-http");
+    ferry.optimized("hostile");
     let text = scrape(&ferry);
+    for outcome in ["baseline", "compiled"] {
+        let line = format!("ferry_compilations_total{{outcome=\"{outcome}\"}}");
+        assert!(sample(&text, &line) >= 2.0, "{text}");
+    }
     assert!(
-        sample(&text, r#"ferry_compilations_total{outcome="compiled"}"#) >= 2.0,
-        "{text}"
-    );
-    assert!(
-        sample(&text, "ferry_compile_seconds_count") >= 2.0,
+        sample(&text, "ferry_compile_seconds_count") >= 4.0,
         "{text}"
     );
 

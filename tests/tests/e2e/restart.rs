@@ -30,7 +30,10 @@ fn restart_serves_everything_without_recompiling() {
             .0,
         201
     );
-    // Same bytes as misbehave: compiled once.
+    // Optimised code follows the baseline code; same bytes as misbehave: compiled once.
+    for name in ["hello-http", "misbehave", "misbehave-2", "echo-event"] {
+        ferry.optimized(name);
+    }
     assert_eq!(ferry.admin_get("/healthz").1["compilations"], 3);
 
     // No graceful shutdown: SIGKILL, then start on the same data directory.

@@ -456,7 +456,9 @@ fn a_component_made_to_stall_the_compiler_is_refused_and_the_admin_api_stays_up(
     // 300,000 values alive at once: far more than a second of register allocation anywhere
     // (the optimised compiler still took more than a second for half as many).
     let slow = slow_to_compile(300_000);
-    let ferry = Ferry::start_with(&["--max-compile-time", "1s"]);
+    // Cranelift's bounds: the deploy waits for the optimized code. (The baseline compiler,
+    // Winch, is a single pass; the same bounds hold for it, see below.)
+    let ferry = Ferry::start_with(&["--max-compile-time", "1s", "--baseline-compile", "false"]);
     let deploy = {
         let (url, token, slow) = (
             ferry.admin_url("/v1/functions/slow"),
@@ -502,8 +504,13 @@ fn a_component_made_to_stall_the_compiler_is_refused_and_the_admin_api_stays_up(
     drop(ferry);
 
     // Memory is bounded the same way (a generous time, a small memory bound).
-    let ferry = Ferry::start_with(&["--max-compile-memory", "64MiB"]);
-    let (status, body) = ferry.deploy_raw("slow", slow);
+    let ferry = Ferry::start_with(&[
+        "--max-compile-memory",
+        "64MiB",
+        "--baseline-compile",
+        "false",
+    ]);
+    let (status, body) = ferry.deploy_raw("slow", slow.clone());
     assert_eq!(status, 422, "{body}");
     let text = body.to_string();
     assert!(
@@ -511,4 +518,12 @@ fn a_component_made_to_stall_the_compiler_is_refused_and_the_admin_api_stays_up(
             || text.contains("passed the compiler's limits"),
         "{text}"
     );
+    drop(ferry);
+
+    // With baseline code first (the default) the upload is refused too, by a bound or, once
+    // Winch has compiled it within them, because it exports no function; nothing is deployed.
+    let ferry = Ferry::start_with(&["--max-compile-time", "1s", "--max-compile-memory", "64MiB"]);
+    let (status, body) = ferry.deploy_raw("slow", slow);
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(ferry.admin_get("/v1/functions/slow").0, 404);
 }

@@ -93,7 +93,7 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
         Default::default(),
         Default::default(),
     );
-    let f = Deployed::new(record, prepared);
+    let f = Deployed::new(record, prepared, ferry_host::engine::Tier::Optimized);
     let event = ferry_host::bindings::GuestEvent {
         id: "1".into(),
         source: "/bench".into(),

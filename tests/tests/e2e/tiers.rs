@@ -1,0 +1,115 @@
+//! Baseline code first, optimised code behind it: a deploy answers once wasmtime's baseline
+//! compiler (Winch) has made code for the new version, and the optimised code (Cranelift) takes
+//! over by itself, without failing a request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ferry_tests::{guests, Ferry};
+
+#[test]
+fn a_deploy_serves_baseline_code_at_once_and_the_optimized_code_takes_over() {
+    let ferry = Ferry::start();
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["code"]["tier"], "baseline", "{body}");
+    assert_eq!(body["code"]["optimizing"], true, "{body}");
+    let shown = ferry.cli(&["show", "hello-http"], None);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("served by baseline code")
+            || ferry.admin_get("/v1/functions/hello-http").1["code"]["tier"] == "optimized",
+        "{shown:?}"
+    );
+
+    // Requests all the while the optimised code is made and swapped in.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let url = format!("{}/hello-http/during", ferry.public);
+        std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            // Bounded: at most 100,000 requests, and it stops when told.
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.get(&url).send() {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let f = ferry.optimized("hello-http");
+    assert_eq!(f["code"]["optimizing"], false, "{f}");
+    assert_eq!(f["version"], 1, "the same version, on other code: {f}");
+    // A few requests on the optimised code before the load stops.
+    let after = ok.load(Ordering::Relaxed) + 5;
+    ferry_tests::eventually(
+        "requests on the optimized code",
+        std::time::Duration::from_secs(60),
+        || (ok.load(Ordering::Relaxed) >= after).then_some(()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(
+        ferry.log().contains("serving optimized code"),
+        "{}",
+        ferry.log()
+    );
+    assert!(
+        !String::from_utf8_lossy(&ferry.cli(&["show", "hello-http"], None).stdout)
+            .contains("baseline"),
+        "ferry show says nothing of baseline code once the optimized code serves"
+    );
+
+    // The same bytes again: their optimised code is cached, served at once.
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["code"]["tier"], "optimized", "{body}");
+    assert_eq!(
+        ferry.get("/hello-http/again").1,
+        "Hello from Ferry! path=/hello-http/again\n"
+    );
+}
+
+#[test]
+fn a_restart_before_the_optimized_code_is_made_serves_and_optimizes_again() {
+    let mut ferry = Ferry::start();
+    let (status, body) = ferry.deploy_raw("echo-event", guests::bytes(guests::ECHO_EVENT));
+    assert_eq!(status, 201, "{body}");
+    // SIGKILL at once: the optimised code may or may not have been stored.
+    ferry.restart();
+    let (status, f) = ferry.admin_get("/v1/functions/echo-event");
+    assert_eq!(status, 200, "{f}");
+    let f = ferry.optimized("echo-event");
+    assert_eq!(f["version"], 1, "{f}");
+    let resp = ferry
+        .http
+        .post(ferry.url("/echo-event"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "tier-1")
+        .header("ce-source", "/tests")
+        .header("ce-type", "tiers.checked")
+        .header("content-type", "application/json")
+        .body(r#"{"n":1}"#)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().unwrap(), r#"{"n":1}"#);
+}
+
+#[test]
+fn without_baseline_compile_a_deploy_answers_with_the_optimized_code() {
+    let ferry = Ferry::start_with(&["--baseline-compile", "false"]);
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["code"]["tier"], "optimized", "{body}");
+    assert_eq!(body["code"]["optimizing"], false, "{body}");
+    assert_eq!(ferry.get("/hello-http/x").0, 200);
+    let (_, health) = ferry.admin_get("/healthz");
+    assert_eq!(health["compilations"], 1, "{health}");
+}
