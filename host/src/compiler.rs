@@ -110,21 +110,63 @@ impl ChildCompiler {
                 "the compiler's pipes are missing".into(),
             ));
         };
-        let input = bytes.to_vec();
-        let feeder = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = stdout.read_to_end(&mut out);
-            out
-        });
-        let errors = std::thread::spawn(move || {
-            let mut out = String::new();
-            let _ = stderr.take(64 << 10).read_to_string(&mut out);
-            out
-        });
+        // Scoped threads: the feeder writes `bytes` where they are (an 18 MB component is not
+        // copied for it).
         let started = Instant::now();
+        let (verdict, peak, artifact, message) = std::thread::scope(|scope| {
+            let feeder = scope.spawn(move || {
+                let _ = stdin.write_all(bytes);
+            });
+            let reader = scope.spawn(move || {
+                let mut out = Vec::new();
+                let _ = stdout.read_to_end(&mut out);
+                out
+            });
+            let errors = scope.spawn(move || {
+                let mut out = String::new();
+                let _ = stderr.take(64 << 10).read_to_string(&mut out);
+                out
+            });
+            let (verdict, peak) = self.watch(&mut child, started);
+            let _ = feeder.join();
+            let artifact = reader.join().unwrap_or_default();
+            let message = errors.join().unwrap_or_default();
+            (verdict, peak, artifact, message)
+        });
+        let status = verdict?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            peak_rss = peak,
+            "compiled in a child process"
+        );
+        let said = if message.trim().is_empty() {
+            String::new()
+        } else {
+            format!(": {}", message.trim())
+        };
+        match status.code() {
+            Some(0) => Ok(artifact),
+            Some(EXIT_INVALID) => Err(ComponentError::Invalid(message.trim().to_string())),
+            // Exited with an error of its own: not the upload's fault.
+            Some(_) => Err(ComponentError::Compile(format!(
+                "the compiler process failed ({status}){said}"
+            ))),
+            // Killed by a signal: its CPU or address-space limit (SIGXCPU, an aborted
+            // allocation).
+            None => Err(ComponentError::TooCostly(format!(
+                "compiling it passed the compiler's limits ({status}; ferry serve \
+                 --max-compile-time, --max-compile-memory){said}"
+            ))),
+        }
+    }
+
+    /// Watches a running compiler until it ends, killing it past the CPU-time or memory bound.
+    /// Returns how it ended and its peak resident memory.
+    fn watch(
+        &self,
+        child: &mut std::process::Child,
+        started: Instant,
+    ) -> (Result<std::process::ExitStatus, ComponentError>, u64) {
         let cpu_budget = self.limits.timeout.as_secs_f64() * cores() as f64;
         let mut peak = 0u64;
         let verdict = loop {
@@ -157,34 +199,7 @@ impl ChildCompiler {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let _ = feeder.join();
-        let artifact = reader.join().unwrap_or_default();
-        let message = errors.join().unwrap_or_default();
-        let status = verdict?;
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            peak_rss = peak,
-            "compiled in a child process"
-        );
-        let said = if message.trim().is_empty() {
-            String::new()
-        } else {
-            format!(": {}", message.trim())
-        };
-        match status.code() {
-            Some(0) => Ok(artifact),
-            Some(EXIT_INVALID) => Err(ComponentError::Invalid(message.trim().to_string())),
-            // Exited with an error of its own: not the upload's fault.
-            Some(_) => Err(ComponentError::Compile(format!(
-                "the compiler process failed ({status}){said}"
-            ))),
-            // Killed by a signal: its CPU or address-space limit (SIGXCPU, an aborted
-            // allocation).
-            None => Err(ComponentError::TooCostly(format!(
-                "compiling it passed the compiler's limits ({status}; ferry serve \
-                 --max-compile-time, --max-compile-memory){said}"
-            ))),
-        }
+        (verdict, peak)
     }
 
     /// Waits for a free compilation slot; the slot is freed when the guard drops.
