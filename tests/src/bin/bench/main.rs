@@ -34,7 +34,7 @@ struct Args {
     /// Where to write the results.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
-    /// Which benchmarks to run: all, http, durable, events or cluster.
+    /// Which benchmarks to run: all, http, durable, events, cluster or big.
     #[arg(long, default_value = "all")]
     suite: String,
     /// Concurrent connections for the durable-accept benchmark (many clients submitting).
@@ -55,6 +55,7 @@ fn humantime_parse(s: &str) -> Result<Duration, String> {
     }
 }
 
+mod big;
 mod cluster;
 mod events;
 
@@ -79,6 +80,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.suite == "all" || args.suite == "cluster" {
         cluster::cluster_suite(&rt, &args)?;
+    }
+    if args.suite == "all" || args.suite == "big" {
+        big::big_suite(&rt, &args)?;
     }
     println!("\nwrote {}", args.out.display());
     Ok(())
@@ -332,10 +336,31 @@ impl Server {
         })
     }
 
+    /// A Ferry host serving the hello-http guest.
     fn ferry(extra: &[&str]) -> anyhow::Result<Server> {
-        let bin = std::env::var_os("FERRY_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("ferry"));
+        let wasm = std::fs::read(ferry_tests::guests::HELLO_HTTP)?;
+        Self::ferry_with(extra, "hello-http", wasm)
+    }
+
+    /// A Ferry host serving `wasm` as function `name` (its deploy answered).
+    fn ferry_with(extra: &[&str], name: &str, wasm: Vec<u8>) -> anyhow::Result<Server> {
+        let server = Self::ferry_empty(extra)?;
+        let resp = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()?
+            .put(format!("http://{}/v1/functions/{name}", server.admin))
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()?;
+        if !resp.status().is_success() {
+            bail!("deploy failed: {}", resp.text()?);
+        }
+        Ok(server)
+    }
+
+    /// A Ferry host with nothing deployed, its admin API answering.
+    fn ferry_empty(extra: &[&str]) -> anyhow::Result<Server> {
+        let bin = ferry_bin();
         let tmp = tempfile::tempdir()?;
         let port = free_port()?;
         let admin_port = free_port()?;
@@ -364,31 +389,19 @@ impl Server {
             _tmp: Some(tmp),
         };
         wait_for_port(format!("127.0.0.1:{admin_port}").parse()?)?;
-        let wasm = std::fs::read(ferry_tests::guests::HELLO_HTTP)?;
-        let resp = reqwest::blocking::Client::new()
-            .put(format!(
-                "http://127.0.0.1:{admin_port}/v1/functions/hello-http"
-            ))
-            .header("content-type", "application/wasm")
-            .body(wasm)
-            .send()?;
-        if !resp.status().is_success() {
-            bail!("deploy failed: {}", resp.text()?);
-        }
         Ok(server)
     }
 
     fn wasmtime(bin: PathBuf) -> anyhow::Result<Server> {
+        Self::wasmtime_serving(bin, std::path::Path::new(ferry_tests::guests::HELLO_HTTP))
+    }
+
+    /// `wasmtime serve` of the component in `file`.
+    fn wasmtime_serving(bin: PathBuf, file: &std::path::Path) -> anyhow::Result<Server> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let child = Command::new(&bin)
-            .args([
-                "serve",
-                "-S",
-                "cli",
-                "--addr",
-                &addr.to_string(),
-                ferry_tests::guests::HELLO_HTTP,
-            ])
+            .args(["serve", "-S", "cli", "--addr", &addr.to_string()])
+            .arg(file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -402,6 +415,13 @@ impl Server {
         wait_for_port(addr)?;
         Ok(server)
     }
+}
+
+/// The ferry binary under test: `FERRY_BIN`, or the one beside this benchmark.
+fn ferry_bin() -> PathBuf {
+    std::env::var_os("FERRY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("ferry"))
 }
 
 /// The baseline: a hyper hello server on the same tokio setup as Ferry (multi-thread runtime).

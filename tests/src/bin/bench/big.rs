@@ -1,0 +1,237 @@
+//! Big components: an 18 MB Python component (componentize-py, as `ferry new http NAME --lang
+//! python` makes it). How long from the start of its upload to its first response, with baseline
+//! code first (the default) and with the deploy waiting for optimised code; how long until the
+//! optimised code serves; three different ones deployed at once; the host's peak memory; and
+//! requests/s on the optimised code next to `wasmtime serve` on the same component.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use super::{measure, Args, Load, Measured, Server};
+
+/// A Python HTTP function built with `ferry new` and `ferry build`.
+fn python_component(ferry: &Path, dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let run = |args: &[&str], cwd: &Path| -> anyhow::Result<()> {
+        let out = Command::new(ferry)
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .with_context(|| format!("running ferry {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "ferry {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    run(&["new", "http", name, "--lang", "python"], dir)?;
+    let project = dir.join(name);
+    run(&["build"], &project)?;
+    Ok(std::fs::read(project.join(format!("{name}.wasm")))?)
+}
+
+/// The peak resident memory of a process so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Uploads `wasm` as function `name` (without waiting for the answer).
+fn deploy(
+    server: &Server,
+    name: &str,
+    wasm: Vec<u8>,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let url = format!("http://{}/v1/functions/{name}", server.admin);
+    std::thread::spawn(move || {
+        let resp = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()?
+            .put(url)
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()?;
+        if !resp.status().is_success() {
+            bail!("deploy failed: {}", resp.text()?);
+        }
+        Ok(())
+    })
+}
+
+/// Polls until `check` holds, for at most 10 minutes; returns when it did.
+fn until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("{what}: not within 10 minutes")
+}
+
+fn answers(server: &Server, name: &str) -> bool {
+    // The body read too: a client gone before it is written makes the guest trap.
+    reqwest::blocking::get(format!("http://{}/{name}/first", server.addr))
+        .is_ok_and(|r| r.status() == 200 && r.text().is_ok())
+}
+
+fn optimized(server: &Server, name: &str) -> bool {
+    reqwest::blocking::get(format!("http://{}/v1/functions/{name}", server.admin))
+        .and_then(|r| r.json::<serde_json::Value>())
+        .is_ok_and(|f| f["code"]["tier"] == "optimized")
+}
+
+/// One deploy configuration's results.
+struct Cold {
+    label: &'static str,
+    functions: usize,
+    first_response: Duration,
+    optimized: Duration,
+    peak_rss: u64,
+}
+
+/// Deploys `components` at once on a fresh host started with `extra` and times them.
+fn cold(label: &'static str, extra: &[&str], components: &[Vec<u8>]) -> anyhow::Result<Cold> {
+    let server = Server::ferry_empty(extra)?;
+    let names: Vec<String> = (0..components.len()).map(|i| format!("py{i}")).collect();
+    eprintln!("measuring {label} ...");
+    let started = Instant::now();
+    let uploads: Vec<_> = names
+        .iter()
+        .zip(components)
+        .map(|(name, wasm)| deploy(&server, name, wasm.clone()))
+        .collect();
+    let served = until("every function answering", || {
+        names.iter().all(|n| answers(&server, n))
+    })?;
+    for upload in uploads {
+        upload
+            .join()
+            .map_err(|_| anyhow::anyhow!("deploy thread panicked"))??;
+    }
+    let done = until("every function on optimized code", || {
+        names.iter().all(|n| optimized(&server, n))
+    })?;
+    Ok(Cold {
+        label,
+        functions: components.len(),
+        first_response: served - started,
+        optimized: done - started,
+        peak_rss: peak_rss(server.child.id()),
+    })
+}
+
+pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Result<()> {
+    let ferry = super::ferry_bin();
+    if Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping the big-component suite: componentize-py is not installed (pip install componentize-py)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let wasm: Vec<Vec<u8>> = ["pyone", "pytwo", "pythree"]
+        .iter()
+        .map(|n| python_component(&ferry, dir.path(), n))
+        .collect::<anyhow::Result<_>>()?;
+    let size = wasm[0].len();
+
+    let colds = vec![
+        cold("baseline code first (default)", &[], &wasm[..1])?,
+        cold(
+            "optimized code only (`--baseline-compile false`)",
+            &["--baseline-compile", "false"],
+            &wasm[..1],
+        )?,
+        cold("baseline code first, three at once", &[], &wasm)?,
+        cold(
+            "optimized code only, three at once",
+            &["--baseline-compile", "false"],
+            &wasm,
+        )?,
+    ];
+
+    // Requests/s on the optimised code: the component is deployed as hello-http, the path the
+    // load generator asks for, and given to `wasmtime serve` as it is.
+    let mut rates: Vec<Measured> = Vec::new();
+    let server = Server::ferry_with(&[], "hello-http", wasm[0].clone())?;
+    until("hello-http on optimized code", || {
+        optimized(&server, "hello-http")
+    })?;
+    rates.push(rt.block_on(measure(
+        "Ferry (optimized code)",
+        server.addr,
+        Load::Get,
+        args,
+    ))?);
+    drop(server);
+    let file = dir.path().join("pyone").join("pyone.wasm");
+    if let Some(wasmtime) = std::env::var_os("WASMTIME_BIN") {
+        let server = Server::wasmtime_serving(PathBuf::from(wasmtime), &file)?;
+        rates.push(rt.block_on(measure(
+            "wasmtime serve -S cli (same component)",
+            server.addr,
+            Load::Get,
+            args,
+        ))?);
+    }
+
+    let mut s = format!(
+        "### Big components: an {:.1} MB Python component\n\n`ferry new http NAME --lang python` and `ferry build` (componentize-py); each row a fresh host with an empty compiled-code cache. First response: from the start of the upload to the first 200 from the function. Optimized: until `code.tier` is `optimized` for every function. Peak RSS: the host process (compiling runs in child processes).\n\n",
+        size as f64 / 1e6
+    );
+    s.push_str(
+        "| deploy | functions | first response | optimized code serving | host peak RSS |\n",
+    );
+    s.push_str("| --- | ---: | ---: | ---: | ---: |\n");
+    for c in &colds {
+        s.push_str(&format!(
+            "| {} | {} | {:.2} s | {:.1} s | {:.0} MB |\n",
+            c.label,
+            c.functions,
+            c.first_response.as_secs_f64(),
+            c.optimized.as_secs_f64(),
+            c.peak_rss as f64 / 1e6
+        ));
+    }
+    s.push_str(&format!(
+        "\nRequests/s on the same component ({} keep-alive connections, {}s after {}s warm-up):\n\n",
+        args.connections,
+        args.duration.as_secs(),
+        args.warmup.as_secs()
+    ));
+    s.push_str("| server | requests/s | p50 latency | p99 latency | errors | Ferry vs this |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    let ferry_rps = rates[0].rps();
+    for r in &rates {
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} | {} |\n",
+            r.name,
+            r.rps(),
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.errors,
+            if r.name.starts_with("Ferry") {
+                "—".to_string()
+            } else {
+                format!("{:.2}x", ferry_rps / r.rps())
+            }
+        ));
+    }
+    println!("{s}");
+    super::write_section(&args.out, "big", &s)
+}
