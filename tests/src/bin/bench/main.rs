@@ -179,6 +179,18 @@ impl Measured {
     fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// The table cells every load table starts with: name, rate, p50, p99, errors.
+    fn cells(&self) -> String {
+        format!(
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} |",
+            self.name,
+            self.rps(),
+            self.p50.as_secs_f64() * 1e6,
+            self.p99.as_secs_f64() * 1e6,
+            self.errors
+        )
+    }
 }
 
 /// Drives `connections` keep-alive connections as fast as they answer for warmup + duration.
@@ -475,12 +487,8 @@ fn render(results: &[Measured], args: &Args) -> String {
             _ => "—".into(),
         };
         s.push_str(&format!(
-            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} | {:.0}% | {} |\n",
-            r.name,
-            r.rps(),
-            r.p50.as_secs_f64() * 1e6,
-            r.p99.as_secs_f64() * 1e6,
-            r.errors,
+            "{} {:.0}% | {} |\n",
+            r.cells(),
             100.0 * r.rps() / native,
             vs_ferry
         ));
@@ -499,15 +507,7 @@ fn render_durable(results: &[Measured], args: &Args) -> String {
     s.push_str("| durability | accepts/s | p50 submit latency | p99 submit latency | errors | group commit vs this |\n");
     s.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
     for r in results {
-        s.push_str(&format!(
-            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} | {:.1}x |\n",
-            r.name,
-            r.rps(),
-            r.p50.as_secs_f64() * 1e6,
-            r.p99.as_secs_f64() * 1e6,
-            r.errors,
-            group / r.rps()
-        ));
+        s.push_str(&format!("{} {:.1}x |\n", r.cells(), group / r.rps()));
     }
     s
 }
