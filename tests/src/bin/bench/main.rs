@@ -34,7 +34,7 @@ struct Args {
     /// Where to write the results.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
-    /// Which benchmarks to run: all, http, durable, events, cluster or big.
+    /// Which benchmarks to run: all, http, durable, events, cluster, big or density.
     #[arg(long, default_value = "all")]
     suite: String,
     /// Concurrent connections for the durable-accept benchmark (many clients submitting).
@@ -57,6 +57,7 @@ fn humantime_parse(s: &str) -> Result<Duration, String> {
 
 mod big;
 mod cluster;
+mod density;
 mod events;
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +84,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.suite == "all" || args.suite == "big" {
         big::big_suite(&rt, &args)?;
+    }
+    if args.suite == "all" || args.suite == "density" {
+        density::density_suite(&args)?;
     }
     println!("\nwrote {}", args.out.display());
     Ok(())
@@ -372,8 +376,16 @@ impl Server {
 
     /// A Ferry host with nothing deployed, its admin API answering.
     fn ferry_empty(extra: &[&str]) -> anyhow::Result<Server> {
-        let bin = ferry_bin();
         let tmp = tempfile::tempdir()?;
+        let mut server = Self::ferry_on(tmp.path(), extra)?;
+        server._tmp = Some(tmp);
+        Ok(server)
+    }
+
+    /// A Ferry host on the data directory `dir` (kept when the server is dropped), its admin
+    /// API answering.
+    fn ferry_on(dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Server> {
+        let bin = ferry_bin();
         let port = free_port()?;
         let admin_port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -386,7 +398,7 @@ impl Server {
                 &format!("127.0.0.1:{admin_port}"),
             ])
             .arg("--data-dir")
-            .arg(tmp.path())
+            .arg(dir)
             .args(extra)
             .env("FERRY_LOG", "warn")
             // The bench's host is on loopback; an older binary ignores the variable.
@@ -398,7 +410,7 @@ impl Server {
             child,
             addr,
             admin: format!("127.0.0.1:{admin_port}").parse()?,
-            _tmp: Some(tmp),
+            _tmp: None,
         };
         wait_for_port(format!("127.0.0.1:{admin_port}").parse()?)?;
         Ok(server)
