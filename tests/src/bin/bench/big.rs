@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::{measure, Args, Load, Measured, Server};
+use super::{measure, until, Args, Load, Measured, Server};
 
 /// A Python HTTP function built with `ferry new` and `ferry build`.
 fn python_component(ferry: &Path, dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
@@ -35,50 +35,16 @@ fn python_component(ferry: &Path, dir: &Path, name: &str) -> anyhow::Result<Vec<
     Ok(std::fs::read(project.join(format!("{name}.wasm")))?)
 }
 
-/// The peak resident memory of a process so far (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Uploads `wasm` as function `name` (without waiting for the answer).
 fn deploy(
     server: &Server,
     name: &str,
     wasm: Vec<u8>,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
-    let url = format!("http://{}/v1/functions/{name}", server.admin);
+    let (admin, name) = (server.admin, name.to_string());
     std::thread::spawn(move || {
-        let resp = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()?
-            .put(url)
-            .header("content-type", "application/wasm")
-            .body(wasm)
-            .send()?;
-        if !resp.status().is_success() {
-            bail!("deploy failed: {}", resp.text()?);
-        }
-        Ok(())
+        super::deploy_to(&reqwest::blocking::Client::new(), admin, &name, wasm)
     })
-}
-
-/// Polls until `check` holds, for at most 10 minutes; returns when it did.
-fn until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while Instant::now() < deadline {
-        if check() {
-            return Ok(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("{what}: not within 10 minutes")
 }
 
 fn answers(server: &Server, name: &str) -> bool {
@@ -129,7 +95,7 @@ fn cold(label: &'static str, extra: &[&str], components: &[Vec<u8>]) -> anyhow::
         functions: components.len(),
         first_response: served - started,
         optimized: done - started,
-        peak_rss: peak_rss(server.child.id()),
+        peak_rss: super::status_bytes(server.child.id(), "VmHWM:"),
     })
 }
 

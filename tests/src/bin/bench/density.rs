@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::{Args, Server};
+use super::{deploy_to, status_bytes, until, Args, Server};
 
 /// The hello-http guest with a custom section `ferry-bench` holding `i`: a different component.
 fn distinct(base: &[u8], i: usize) -> Vec<u8> {
@@ -24,51 +24,11 @@ fn distinct(base: &[u8], i: usize) -> Vec<u8> {
     wasm
 }
 
-fn deploy(
-    client: &reqwest::blocking::Client,
-    server: &Server,
-    name: &str,
-    wasm: Vec<u8>,
-) -> anyhow::Result<()> {
-    let resp = client
-        .put(format!("http://{}/v1/functions/{name}", server.admin))
-        .header("content-type", "application/wasm")
-        .body(wasm)
-        .send()?;
-    if !resp.status().is_success() {
-        bail!("deploy of {name} failed: {}", resp.text()?);
-    }
-    Ok(())
-}
-
 fn answers(client: &reqwest::blocking::Client, server: &Server, name: &str) -> bool {
     client
         .get(format!("http://{}/{name}/x", server.addr))
         .send()
         .is_ok_and(|r| r.status() == 200 && r.text().is_ok())
-}
-
-/// Polls `check` every 5 ms for at most 20 minutes.
-fn until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(1200);
-    while Instant::now() < deadline {
-        if check() {
-            return Ok(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    bail!("{what}: not within 20 minutes")
-}
-
-fn rss(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 struct Row {
@@ -88,7 +48,7 @@ fn one(base: &[u8], n: usize) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
     let server = Server::ferry_on(dir.path(), &[])?;
     for i in 0..n {
-        deploy(&client, &server, &format!("f{i}"), distinct(base, i))?;
+        deploy_to(&client, server.admin, &format!("f{i}"), distinct(base, i))?;
     }
     let optimized = |server: &Server| -> bool {
         client
@@ -102,7 +62,7 @@ fn one(base: &[u8], n: usize) -> anyhow::Result<Row> {
     // One more, with the others idle.
     let name = format!("f{n}");
     let started = Instant::now();
-    deploy(&client, &server, &name, distinct(base, n))?;
+    deploy_to(&client, server.admin, &name, distinct(base, n))?;
     let deploy_answered = started.elapsed();
     until("the new function answering", || {
         answers(&client, &server, &name)
@@ -110,7 +70,7 @@ fn one(base: &[u8], n: usize) -> anyhow::Result<Row> {
     let deploy_served = started.elapsed();
     until("every function on optimized code", || optimized(&server))?;
     std::thread::sleep(Duration::from_secs(2)); // idle: nothing runs or compiles
-    let idle_rss = rss(server.child.id(), "VmRSS:");
+    let idle_rss = status_bytes(server.child.id(), "VmRSS:");
     drop(server);
 
     // A restart: from the process start to the last function deployed answering, every
@@ -137,7 +97,7 @@ fn one(base: &[u8], n: usize) -> anyhow::Result<Row> {
         deploy_served,
         idle_rss,
         restart_served,
-        restart_rss: rss(server.child.id(), "VmRSS:"),
+        restart_rss: status_bytes(server.child.id(), "VmRSS:"),
     })
 }
 

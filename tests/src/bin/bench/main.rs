@@ -361,16 +361,7 @@ impl Server {
     /// A Ferry host serving `wasm` as function `name` (its deploy answered).
     fn ferry_with(extra: &[&str], name: &str, wasm: Vec<u8>) -> anyhow::Result<Server> {
         let server = Self::ferry_empty(extra)?;
-        let resp = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()?
-            .put(format!("http://{}/v1/functions/{name}", server.admin))
-            .header("content-type", "application/wasm")
-            .body(wasm)
-            .send()?;
-        if !resp.status().is_success() {
-            bail!("deploy failed: {}", resp.text()?);
-        }
+        deploy_to(&reqwest::blocking::Client::new(), server.admin, name, wasm)?;
         Ok(server)
     }
 
@@ -439,6 +430,49 @@ impl Server {
         wait_for_port(addr)?;
         Ok(server)
     }
+}
+
+/// Deploys `wasm` as function `name` through the admin API at `admin`, waiting for the answer.
+fn deploy_to(
+    client: &reqwest::blocking::Client,
+    admin: SocketAddr,
+    name: &str,
+    wasm: Vec<u8>,
+) -> anyhow::Result<()> {
+    let resp = client
+        .put(format!("http://{admin}/v1/functions/{name}"))
+        .timeout(Duration::from_secs(600))
+        .header("content-type", "application/wasm")
+        .body(wasm)
+        .send()?;
+    if !resp.status().is_success() {
+        bail!("deploy of {name} failed: {}", resp.text()?);
+    }
+    Ok(())
+}
+
+/// Polls `check` every 5 ms until it holds, for at most 20 minutes; returns when it did.
+fn until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    bail!("{what}: not within 20 minutes")
+}
+
+/// A size field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in bytes (0 when unreadable).
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// The ferry binary under test: `FERRY_BIN`, or the one beside this benchmark.
