@@ -106,6 +106,13 @@ impl Delivery {
             Queue::Callbacks => &self.wake_callbacks,
             Queue::Attempts => &self.wake_scanner,
         };
+        let arrivals = self.store.arrivals(queue);
+        let arrived = || async {
+            match &arrivals {
+                Some(arrivals) => arrivals.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
             // Take no more than the workers can start soon: what is taken is leased.
             let room = match queue {
@@ -178,6 +185,7 @@ impl Delivery {
             let nap = until_next.clamp(Duration::from_millis(20), Duration::from_secs(1));
             tokio::select! {
                 _ = wake.notified() => {}
+                () = arrived() => {}
                 _ = tokio::time::sleep(nap) => {}
                 () = shutdown.requested() => return,
             }

@@ -127,6 +127,12 @@ pub trait DeliveryStore: Send + Sync + 'static {
         false
     }
 
+    /// Notified when work due on `queue` reaches this host (a backend that hands work out as it
+    /// arrives); None: the engine looks again when [`DeliveryStore::next_due`] says.
+    fn arrivals(&self, _queue: Queue) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Ids of invocations finished by any host sharing the backend, for long polls (None: only
     /// this process finishes what it stores).
     fn finished(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {

@@ -57,8 +57,14 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 /// flight is bounded by each host, which takes no more than its workers can start.
 const MAX_ACK_PENDING: i64 = -1;
 
-/// The most messages one take fetches.
-const MAX_FETCH: usize = 32;
+/// The most messages one pull request asks for.
+const MAX_PULL: usize = 64;
+
+/// How long the server keeps a host's pull request waiting for messages. Every host keeps one
+/// waiting while it has idle workers, and the server hands each new message to the next waiting
+/// request in turn: a burst is shared across the hosts by the server, not by which host asks
+/// first. A request the server lost (its leader changed) is replaced after this and a second.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// A message may be ahead of the record it is about (a submit writes the work message, then
 /// the record; a callback's message goes out before the finished record): a message whose
@@ -70,10 +76,13 @@ const AHEAD_DELIVERIES: i64 = 20;
 const KEY_GRACE: Duration = Duration::from_secs(60);
 
 /// The delay before looking again at a message ahead of its record, on its `delivered`th
-/// delivery.
+/// delivery: soon at first (the record is usually a write away), then up to 5 s.
 fn ahead_delay(delivered: i64) -> Duration {
-    Duration::from_millis(250 * delivered.clamp(1, 20) as u64)
+    Duration::from_millis((10u64 << (delivered.clamp(1, 10) - 1)).min(5_000))
 }
+
+/// How long a new submit's record write is waited for before its message is given back.
+const RECORD_WRITE: Duration = Duration::from_millis(5);
 
 /// How long one store call may wait for JetStream.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,8 +93,8 @@ type Consumer = jetstream::consumer::Consumer<pull::Config>;
 pub struct ClusterDelivery {
     runtime: tokio::runtime::Handle,
     nats: Nats,
-    attempts: Consumer,
-    callbacks: Consumer,
+    attempts: Arc<Pull>,
+    callbacks: Arc<Pull>,
     subjects: Subjects,
     /// The messages this host holds: their reply subjects (acknowledging, or giving back, a
     /// message is a publish to it) and the end of the engine's lease on them.
@@ -104,6 +113,101 @@ struct Nats {
     dead: kv::Store,
     payloads: kv::Store,
     large: object_store::ObjectStore,
+}
+
+/// One queue's messages on their way to this host: a task keeps a pull request waiting on the
+/// shared consumer for as many messages as the host can start, and the engine takes what
+/// arrived.
+struct Pull {
+    consumer: Consumer,
+    /// Messages the server handed to this host that the engine has not taken yet.
+    arrived: Mutex<std::collections::VecDeque<jetstream::Message>>,
+    /// How many messages the host could start, counting those arrived and not yet taken.
+    room: std::sync::atomic::AtomicUsize,
+    /// Wakes the pulling task when the room grows.
+    more: tokio::sync::Notify,
+    /// Wakes the engine when messages arrive.
+    ready: Arc<tokio::sync::Notify>,
+}
+
+impl Pull {
+    fn new(consumer: Consumer) -> Arc<Self> {
+        Arc::new(Self {
+            consumer,
+            arrived: Mutex::new(Default::default()),
+            room: Default::default(),
+            more: Default::default(),
+            ready: Default::default(),
+        })
+    }
+
+    fn arrived(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<jetstream::Message>> {
+        self.arrived.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps one pull request waiting while there is room for more than has arrived, and
+    /// queues what it brings. Ends when the store is gone.
+    async fn run(this: std::sync::Weak<Self>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let Some(pull) = this.upgrade() else { return };
+            let want = pull
+                .room
+                .load(Ordering::SeqCst)
+                .saturating_sub(pull.arrived().len())
+                .min(MAX_PULL);
+            if want == 0 {
+                // The room is set again by each take.
+                let _ = tokio::time::timeout(Duration::from_secs(1), pull.more.notified()).await;
+                continue;
+            }
+            let request = pull
+                .consumer
+                .batch()
+                .max_messages(want)
+                .expires(PULL_EXPIRES)
+                .messages();
+            let mut batch = match request.await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot ask for due work; asking again in a moment");
+                    drop(pull);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            // The server ends the request when it is filled or expires; a request it lost is
+            // given up a second after it would have expired.
+            let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(1);
+            loop {
+                match tokio::time::timeout_at(deadline, batch.next()).await {
+                    Ok(Some(Ok(msg))) => {
+                        pull.arrived().push_back(msg);
+                        pull.ready.notify_one();
+                    }
+                    Ok(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "a request for due work ended early");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` of the messages that arrived, and room for `limit` in all from now on.
+    fn take(&self, limit: usize) -> Vec<jetstream::Message> {
+        use std::sync::atomic::Ordering;
+        let taken: Vec<_> = {
+            let mut arrived = self.arrived();
+            let n = limit.min(arrived.len());
+            arrived.drain(..n).collect()
+        };
+        self.room
+            .store(limit.saturating_sub(taken.len()), Ordering::SeqCst);
+        self.more.notify_one();
+        taken
+    }
 }
 
 /// A message this host took.
@@ -251,8 +355,8 @@ impl ClusterDelivery {
                 payloads,
                 large,
             },
-            attempts,
-            callbacks,
+            attempts: Pull::new(attempts),
+            callbacks: Pull::new(callbacks),
             subjects,
             held: Arc::new(Mutex::new(HashMap::new())),
             retention,
@@ -277,20 +381,23 @@ impl ClusterDelivery {
                 let _ = tx.send(String::from_utf8_lossy(&msg.payload).into_owned());
             }
         });
-        let (held, client) = (Arc::downgrade(&self.held), self.nats.client.clone());
+        for pull in [&self.attempts, &self.callbacks] {
+            tokio::spawn(Pull::run(Arc::downgrade(pull)));
+        }
+        let this = Arc::downgrade(&self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(KEEPALIVE);
             loop {
                 tick.tick().await;
-                let Some(held) = held.upgrade() else { return };
-                // Held until the engine is done with it (it stores the outcome, or releases it).
-                let replies: Vec<_> = held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .map(|h| h.reply.clone())
-                    .collect();
-                drop(held);
+                let Some(this) = this.upgrade() else { return };
+                // Held until the engine is done with it (it stores the outcome, or releases
+                // it); arrived until the engine has room to take it.
+                let mut replies: Vec<_> = this.held().values().map(|h| h.reply.clone()).collect();
+                for pull in [&this.attempts, &this.callbacks] {
+                    replies.extend(pull.arrived().iter().filter_map(|m| m.reply.clone()));
+                }
+                let client = this.nats.client.clone();
+                drop(this);
                 for reply in replies {
                     let _ = client.publish(reply, AckKind::Progress.into()).await;
                 }
@@ -308,10 +415,10 @@ impl ClusterDelivery {
         super::cluster::wait_on(&self.runtime, CALL_TIMEOUT, what, work)
     }
 
-    fn consumer(&self, queue: Queue) -> Consumer {
+    fn pull(&self, queue: Queue) -> &Arc<Pull> {
         match queue {
-            Queue::Attempts => self.attempts.clone(),
-            Queue::Callbacks => self.callbacks.clone(),
+            Queue::Attempts => &self.attempts,
+            Queue::Callbacks => &self.callbacks,
         }
     }
 
@@ -610,38 +717,35 @@ impl DeliveryStore for ClusterDelivery {
         limit: usize,
         skip: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Vec<Invocation>> {
-        let (consumer, records, client, js) = (
-            self.consumer(queue),
+        // What the server handed to this host for the room it has (see [`Pull`]).
+        let messages = self.pull(queue).take(limit.max(1));
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (records, client, js) = (
             self.nats.records.clone(),
             self.nats.client.clone(),
             self.nats.js.clone(),
         );
         let callbacks = self.subjects.callbacks.clone();
-        // A few at a time, so that hosts with room share what is due rather than the quickest
-        // one taking a whole burst into its queue.
-        let limit = limit.clamp(1, MAX_FETCH);
         // Messages with their records; what is not due now is settled there and then.
         let fetched = self.call("take due work", async move {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(limit)
-                .messages()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut messages = Vec::new();
-            while let Some(msg) = batch.next().await {
-                match msg {
-                    Ok(msg) => messages.push(msg),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "fetching due work ended early");
-                        break;
-                    }
-                }
-            }
             let reads = messages.iter().map(|m| {
                 let id = String::from_utf8_lossy(&m.payload).into_owned();
+                let first = m.info().is_ok_and(|info| info.delivered == 1);
                 let records = records.clone();
-                async move { read_record(&records, &id).await }
+                async move {
+                    match read_record(&records, &id).await {
+                        // A new submit's message reaches a waiting host about as its submit
+                        // starts writing the record: look again once that write has had time,
+                        // rather than giving the message back.
+                        Ok(None) if first => {
+                            tokio::time::sleep(RECORD_WRITE).await;
+                            read_record(&records, &id).await
+                        }
+                        read => read,
+                    }
+                }
             });
             let reads = futures::future::join_all(reads).await;
             let mut out = Vec::new();
@@ -748,7 +852,7 @@ impl DeliveryStore for ClusterDelivery {
     }
 
     fn count_due(&self, queue: Queue, _now_ms: u64, cap: usize) -> anyhow::Result<usize> {
-        let consumer = self.consumer(queue);
+        let consumer = self.pull(queue).consumer.clone();
         self.call("count due work", async move {
             let info = consumer.get_info().await?;
             Ok((info.num_pending as usize + info.num_ack_pending).min(cap))
@@ -756,12 +860,9 @@ impl DeliveryStore for ClusterDelivery {
     }
 
     fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>> {
-        let consumer = self.consumer(queue);
-        self.call("look for due work", async move {
-            let info = consumer.get_info().await?;
-            // Messages given back with a delay come out on their own; new ones are due now.
-            Ok((info.num_pending > 0).then_some(0))
-        })
+        // Messages arrive as the server hands them out (given back with a delay, they come out
+        // on their own), and [`DeliveryStore::arrivals`] says when.
+        Ok((!self.pull(queue).arrived().is_empty()).then_some(0))
     }
 
     fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
@@ -893,5 +994,9 @@ impl DeliveryStore for ClusterDelivery {
 
     fn finished(&self) -> Option<broadcast::Receiver<String>> {
         Some(self.finished.subscribe())
+    }
+
+    fn arrivals(&self, queue: Queue) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.pull(queue).ready.clone())
     }
 }
