@@ -14,7 +14,7 @@ use crate::engine::{ComponentError, Runtime, Tier};
 use crate::manifest::{Ceilings, Manifest, ManifestError};
 use crate::model::{FunctionRecord, World};
 use crate::registry::{Code, Deployed, Registry};
-use crate::store::{artifact_key, Store};
+use crate::store::{artifact_key, Artifact, Store};
 
 /// Why a deploy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,9 @@ impl Optimizer {
                     let (c, artifact) = self.runtime.compile_behind(&bytes)?;
                     self.store.put_artifact(&key, &artifact)?;
                     self.store.flush()?;
-                    c
+                    drop(artifact);
+                    // Served from the stored file, mapped, rather than from a copy in memory.
+                    stored(&self.runtime, &*self.store, &key)?.unwrap_or(c)
                 }
             };
             Ok(self.runtime.prepare(&component)?)
@@ -688,15 +690,23 @@ impl Deployer {
             Ok(Bytes::from(bytes))
         })?;
         let tier = self.runtime.tier(&component);
-        match (&artifact, tier) {
+        let component = match (artifact, tier) {
             (Some(artifact), _) => {
-                self.store.put_artifact(&key, artifact)?;
+                self.store.put_artifact(&key, &artifact)?;
                 self.store.flush()?;
                 stats.compiled += 1;
+                drop(artifact);
+                stored(&self.runtime, &*self.store, &key)?.unwrap_or(component)
             }
-            (None, Tier::Baseline) => stats.compiled += 1,
-            (None, Tier::Optimized) => stats.from_cache += 1,
-        }
+            (None, Tier::Baseline) => {
+                stats.compiled += 1;
+                component
+            }
+            (None, Tier::Optimized) => {
+                stats.from_cache += 1;
+                component
+            }
+        };
         let prepared = self.runtime.prepare(&component)?;
         Ok(Arc::new(Deployed::new(record.clone(), prepared, tier)))
     }
@@ -737,14 +747,22 @@ fn load_or_compile(
 /// The cached compiled component for `key`, if present and loadable; an artifact this engine
 /// cannot load is compiled again, but a store that cannot be read is an error.
 fn cached(runtime: &Runtime, store: &dyn Store, key: &str) -> anyhow::Result<Option<Component>> {
-    let Some(artifact) = store.artifact(key)? else {
-        return Ok(None);
+    let component = stored(runtime, store, key)?;
+    if component.is_some() {
+        runtime.metrics().compilation("cache_hit", None);
+    }
+    Ok(component)
+}
+
+/// [`cached`] without counting a cache hit (the artifact was stored just now).
+fn stored(runtime: &Runtime, store: &dyn Store, key: &str) -> anyhow::Result<Option<Component>> {
+    let loaded = match store.artifact(key)? {
+        None => return Ok(None),
+        Some(Artifact::File(path)) => runtime.load_artifact_file(&path),
+        Some(Artifact::Bytes(bytes)) => runtime.load_artifact(&bytes),
     };
-    match runtime.load_artifact(&artifact) {
-        Ok(c) => {
-            runtime.metrics().compilation("cache_hit", None);
-            Ok(Some(c))
-        }
+    match loaded {
+        Ok(c) => Ok(Some(c)),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cached artifact unusable; recompiling");
             Ok(None)

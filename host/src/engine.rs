@@ -454,6 +454,19 @@ impl Runtime {
             .context("failed to load a precompiled artifact")
     }
 
+    /// [`Runtime::load_artifact`] from a file, which wasmtime maps rather than copies: the
+    /// code's pages are the file's, resident only while used.
+    pub fn load_artifact_file(&self, path: &std::path::Path) -> anyhow::Result<Component> {
+        // SAFETY: as in `load_artifact`; the store checked the file's length and checksum
+        // against what it wrote just before this, and the file is only ever replaced whole
+        // (renamed over), never changed in place.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize_file(&self.engine, path) };
+        component
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("failed to load the precompiled artifact {}", path.display()))
+    }
+
     /// Links a component and decides which kind of function it is.
     pub fn prepare(&self, component: &Component) -> Result<Prepared, ComponentError> {
         // Link first: an import Ferry does not provide is the more useful thing to report.

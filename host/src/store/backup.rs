@@ -86,6 +86,13 @@ impl SledStore {
                 if part == 6 && k.first() == Some(&b'p') {
                     let id = String::from_utf8_lossy(&k[1..]);
                     frame(out, part, &k, &self.inline_payload_value(&id, &v)?)?;
+                } else if part == 3 {
+                    // A cache: one that is not whole is left out (compiled again).
+                    let key = String::from_utf8_lossy(&k);
+                    let Some(bytes) = self.artifact_bytes(&key, &v)? else {
+                        continue;
+                    };
+                    frame(out, part, &k, &bytes)?;
                 } else {
                     frame(out, part, &k, &v)?;
                 }
@@ -192,7 +199,11 @@ pub fn restore(from: &Path, dir: &Path) -> anyhow::Result<Counts> {
         let t = store.t()?;
         let f = std::fs::File::open(&file)?;
         read_frames(f, |part, key, value| {
-            t.part(part).insert(key, value)?;
+            if part == 3 {
+                store.write_artifact(&String::from_utf8_lossy(&key), &value)?;
+            } else {
+                t.part(part).insert(key, value)?;
+            }
             Ok(())
         })?;
         drop(t);
@@ -201,7 +212,12 @@ pub fn restore(from: &Path, dir: &Path) -> anyhow::Result<Counts> {
     })();
     if let Err(e) = result {
         drop(store);
-        for made in [durable::DB_DIR, durable::SEAL_FILE, durable::JOURNAL_FILE] {
+        for made in [
+            durable::DB_DIR,
+            durable::SEAL_FILE,
+            durable::JOURNAL_FILE,
+            super::artifacts::ARTIFACT_DIR,
+        ] {
             let p = dir.join(made);
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
         }

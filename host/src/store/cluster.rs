@@ -473,7 +473,7 @@ impl Store for ClusterStore {
         self.local.put_artifact(key, bytes)
     }
 
-    fn artifact(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    fn artifact(&self, key: &str) -> anyhow::Result<Option<super::Artifact>> {
         self.local.artifact(key)
     }
 

@@ -16,6 +16,7 @@ use crate::model::FunctionRecord;
 #[error("{0}")]
 pub struct Changed(pub String);
 
+pub mod artifacts;
 pub mod backup;
 pub mod cluster;
 pub mod cluster_delivery;
@@ -42,8 +43,8 @@ pub trait Store: Send + Sync + 'static {
     fn component(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// Keeps a precompiled artifact under its [`artifact_key`].
     fn put_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()>;
-    /// The precompiled artifact under this [`artifact_key`], if kept.
-    fn artifact(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// The precompiled artifact under this [`artifact_key`], if kept and whole.
+    fn artifact(&self, key: &str) -> anyhow::Result<Option<Artifact>>;
     /// The digests of every kept component.
     fn component_digests(&self) -> anyhow::Result<Vec<String>>;
     /// Forgets a component's bytes.
@@ -120,6 +121,14 @@ fn keys(tree: &sled::Tree) -> anyhow::Result<Vec<String>> {
         .keys()
         .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
         .collect()
+}
+
+/// A kept precompiled artifact: a file to map (see [`artifacts`]), or bytes.
+pub enum Artifact {
+    /// A file checked against the length and checksum it was written with.
+    File(PathBuf),
+    /// Bytes kept in the database (by an earlier Ferry).
+    Bytes(Vec<u8>),
 }
 
 /// The artifact cache key for a component digest under an engine compatibility key.
@@ -222,6 +231,9 @@ impl SledStore {
         if store.upgrade_delivery().map_err(|e| store.as_damage(e))? > 0 {
             store.flush()?;
         }
+        store
+            .remove_orphan_artifacts()
+            .context("cannot tidy the compiled artifacts")?;
         let orphans = store
             .remove_orphan_payloads()
             .map_err(|e| store.as_damage(e))?;
@@ -237,6 +249,7 @@ impl SledStore {
     /// Opens the sled database and its trees in `dir`.
     fn open_trees(dir: &Path) -> anyhow::Result<Trees> {
         create_private_dir(&dir.join(durable::PAYLOAD_DIR))?;
+        create_private_dir(&dir.join(artifacts::ARTIFACT_DIR))?;
         let corrupt = |e: sled::Error| -> anyhow::Error {
             match e {
                 e @ sled::Error::Corruption { .. } => {
@@ -540,17 +553,11 @@ impl Store for SledStore {
     }
 
     fn put_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        self.t()?.artifacts.insert(key, bytes)?;
-        Ok(())
+        self.write_artifact(key, bytes)
     }
 
-    fn artifact(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let v = self
-            .t()?
-            .artifacts
-            .get(key)
-            .map_err(|e| self.unreadable(e, format_args!("compiled artifact {key}")))?;
-        Ok(v.map(|v| v.to_vec()))
+    fn artifact(&self, key: &str) -> anyhow::Result<Option<Artifact>> {
+        self.read_artifact(key)
     }
 
     fn component_digests(&self) -> anyhow::Result<Vec<String>> {
@@ -567,8 +574,7 @@ impl Store for SledStore {
     }
 
     fn remove_artifact(&self, key: &str) -> anyhow::Result<()> {
-        self.t()?.artifacts.remove(key)?;
-        Ok(())
+        self.delete_artifact(key)
     }
 
     fn put_function(&self, record: &FunctionRecord) -> anyhow::Result<()> {
@@ -672,7 +678,7 @@ mod tests {
         {
             let s = SledStore::open(dir.path()).unwrap();
             s.put_component("ab", b"bytes").unwrap();
-            s.put_artifact(&artifact_key("ab", "k"), b"art").unwrap();
+            s.put_artifact(&artifact_key("ab", "0f"), b"art").unwrap();
             s.put_function(&record("a", 1)).unwrap();
             s.put_function(&record("b", 3)).unwrap();
             assert!(s.delete_function("a").unwrap());
@@ -692,7 +698,10 @@ mod tests {
             }
         };
         assert_eq!(s.component("ab").unwrap().unwrap(), b"bytes");
-        assert_eq!(s.artifact("ab/k").unwrap().unwrap(), b"art");
+        let Some(Artifact::File(art)) = s.artifact("ab/0f").unwrap() else {
+            panic!("the artifact is kept");
+        };
+        assert_eq!(std::fs::read(art).unwrap(), b"art");
         assert_eq!(s.functions().unwrap(), vec![record_eq(&s, "b")]);
         assert_eq!(s.function("b").unwrap().unwrap().version, 3);
         assert!(s.function("a").unwrap().is_none());

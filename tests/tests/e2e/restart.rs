@@ -62,6 +62,42 @@ fn restart_serves_everything_without_recompiling() {
         0,
         "same bytes reuse the cached artifact"
     );
+
+    // The code is mapped from the artifact files, not copied into the host's memory.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", ferry.pid())).unwrap();
+    let mapped = maps
+        .lines()
+        .filter(|l| l.contains("/artifacts/") && l.ends_with(".cwasm"))
+        .count();
+    assert!(mapped >= 3, "the three artifacts are mapped:\n{maps}");
+
+    // A damaged artifact file is never loaded: its component is compiled again.
+    let files: Vec<_> = std::fs::read_dir(ferry.data_dir.join("artifacts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        let mut bytes = std::fs::read(f).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x40;
+        std::fs::write(f, bytes).unwrap();
+    }
+    ferry.restart();
+    assert!(
+        ferry.log().contains("does not match its checksum"),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(ferry.get("/mb/x").1, "Hi from misbehave\n");
+    assert_eq!(ferry.get("/misbehave-2").1, "Hello from misbehave\n");
+    for name in ["hello-http", "misbehave", "misbehave-2", "echo-event"] {
+        ferry.optimized(name);
+    }
+    assert_eq!(
+        ferry.get("/hello-http/again").1,
+        "Hello from Ferry! path=/hello-http/again\n"
+    );
 }
 
 #[test]
