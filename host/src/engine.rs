@@ -461,10 +461,13 @@ impl Runtime {
         // against what it wrote just before this, and the file is only ever replaced whole
         // (renamed over), never changed in place.
         #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize_file(&self.engine, path) };
-        component
+        let component = unsafe { Component::deserialize_file(&self.engine, path) }
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("failed to load the precompiled artifact {}", path.display()))
+            .with_context(|| {
+                format!("failed to load the precompiled artifact {}", path.display())
+            })?;
+        page_out(component.image_range());
+        Ok(component)
     }
 
     /// Links a component and decides which kind of function it is.
@@ -500,6 +503,30 @@ impl Runtime {
             World::Event => Prepared::Event(EventFunctionPre::new(pre).map_err(link_err)?),
         })
     }
+}
+
+/// Lets the kernel take back the pages of a mapped artifact that loading it touched (the kernel
+/// maps 64 KiB around each page read, so loading maps most of a small artifact): an idle
+/// function's code is then not resident, and the first call maps what it runs from the file
+/// (still in the page cache, as a rule). The pages keep their contents: clean file pages are
+/// dropped, and any page wasmtime wrote stays, as there is no swap to write it to.
+fn page_out(image: std::ops::Range<*const u8>) {
+    let (start, len) = (
+        image.start as usize,
+        image.end as usize - image.start as usize,
+    );
+    let page = 4096;
+    let aligned = start & !(page - 1);
+    // SAFETY: a hint about this process's own mapping (the artifact wasmtime just mapped and
+    // keeps mapped while `component` lives); MADV_PAGEOUT never changes what the pages hold.
+    #[allow(unsafe_code)]
+    let _ = unsafe {
+        libc::madvise(
+            aligned as *mut libc::c_void,
+            len + (start - aligned),
+            libc::MADV_PAGEOUT,
+        )
+    };
 }
 
 /// The interfaces Ferry's linker provides (WASI 0.2.x, as wasmtime implements them).

@@ -5,7 +5,7 @@
 //! the host's idle RSS).
 //!
 //! An artifact is a cache (the component's bytes are the truth): a file is written under a
-//! temporary name and renamed, then named in the tree; one that is missing, or whose length or
+//! temporary name, synced and renamed, then named in the tree; one that is missing, or whose length or
 //! checksum no longer match (a crash before the kernel wrote it out, a damaged disk), is not
 //! loaded (wasmtime must never map a damaged artifact) and the component is compiled again.
 //! Files the tree does not name are removed when the store opens.
@@ -85,6 +85,9 @@ impl SledStore {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(bytes)?;
+            // Written out before it is mapped: the kernel can then drop its pages from an idle
+            // host's memory (it does not write back dirty pages on request).
+            f.sync_data()?;
             std::fs::rename(&tmp, &path)
         };
         if let Err(e) = write() {

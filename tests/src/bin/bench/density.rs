@@ -36,6 +36,8 @@ struct Row {
     deploy_answered: Duration,
     deploy_served: Duration,
     idle_rss: u64,
+    /// Of the idle RSS, pages of mapped files (the compiled code): the kernel can drop them.
+    idle_file: u64,
     restart_served: Duration,
     restart_rss: u64,
 }
@@ -71,6 +73,7 @@ fn one(base: &[u8], n: usize) -> anyhow::Result<Row> {
     until("every function on optimized code", || optimized(&server))?;
     std::thread::sleep(Duration::from_secs(2)); // idle: nothing runs or compiles
     let idle_rss = status_bytes(server.child.id(), "VmRSS:");
+    let idle_file = status_bytes(server.child.id(), "RssFile:");
     drop(server);
 
     // A restart: from the process start to the last function deployed answering, every
@@ -96,6 +99,7 @@ fn one(base: &[u8], n: usize) -> anyhow::Result<Row> {
         deploy_answered,
         deploy_served,
         idle_rss,
+        idle_file,
         restart_served,
         restart_rss: status_bytes(server.child.id(), "VmRSS:"),
     })
@@ -110,15 +114,16 @@ pub(crate) fn density_suite(args: &Args) -> anyhow::Result<()> {
     let mut s = String::from(
         "### Density and cold start: many functions on one host\n\nEach function a different component (the hello-http guest with a custom section naming it: its own digest, compiled code and artifact), deployed one after another; then, with every function on optimized code, one more deployed (upload to answer; upload to its first 200), the host's idle RSS, and a restart on the same data directory (process start to the first and the last function answering; every function is restored before the host serves).\n\n",
     );
-    s.push_str("| functions | deploy one more: answered | served | idle RSS | restart to all served | RSS after restart |\n");
-    s.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str("| functions | deploy one more: answered | served | idle RSS | of which mapped files | restart to all served | RSS after restart |\n");
+    s.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in &rows {
         s.push_str(&format!(
-            "| {} | {:.0} ms | {:.0} ms | {:.0} MB | {:.2} s | {:.0} MB |\n",
+            "| {} | {:.0} ms | {:.0} ms | {:.0} MB | {:.0} MB | {:.2} s | {:.0} MB |\n",
             r.functions,
             r.deploy_answered.as_secs_f64() * 1e3,
             r.deploy_served.as_secs_f64() * 1e3,
             r.idle_rss as f64 / 1e6,
+            r.idle_file as f64 / 1e6,
             r.restart_served.as_secs_f64(),
             r.restart_rss as f64 / 1e6
         ));
