@@ -34,7 +34,7 @@ struct Args {
     /// Where to write the results.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
-    /// Which benchmarks to run: all, http, durable, events, cluster, big or density.
+    /// Which benchmarks to run: all, http, durable, events, cluster, big, density or payloads.
     #[arg(long, default_value = "all")]
     suite: String,
     /// Concurrent connections for the durable-accept benchmark (many clients submitting).
@@ -59,6 +59,7 @@ mod big;
 mod cluster;
 mod density;
 mod events;
+mod payloads;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -87,6 +88,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.suite == "all" || args.suite == "density" {
         density::density_suite(&args)?;
+    }
+    if args.suite == "all" || args.suite == "payloads" {
+        payloads::payloads_suite(&args)?;
     }
     println!("\nwrote {}", args.out.display());
     Ok(())
