@@ -15,7 +15,9 @@
 //! keeps them until the first checkpoint, so a crash during recovery loses nothing either.
 //!
 //! Record framing: `len: u32 LE | crc32(payload): u32 LE | payload (JSON invocation)`. A torn or
-//! corrupt tail (a crash mid-write, never acknowledged) ends the replay and is cut off.
+//! corrupt tail (a crash mid-write, never acknowledged) ends the replay and is cut off. An
+//! invocation whose payload the store keeps in a file of its own (64 KiB or more) is journaled
+//! without it, after that file and its directory are synced: the replay finds the payload there.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -70,6 +72,17 @@ pub struct Journal {
     per_submit: bool,
     /// Where batch sizes and sync times are counted, once the host has set it.
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+}
+
+/// fsyncs a payload file and its directory (a new entry).
+fn sync_payload_file(path: &Path) -> anyhow::Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_data())
+        .and_then(|()| match path.parent() {
+            Some(dir) => crate::store::durable::sync_dir(dir),
+            None => Ok(()),
+        })
+        .with_context(|| format!("failed to sync the payload file {}", path.display()))
 }
 
 fn frame(inv: &Invocation) -> anyhow::Result<Vec<u8>> {
@@ -241,6 +254,31 @@ impl Journal {
     /// Makes a submitted invocation durable: journaled and synced (group commit, or on its own
     /// in the per-submit baseline).
     pub async fn commit(self: &Arc<Self>, inv: &Invocation) -> anyhow::Result<()> {
+        // A payload the store wrote to a file of its own is made durable there, and the journal
+        // holds only the record: a large body is written to disk once, not twice.
+        let apart = inv
+            .payload
+            .as_ref()
+            .and_then(|_| self.store.payload_file_of(&inv.id));
+        let without_payload;
+        let inv = match apart {
+            Some(path) => {
+                let health = self.health.clone();
+                tokio::task::spawn_blocking(move || {
+                    let synced = sync_payload_file(&path);
+                    if synced.is_err() {
+                        // Degraded until the journal's next write succeeds.
+                        health.record("journal", &synced);
+                    }
+                    synced
+                })
+                .await
+                .context("the payload sync task failed")??;
+                without_payload = inv.without_payload();
+                &without_payload
+            }
+            None => inv,
+        };
         if self.per_submit {
             let framed = frame(inv)?;
             let this = self.clone();

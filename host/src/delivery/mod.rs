@@ -211,6 +211,13 @@ impl Delivery {
             )?;
             journal.set_metrics(runtime.metrics().clone());
             Self::restore_journaled(&*store, journaled)?;
+            let orphans = store.tidy()?;
+            if orphans > 0 {
+                tracing::info!(
+                    orphans,
+                    "removed payload files of invocations that are gone"
+                );
+            }
             let task = tokio::spawn(journal.clone().run(closing));
             (Some(journal), Some(task))
         };

@@ -127,7 +127,37 @@ impl Payload {
     /// The payload as the store keeps it: `meta length: u32 LE | meta (JSON) | body`, where the
     /// meta is the payload without its body, so a request body is kept as its raw bytes.
     pub fn to_stored(&self) -> Vec<u8> {
-        let (meta, body): (Vec<u8>, &[u8]) = match self {
+        let mut out = Vec::with_capacity(self.stored_len());
+        let _ = self.write_stored(&mut out);
+        out
+    }
+
+    /// The length of [`Payload::to_stored`]'s form.
+    pub fn stored_len(&self) -> usize {
+        let (meta, body) = self.stored_parts();
+        4 + meta.len() + body.len()
+    }
+
+    /// Writes [`Payload::to_stored`]'s form to `out` without assembling it first.
+    pub fn write_stored(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let (meta, body) = self.stored_parts();
+        Self::write_parts(out, &meta, body)
+    }
+
+    /// Writes the stored form from its [`Payload::stored_parts`].
+    pub fn write_parts(
+        out: &mut impl std::io::Write,
+        meta: &[u8],
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        out.write_all(&(meta.len() as u32).to_le_bytes())?;
+        out.write_all(meta)?;
+        out.write_all(body)
+    }
+
+    /// The meta (JSON) and the body of the stored form.
+    pub fn stored_parts(&self) -> (Vec<u8>, &[u8]) {
+        match self {
             Payload::Http {
                 method,
                 path,
@@ -143,12 +173,7 @@ impl Payload {
                 (serde_json::to_vec(&meta).unwrap_or_default(), body)
             }
             Payload::Event { .. } => (serde_json::to_vec(self).unwrap_or_default(), &[]),
-        };
-        let mut out = Vec::with_capacity(4 + meta.len() + body.len());
-        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(body);
-        out
+        }
     }
 
     /// The payload from [`Payload::to_stored`]'s form.

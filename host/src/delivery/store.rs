@@ -105,9 +105,24 @@ pub trait DeliveryStore: Send + Sync + 'static {
     fn flush_delivery(&self) -> anyhow::Result<()>;
 
     /// Writes back a journaled submit: the whole invocation when the store lacks it, or its
-    /// payload when that is missing or unreadable (a payload file lost to a power cut). True
-    /// when anything was written.
+    /// payload when that is missing or unreadable (a payload file lost to a power cut). A
+    /// submit journaled without its payload (see [`DeliveryStore::payload_file_of`]) gets the
+    /// payload its synced file holds. True when anything was written.
     fn restore(&self, inv: &Invocation) -> anyhow::Result<bool>;
+
+    /// The file that holds the payload of the invocation `id` as [`DeliveryStore::insert`]
+    /// stored it, when the backend keeps large payloads in files of their own: a journal syncs
+    /// that file and then journals the invocation without its payload (so a body is never
+    /// written twice). None: the payload is kept with the record.
+    fn payload_file_of(&self, _id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// Removes what nothing refers to any more (payload files whose invocation is gone), once
+    /// the journal has been replayed; returns how many.
+    fn tidy(&self) -> anyhow::Result<usize> {
+        Ok(0)
+    }
 
     /// How many times the backend reopened itself after an I/O error; what it held only in
     /// memory before each reopen is gone, so the journal writes its records back.

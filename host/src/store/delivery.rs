@@ -195,15 +195,18 @@ impl SledStore {
             return Ok((serde_json::to_vec(inv)?, None));
         };
         let record = serde_json::to_vec(&inv.without_payload())?;
-        let bytes = p.to_stored();
-        if bytes.len() < LARGE_PAYLOAD {
-            let mut v = Vec::with_capacity(bytes.len() + 1);
+        let (meta, body) = p.stored_parts();
+        let len = 4 + meta.len() + body.len();
+        if len < LARGE_PAYLOAD {
+            let mut v = Vec::with_capacity(1 + len);
             v.push(INLINE);
-            v.extend_from_slice(&bytes);
+            Payload::write_parts(&mut v, &meta, body)?;
             return Ok((record, Some(v)));
         }
+        // Written from where the body is, not from a copy of it.
         let path = self.payload_file(&inv.id);
-        std::fs::write(&path, &bytes)
+        std::fs::File::create(&path)
+            .and_then(|mut f| Payload::write_parts(&mut f, &meta, body))
             .with_context(|| format!("failed to write {}", path.display()))?;
         Ok((record, Some(vec![IN_FILE])))
     }
@@ -233,6 +236,17 @@ impl SledStore {
             }
             _ => Ok(v.to_vec()),
         }
+    }
+
+    /// Points the invocation `id` at its payload file, when the file holds a readable payload
+    /// (a submit journaled without its payload, whose record the store lost); true if it did.
+    fn adopt_payload_file(&self, id: &str) -> anyhow::Result<bool> {
+        let readable = std::fs::read(self.payload_file(id))
+            .is_ok_and(|bytes| Payload::from_stored(&bytes).is_ok());
+        if readable {
+            self.t()?.delivery.insert(payload_key(id), &[IN_FILE][..])?;
+        }
+        Ok(readable)
     }
 
     /// Payload files whose invocation is gone (a crash between writing the file and the record,
@@ -547,6 +561,9 @@ impl DeliveryStore for SledStore {
     fn restore(&self, inv: &Invocation) -> anyhow::Result<bool> {
         if self.get(&inv.id)?.is_none() {
             self.insert(inv, false, None)?;
+            if inv.payload.is_none() {
+                self.adopt_payload_file(&inv.id)?;
+            }
             return Ok(true);
         }
         let intact = self
@@ -554,14 +571,26 @@ impl DeliveryStore for SledStore {
             .delivery
             .get(payload_key(&inv.id))?
             .is_some_and(|v| self.payload_value_ok(&inv.id, &v));
-        if intact || inv.payload.is_none() {
+        if intact {
             return Ok(false);
+        }
+        if inv.payload.is_none() {
+            return self.adopt_payload_file(&inv.id);
         }
         let (_, payload) = self.prepare(inv)?;
         if let Some(payload) = payload {
             self.t()?.delivery.insert(payload_key(&inv.id), payload)?;
         }
         Ok(true)
+    }
+
+    fn payload_file_of(&self, id: &str) -> Option<std::path::PathBuf> {
+        let path = self.payload_file(id);
+        path.exists().then_some(path)
+    }
+
+    fn tidy(&self) -> anyhow::Result<usize> {
+        self.remove_orphan_payloads()
     }
 
     fn reopens(&self) -> u64 {
@@ -604,6 +633,43 @@ mod tests {
             replayed_as: None,
             origin: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_submit_journaled_without_its_payload_gets_it_back_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut big = inv("big", None);
+        big.payload = Some(Payload::Http {
+            method: "POST".into(),
+            path: "/".into(),
+            headers: vec![],
+            body: vec![7; LARGE_PAYLOAD],
+        });
+        s.insert(&big, false, None).unwrap();
+        let file = s
+            .payload_file_of("big")
+            .expect("a large payload has a file");
+        assert!(s.payload_file_of("other").is_none());
+        // The store lost the record and its payload key (not yet durable at a crash); the
+        // journal held the record without the payload, and the payload's file was synced.
+        let t = s.t().unwrap();
+        t.delivery.remove(record_key("big")).unwrap();
+        t.delivery.remove(payload_key("big")).unwrap();
+        drop(t);
+        assert!(s.restore(&big.without_payload()).unwrap());
+        assert_eq!(s.payload("big").unwrap(), big.payload);
+        // Restored again (a second replay): nothing to do.
+        assert!(!s.restore(&big.without_payload()).unwrap());
+        // Without its file the record comes back, and the payload is missing, not invented.
+        let t = s.t().unwrap();
+        t.delivery.remove(record_key("big")).unwrap();
+        t.delivery.remove(payload_key("big")).unwrap();
+        drop(t);
+        std::fs::remove_file(&file).unwrap();
+        assert!(s.restore(&big.without_payload()).unwrap());
+        assert!(s.get("big").unwrap().is_some());
+        assert_eq!(s.payload("big").unwrap(), None);
     }
 
     fn lease(owner: &str, until_ms: u64) -> Lease {

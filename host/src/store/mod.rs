@@ -234,15 +234,8 @@ impl SledStore {
         store
             .remove_orphan_artifacts()
             .context("cannot tidy the compiled artifacts")?;
-        let orphans = store
-            .remove_orphan_payloads()
-            .map_err(|e| store.as_damage(e))?;
-        if orphans > 0 {
-            tracing::info!(
-                orphans,
-                "removed payload files of invocations that are gone"
-            );
-        }
+        // Payload files without a record are removed once the journal has been replayed
+        // (`DeliveryStore::tidy`): a journaled submit's payload file may be all there is of it.
         Ok(store)
     }
 

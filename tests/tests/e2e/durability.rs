@@ -24,6 +24,11 @@ fn journal_len(ferry: &Ferry) -> u64 {
 /// Submits until the host stops answering (it aborted at a crash point); returns the ids that
 /// were acknowledged with 202.
 fn submit_until_down(ferry: &Ferry, max: usize) -> Vec<String> {
+    submit_until_down_to(ferry, "/hello-http/durable", "", max)
+}
+
+/// [`submit_until_down`] with this path and body.
+fn submit_until_down_to(ferry: &Ferry, path: &str, body: &str, max: usize) -> Vec<String> {
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -31,8 +36,9 @@ fn submit_until_down(ferry: &Ferry, max: usize) -> Vec<String> {
     let mut acked = Vec::new();
     for _ in 0..max {
         let resp = http
-            .post(ferry.url("/hello-http/durable"))
+            .post(ferry.url(path))
             .header("prefer", "respond-async")
+            .body(body.to_string())
             .send();
         match resp {
             Ok(r) if r.status().as_u16() == 202 => {
@@ -819,6 +825,54 @@ fn large_payloads_are_stored_once_and_leave_with_their_invocation() {
         dir_size(&ferry.data_dir.join("payloads")),
         0,
         "purged payloads are gone"
+    );
+}
+
+#[test]
+fn a_large_body_is_journaled_once_in_its_synced_file_and_survives_a_crash() {
+    let mut ferry = Ferry::start();
+    let manifest = "name = \"misbehave\"\n[delivery]\nmax_attempts = 1\n";
+    let (status, body) =
+        ferry.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), manifest);
+    assert_eq!(status, 201, "{body}");
+    ferry.terminate(Duration::from_secs(30));
+    // The host dies at its first checkpoint, before the store is made durable: what it
+    // acknowledged is in the journal, and the bodies are in their files.
+    ferry.env = vec![("FERRY_CRASH_AT".into(), "checkpoint-start".into())];
+    ferry.start_again();
+    let body: String = "fedcba9876543210".repeat(1 << 14); // 256 KiB
+    let acked = submit_until_down_to(&ferry, "/misbehave/status?code=500", &body, 10_000);
+    assert!(!acked.is_empty(), "some submits were acknowledged");
+    assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
+    let journaled = journal_len(&ferry);
+    assert!(journaled > 0, "the journal holds the acknowledged submits");
+    assert!(
+        journaled < (acked.len() * body.len() / 10) as u64,
+        "{} bodies of {} bytes, {journaled} bytes of journal: it holds records, not bodies",
+        acked.len(),
+        body.len()
+    );
+
+    // After the restart every acknowledged submit has its whole body.
+    ferry.env.clear();
+    ferry.start_again();
+    use base64::Engine as _;
+    for id in &acked {
+        assert_eq!(ferry.finished(id)["status"], "dead_lettered", "{id}");
+        let (status, dead) = ferry.admin_get(&format!("/v1/deadletters/{id}"));
+        assert_eq!(status, 200, "{dead}");
+        let shown = base64::engine::general_purpose::STANDARD
+            .decode(dead["payload"]["body"].as_str().unwrap())
+            .unwrap();
+        assert!(
+            shown == body.as_bytes(),
+            "{id}: the stored body, every byte"
+        );
+    }
+    println!(
+        "{} bodies of {} bytes acknowledged before the crash ({journaled} bytes of journal), each whole after it",
+        acked.len(),
+        body.len()
     );
 }
 
