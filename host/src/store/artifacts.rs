@@ -10,7 +10,7 @@
 //! loaded (wasmtime must never map a damaged artifact) and the component is compiled again.
 //! Files the tree does not name are removed when the store opens.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -74,23 +74,11 @@ impl SledStore {
     }
 
     pub(super) fn write_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt as _;
         let path = self.artifact_file(key)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(bytes)?;
-            // Written out before it is mapped: the kernel can then drop its pages from an idle
-            // host's memory (it does not write back dirty pages on request).
-            f.sync_data()?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+        // Synced before it is mapped: the kernel can then drop its pages from an idle host's
+        // memory (it does not write back dirty pages on request).
+        if let Err(e) = super::durable::replace_file(&tmp, bytes, &path) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e).with_context(|| format!("cannot write {}", path.display()));
         }

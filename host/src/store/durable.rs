@@ -82,18 +82,25 @@ pub(super) fn read_seal(dir: &Path) -> Result<Option<Seal>, Damaged> {
 /// Replaces the seal atomically and durably: a new file, synced, renamed over the old one, and
 /// the directory synced.
 pub(super) fn write_seal(dir: &Path, seal: &Seal) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = dir.join(format!("{SEAL_FILE}.tmp"));
+    replace_file(&tmp, &serde_json::to_vec(seal)?, &dir.join(SEAL_FILE))?;
+    sync_dir(dir)
+}
+
+/// Writes `bytes` to a new file `tmp` (the owner's alone), syncs it, and renames it to `to`:
+/// `to` is then either what it was or all of `bytes`, never a part (the directory entry is
+/// durable once the directory is synced).
+pub(super) fn replace_file(tmp: &Path, bytes: &[u8], to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&serde_json::to_vec(seal)?)?;
+        .open(tmp)?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SEAL_FILE))?;
-    sync_dir(dir)
+    std::fs::rename(tmp, to)
 }
 
 /// fsyncs a directory, so that the entries created, renamed or removed in it are durable.
