@@ -17,7 +17,8 @@
 //! Record framing: `len: u32 LE | crc32(payload): u32 LE | payload (JSON invocation)`. A torn or
 //! corrupt tail (a crash mid-write, never acknowledged) ends the replay and is cut off. An
 //! invocation whose payload the store keeps in a file of its own (64 KiB or more) is journaled
-//! without it, after that file and its directory are synced: the replay finds the payload there.
+//! without it (the store synced that file and its directory before it stored the record): the
+//! replay finds the payload there.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -72,17 +73,6 @@ pub struct Journal {
     per_submit: bool,
     /// Where batch sizes and sync times are counted, once the host has set it.
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
-}
-
-/// fsyncs a payload file and its directory (a new entry).
-fn sync_payload_file(path: &Path) -> anyhow::Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_data())
-        .and_then(|()| match path.parent() {
-            Some(dir) => crate::store::durable::sync_dir(dir),
-            None => Ok(()),
-        })
-        .with_context(|| format!("failed to sync the payload file {}", path.display()))
 }
 
 fn frame(inv: &Invocation) -> anyhow::Result<Vec<u8>> {
@@ -254,30 +244,17 @@ impl Journal {
     /// Makes a submitted invocation durable: journaled and synced (group commit, or on its own
     /// in the per-submit baseline).
     pub async fn commit(self: &Arc<Self>, inv: &Invocation) -> anyhow::Result<()> {
-        // A payload the store wrote to a file of its own is made durable there, and the journal
-        // holds only the record: a large body is written to disk once, not twice.
-        let apart = inv
-            .payload
-            .as_ref()
-            .and_then(|_| self.store.payload_file_of(&inv.id));
+        // A payload the store keeps in a file of its own was made durable there before its
+        // record was stored, so the journal holds only the record: a large body is written to
+        // disk once, not twice. (Nothing is awaited before the append: a duplicate submit's
+        // barrier must cover this record.)
+        let apart = inv.payload.is_some() && self.store.payload_file_of(&inv.id).is_some();
         let without_payload;
-        let inv = match apart {
-            Some(path) => {
-                let health = self.health.clone();
-                tokio::task::spawn_blocking(move || {
-                    let synced = sync_payload_file(&path);
-                    if synced.is_err() {
-                        // Degraded until the journal's next write succeeds.
-                        health.record("journal", &synced);
-                    }
-                    synced
-                })
-                .await
-                .context("the payload sync task failed")??;
-                without_payload = inv.without_payload();
-                &without_payload
-            }
-            None => inv,
+        let inv = if apart {
+            without_payload = inv.without_payload();
+            &without_payload
+        } else {
+            inv
         };
         if self.per_submit {
             let framed = frame(inv)?;

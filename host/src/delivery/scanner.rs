@@ -101,6 +101,11 @@ impl Delivery {
     /// Finds due attempts (or callbacks) and hands them to workers; sleeps until the next one
     /// is due or new work arrives.
     async fn scan(self: Arc<Self>, queue: Queue) {
+        self.clone().scan_until_stopped(queue).await;
+        self.store.stop_taking(queue);
+    }
+
+    async fn scan_until_stopped(self: Arc<Self>, queue: Queue) {
         let mut shutdown = self.shutdown.clone();
         let wake = match queue {
             Queue::Callbacks => &self.wake_callbacks,

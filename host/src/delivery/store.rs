@@ -110,10 +110,10 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// payload its synced file holds. True when anything was written.
     fn restore(&self, inv: &Invocation) -> anyhow::Result<bool>;
 
-    /// The file that holds the payload of the invocation `id` as [`DeliveryStore::insert`]
-    /// stored it, when the backend keeps large payloads in files of their own: a journal syncs
-    /// that file and then journals the invocation without its payload (so a body is never
-    /// written twice). None: the payload is kept with the record.
+    /// The file that holds the payload of the invocation `id`, when the backend keeps large
+    /// payloads in files of their own, made durable by [`DeliveryStore::insert`] before it
+    /// stored the record: a journal then holds the invocation without its payload (so a body
+    /// is never written twice). None: the payload is kept with the record.
     fn payload_file_of(&self, _id: &str) -> Option<std::path::PathBuf> {
         None
     }
@@ -147,6 +147,10 @@ pub trait DeliveryStore: Send + Sync + 'static {
     fn arrivals(&self, _queue: Queue) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+
+    /// The engine takes no more work from `queue` (the host is stopping): a backend that hands
+    /// work out as it arrives asks for no more and gives back what it holds untaken.
+    fn stop_taking(&self, _queue: Queue) {}
 
     /// Ids of invocations finished by any host sharing the backend, for long polls (None: only
     /// this process finishes what it stores).

@@ -75,7 +75,9 @@ impl SledStore {
 
     pub(super) fn write_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let path = self.artifact_file(key)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         // Synced before it is mapped: the kernel can then drop its pages from an idle host's
         // memory (it does not write back dirty pages on request).
         if let Err(e) = super::durable::replace_file(&tmp, bytes, &path) {

@@ -128,6 +128,8 @@ struct Pull {
     more: tokio::sync::Notify,
     /// Wakes the engine when messages arrive.
     ready: Arc<tokio::sync::Notify>,
+    /// The engine takes no more (the host is stopping): what arrives is given back at once.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Pull {
@@ -138,6 +140,7 @@ impl Pull {
             room: Default::default(),
             more: Default::default(),
             ready: Default::default(),
+            stopped: Default::default(),
         })
     }
 
@@ -151,6 +154,9 @@ impl Pull {
         use std::sync::atomic::Ordering;
         loop {
             let Some(pull) = this.upgrade() else { return };
+            if pull.stopped.load(Ordering::SeqCst) {
+                return;
+            }
             let want = pull
                 .room
                 .load(Ordering::SeqCst)
@@ -181,12 +187,18 @@ impl Pull {
             let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(1);
             loop {
                 match tokio::time::timeout_at(deadline, batch.next()).await {
+                    Ok(Some(Ok(msg))) if pull.stopped.load(Ordering::SeqCst) => {
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    }
                     Ok(Some(Ok(msg))) => {
                         pull.arrived().push_back(msg);
                         pull.ready.notify_one();
                     }
                     Ok(Some(Err(e))) => {
+                        // Refused by the server (no consumer leader during an election, the
+                        // consumer deleted): ask again in a moment, not in a tight loop.
                         tracing::debug!(error = %e, "a request for due work ended early");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                         break;
                     }
                     Ok(None) | Err(_) => break,
@@ -195,18 +207,33 @@ impl Pull {
         }
     }
 
-    /// Up to `limit` of the messages that arrived, and room for `limit` in all from now on.
+    /// Up to `limit` of the messages that arrived.
     fn take(&self, limit: usize) -> Vec<jetstream::Message> {
-        use std::sync::atomic::Ordering;
-        let taken: Vec<_> = {
-            let mut arrived = self.arrived();
-            let n = limit.min(arrived.len());
-            arrived.drain(..n).collect()
-        };
-        self.room
-            .store(limit.saturating_sub(taken.len()), Ordering::SeqCst);
+        let mut arrived = self.arrived();
+        let n = limit.min(arrived.len());
+        arrived.drain(..n).collect()
+    }
+
+    /// Asks for messages for `room` more starts, beyond those arrived and not yet taken.
+    fn set_room(&self, room: usize) {
+        self.room.store(room, std::sync::atomic::Ordering::SeqCst);
         self.more.notify_one();
-        taken
+    }
+
+    /// Takes no more: asks for nothing, and gives back what arrived (at once, so that another
+    /// host takes it without waiting for the ack wait).
+    fn stop(&self, runtime: &tokio::runtime::Handle) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_room(0);
+        let arrived: Vec<_> = self.arrived().drain(..).collect();
+        if !arrived.is_empty() {
+            runtime.spawn(async move {
+                for msg in arrived {
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                }
+            });
+        }
     }
 }
 
@@ -718,8 +745,11 @@ impl DeliveryStore for ClusterDelivery {
         skip: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<Vec<Invocation>> {
         // What the server handed to this host for the room it has (see [`Pull`]).
-        let messages = self.pull(queue).take(limit.max(1));
+        let limit = limit.max(1);
+        let pull = self.pull(queue).clone();
+        let messages = pull.take(limit);
         if messages.is_empty() {
+            pull.set_room(limit);
             return Ok(Vec::new());
         }
         let (records, client, js) = (
@@ -848,6 +878,9 @@ impl DeliveryStore for ClusterDelivery {
                 }
             });
         }
+        // Room for as many more as were not started here (given back, not due yet, or already
+        // queued here).
+        pull.set_room(limit.saturating_sub(taken.len()));
         Ok(taken)
     }
 
@@ -998,5 +1031,9 @@ impl DeliveryStore for ClusterDelivery {
 
     fn arrivals(&self, queue: Queue) -> Option<Arc<tokio::sync::Notify>> {
         Some(self.pull(queue).ready.clone())
+    }
+
+    fn stop_taking(&self, queue: Queue) {
+        self.pull(queue).stop(&self.runtime);
     }
 }

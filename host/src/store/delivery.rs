@@ -183,6 +183,18 @@ fn committed<T>(r: Result<T, TransactionError<anyhow::Error>>) -> anyhow::Result
     })
 }
 
+/// Runs `f`, which blocks on the disk, telling a multi-threaded runtime first so that its other
+/// tasks move to another thread meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_worker {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 impl SledStore {
     pub(super) fn payload_file(&self, id: &str) -> std::path::PathBuf {
         self.dir.join(super::durable::PAYLOAD_DIR).join(id)
@@ -203,11 +215,21 @@ impl SledStore {
             Payload::write_parts(&mut v, &meta, body)?;
             return Ok((record, Some(v)));
         }
-        // Written from where the body is, not from a copy of it.
+        // Written from where the body is, not from a copy of it, and made durable before the
+        // record that names it is stored: from then on any submit may be answered for this
+        // invocation (a duplicate's), and a journal replay takes the payload from this file.
         let path = self.payload_file(&inv.id);
-        std::fs::File::create(&path)
-            .and_then(|mut f| Payload::write_parts(&mut f, &meta, body))
-            .with_context(|| format!("failed to write {}", path.display()))?;
+        blocking(|| {
+            std::fs::File::create(&path)
+                .and_then(|mut f| {
+                    Payload::write_parts(&mut f, &meta, body)?;
+                    f.sync_data()
+                })
+                .and_then(|()| {
+                    super::durable::sync_dir(&self.dir.join(super::durable::PAYLOAD_DIR))
+                })
+        })
+        .with_context(|| format!("failed to write {}", path.display()))?;
         Ok((record, Some(vec![IN_FILE])))
     }
 

@@ -81,7 +81,10 @@ fn restart_serves_everything_without_recompiling() {
         let mut bytes = std::fs::read(f).unwrap();
         let at = bytes.len() / 2;
         bytes[at] ^= 0x40;
-        std::fs::write(f, bytes).unwrap();
+        // A new file renamed over it: the running host keeps the one it mapped.
+        let tmp = f.with_extension("damaged");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, f).unwrap();
     }
     ferry.restart();
     assert!(
