@@ -127,24 +127,14 @@ impl Payload {
     /// The payload as the store keeps it: `meta length: u32 LE | meta (JSON) | body`, where the
     /// meta is the payload without its body, so a request body is kept as its raw bytes.
     pub fn to_stored(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.stored_len());
-        let _ = self.write_stored(&mut out);
+        let (meta, body) = self.stored_parts();
+        let mut out = Vec::with_capacity(4 + meta.len() + body.len());
+        let _ = Self::write_parts(&mut out, &meta, body);
         out
     }
 
-    /// The length of [`Payload::to_stored`]'s form.
-    pub fn stored_len(&self) -> usize {
-        let (meta, body) = self.stored_parts();
-        4 + meta.len() + body.len()
-    }
-
-    /// Writes [`Payload::to_stored`]'s form to `out` without assembling it first.
-    pub fn write_stored(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let (meta, body) = self.stored_parts();
-        Self::write_parts(out, &meta, body)
-    }
-
-    /// Writes the stored form from its [`Payload::stored_parts`].
+    /// Writes the stored form from its [`Payload::stored_parts`] (to a file, without assembling
+    /// it in memory first).
     pub fn write_parts(
         out: &mut impl std::io::Write,
         meta: &[u8],
