@@ -10,7 +10,9 @@
 //!
 //! Every second (when the journal holds anything) it checkpoints: writes what is pending, makes
 //! the store durable (fsync and seal, see [`crate::store::durable`]) — which then holds every
-//! journaled record — and only then empties the file. At start, the records a previous process
+//! journaled record — and only then empties the file. Submits go on being journaled while the
+//! store flushes: the records written meanwhile are kept (the file is replaced, in one rename,
+//! by a synced file that holds only them). At start, the records a previous process
 //! left are written back into the store and made durable before anything else runs; the file
 //! keeps them until the first checkpoint, so a crash during recovery loses nothing either.
 //!
@@ -25,7 +27,7 @@ use std::io::Read;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::{watch, Notify};
@@ -54,6 +56,9 @@ struct Pending {
 struct Output {
     file: File,
     len: u64,
+    /// While a checkpoint flushes the store: what was written after the part it covers (kept
+    /// when the file is emptied).
+    tail: Option<Vec<u8>>,
     /// The store's reopen count when the journal's records were last written back into it.
     restored_at: u64,
 }
@@ -232,6 +237,7 @@ impl Journal {
             output: Mutex::new(Output {
                 file,
                 len: len as u64,
+                tail: None,
                 restored_at: 0,
             }),
             wake: Notify::new(),
@@ -307,7 +313,12 @@ impl Journal {
             .and_then(|()| out.file.sync_data())
             .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
         match &result {
-            Ok(()) => out.len += buf.len() as u64,
+            Ok(()) => {
+                out.len += buf.len() as u64;
+                if let Some(tail) = &mut out.tail {
+                    tail.extend_from_slice(buf);
+                }
+            }
             Err(_) => {
                 let _ = out.file.set_len(out.len);
             }
@@ -373,40 +384,66 @@ impl Journal {
     }
 
     /// Folds the journal into the store: write what is pending, make the store durable (every
-    /// journaled record was applied to it before being journaled), then empty the file.
+    /// journaled record was applied to it before being journaled), then empty the file of what
+    /// the store now holds. Submits go on being journaled and synced while the store flushes:
+    /// what they wrote meanwhile stays in the file.
     fn checkpoint(&self) -> anyhow::Result<()> {
-        let mut out = self.output();
-        self.sync_pending(&mut out)?;
-        if out.len == 0 {
-            return Ok(());
-        }
-        let reopens = self.store.reopens();
-        if reopens != out.restored_at {
-            // The store reopened after an I/O error and lost what it held only in memory: the
-            // journal holds every submit acknowledged since its last checkpoint.
-            let mut restored = 0;
-            for inv in read_file(&self.path)? {
-                if self.store.restore(&inv)? {
-                    restored += 1;
-                }
+        let reopens = {
+            let mut out = self.output();
+            self.sync_pending(&mut out)?;
+            if out.len == 0 {
+                return Ok(());
             }
-            out.restored_at = reopens;
-            tracing::info!(restored, "wrote the journal back into the reopened store");
-        }
+            let reopens = self.store.reopens();
+            if reopens != out.restored_at {
+                // The store reopened after an I/O error and lost what it held only in memory:
+                // the journal holds every submit acknowledged since its last checkpoint.
+                let mut restored = 0;
+                for inv in read_file(&self.path)? {
+                    if self.store.restore(&inv)? {
+                        restored += 1;
+                    }
+                }
+                out.restored_at = reopens;
+                tracing::info!(restored, "wrote the journal back into the reopened store");
+            }
+            out.tail = Some(Vec::new());
+            reopens
+        };
         crashpoint("checkpoint-start");
-        self.store.flush_delivery()?;
+        let flushed = self.store.flush_delivery();
+        let mut out = self.output();
+        let tail = out.tail.take().unwrap_or_default();
+        flushed?;
         if self.store.reopens() != reopens {
             // Reopened during the flush: write back first, at the next checkpoint.
             return Ok(());
         }
         crashpoint("checkpoint-before-truncate");
-        out.file
-            .set_len(0)
-            .and_then(|()| out.file.sync_data())
-            .with_context(|| {
-                format!("failed to empty the submit journal {}", self.path.display())
-            })?;
-        out.len = 0;
+        if tail.is_empty() {
+            out.file
+                .set_len(0)
+                .and_then(|()| out.file.sync_data())
+                .with_context(|| {
+                    format!("failed to empty the submit journal {}", self.path.display())
+                })?;
+            out.len = 0;
+            return Ok(());
+        }
+        // Submits journaled during the flush: a new file with only them (synced) takes the
+        // journal's place in one rename, so a crash finds either file, each with every record
+        // the store may lack.
+        let tmp = self.path.with_extension("journal.tmp");
+        let replaced = crate::store::durable::replace_file(&tmp, &tail, &self.path)
+            .and_then(|()| {
+                crate::store::durable::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+            })
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&self.path));
+        let file = replaced.with_context(|| {
+            format!("failed to empty the submit journal {}", self.path.display())
+        })?;
+        out.file = file;
+        out.len = tail.len() as u64;
         Ok(())
     }
 
@@ -416,48 +453,60 @@ impl Journal {
     /// process ends. Start it after the records [`Journal::open`] recovered are in the store and
     /// flushed.
     pub async fn run(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
-        let mut last_checkpoint = Instant::now();
+        let checkpoints = tokio::spawn(self.clone().checkpoints(closing.clone()));
         loop {
-            let due = CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed());
-            let woken = tokio::select! {
-                _ = self.wake.notified() => true,
-                _ = tokio::time::sleep(due) => false,
-                () = async { let _ = closing.wait_for(|c| *c).await; } => {
-                    let this = self.clone();
-                    match tokio::task::spawn_blocking(move || this.checkpoint()).await {
-                        Ok(Ok(())) => tracing::debug!("the submit journal is folded into the store"),
-                        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the last checkpoint failed; the journal is replayed on the next start"),
-                        Err(e) => tracing::error!(error = %e, "the last checkpoint failed"),
-                    }
-                    return;
-                }
-            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                () = async { let _ = closing.wait_for(|c| *c).await; } => break,
+            }
             let this = self.clone();
-            let checkpoint = !woken || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            let result = tokio::task::spawn_blocking(move || this.sync_now()).await;
+            self.went(result).await;
+        }
+        let _ = checkpoints.await;
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.checkpoint()).await {
+            Ok(Ok(())) => tracing::debug!("the submit journal is folded into the store"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "the last checkpoint failed; the journal is replayed on the next start")
+            }
+            Err(e) => tracing::error!(error = %e, "the last checkpoint failed"),
+        }
+    }
+
+    /// Checkpoints every second (or, with nothing to fold, checks whether a journal that failed
+    /// takes writes again), beside the group commits, until `closing` turns true.
+    async fn checkpoints(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                () = async { let _ = closing.wait_for(|c| *c).await; } => return,
+            }
+            let this = self.clone();
             let result = tokio::task::spawn_blocking(move || {
-                if checkpoint && this.holds_anything() {
+                if this.holds_anything() {
                     this.checkpoint()
-                } else if checkpoint {
-                    this.probe();
-                    this.sync_now()
                 } else {
+                    this.probe();
                     this.sync_now()
                 }
             })
             .await;
-            if checkpoint {
-                last_checkpoint = Instant::now();
+            self.went(result).await;
+        }
+    }
+
+    /// Logs a failed write, sync or checkpoint, and waits a little before the next try.
+    async fn went(&self, result: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // The batch's submits were told; try again shortly (a checkpoint, or the next
+                // batch).
+                tracing::error!(error = %format!("{e:#}"), "the submit journal failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    // The batch's submits were told; try again shortly (a checkpoint, or the
-                    // next batch).
-                    tracing::error!(error = %format!("{e:#}"), "the submit journal failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => tracing::error!(error = %e, "the journal task failed"),
-            }
+            Err(e) => tracing::error!(error = %e, "the journal task failed"),
         }
     }
 }

@@ -76,17 +76,34 @@ impl SledStore {
         for (part, name) in PARTS {
             let tree = t.part(part);
             let mut n = 0;
+            if part == 6 {
+                // Invocations as the store holds them, changes not yet flushed included; their
+                // indexes are derived again on restore.
+                for prefix in [b'i', b'p'] {
+                    self.changes
+                        .scan(tree, &[prefix], Some(&[prefix + 1]), |k, v| {
+                            match prefix {
+                                b'p' => {
+                                    let id = String::from_utf8_lossy(&k[1..]);
+                                    frame(out, part, k, &self.inline_payload_value(&id, v)?)?
+                                }
+                                _ => frame(out, part, k, v)?,
+                            }
+                            frames += 1;
+                            n += 1;
+                            Ok(true)
+                        })
+                        .map_err(|e| self.as_damage(e))?;
+                }
+                counts.push((name, n));
+                continue;
+            }
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(|e| self.as_damage(e.into()))?;
-                let skip = (part == 4 && k.as_ref() == GENERATION_KEY.as_bytes())
-                    || (part == 6 && !matches!(k.first(), Some(b'i' | b'p')));
-                if skip {
+                if part == 4 && k.as_ref() == GENERATION_KEY.as_bytes() {
                     continue;
                 }
-                if part == 6 && k.first() == Some(&b'p') {
-                    let id = String::from_utf8_lossy(&k[1..]);
-                    frame(out, part, &k, &self.inline_payload_value(&id, &v)?)?;
-                } else if part == 3 {
+                if part == 3 {
                     // A cache: one that is not whole is left out (compiled again).
                     let key = String::from_utf8_lossy(&k);
                     let Some(bytes) = self.artifact_bytes(&key, &v)? else {

@@ -1,5 +1,6 @@
 //! The delivery store on sled: one tree, keys by prefix. The record (`i`) is the truth; every
-//! other key is an index derived from it and rewritten with it in one transaction:
+//! other key is an index derived from it and rewritten with it in one atomic step. Changes go
+//! to the tree's write-back layer ([`super::overlay`]) and reach sled at the next durable flush:
 //!
 //! | prefix | key | value | present when |
 //! | --- | --- | --- | --- |
@@ -16,8 +17,8 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use super::overlay::View;
 use super::SledStore;
 use crate::delivery::record::{CallbackStatus, Invocation, Payload};
 use crate::delivery::store::{DeliveryStore, Lease, Queue};
@@ -135,52 +136,62 @@ fn parse_lease(v: &[u8]) -> (String, u64) {
     (owner, u64::from_be_bytes(until))
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<anyhow::Error>>;
-
-fn abort(e: impl Into<anyhow::Error>) -> ConflictableTransactionError<anyhow::Error> {
-    ConflictableTransactionError::Abort(e.into())
-}
-
-fn tx_get(tx: &TransactionalTree, id: &str) -> TxResult<Option<Invocation>> {
-    match tx.get(record_key(id))? {
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|e| abort(anyhow::Error::new(e).context(format!("corrupt invocation {id}")))),
+/// The record of `id`, as the view holds it.
+fn read_record(v: &View<'_>, id: &str) -> anyhow::Result<Option<Invocation>> {
+    match v.get(&record_key(id))? {
+        Some(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("corrupt invocation {id}"))?,
+        )),
         None => Ok(None),
     }
 }
 
-/// Writes `inv` (as [`SledStore::prepare`] made it) and its indexes, removing the indexes of
-/// `old`, and ends its leases.
-fn tx_write(
-    tx: &TransactionalTree,
-    old: Option<&Invocation>,
-    inv: &Invocation,
-    prepared: &Prepared,
-) -> TxResult<()> {
-    let before = old.map(index_keys).unwrap_or_default();
-    let after = index_keys(inv);
-    for k in before.difference(&after) {
-        tx.remove(k.as_slice())?;
-    }
-    for k in after.difference(&before) {
-        tx.insert(k.as_slice(), &[][..])?;
-    }
-    tx.remove(lease_key(Queue::Attempts, &inv.id))?;
-    tx.remove(lease_key(Queue::Callbacks, &inv.id))?;
-    let (record, payload) = prepared;
-    if let Some(payload) = payload {
-        tx.insert(payload_key(&inv.id), payload.as_slice())?;
-    }
-    tx.insert(record_key(&inv.id), record.as_slice())?;
-    Ok(())
+/// How [`write_record`] finds the invocation.
+enum Was<'a> {
+    /// Stored in this state.
+    Stored(&'a Invocation),
+    /// Not stored, and its id is new: nothing was ever stored under it.
+    New,
+    /// Not stored (any more): keys of it may be left.
+    Missing,
 }
 
-fn committed<T>(r: Result<T, TransactionError<anyhow::Error>>) -> anyhow::Result<T> {
-    r.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => anyhow::Error::new(e).context("the store failed"),
-    })
+/// Writes `inv` (as [`SledStore::prepare`] made it) and its indexes, removing the indexes it
+/// had, and ends its leases.
+fn write_record(v: &mut View<'_>, was: Was<'_>, inv: &Invocation, prepared: Prepared) {
+    let before = match was {
+        Was::Stored(old) => index_keys(old),
+        Was::New | Was::Missing => BTreeSet::new(),
+    };
+    let new = matches!(was, Was::New);
+    let put = |v: &mut View<'_>, k: Vec<u8>, value: Vec<u8>| {
+        if new {
+            v.insert_new(k, value)
+        } else {
+            v.insert(k, value)
+        }
+    };
+    let after = index_keys(inv);
+    for k in before.difference(&after) {
+        v.remove(k.clone());
+    }
+    for k in after.difference(&before) {
+        put(v, k.clone(), Vec::new());
+    }
+    if !new {
+        v.remove(lease_key(Queue::Attempts, &inv.id));
+        v.remove(lease_key(Queue::Callbacks, &inv.id));
+    }
+    let (record, payload) = prepared;
+    if let Some(payload) = payload {
+        put(v, payload_key(&inv.id), payload);
+    }
+    put(v, record_key(&inv.id), record);
+}
+
+/// The key just after every key that starts with the one-byte `prefix`.
+fn after_prefix(prefix: &[u8]) -> [u8; 1] {
+    [prefix[0] + 1]
 }
 
 /// Runs `f`, which blocks on the disk, telling a multi-threaded runtime first so that its other
@@ -266,7 +277,10 @@ impl SledStore {
         let readable = std::fs::read(self.payload_file(id))
             .is_ok_and(|bytes| Payload::from_stored(&bytes).is_ok());
         if readable {
-            self.t()?.delivery.insert(payload_key(id), &[IN_FILE][..])?;
+            let t = self.t()?;
+            self.changes
+                .view(&t.delivery)
+                .insert(payload_key(id), vec![IN_FILE]);
         }
         Ok(readable)
     }
@@ -280,7 +294,7 @@ impl SledStore {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let id = entry.file_name().to_string_lossy().into_owned();
-            if t.delivery.get(record_key(&id))?.is_none() {
+            if self.changes.get(&t.delivery, &record_key(&id))?.is_none() {
                 let _ = std::fs::remove_file(entry.path());
                 n += 1;
             }
@@ -328,12 +342,66 @@ impl SledStore {
         self.upgrade_delivery().map(drop)
     }
 
+    /// Stores a new invocation (see [`DeliveryStore::insert`]); `fresh`: its id was never
+    /// stored before (not a journaled submit written back).
+    fn insert_with(
+        &self,
+        inv: &Invocation,
+        check_key: bool,
+        lease: Option<&Lease>,
+        fresh: bool,
+    ) -> anyhow::Result<Option<Invocation>> {
+        self.noted((|| {
+            let prepared = self.prepare(inv)?;
+            let t = self.t()?;
+            let mut v = self.changes.view(&t.delivery);
+            if let Some(key) = &inv.idempotency_key {
+                if check_key {
+                    if let Some(id) = v.get(&idem_key(key))? {
+                        let id = String::from_utf8_lossy(&id).into_owned();
+                        if let Some(existing) = read_record(&v, &id)? {
+                            return Ok(Some(existing));
+                        }
+                    }
+                }
+                v.insert(idem_key(key), inv.id.as_bytes().to_vec());
+            }
+            let was = if fresh { Was::New } else { Was::Missing };
+            write_record(&mut v, was, inv, prepared);
+            if let Some(lease) = lease {
+                let (k, value) = (lease_key(Queue::Attempts, &inv.id), lease_value(lease));
+                if fresh {
+                    v.insert_new(k, value)
+                } else {
+                    v.insert(k, value)
+                }
+            }
+            Ok(None)
+        })())
+    }
+
     fn ids_with_prefix(&self, prefix: &[u8]) -> anyhow::Result<Vec<String>> {
-        self.t()?
-            .delivery
-            .scan_prefix(prefix)
-            .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[prefix.len()..]).into_owned()))
-            .collect()
+        let t = self.t()?;
+        let mut ids = Vec::new();
+        self.changes
+            .scan(&t.delivery, prefix, Some(&after_prefix(prefix)), |k, _| {
+                ids.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+                Ok(true)
+            })?;
+        Ok(ids)
+    }
+
+    /// The keys from `from` up to `to` (excluded), at most `limit`.
+    fn keys_between(&self, from: &[u8], to: &[u8], limit: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+        let t = self.t()?;
+        let mut keys = Vec::new();
+        if limit > 0 {
+            self.changes.scan(&t.delivery, from, Some(to), |k, _| {
+                keys.push(k.to_vec());
+                Ok(keys.len() < limit)
+            })?;
+        }
+        Ok(keys)
     }
 }
 
@@ -344,61 +412,26 @@ impl DeliveryStore for SledStore {
         check_key: bool,
         lease: Option<&Lease>,
     ) -> anyhow::Result<Option<Invocation>> {
-        self.noted((|| {
-            if inv.idempotency_key.is_none() {
-                // Nothing to check or claim: a new record and its indexes, one atomic batch.
-                let mut batch = sled::Batch::default();
-                for k in index_keys(inv) {
-                    batch.insert(k, &[][..]);
-                }
-                if let Some(lease) = lease {
-                    batch.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease));
-                }
-                let (record, payload) = self.prepare(inv)?;
-                if let Some(payload) = payload {
-                    batch.insert(payload_key(&inv.id), payload);
-                }
-                batch.insert(record_key(&inv.id), record);
-                self.t()?.delivery.apply_batch(batch)?;
-                return Ok(None);
-            }
-            let prepared = self.prepare(inv)?;
-            committed(self.t()?.delivery.transaction(|tx| {
-                if let Some(key) = &inv.idempotency_key {
-                    if check_key {
-                        if let Some(id) = tx.get(idem_key(key))? {
-                            let id = String::from_utf8_lossy(&id).into_owned();
-                            if let Some(existing) = tx_get(tx, &id)? {
-                                return Ok(Some(existing));
-                            }
-                        }
-                    }
-                    tx.insert(idem_key(key), inv.id.as_bytes())?;
-                }
-                tx_write(tx, None, inv, &prepared)?;
-                if let Some(lease) = lease {
-                    tx.insert(lease_key(Queue::Attempts, &inv.id), lease_value(lease))?;
-                }
-                Ok(None)
-            }))
-        })())
+        // A submit's id is new (a fresh UUIDv7): nothing was ever stored under it.
+        self.insert_with(inv, check_key, lease, true)
     }
 
     fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
         self.noted((|| {
             let prepared = self.prepare(inv)?;
-            committed(self.t()?.delivery.transaction(|tx| {
-                match tx_get(tx, &inv.id)? {
-                    Some(old) => tx_write(tx, Some(&old), inv, &prepared),
-                    // Removed meanwhile (purged, expired): a late outcome does not bring it back.
-                    None => Ok(()),
-                }
-            }))
+            let t = self.t()?;
+            let mut v = self.changes.view(&t.delivery);
+            // Removed meanwhile (purged, expired): a late outcome does not bring it back.
+            if let Some(old) = read_record(&v, &inv.id)? {
+                write_record(&mut v, Was::Stored(&old), inv, prepared);
+            }
+            Ok(())
         })())
     }
 
     fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>> {
-        if let Some(v) = self.t()?.delivery.get(payload_key(id))? {
+        let t = self.t()?;
+        if let Some(v) = self.changes.get(&t.delivery, &payload_key(id))? {
             let bytes = match v.split_first() {
                 Some((&INLINE, rest)) => rest.to_vec(),
                 Some((&IN_FILE, _)) => {
@@ -421,7 +454,8 @@ impl DeliveryStore for SledStore {
     }
 
     fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
-        match self.t()?.delivery.get(record_key(id))? {
+        let t = self.t()?;
+        match self.changes.get(&t.delivery, &record_key(id))? {
             Some(v) => Ok(Some(
                 serde_json::from_slice(&v).with_context(|| format!("corrupt invocation {id}"))?,
             )),
@@ -439,45 +473,31 @@ impl DeliveryStore for SledStore {
     ) -> anyhow::Result<Vec<Invocation>> {
         self.noted((|| {
             let t = self.t()?;
+            let mut v = self.changes.view(&t.delivery);
             let start = due_key(queue, 0, "");
             let end = due_key(queue, now_ms.saturating_add(1), "");
-            let mut candidates = Vec::new();
-            for kv in t.delivery.range(start..end) {
-                let (k, _) = kv?;
-                let (_, id) = timed(&k);
-                if skip(&id) {
-                    continue;
-                }
-                match t.delivery.get(lease_key(queue, &id))? {
-                    Some(v) if parse_lease(&v).1 > now_ms => continue,
-                    _ => candidates.push((k.to_vec(), id)),
-                }
-                if candidates.len() >= limit {
-                    break;
-                }
-            }
-            if candidates.is_empty() {
-                return Ok(Vec::new());
+            let mut ids = Vec::new();
+            if limit > 0 {
+                v.scan(&start, Some(&end), |k, _| {
+                    let (_, id) = timed(k);
+                    if skip(&id) {
+                        return Ok(true);
+                    }
+                    match v.get(&lease_key(queue, &id))? {
+                        Some(l) if parse_lease(&l).1 > now_ms => {}
+                        _ => ids.push(id),
+                    }
+                    Ok(ids.len() < limit)
+                })?;
             }
             let value = lease_value(lease);
-            let taken = committed(t.delivery.transaction(|tx| {
-                let mut taken = Vec::new();
-                for (due, id) in &candidates {
-                    if tx.get(due.as_slice())?.is_none() {
-                        continue; // rescheduled or finished meanwhile
-                    }
-                    if let Some(v) = tx.get(lease_key(queue, id))? {
-                        if parse_lease(&v).1 > now_ms {
-                            continue; // taken by someone else meanwhile
-                        }
-                    }
-                    if let Some(inv) = tx_get(tx, id)? {
-                        tx.insert(lease_key(queue, id), value.as_slice())?;
-                        taken.push(inv);
-                    }
+            let mut taken = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(inv) = read_record(&v, &id)? {
+                    v.insert(lease_key(queue, &id), value.clone());
+                    taken.push(inv);
                 }
-                Ok(taken)
-            }))?;
+            }
             Ok(taken)
         })())
     }
@@ -485,17 +505,15 @@ impl DeliveryStore for SledStore {
     fn count_due(&self, queue: Queue, now_ms: u64, cap: usize) -> anyhow::Result<usize> {
         let start = due_key(queue, 0, "");
         let end = due_key(queue, now_ms.saturating_add(1), "");
-        Ok(self.t()?.delivery.range(start..end).take(cap).count())
+        Ok(self.keys_between(&start, &end, cap)?.len())
     }
 
     fn next_due(&self, queue: Queue) -> anyhow::Result<Option<u64>> {
+        let prefix = queue_prefix(queue);
         Ok(self
-            .t()?
-            .delivery
-            .scan_prefix(queue_prefix(queue))
-            .next()
-            .transpose()?
-            .map(|(k, _)| timed(&k).0))
+            .keys_between(prefix, &after_prefix(prefix), 1)?
+            .first()
+            .map(|k| timed(k).0))
     }
 
     fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
@@ -509,24 +527,28 @@ impl DeliveryStore for SledStore {
     }
 
     fn remove(&self, id: &str) -> anyhow::Result<bool> {
-        let removed = committed(self.t()?.delivery.transaction(|tx| {
-            let Some(inv) = tx_get(tx, id)? else {
-                return Ok(false);
-            };
-            for k in index_keys(&inv) {
-                tx.remove(k)?;
-            }
-            tx.remove(lease_key(Queue::Attempts, id))?;
-            tx.remove(lease_key(Queue::Callbacks, id))?;
-            if let Some(key) = &inv.idempotency_key {
-                if tx.get(idem_key(key))?.as_deref() == Some(id.as_bytes()) {
-                    tx.remove(idem_key(key))?;
+        let removed = {
+            let t = self.t()?;
+            let mut v = self.changes.view(&t.delivery);
+            match read_record(&v, id)? {
+                None => false,
+                Some(inv) => {
+                    for k in index_keys(&inv) {
+                        v.remove(k);
+                    }
+                    v.remove(lease_key(Queue::Attempts, id));
+                    v.remove(lease_key(Queue::Callbacks, id));
+                    if let Some(key) = &inv.idempotency_key {
+                        if v.get(&idem_key(key))?.as_deref() == Some(id.as_bytes()) {
+                            v.remove(idem_key(key));
+                        }
+                    }
+                    v.remove(record_key(id));
+                    v.remove(payload_key(id));
+                    true
                 }
             }
-            tx.remove(record_key(id))?;
-            tx.remove(payload_key(id))?;
-            Ok(true)
-        }))?;
+        };
         if removed {
             match std::fs::remove_file(self.payload_file(id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -542,12 +564,10 @@ impl DeliveryStore for SledStore {
         let start = expiry_key(0, "");
         let end = expiry_key(before_ms, "");
         let ids: Vec<String> = self
-            .t()?
-            .delivery
-            .range(start..end)
-            .take(limit)
-            .map(|kv| Ok(timed(&kv?.0).1))
-            .collect::<anyhow::Result<_>>()?;
+            .keys_between(&start, &end, limit)?
+            .iter()
+            .map(|k| timed(k).1)
+            .collect();
         let mut n = 0;
         for id in ids {
             if self.remove(&id)? {
@@ -569,29 +589,33 @@ impl DeliveryStore for SledStore {
 
     fn release_leases(&self, owner_prefix: &str) -> anyhow::Result<usize> {
         let t = self.t()?;
-        let mut n = 0;
-        for kv in t.delivery.scan_prefix(b"l") {
-            let (k, v) = kv?;
-            if parse_lease(&v).0.starts_with(owner_prefix) {
-                t.delivery.remove(k)?;
-                n += 1;
+        let mut v = self.changes.view(&t.delivery);
+        let mut ended = Vec::new();
+        v.scan(b"l", Some(&after_prefix(b"l")), |k, l| {
+            if parse_lease(l).0.starts_with(owner_prefix) {
+                ended.push(k.to_vec());
             }
+            Ok(true)
+        })?;
+        let n = ended.len();
+        for k in ended {
+            v.remove(k);
         }
         Ok(n)
     }
 
     fn restore(&self, inv: &Invocation) -> anyhow::Result<bool> {
         if self.get(&inv.id)?.is_none() {
-            self.insert(inv, false, None)?;
+            self.insert_with(inv, false, None, false)?;
             if inv.payload.is_none() {
                 self.adopt_payload_file(&inv.id)?;
             }
             return Ok(true);
         }
+        let t = self.t()?;
         let intact = self
-            .t()?
-            .delivery
-            .get(payload_key(&inv.id))?
+            .changes
+            .get(&t.delivery, &payload_key(&inv.id))?
             .is_some_and(|v| self.payload_value_ok(&inv.id, &v));
         if intact {
             return Ok(false);
@@ -601,7 +625,9 @@ impl DeliveryStore for SledStore {
         }
         let (_, payload) = self.prepare(inv)?;
         if let Some(payload) = payload {
-            self.t()?.delivery.insert(payload_key(&inv.id), payload)?;
+            self.changes
+                .view(&t.delivery)
+                .insert(payload_key(&inv.id), payload);
         }
         Ok(true)
     }
@@ -657,6 +683,14 @@ mod tests {
         }
     }
 
+    /// What a crash before the next durable flush does: the record and payload key are gone.
+    fn lose(s: &SledStore, id: &str) {
+        crate::store::Store::flush(s).unwrap();
+        let t = s.t().unwrap();
+        t.delivery.remove(record_key(id)).unwrap();
+        t.delivery.remove(payload_key(id)).unwrap();
+    }
+
     #[test]
     fn a_submit_journaled_without_its_payload_gets_it_back_from_its_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -675,19 +709,13 @@ mod tests {
         assert!(s.payload_file_of("other").is_none());
         // The store lost the record and its payload key (not yet durable at a crash); the
         // journal held the record without the payload, and the payload's file was synced.
-        let t = s.t().unwrap();
-        t.delivery.remove(record_key("big")).unwrap();
-        t.delivery.remove(payload_key("big")).unwrap();
-        drop(t);
+        lose(&s, "big");
         assert!(s.restore(&big.without_payload()).unwrap());
         assert_eq!(s.payload("big").unwrap(), big.payload);
         // Restored again (a second replay): nothing to do.
         assert!(!s.restore(&big.without_payload()).unwrap());
         // Without its file the record comes back, and the payload is missing, not invented.
-        let t = s.t().unwrap();
-        t.delivery.remove(record_key("big")).unwrap();
-        t.delivery.remove(payload_key("big")).unwrap();
-        drop(t);
+        lose(&s, "big");
         std::fs::remove_file(&file).unwrap();
         assert!(s.restore(&big.without_payload()).unwrap());
         assert!(s.get("big").unwrap().is_some());
@@ -848,11 +876,10 @@ mod tests {
             stored.payload.is_none(),
             "records are read without their payload"
         );
+        let t = s.t().unwrap();
         let raw = s
-            .t()
-            .unwrap()
-            .delivery
-            .get(record_key("a"))
+            .changes
+            .get(&t.delivery, &record_key("a"))
             .unwrap()
             .unwrap();
         assert!(raw.len() < 1000, "the record is small: {} bytes", raw.len());
@@ -868,12 +895,12 @@ mod tests {
         assert!(s.remove("a").unwrap());
         assert!(s.payload("a").unwrap().is_none());
         assert!(s
-            .t()
-            .unwrap()
-            .delivery
-            .get(payload_key("a"))
+            .changes
+            .get(&t.delivery, &payload_key("a"))
             .unwrap()
             .is_none());
+        crate::store::Store::flush(&s).unwrap();
+        assert!(t.delivery.get(payload_key("a")).unwrap().is_none());
 
         // A record from before payloads had keys of their own is moved apart on open.
         let legacy = inv("b", None);

@@ -23,6 +23,7 @@ pub mod cluster_delivery;
 mod delivery;
 pub mod durable;
 pub mod members;
+mod overlay;
 pub mod recover;
 
 pub use durable::{is_disk_full, Damaged, Health};
@@ -148,6 +149,8 @@ pub struct SledStore {
     health: Arc<Health>,
     /// The open database; None while it is being reopened after an I/O error.
     trees: RwLock<Option<Arc<Trees>>>,
+    /// The delivery tree's changes since the last durable flush (they outlive a reopen).
+    changes: overlay::WriteBack,
     /// How many times the database was reopened (the journal writes its records back after
     /// each reopen before it empties itself).
     reopens: std::sync::atomic::AtomicU64,
@@ -287,6 +290,7 @@ impl SledStore {
             synced: Mutex::new(None),
             health: Arc::new(Health::default()),
             trees: RwLock::new(Some(Arc::new(Self::open_trees(dir)?))),
+            changes: overlay::WriteBack::default(),
             reopens: std::sync::atomic::AtomicU64::new(0),
             broken: std::sync::atomic::AtomicBool::new(false),
         })
@@ -468,11 +472,15 @@ impl SledStore {
         &self.dir
     }
 
-    /// The durable flush: the next generation into the store, sled's flush, fsync of every
-    /// changed file and directory, then the seal.
+    /// The durable flush: the delivery changes and the next generation into the store, sled's
+    /// flush, fsync of every changed file and directory, then the seal.
     fn flush_durably(&self) -> anyhow::Result<()> {
         let t = self.t()?;
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = self
+            .changes
+            .apply(&t.delivery)
+            .context("failed to write the delivery changes into the store")?;
         let generation = self.generation()? + 1;
         t.settings
             .insert(GENERATION_KEY, &generation.to_be_bytes())?;
@@ -497,6 +505,7 @@ impl SledStore {
             return Err(e);
         }
         *synced = Some(started);
+        applied.settle(true);
         Ok(())
     }
 }
