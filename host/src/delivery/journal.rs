@@ -583,4 +583,139 @@ mod tests {
         );
         assert!(ids(&[]).is_empty());
     }
+
+    /// A store whose durable flush lets a submit be journaled while it runs, as one arriving
+    /// then would be.
+    struct Busy {
+        inner: Arc<crate::store::SledStore>,
+        journal: Mutex<Option<Arc<Journal>>>,
+        arriving: Mutex<Vec<Invocation>>,
+    }
+
+    impl DeliveryStore for Busy {
+        fn insert(
+            &self,
+            inv: &Invocation,
+            check_key: bool,
+            lease: Option<&crate::delivery::store::Lease>,
+        ) -> anyhow::Result<Option<Invocation>> {
+            self.inner.insert(inv, check_key, lease)
+        }
+        fn put(&self, inv: &Invocation) -> anyhow::Result<()> {
+            self.inner.put(inv)
+        }
+        fn get(&self, id: &str) -> anyhow::Result<Option<Invocation>> {
+            self.inner.get(id)
+        }
+        fn payload(&self, id: &str) -> anyhow::Result<Option<Payload>> {
+            self.inner.payload(id)
+        }
+        fn take_due(
+            &self,
+            queue: crate::delivery::store::Queue,
+            now_ms: u64,
+            lease: &crate::delivery::store::Lease,
+            limit: usize,
+            skip: &dyn Fn(&str) -> bool,
+        ) -> anyhow::Result<Vec<Invocation>> {
+            self.inner.take_due(queue, now_ms, lease, limit, skip)
+        }
+        fn count_due(
+            &self,
+            queue: crate::delivery::store::Queue,
+            now_ms: u64,
+            cap: usize,
+        ) -> anyhow::Result<usize> {
+            self.inner.count_due(queue, now_ms, cap)
+        }
+        fn next_due(&self, queue: crate::delivery::store::Queue) -> anyhow::Result<Option<u64>> {
+            self.inner.next_due(queue)
+        }
+        fn dead_letters(&self) -> anyhow::Result<Vec<Invocation>> {
+            self.inner.dead_letters()
+        }
+        fn remove(&self, id: &str) -> anyhow::Result<bool> {
+            self.inner.remove(id)
+        }
+        fn expire(&self, before_ms: u64, limit: usize) -> anyhow::Result<usize> {
+            self.inner.expire(before_ms, limit)
+        }
+        fn unfinished(&self) -> anyhow::Result<Vec<Invocation>> {
+            self.inner.unfinished()
+        }
+        fn release_leases(&self, owner_prefix: &str) -> anyhow::Result<usize> {
+            self.inner.release_leases(owner_prefix)
+        }
+        fn restore(&self, inv: &Invocation) -> anyhow::Result<bool> {
+            self.inner.restore(inv)
+        }
+        fn flush_delivery(&self) -> anyhow::Result<()> {
+            self.inner.flush_delivery()?;
+            // Submits arriving while the flush runs: stored after it took its batch, journaled
+            // and synced before it ends.
+            let journal = self.journal.lock().unwrap().clone().unwrap();
+            for inv in std::mem::take(&mut *self.arriving.lock().unwrap()) {
+                self.inner.insert(&inv, false, None)?;
+                let _ticket = journal.append(&inv)?;
+                journal.sync_now()?;
+            }
+            Ok(())
+        }
+    }
+
+    fn journaled(journal: &Journal) -> Vec<String> {
+        read_file(&journal.path)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_what_was_journaled_while_the_store_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let store = Arc::new(Busy {
+            inner: inner.clone(),
+            journal: Default::default(),
+            arriving: Mutex::new(vec![inv("b"), inv("c")]),
+        });
+        let (journal, recovered) =
+            Journal::open(dir.path(), store.clone(), inner.health(), false).unwrap();
+        assert!(recovered.is_empty());
+        *store.journal.lock().unwrap() = Some(journal.clone());
+        store.insert(&inv("a"), false, None).unwrap();
+        let _ticket = journal.append(&inv("a")).unwrap();
+        journal.sync_now().unwrap();
+        assert_eq!(journaled(&journal), ["a"]);
+
+        // "a" is in the store now; "b" and "c" came during the flush and stay journaled.
+        journal.checkpoint().unwrap();
+        assert_eq!(journaled(&journal), ["b", "c"]);
+        let len = std::fs::metadata(&journal.path).unwrap().len();
+        assert_eq!(
+            journal.output().len,
+            len,
+            "the journal's length is the new file's"
+        );
+        // Later submits are appended to the new file.
+        store.insert(&inv("d"), false, None).unwrap();
+        let _ticket = journal.append(&inv("d")).unwrap();
+        journal.sync_now().unwrap();
+        assert_eq!(journaled(&journal), ["b", "c", "d"]);
+        // A checkpoint with nothing arriving empties it.
+        journal.checkpoint().unwrap();
+        assert!(journaled(&journal).is_empty());
+        assert_eq!(std::fs::metadata(&journal.path).unwrap().len(), 0);
+        for id in ["a", "b", "c", "d"] {
+            assert!(inner.get(id).unwrap().is_some(), "{id} is stored");
+        }
+        // A crash now loses nothing: every record is in the store, made durable.
+        store.journal.lock().unwrap().take();
+        drop((journal, store, inner));
+        let reopened = crate::store::SledStore::open(dir.path()).unwrap();
+        for id in ["a", "b", "c", "d"] {
+            assert!(reopened.get(id).unwrap().is_some(), "{id} survived");
+        }
+    }
 }
