@@ -18,6 +18,10 @@ use ferry_host::server::{self, ServeOptions};
 use ferry_host::store::{Damaged, Recovery};
 use serde_json::Value;
 
+/// mimalloc: glibc's malloc contends on its arena locks when many tasks allocate at once.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Ferry runs WebAssembly components as functions: on HTTP requests, on CloudEvents from NATS, and
 /// asynchronously with the delivery guarantee you pick.
 ///
@@ -428,6 +432,15 @@ fn emit(line: std::fmt::Arguments<'_>) {
 const EXIT_DAMAGED: u8 = 3;
 
 fn main() -> std::process::ExitCode {
+    // mimalloc asks for transparent huge pages for its memory, and one touched byte then takes
+    // 2 MiB: an idle host held 70 MB instead of 25. Pages touched from here on are small.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments and changes only this
+    // process's paging policy.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
