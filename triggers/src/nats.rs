@@ -369,7 +369,9 @@ async fn invoke<R: Runtime>(
     event: CloudEvent,
 ) -> Result<Option<CloudEvent>, EventFailure> {
     match runtime.function(&b.function) {
-        Some(f) => runtime.invoke_event(f, event).await,
+        // Boxed: the invocation's future is large, and the handler's task (moved a few times
+        // on its way to the scheduler, once per event) then holds only a pointer to it.
+        Some(f) => Box::pin(runtime.invoke_event(f, event)).await,
         None => Err(EventFailure {
             retryable: false,
             message: format!("function {} no longer exists", b.function),
