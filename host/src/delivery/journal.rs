@@ -59,6 +59,9 @@ struct Output {
     /// While a checkpoint flushes the store: what was written after the part it covers (kept
     /// when the file is emptied).
     tail: Option<Vec<u8>>,
+    /// The file was renamed into place and its directory not yet synced: no write is durable
+    /// until it is (a power cut could bring back the file it replaced).
+    dir_unsynced: bool,
     /// The store's reopen count when the journal's records were last written back into it.
     restored_at: u64,
 }
@@ -238,6 +241,7 @@ impl Journal {
                 file,
                 len: len as u64,
                 tail: None,
+                dir_unsynced: false,
                 restored_at: 0,
             }),
             wake: Notify::new(),
@@ -311,6 +315,7 @@ impl Journal {
             .file
             .write_all_at(buf, out.len)
             .and_then(|()| out.file.sync_data())
+            .and_then(|()| self.sync_dir_if_renamed(out))
             .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
         match &result {
             Ok(()) => {
@@ -432,18 +437,41 @@ impl Journal {
         }
         // Submits journaled during the flush: a new file with only them (synced) takes the
         // journal's place in one rename, so a crash finds either file, each with every record
-        // the store may lack.
+        // the store may lack. Writes go to the new file from the rename on; none is durable
+        // until the directory is synced.
         let tmp = self.path.with_extension("journal.tmp");
-        let replaced = crate::store::durable::replace_file(&tmp, &tail, &self.path)
-            .and_then(|()| {
-                crate::store::durable::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+        let fail = |e| {
+            anyhow::Error::new(e).context(format!(
+                "failed to empty the submit journal {}",
+                self.path.display()
+            ))
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|f| {
+                f.write_all_at(&tail, 0)
+                    .and_then(|()| f.sync_all())
+                    .map(|()| f)
             })
-            .and_then(|()| OpenOptions::new().read(true).write(true).open(&self.path));
-        let file = replaced.with_context(|| {
-            format!("failed to empty the submit journal {}", self.path.display())
-        })?;
+            .and_then(|f| std::fs::rename(&tmp, &self.path).map(|()| f))
+            .map_err(fail)?;
         out.file = file;
         out.len = tail.len() as u64;
+        out.dir_unsynced = true;
+        self.sync_dir_if_renamed(&mut out).map_err(fail)
+    }
+
+    /// Syncs the journal's directory if the file was renamed into place since it last was.
+    fn sync_dir_if_renamed(&self, out: &mut Output) -> std::io::Result<()> {
+        if out.dir_unsynced {
+            crate::store::durable::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+            out.dir_unsynced = false;
+        }
         Ok(())
     }
 
@@ -474,8 +502,9 @@ impl Journal {
         }
     }
 
-    /// Checkpoints every second (or, with nothing to fold, checks whether a journal that failed
-    /// takes writes again), beside the group commits, until `closing` turns true.
+    /// Checkpoints every second (or makes the store's other changes durable, or, with nothing
+    /// to do, checks whether a journal that failed takes writes again), beside the group
+    /// commits, until `closing` turns true.
     async fn checkpoints(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -486,6 +515,9 @@ impl Journal {
             let result = tokio::task::spawn_blocking(move || {
                 if this.holds_anything() {
                     this.checkpoint()
+                } else if this.store.unflushed() {
+                    // No submits, but outcomes, retries or expiries since the last checkpoint.
+                    this.store.flush_delivery()
                 } else {
                     this.probe();
                     this.sync_now()

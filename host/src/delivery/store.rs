@@ -118,6 +118,13 @@ pub trait DeliveryStore: Send + Sync + 'static {
         None
     }
 
+    /// Whether changes wait in memory for [`DeliveryStore::flush_delivery`] (a backend that
+    /// keeps them there until a durable flush): the journal then checkpoints even when it holds
+    /// no submit, so that attempt outcomes are made durable as submits are.
+    fn unflushed(&self) -> bool {
+        false
+    }
+
     /// Removes what nothing refers to any more (payload files whose invocation is gone), once
     /// the journal has been replayed; returns how many.
     fn tidy(&self) -> anyhow::Result<usize> {

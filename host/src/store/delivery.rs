@@ -395,11 +395,15 @@ impl SledStore {
     fn keys_between(&self, from: &[u8], to: &[u8], limit: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         let t = self.t()?;
         let mut keys = Vec::new();
-        if limit > 0 {
-            self.changes.scan(&t.delivery, from, Some(to), |k, _| {
-                keys.push(k.to_vec());
-                Ok(keys.len() < limit)
-            })?;
+        let visit = |k: &[u8], _: &[u8]| {
+            keys.push(k.to_vec());
+            Ok(keys.len() < limit)
+        };
+        match limit {
+            0 => {}
+            // A few keys: merged under the lock as they come, without copying the changes.
+            1..=256 => self.changes.view(&t.delivery).scan(from, Some(to), visit)?,
+            _ => self.changes.scan(&t.delivery, from, Some(to), visit)?,
         }
         Ok(keys)
     }
@@ -549,13 +553,13 @@ impl DeliveryStore for SledStore {
                 }
             }
         };
-        if removed {
-            match std::fs::remove_file(self.payload_file(id)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(invocation_id = %id, error = %e, "a payload file could not be removed; it goes at the next start");
-                }
-                _ => {}
-            }
+        if removed && self.payload_file_of(id).is_some() {
+            // Removed with the record's removal, once that is durable: until then a crash
+            // brings the record back, and it needs its payload.
+            self.doomed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_string());
         }
         Ok(removed)
     }
@@ -635,6 +639,10 @@ impl DeliveryStore for SledStore {
     fn payload_file_of(&self, id: &str) -> Option<std::path::PathBuf> {
         let path = self.payload_file(id);
         path.exists().then_some(path)
+    }
+
+    fn unflushed(&self) -> bool {
+        !self.changes.is_empty()
     }
 
     fn tidy(&self) -> anyhow::Result<usize> {
@@ -892,8 +900,14 @@ mod tests {
             Some(Payload::Http { body: b, .. }) => assert_eq!(b, body),
             other => panic!("{other:?}"),
         }
+        crate::store::Store::flush(&s).unwrap();
+        assert!(!s.unflushed(), "a durable flush leaves nothing in memory");
         assert!(s.remove("a").unwrap());
+        assert!(s.unflushed(), "the removal waits for the next flush");
         assert!(s.payload("a").unwrap().is_none());
+        // Its payload file stays until the removal is durable: a crash before that brings the
+        // record back, and it needs its payload.
+        assert!(s.payload_file_of("a").is_some());
         assert!(s
             .changes
             .get(&t.delivery, &payload_key("a"))
@@ -901,6 +915,10 @@ mod tests {
             .is_none());
         crate::store::Store::flush(&s).unwrap();
         assert!(t.delivery.get(payload_key("a")).unwrap().is_none());
+        assert!(
+            s.payload_file_of("a").is_none(),
+            "gone with the durable removal"
+        );
 
         // A record from before payloads had keys of their own is moved apart on open.
         let legacy = inv("b", None);

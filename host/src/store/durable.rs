@@ -90,7 +90,7 @@ pub(super) fn write_seal(dir: &Path, seal: &Seal) -> std::io::Result<()> {
 /// Writes `bytes` to a new file `tmp` (the owner's alone), syncs it, and renames it to `to`:
 /// `to` is then either what it was or all of `bytes`, never a part (the directory entry is
 /// durable once the directory is synced).
-pub(crate) fn replace_file(tmp: &Path, bytes: &[u8], to: &Path) -> std::io::Result<()> {
+pub(super) fn replace_file(tmp: &Path, bytes: &[u8], to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -151,6 +151,8 @@ pub struct SledStore {
     trees: RwLock<Option<Arc<Trees>>>,
     /// The delivery tree's changes since the last durable flush (they outlive a reopen).
     changes: overlay::WriteBack,
+    /// Invocations removed since the last durable flush whose payload files go once it is done.
+    doomed: Mutex<Vec<String>>,
     /// How many times the database was reopened (the journal writes its records back after
     /// each reopen before it empties itself).
     reopens: std::sync::atomic::AtomicU64,
@@ -291,6 +293,7 @@ impl SledStore {
             health: Arc::new(Health::default()),
             trees: RwLock::new(Some(Arc::new(Self::open_trees(dir)?))),
             changes: overlay::WriteBack::default(),
+            doomed: Mutex::new(Vec::new()),
             reopens: std::sync::atomic::AtomicU64::new(0),
             broken: std::sync::atomic::AtomicBool::new(false),
         })
@@ -477,14 +480,29 @@ impl SledStore {
     fn flush_durably(&self) -> anyhow::Result<()> {
         let t = self.t()?;
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-        let applied = self
-            .changes
-            .apply(&t.delivery)
-            .context("failed to write the delivery changes into the store")?;
-        let generation = self.generation()? + 1;
-        t.settings
-            .insert(GENERATION_KEY, &generation.to_be_bytes())?;
-        t.db.flush().context("failed to flush the store")?;
+        // Every removal whose file is doomed is among the changes applied now.
+        let doomed = std::mem::take(&mut *self.doomed.lock().unwrap_or_else(|e| e.into_inner()));
+        let applied = match self.changes.apply(&t.delivery) {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.keep_doomed(doomed);
+                return Err(e).context("failed to write the delivery changes into the store");
+            }
+        };
+        let flushed = (|| {
+            let generation = self.generation()? + 1;
+            t.settings
+                .insert(GENERATION_KEY, &generation.to_be_bytes())?;
+            t.db.flush().context("failed to flush the store")?;
+            anyhow::Ok(generation)
+        })();
+        let generation = match flushed {
+            Ok(generation) => generation,
+            Err(e) => {
+                self.keep_doomed(doomed);
+                return Err(e);
+            }
+        };
         let started = SystemTime::now();
         let synced_now = durable::sync_changed(&self.dir.join(durable::DB_DIR), *synced)
             .and_then(|_| durable::sync_changed(&self.dir.join(durable::PAYLOAD_DIR), *synced))
@@ -502,11 +520,28 @@ impl SledStore {
             // and report the next fsync as a success: only reading the store again from disk
             // tells what it holds.
             self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.keep_doomed(doomed);
             return Err(e);
         }
         *synced = Some(started);
         applied.settle(true);
+        for id in doomed {
+            match std::fs::remove_file(self.payload_file(&id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(invocation_id = %id, error = %e, "a payload file could not be removed; it goes at the next start");
+                }
+                _ => {}
+            }
+        }
         Ok(())
+    }
+
+    /// Payload files whose removal a failed flush did not make durable: for the next one.
+    fn keep_doomed(&self, doomed: Vec<String>) {
+        self.doomed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(doomed);
     }
 }
 

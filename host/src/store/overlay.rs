@@ -125,6 +125,12 @@ impl WriteBack {
         Ok(applied)
     }
 
+    /// Whether changes wait for the next flush.
+    pub(super) fn is_empty(&self) -> bool {
+        let layers = self.lock();
+        layers.active.is_empty() && layers.flushing.is_empty()
+    }
+
     /// How many changed keys wait for the next flush.
     #[cfg(test)]
     pub(super) fn pending(&self) -> usize {
