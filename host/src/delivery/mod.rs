@@ -23,7 +23,7 @@ mod worker;
 
 pub use view::{AttemptView, CallbackView, InvocationView};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -150,6 +150,10 @@ pub struct Delivery {
     /// store's leases, so that a lease that lapses while its work still waits in a channel does
     /// not get the same work queued twice here.
     in_process: Mutex<HashSet<(Queue, String)>>,
+    /// Keyed submits between their store insert and the end of their journal commit: a
+    /// duplicate that finds one waits for it (the receiver sees its sender dropped) before it
+    /// answers with it.
+    committing: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
     /// Who this process is when it leases work: `<host id>/<start id>`.
     owner: String,
     ready: Arc<fair::FairQueue>,
@@ -229,6 +233,7 @@ impl Delivery {
             journal,
             running: Mutex::new(HashSet::new()),
             in_process: Mutex::new(HashSet::new()),
+            committing: Mutex::new(HashMap::new()),
             owner: format!("{}/{}", options.host_id, uuid::Uuid::now_v7().simple()),
             ready,
             ff,
@@ -454,8 +459,22 @@ impl Delivery {
                 // A shared store hands work out to every host: it goes that way only.
                 let slot = (!self.store.shared() && self.ready.room() > 0).then_some(());
                 let lease = slot.as_ref().map(|_| self.lease(Queue::Attempts));
+                // Registered before the insert, so a duplicate that finds the insert finds this.
+                let _committing = inv
+                    .idempotency_key
+                    .as_ref()
+                    .map(|_| Committing::register(self, &inv.id));
                 if let Some(existing) = self.store_new(&inv, check_key, lease.as_ref())? {
-                    // It may still be on its way to disk: wait for what is journaled so far.
+                    // It may still be on its way to disk: wait until its own submit has been
+                    // journaled (or has failed), then for what is journaled so far.
+                    let original = self.lock_committing().get(&existing.id).cloned();
+                    if let Some(mut original) = original {
+                        Self::within(async {
+                            let _ = original.changed().await;
+                            Ok(())
+                        })
+                        .await?;
+                    }
                     if let Some(journal) = &self.journal {
                         Self::within(journal.durable(journal.barrier())).await?;
                     }
@@ -524,6 +543,10 @@ impl Delivery {
             // A shared store's insert was durable when it returned.
             None => Ok(()),
         }
+    }
+
+    fn lock_committing(&self) -> MutexGuard<'_, HashMap<String, tokio::sync::watch::Receiver<()>>> {
+        self.committing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn within(
@@ -797,5 +820,31 @@ fn new_invocation(
             traceparent: Some(req.trace.traceparent()),
             tracestate: req.trace.state.clone(),
         },
+    }
+}
+
+/// A keyed submit on its way to disk (see `Delivery::committing`): dropped when its commit has
+/// ended, one way or the other.
+struct Committing<'a> {
+    delivery: &'a Delivery,
+    id: String,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl<'a> Committing<'a> {
+    fn register(delivery: &'a Delivery, id: &str) -> Self {
+        let (done, waiting) = tokio::sync::watch::channel(());
+        delivery.lock_committing().insert(id.to_string(), waiting);
+        Self {
+            delivery,
+            id: id.to_string(),
+            _done: done,
+        }
+    }
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.delivery.lock_committing().remove(&self.id);
     }
 }
