@@ -774,13 +774,20 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn large_payloads_are_stored_once_and_leave_with_their_invocation() {
-    let mut ferry = Ferry::start();
+/// A host with `misbehave` deployed to be tried once: an invocation that fails stays, as a
+/// dead letter.
+fn with_misbehave_tried_once() -> Ferry {
+    let ferry = Ferry::start();
     let manifest = "name = \"misbehave\"\n[delivery]\nmax_attempts = 1\n";
     let (status, body) =
         ferry.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), manifest);
     assert_eq!(status, 201, "{body}");
+    ferry
+}
+
+#[test]
+fn large_payloads_are_stored_once_and_leave_with_their_invocation() {
+    let mut ferry = with_misbehave_tried_once();
     let db_before = dir_size(&ferry.data_dir.join("db"));
     // Ten 2 MB bodies whose invocations fail for good: they stay, as dead letters.
     let body: String = "0123456789abcdef".repeat(2 << 16);
@@ -836,11 +843,7 @@ fn large_payloads_are_stored_once_and_leave_with_their_invocation() {
 
 #[test]
 fn a_large_body_is_journaled_once_in_its_synced_file_and_survives_a_crash() {
-    let mut ferry = Ferry::start();
-    let manifest = "name = \"misbehave\"\n[delivery]\nmax_attempts = 1\n";
-    let (status, body) =
-        ferry.deploy_manifest("misbehave", guests::bytes(guests::MISBEHAVE), manifest);
-    assert_eq!(status, 201, "{body}");
+    let mut ferry = with_misbehave_tried_once();
     ferry.terminate(Duration::from_secs(30));
     // The host dies at its first checkpoint, before the store is made durable: what it
     // acknowledged is in the journal, and the bodies are in their files.
