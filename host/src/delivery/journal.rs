@@ -1,26 +1,39 @@
 //! The submit journal: what makes a store-and-forward 202 durable.
 //!
 //! A submit applies its invocation to the store (not yet durable), appends the same record to
-//! this append-only file, and waits until a `fdatasync` that covers it has finished. One task
-//! does all file I/O: it writes whatever submits have appended since the last sync and syncs once
-//! for all of them (group commit), so durability costs one disk sync per batch, not per event.
-//! Each batch has one outcome: every submit in it is answered after the sync succeeded, or gets
-//! the error if the write or the sync failed (a full disk): then the file is cut back to where
-//! the batch began, and nothing of it is acknowledged.
+//! this file, and waits until a `fdatasync` that covers it has finished. One task does all file
+//! I/O: it writes whatever submits have appended since the last sync and syncs once for all of
+//! them (group commit), so durability costs one disk sync per batch, not per event. Each batch
+//! has one outcome: every submit in it is answered after the sync succeeded, or gets the error
+//! if the write or the sync failed (a full disk): then the file is cut back to where the batch
+//! began, and nothing of it is acknowledged.
+//!
+//! The file is reused, never emptied: a sync that only overwrites blocks the file already has
+//! does not change its metadata, so it is one data write and one cache flush for the disk (a
+//! tenth of an append's cost measured on ext4: 0.1-0.2 ms against 2 ms). The file grows in
+//! zero-filled steps when a batch would pass its end, and its records carry a **generation**:
+//! the file starts with a marker (a record with no invocation) naming the current generation,
+//! and only records of that generation count; older ones are left-overs to be overwritten.
 //!
 //! Every second (when the journal holds anything) it checkpoints: writes what is pending, makes
 //! the store durable (fsync and seal, see [`crate::store::durable`]) — which then holds every
-//! journaled record — and only then empties the file. Submits go on being journaled while the
-//! store flushes: the records written meanwhile are kept (the file is replaced, in one rename,
-//! by a synced file that holds only them). At start, the records a previous process
-//! left are written back into the store and made durable before anything else runs; the file
-//! keeps them until the first checkpoint, so a crash during recovery loses nothing either.
+//! journaled record — and only then starts a new generation by writing its marker over the old
+//! one (one 16-byte write and sync): the records before it no longer count. Submits go on being
+//! journaled while the store flushes: the records written meanwhile are copied, with the new
+//! generation, to where they overwrite only records the store holds (or after the last record),
+//! and synced, before the marker is written. A crash before the marker finds the old generation
+//! whole (the copies are another generation's); a crash after it finds the copies. At start,
+//! the records a previous process left are written back into the store and made durable before
+//! anything else runs; the file keeps them until the first checkpoint, so a crash during
+//! recovery loses nothing either.
 //!
-//! Record framing: `len: u32 LE | crc32(payload): u32 LE | payload (JSON invocation)`. A torn or
-//! corrupt tail (a crash mid-write, never acknowledged) ends the replay and is cut off. An
-//! invocation whose payload the store keeps in a file of its own (64 KiB or more) is journaled
-//! without it (the store synced that file and its directory before it stored the record): the
-//! replay finds the payload there.
+//! Record framing: `len: u32 LE | crc32(generation ‖ payload): u32 LE | generation: u64 LE |
+//! payload (JSON invocation; empty in the marker)`. A torn or corrupt record (a crash mid-write,
+//! never acknowledged) is skipped; so are records of other generations. An invocation whose
+//! payload the store keeps in a file of its own (64 KiB or more) is journaled without it (the
+//! store synced that file and its directory before it stored the record): the replay finds the
+//! payload there. A journal written by an earlier version (`len | crc32(payload) | payload`,
+//! emptied by truncation) is read as such once and rewritten in this format.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -37,13 +50,25 @@ use super::store::DeliveryStore;
 use crate::crashpoint::crashpoint;
 use crate::store::Health;
 
-/// How often the journal is folded into the store and emptied.
+/// How often the journal is folded into the store and a new generation begins.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Bytes of a record's framing: length, checksum, generation.
+const HEADER: usize = 16;
+
+/// Where the first record goes: after the generation's marker.
+const FIRST: u64 = HEADER as u64;
+
+/// The file grows in steps of at least this many zero bytes, written ahead of the records.
+const GROW_STEP: u64 = 1 << 20;
+
+/// A file grown past this by a burst is cut back to it when a new generation begins.
+const KEEP_AT_MOST: u64 = 64 << 20;
 
 /// How a batch of submits ended: None while it is pending or being written.
 type Outcome = Option<Result<(), Arc<str>>>;
 
-/// Submits appended since the last write: one batch.
+/// Submits appended since the last write: one batch, framed without its generation yet.
 struct Pending {
     buf: Vec<u8>,
     /// How many submits `buf` holds.
@@ -52,16 +77,25 @@ struct Pending {
     batch: watch::Sender<Outcome>,
 }
 
-/// The journal file and the length of what it holds that is whole and synced.
+/// The journal file: where the current generation's records end, how far the file is written.
 struct Output {
     file: File,
+    /// Just past the current generation's last record (whole and synced): where the next
+    /// batch goes.
     len: u64,
-    /// While a checkpoint flushes the store: what was written after the part it covers (kept
-    /// when the file is emptied).
-    tail: Option<Vec<u8>>,
-    /// The file was renamed into place and its directory not yet synced: no write is durable
-    /// until it is (a power cut could bring back the file it replaced).
-    dir_unsynced: bool,
+    /// The file's length: bytes up to here are written, so overwriting them syncs no metadata.
+    size: u64,
+    /// The current generation (its marker is at offset 0).
+    generation: u64,
+    /// The next generation to begin: above every generation the file may hold a record of.
+    next_generation: u64,
+    /// While a checkpoint flushes the store: what was written after the part it covers, and
+    /// where that began (kept when the new generation begins).
+    tail: Option<(u64, Vec<u8>)>,
+    /// Whether the current generation's marker is written and synced. A checkpoint whose
+    /// marker write failed leaves the file's first bytes unknown: no batch is written until
+    /// the marker is.
+    marker_written: bool,
     /// The store's reopen count when the journal's records were last written back into it.
     restored_at: u64,
 }
@@ -83,67 +117,216 @@ pub struct Journal {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
+/// Appends a record of `payload` to `out`, its generation and checksum left for [`seal`].
+fn frame_into(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; HEADER - 4]);
+    out.extend_from_slice(payload);
+}
+
 fn frame(inv: &Invocation) -> anyhow::Result<Vec<u8>> {
     let payload = serde_json::to_vec(inv)?;
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = Vec::with_capacity(payload.len() + HEADER);
+    frame_into(&mut out, &payload);
     Ok(out)
 }
 
-/// The record that starts at the front of `bytes`, and its length with framing, if it is whole
-/// and its checksum and JSON hold.
-fn record_at(bytes: &[u8]) -> Option<(Invocation, usize)> {
-    let (len, tail) = bytes.split_first_chunk::<4>()?;
-    let (crc, tail) = tail.split_first_chunk::<4>()?;
-    let len = u32::from_le_bytes(*len) as usize;
-    let payload = tail.get(..len)?;
-    if crc32fast::hash(payload) != u32::from_le_bytes(*crc) {
-        return None;
+/// Gives every record framed in `buf` the generation `generation`, and its checksum. Done when
+/// the records are written, not when they are appended: a checkpoint may begin a new generation
+/// in between.
+fn seal(buf: &mut [u8], generation: u64) {
+    let mut at = 0;
+    while let Some(&[a, b, c, d]) = buf.get(at..at + 4) {
+        let len = u32::from_le_bytes([a, b, c, d]) as usize;
+        buf[at + 8..at + HEADER].copy_from_slice(&generation.to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&buf[at + 8..at + HEADER + len]);
+        buf[at + 4..at + 8].copy_from_slice(&crc.finalize().to_le_bytes());
+        at += HEADER + len;
     }
-    let inv = serde_json::from_slice(payload).ok()?;
-    Some((inv, 8 + len))
 }
 
-/// The records of a journal file, and the offset just past the last whole one. A torn or
-/// corrupt record ends the file, unless whole records follow it (then the bad bytes are
-/// skipped, counted in the third value, and reading goes on: a power cut can persist the later
-/// pages of a batch that was never acknowledged, and a record that a flipped bit damaged must
-/// not take the acknowledged ones after it along).
-fn read_records(bytes: &[u8]) -> (Vec<Invocation>, usize, usize) {
-    let mut out = Vec::new();
-    let (mut at, mut end, mut skipped) = (0, 0, 0);
+/// A generation's marker: a record with nothing in it.
+fn marker(generation: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEADER);
+    frame_into(&mut m, &[]);
+    seal(&mut m, generation);
+    m
+}
+
+/// A whole record with a good checksum at the front of `bytes`.
+struct Frame<'a> {
+    generation: u64,
+    payload: &'a [u8],
+    /// With its framing.
+    size: usize,
+}
+
+fn frame_at(bytes: &[u8]) -> Option<Frame<'_>> {
+    let (len, rest) = bytes.split_first_chunk::<4>()?;
+    let (crc, rest) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let covered = rest.get(..8 + len)?;
+    if crc32fast::hash(covered) != u32::from_le_bytes(*crc) {
+        return None;
+    }
+    let (generation, payload) = covered.split_first_chunk::<8>()?;
+    Some(Frame {
+        generation: u64::from_le_bytes(*generation),
+        payload,
+        size: HEADER + len,
+    })
+}
+
+/// What a journal file holds.
+struct Contents {
+    /// The current generation's records, in file order.
+    records: Vec<Invocation>,
+    /// Just past the last of them.
+    end: usize,
+    /// Their bytes, with framing.
+    bytes: usize,
+    /// Corrupt bytes with records of the current generation after them.
+    skipped: usize,
+    /// The current generation (0: none, the file holds nothing of this format).
+    generation: u64,
+    /// The newest generation of any record in the file.
+    newest: u64,
+    /// Written by an earlier version (no generations).
+    earlier_format: bool,
+}
+
+/// Walks `bytes` from `at`: the records of `generation` (any, counted in `newest` only, when
+/// None) wherever they are, skipping other generations' records and corrupt bytes.
+fn walk(bytes: &[u8], mut at: usize, generation: Option<u64>) -> Contents {
+    let mut c = Contents {
+        records: Vec::new(),
+        end: at,
+        bytes: 0,
+        skipped: 0,
+        generation: generation.unwrap_or(0),
+        newest: generation.unwrap_or(0),
+        earlier_format: false,
+    };
+    let mut corrupt = 0;
+    // Bytes right after another generation's record are most likely the rest of a record it
+    // overwrote (a checkpoint's copies), not damage.
+    let mut overwritten = false;
+    while at + HEADER <= bytes.len() {
+        match frame_at(&bytes[at..]) {
+            Some(f) if Some(f.generation) == generation && !f.payload.is_empty() => {
+                match serde_json::from_slice(f.payload) {
+                    Ok(inv) => {
+                        c.records.push(inv);
+                        c.skipped += std::mem::take(&mut corrupt);
+                        c.end = at + f.size;
+                        c.bytes += f.size;
+                    }
+                    Err(_) => corrupt += f.size,
+                }
+                overwritten = false;
+                at += f.size;
+            }
+            Some(f) => {
+                c.newest = c.newest.max(f.generation);
+                overwritten = f.generation != generation.unwrap_or(0);
+                at += f.size;
+            }
+            None => {
+                // Sixteen zero bytes start no record (a generation is never 0): jump to just
+                // before the next non-zero byte, where one could.
+                let zeros = bytes[at..].iter().take_while(|&&b| b == 0).count();
+                let step = if zeros >= HEADER {
+                    zeros - (HEADER - 1)
+                } else {
+                    1
+                };
+                if !overwritten {
+                    corrupt += step;
+                }
+                at += step;
+            }
+        }
+    }
+    c
+}
+
+/// Reads a journal file: this format, or the earlier one.
+fn read_contents(bytes: &[u8]) -> Contents {
+    if !bytes.is_empty() && !bytes.starts_with(&[0; 4]) {
+        let earlier = read_earlier(bytes);
+        if !earlier.records.is_empty() {
+            return earlier;
+        }
+    }
+    match frame_at(bytes) {
+        Some(m) if m.payload.is_empty() && m.generation > 0 => {
+            walk(bytes, HEADER, Some(m.generation))
+        }
+        // The marker is damaged: the newest generation in the file is the current one (a
+        // marker is written only after its generation's records are synced).
+        _ => match walk(bytes, 0, None).newest {
+            0 => walk(bytes, 0, Some(0)),
+            newest => walk(bytes, 0, Some(newest)),
+        },
+    }
+}
+
+/// The earlier format: `len | crc32(payload) | payload`, the current records from offset 0. A
+/// torn or corrupt record ends it, unless whole records follow (then its bytes are skipped).
+fn read_earlier(bytes: &[u8]) -> Contents {
+    let record_at = |b: &[u8]| -> Option<(Invocation, usize)> {
+        let (len, tail) = b.split_first_chunk::<4>()?;
+        let (crc, tail) = tail.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let payload = tail.get(..len)?;
+        if crc32fast::hash(payload) != u32::from_le_bytes(*crc) {
+            return None;
+        }
+        Some((serde_json::from_slice(payload).ok()?, 8 + len))
+    };
+    let mut c = Contents {
+        records: Vec::new(),
+        end: 0,
+        bytes: 0,
+        skipped: 0,
+        generation: 0,
+        newest: 0,
+        earlier_format: true,
+    };
+    let mut at = 0;
     while at < bytes.len() {
         if let Some((inv, n)) = record_at(&bytes[at..]) {
-            out.push(inv);
+            c.records.push(inv);
             at += n;
-            end = at;
+            c.end = at;
+            c.bytes += n;
             continue;
         }
-        // Resynchronise: the next offset where a whole record starts (a JSON object).
         let next = (at + 1..bytes.len().saturating_sub(8))
             .find(|&i| bytes.get(i + 8) == Some(&b'{') && record_at(&bytes[i..]).is_some());
         match next {
             Some(i) => {
-                skipped += i - at;
+                c.skipped += i - at;
                 at = i;
             }
             None => break,
         }
     }
-    (out, end, skipped)
+    c
 }
 
 /// What a journal file holds (for `ferry store check`).
 #[derive(Debug, Default)]
 pub struct JournalInfo {
-    /// Whole records.
+    /// Records of the current generation: submits the store may not hold yet.
     pub records: usize,
-    /// Bytes after the last whole record.
-    pub torn_bytes: usize,
-    /// Bytes of corrupt records with whole records after them.
+    /// Their bytes, with framing.
+    pub record_bytes: usize,
+    /// Bytes of corrupt records with current records after them.
     pub skipped_bytes: usize,
+    /// The file is in an earlier version's format (rewritten at the next start).
+    pub earlier_format: bool,
 }
 
 /// Reads a journal file without changing it; a missing file holds nothing.
@@ -153,22 +336,26 @@ pub fn inspect(path: &Path) -> anyhow::Result<JournalInfo> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JournalInfo::default()),
         Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
     };
-    let (records, len, skipped) = read_records(&bytes);
+    let c = read_contents(&bytes);
     Ok(JournalInfo {
-        records: records.len(),
-        torn_bytes: bytes.len() - len,
-        skipped_bytes: skipped,
+        records: c.records.len(),
+        record_bytes: c.bytes,
+        skipped_bytes: c.skipped,
+        earlier_format: c.earlier_format,
     })
 }
 
-/// The whole records of a journal file (for a store that reopens after an I/O error).
+/// The current records of a journal file (for a store that reopens after an I/O error).
 pub fn read_file(path: &Path) -> anyhow::Result<Vec<Invocation>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(read_records(&bytes).0),
+        Ok(bytes) => Ok(read_contents(&bytes).records),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
     }
 }
+
+/// Zeros written to grow the file.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 // Both locks are used as they are when poisoned: nothing that runs under them panics halfway
 // through a change (appending a framed record, writing or cutting back the file), so what they
@@ -184,7 +371,7 @@ impl Journal {
 
     /// Opens the journal in `dir`. Returns it and the records a previous process journaled but
     /// did not checkpoint: the caller writes them back into the store and makes the store
-    /// durable before [`Journal::run`] starts (whose first checkpoint empties the file).
+    /// durable before [`Journal::run`] starts (whose first checkpoint begins a new generation).
     pub fn open(
         dir: &Path,
         store: Arc<dyn DeliveryStore>,
@@ -193,6 +380,7 @@ impl Journal {
     ) -> anyhow::Result<(Arc<Self>, Vec<Invocation>)> {
         let path = dir.join(crate::store::durable::JOURNAL_FILE);
         let created = !path.exists();
+        let failed = || format!("failed to open the submit journal {}", path.display());
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -200,33 +388,65 @@ impl Journal {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .with_context(|| format!("failed to open the submit journal {}", path.display()))?;
+            .with_context(failed)?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .with_context(|| format!("failed to read the submit journal {}", path.display()))?;
-        let (recovered, len, skipped) = read_records(&bytes);
-        if skipped > 0 {
+        file.read_to_end(&mut bytes).with_context(failed)?;
+        let contents = read_contents(&bytes);
+        drop(bytes);
+        if contents.skipped > 0 {
             tracing::error!(
                 journal = %path.display(),
-                records = recovered.len(),
-                skipped_bytes = skipped,
+                records = contents.records.len(),
+                skipped_bytes = contents.skipped,
                 "the submit journal holds corrupt bytes with whole records after them; kept every whole record"
             );
         }
-        if len < bytes.len() {
-            tracing::warn!(
-                journal = %path.display(),
-                records = recovered.len(),
-                ignored_bytes = bytes.len() - len,
-                "the submit journal ends with a torn record (a write cut short, never acknowledged); cutting it off"
-            );
-            file.set_len(len as u64)?;
-            file.sync_all()?;
-        }
-        if created {
-            file.sync_all()?;
-            crate::store::durable::sync_dir(dir)?;
-        }
+        let (file, len, generation) = if contents.earlier_format {
+            // Rewritten in this format beside it, then renamed into its place: a crash finds
+            // one file or the other, each with every record.
+            let generation = 1;
+            let mut buf = marker(generation);
+            for inv in &contents.records {
+                buf.extend(frame(inv)?);
+            }
+            seal(&mut buf[HEADER..], generation);
+            let tmp = path.with_extension("journal.tmp");
+            let file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|f| {
+                    f.write_all_at(&buf, 0)
+                        .and_then(|()| f.sync_all())
+                        .map(|()| f)
+                })
+                .and_then(|f| std::fs::rename(&tmp, &path).map(|()| f))
+                .and_then(|f| crate::store::durable::sync_dir(dir).map(|()| f))
+                .with_context(failed)?;
+            tracing::info!(journal = %path.display(), records = contents.records.len(), "rewrote the submit journal in the current format");
+            (file, buf.len() as u64, generation)
+        } else if contents.generation == 0 {
+            // New (or holding nothing readable): the first generation begins.
+            let generation = contents.newest + 1;
+            file.set_len(0)
+                .and_then(|()| file.write_all_at(&marker(generation), 0))
+                .and_then(|()| file.sync_all())
+                .with_context(failed)?;
+            if created {
+                crate::store::durable::sync_dir(dir).with_context(failed)?;
+            }
+            (file, FIRST, generation)
+        } else {
+            // What follows the last record is left-overs: earlier generations' records, the
+            // zeros the file grew by, or a torn batch that was never acknowledged (never whole:
+            // a whole record of this generation would be before `end`). New records overwrite
+            // it.
+            (file, contents.end as u64, contents.generation)
+        };
+        let size = file.metadata().with_context(failed)?.len();
         crashpoint("journal-opened");
         let journal = Arc::new(Self {
             path,
@@ -239,16 +459,19 @@ impl Journal {
             }),
             output: Mutex::new(Output {
                 file,
-                len: len as u64,
+                len,
+                size,
+                generation,
+                next_generation: contents.newest.max(generation) + 1,
                 tail: None,
-                dir_unsynced: false,
+                marker_written: true,
                 restored_at: 0,
             }),
             wake: Notify::new(),
             per_submit,
             metrics: std::sync::OnceLock::new(),
         });
-        Ok((journal, recovered))
+        Ok((journal, contents.records))
     }
 
     /// Makes a submitted invocation durable: journaled and synced (group commit, or on its own
@@ -267,10 +490,11 @@ impl Journal {
             inv
         };
         if self.per_submit {
-            let framed = frame(inv)?;
+            let mut framed = frame(inv)?;
             let this = self.clone();
             return tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let mut out = this.output();
+                seal(&mut framed, out.generation);
                 this.write(&mut out, &framed)
             })
             .await?;
@@ -308,24 +532,42 @@ impl Journal {
         }
     }
 
-    /// Writes `buf` after what the file holds and syncs it; on failure, cuts the file back, so a
-    /// partial write never sits before later records.
+    /// Writes `buf` (sealed with the current generation) after the current generation's
+    /// records and syncs it; on failure, cuts the file back, so a partial write never sits
+    /// where later records go. A write that would pass the file's end also writes zeros ahead
+    /// (half the file again, at least [`GROW_STEP`]), so the batches after it only overwrite.
     fn write(&self, out: &mut Output, buf: &[u8]) -> anyhow::Result<()> {
-        let result = out
-            .file
-            .write_all_at(buf, out.len)
+        let end = out.len + buf.len() as u64;
+        let size = if end > out.size {
+            (end + (out.size / 2).max(GROW_STEP)).next_multiple_of(4096)
+        } else {
+            out.size
+        };
+        let result = self
+            .write_marker(out)
+            .and_then(|()| out.file.write_all_at(buf, out.len))
+            .and_then(|()| {
+                let mut at = end.max(out.size);
+                while at < size {
+                    let n = (size - at).min(ZEROS.len() as u64);
+                    out.file.write_all_at(&ZEROS[..n as usize], at)?;
+                    at += n;
+                }
+                Ok(())
+            })
             .and_then(|()| out.file.sync_data())
-            .and_then(|()| self.sync_dir_if_renamed(out))
             .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
         match &result {
             Ok(()) => {
-                out.len += buf.len() as u64;
-                if let Some(tail) = &mut out.tail {
+                out.len = end;
+                out.size = size;
+                if let Some((_, tail)) = &mut out.tail {
                     tail.extend_from_slice(buf);
                 }
             }
             Err(_) => {
                 let _ = out.file.set_len(out.len);
+                out.size = out.len;
             }
         }
         self.health.record("journal", &result);
@@ -334,7 +576,7 @@ impl Journal {
 
     /// Writes and syncs the pending batch, and tells its submits how that went.
     fn sync_pending(&self, out: &mut Output) -> anyhow::Result<()> {
-        let (buf, count, batch) = {
+        let (mut buf, count, batch) = {
             let mut p = self.pending();
             let batch = std::mem::replace(&mut p.batch, watch::Sender::new(None));
             (
@@ -347,6 +589,7 @@ impl Journal {
             Ok(())
         } else {
             let started = std::time::Instant::now();
+            seal(&mut buf, out.generation);
             let written = self.write(out, &buf);
             if let Some(m) = self.metrics.get() {
                 m.journal_batch(count, started.elapsed());
@@ -373,30 +616,32 @@ impl Journal {
         if !self.health.errors().contains_key("journal") {
             return;
         }
-        let out = self.output();
+        let mut out = self.output();
         let result = out
             .file
-            .write_all_at(&[0u8; 4096], out.len)
+            .write_all_at(&ZEROS[..4096], out.len)
             .and_then(|()| out.file.sync_data())
             .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
         let _ = out.file.set_len(out.len);
+        out.size = out.len;
         self.health.record("journal", &result);
     }
 
     /// Whether a checkpoint has anything to fold into the store.
     fn holds_anything(&self) -> bool {
-        self.output().len > 0 || !self.pending().buf.is_empty()
+        self.output().len > FIRST || !self.pending().buf.is_empty()
     }
 
     /// Folds the journal into the store: write what is pending, make the store durable (every
-    /// journaled record was applied to it before being journaled), then empty the file of what
-    /// the store now holds. Submits go on being journaled and synced while the store flushes:
-    /// what they wrote meanwhile stays in the file.
+    /// journaled record was applied to it before being journaled), then begin a new generation,
+    /// so that the records the store now holds no longer count. Submits go on being journaled
+    /// and synced while the store flushes: what they wrote meanwhile is copied into the new
+    /// generation.
     fn checkpoint(&self) -> anyhow::Result<()> {
         let reopens = {
             let mut out = self.output();
             self.sync_pending(&mut out)?;
-            if out.len == 0 {
+            if out.len <= FIRST {
                 return Ok(());
             }
             let reopens = self.store.reopens();
@@ -412,65 +657,69 @@ impl Journal {
                 out.restored_at = reopens;
                 tracing::info!(restored, "wrote the journal back into the reopened store");
             }
-            out.tail = Some(Vec::new());
+            out.tail = Some((out.len, Vec::new()));
             reopens
         };
         crashpoint("checkpoint-start");
         let flushed = self.store.flush_delivery();
         let mut out = self.output();
-        let tail = out.tail.take().unwrap_or_default();
+        let (tail_from, mut copies) = out.tail.take().unwrap_or_default();
         flushed?;
         if self.store.reopens() != reopens {
             // Reopened during the flush: write back first, at the next checkpoint.
             return Ok(());
         }
-        crashpoint("checkpoint-before-truncate");
-        if tail.is_empty() {
-            out.file
-                .set_len(0)
-                .and_then(|()| out.file.sync_data())
-                .with_context(|| {
-                    format!("failed to empty the submit journal {}", self.path.display())
-                })?;
-            out.len = 0;
-            return Ok(());
-        }
-        // Submits journaled during the flush: a new file with only them (synced) takes the
-        // journal's place in one rename, so a crash finds either file, each with every record
-        // the store may lack. Writes go to the new file from the rename on; none is durable
-        // until the directory is synced.
-        let tmp = self.path.with_extension("journal.tmp");
+        crashpoint("checkpoint-before-copies");
+        // Never used before, even by a checkpoint that failed half-way.
+        let generation = out.next_generation;
+        out.next_generation += 1;
         let fail = |e| {
             anyhow::Error::new(e).context(format!(
-                "failed to empty the submit journal {}",
+                "failed to begin a new generation of the submit journal {}",
                 self.path.display()
             ))
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|f| {
-                f.write_all_at(&tail, 0)
-                    .and_then(|()| f.sync_all())
-                    .map(|()| f)
-            })
-            .and_then(|f| std::fs::rename(&tmp, &self.path).map(|()| f))
-            .map_err(fail)?;
-        out.file = file;
-        out.len = tail.len() as u64;
-        out.dir_unsynced = true;
-        self.sync_dir_if_renamed(&mut out).map_err(fail)
+        // The submits journaled during the flush, copied into the new generation and synced:
+        // at the front if they fit before their originals (they overwrite records the store
+        // holds now), else after the last record.
+        seal(&mut copies, generation);
+        let at = if FIRST + copies.len() as u64 <= tail_from {
+            if !copies.is_empty() {
+                out.file
+                    .write_all_at(&copies, FIRST)
+                    .and_then(|()| out.file.sync_data())
+                    .map_err(fail)?;
+            }
+            FIRST
+        } else {
+            let at = out.len;
+            self.write(&mut out, &copies)?;
+            at
+        };
+        crashpoint("checkpoint-before-marker");
+        // The copies are whole and synced: the generation begins with its marker. Until the
+        // marker is written, no batch is (see `write`): a crash finds the old generation whole,
+        // or the new one.
+        out.generation = generation;
+        out.len = at + copies.len() as u64;
+        out.marker_written = false;
+        self.write_marker(&mut out).map_err(fail)?;
+        if out.size > KEEP_AT_MOST && out.len <= KEEP_AT_MOST {
+            // A burst grew the file: give the disk back what the records no longer need.
+            if out.file.set_len(KEEP_AT_MOST).is_ok() {
+                out.size = KEEP_AT_MOST;
+            }
+        }
+        Ok(())
     }
 
-    /// Syncs the journal's directory if the file was renamed into place since it last was.
-    fn sync_dir_if_renamed(&self, out: &mut Output) -> std::io::Result<()> {
-        if out.dir_unsynced {
-            crate::store::durable::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-            out.dir_unsynced = false;
+    /// Writes and syncs the current generation's marker at the start of the file, if it has
+    /// not been yet.
+    fn write_marker(&self, out: &mut Output) -> std::io::Result<()> {
+        if !out.marker_written {
+            out.file.write_all_at(&marker(out.generation), 0)?;
+            out.file.sync_data()?;
+            out.marker_written = true;
         }
         Ok(())
     }
@@ -576,44 +825,128 @@ mod tests {
         }
     }
 
-    #[test]
-    fn framing_stops_at_a_torn_tail_and_skips_a_corrupt_record_before_whole_ones() {
-        let mut bytes = Vec::new();
-        for id in ["a", "b", "c"] {
-            bytes.extend(frame(&inv(id)).unwrap());
+    /// Records of `ids`, sealed with `generation`.
+    fn records(generation: u64, ids: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for id in ids {
+            b.extend(frame(&inv(id)).unwrap());
         }
-        let ids = |b: &[u8]| {
-            read_records(b)
-                .0
-                .into_iter()
-                .map(|i| i.id)
-                .collect::<Vec<_>>()
-        };
+        seal(&mut b, generation);
+        b
+    }
+
+    fn ids(bytes: &[u8]) -> Vec<String> {
+        read_contents(bytes)
+            .records
+            .into_iter()
+            .map(|i| i.id)
+            .collect()
+    }
+
+    #[test]
+    fn only_the_current_generation_counts_and_a_torn_or_corrupt_record_is_skipped() {
+        let mut bytes = marker(7);
+        bytes.extend(records(7, &["a", "b", "c"]));
         assert_eq!(ids(&bytes), ["a", "b", "c"]);
         assert_eq!(ids(&bytes[..bytes.len() - 3]), ["a", "b"], "torn tail");
+        let first = HEADER + frame(&inv("a")).unwrap().len();
         let mut corrupt = bytes.clone();
-        let first = frame(&inv("a")).unwrap().len();
-        corrupt[first + 10] ^= 0xff;
+        corrupt[first + 20] ^= 0xff;
         assert_eq!(
             ids(&corrupt),
             ["a", "c"],
             "a flipped byte loses one record, not the rest"
         );
-        let (_, end, skipped) = read_records(&corrupt);
-        assert_eq!(end, corrupt.len());
-        assert_eq!(skipped, frame(&inv("b")).unwrap().len());
+        let c = read_contents(&corrupt);
+        assert_eq!(
+            (c.end, c.skipped),
+            (corrupt.len(), frame(&inv("b")).unwrap().len())
+        );
         // A zero-filled hole (pages of an unacknowledged batch that a power cut did not keep).
         let mut holed = bytes.clone();
-        holed[first..first + 20].fill(0);
+        holed[first..first + 40].fill(0);
         assert_eq!(ids(&holed), ["a", "c"]);
-        let mut torn_last = bytes.clone();
-        let n = torn_last.len();
-        torn_last[n - 5] ^= 1;
-        assert_eq!(
-            read_records(&torn_last).1,
-            n - frame(&inv("c")).unwrap().len()
-        );
+
+        // Left-overs of earlier generations, and zeros the file grew by, are not records, nor
+        // damage.
+        let mut reused = marker(8);
+        reused.extend(records(8, &["d"]));
+        let end = reused.len();
+        reused.extend(&bytes[end..]);
+        reused.extend(records(6, &["old"]));
+        reused.extend([0; 5000]);
+        let c = read_contents(&reused);
+        assert_eq!(ids(&reused), ["d"]);
+        assert_eq!((c.end, c.skipped, c.generation, c.newest), (end, 0, 8, 8));
         assert!(ids(&[]).is_empty());
+        assert!(ids(&[0; 4096]).is_empty());
+    }
+
+    #[test]
+    fn a_crash_before_a_new_generations_marker_finds_the_old_one_whole_and_after_it_the_new() {
+        // Generation 3 holds a, b (in the store now) and c (journaled during the store's flush).
+        let mut old = marker(3);
+        old.extend(records(3, &["a", "b"]));
+        let tail_from = old.len();
+        old.extend(records(3, &["c"]));
+        // The checkpoint copies c to the front as generation 4 (over a), then writes the marker.
+        let mut copied = old.clone();
+        let copy = records(4, &["c"]);
+        copied[HEADER..HEADER + copy.len()].copy_from_slice(&copy);
+        assert!(HEADER + copy.len() <= tail_from);
+        let before_marker = read_contents(&copied);
+        assert_eq!(
+            ids(&copied),
+            ["b", "c"],
+            "the old generation, less what was overwritten"
+        );
+        assert_eq!((before_marker.generation, before_marker.newest), (3, 4));
+        assert_eq!(
+            before_marker.skipped, 0,
+            "an overwritten record is not damage"
+        );
+        let mut after = copied.clone();
+        after[..HEADER].copy_from_slice(&marker(4));
+        assert_eq!(ids(&after), ["c"]);
+        assert_eq!(read_contents(&after).end, HEADER + copy.len());
+        // A damaged marker: the newest generation is the current one.
+        let mut damaged = after.clone();
+        damaged[2] ^= 0x40;
+        assert_eq!(ids(&damaged), ["c"]);
+        // Copies that do not fit before their originals go after the last record.
+        let mut appended = old.clone();
+        appended.extend(records(4, &["c"]));
+        assert_eq!(ids(&appended), ["a", "b", "c"]);
+        appended[..HEADER].copy_from_slice(&marker(4));
+        assert_eq!(ids(&appended), ["c"]);
+    }
+
+    #[test]
+    fn a_journal_in_the_earlier_format_is_replayed_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut earlier = Vec::new();
+        for id in ["a", "b"] {
+            let payload = serde_json::to_vec(&inv(id)).unwrap();
+            earlier.extend((payload.len() as u32).to_le_bytes());
+            earlier.extend(crc32fast::hash(&payload).to_le_bytes());
+            earlier.extend(payload);
+        }
+        earlier.extend(b"torn");
+        let path = dir.path().join(crate::store::durable::JOURNAL_FILE);
+        std::fs::write(&path, &earlier).unwrap();
+        let info = inspect(&path).unwrap();
+        assert!(info.earlier_format);
+        assert_eq!(info.records, 2);
+
+        let store = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let health = store.health();
+        let (journal, recovered) = Journal::open(dir.path(), store, health, false).unwrap();
+        let recovered: Vec<_> = recovered.into_iter().map(|i| i.id).collect();
+        assert_eq!(recovered, ["a", "b"]);
+        let info = inspect(&path).unwrap();
+        assert!(!info.earlier_format, "rewritten in the current format");
+        assert_eq!(info.records, 2);
+        assert_eq!(journaled(&journal), ["a", "b"]);
     }
 
     /// A store whose durable flush lets a submit be journaled while it runs, as one arriving
@@ -716,38 +1049,61 @@ mod tests {
             Journal::open(dir.path(), store.clone(), inner.health(), false).unwrap();
         assert!(recovered.is_empty());
         *store.journal.lock().unwrap() = Some(journal.clone());
-        store.insert(&inv("a"), false, None).unwrap();
-        let _ticket = journal.append(&inv("a")).unwrap();
-        journal.sync_now().unwrap();
+        let submit = |id: &str| {
+            store.insert(&inv(id), false, None).unwrap();
+            let _ticket = journal.append(&inv(id)).unwrap();
+            journal.sync_now().unwrap();
+        };
+        submit("a");
         assert_eq!(journaled(&journal), ["a"]);
 
-        // "a" is in the store now; "b" and "c" came during the flush and stay journaled.
+        // "a" is in the store now; "b" and "c" came during the flush and stay journaled (copied
+        // after "a": they do not fit before it).
         journal.checkpoint().unwrap();
         assert_eq!(journaled(&journal), ["b", "c"]);
-        let len = std::fs::metadata(&journal.path).unwrap().len();
-        assert_eq!(
-            journal.output().len,
-            len,
-            "the journal's length is the new file's"
-        );
-        // Later submits are appended to the new file.
-        store.insert(&inv("d"), false, None).unwrap();
-        let _ticket = journal.append(&inv("d")).unwrap();
-        journal.sync_now().unwrap();
+        // Later submits follow them.
+        submit("d");
         assert_eq!(journaled(&journal), ["b", "c", "d"]);
-        // A checkpoint with nothing arriving empties it.
+        // A checkpoint with nothing arriving begins an empty generation; the file is kept.
         journal.checkpoint().unwrap();
         assert!(journaled(&journal).is_empty());
-        assert_eq!(std::fs::metadata(&journal.path).unwrap().len(), 0);
-        for id in ["a", "b", "c", "d"] {
+        let size = std::fs::metadata(&journal.path).unwrap().len();
+        assert!(
+            size >= GROW_STEP,
+            "the file is reused, not emptied ({size} bytes)"
+        );
+
+        // Many records, then one arriving during the flush: copied to the front.
+        for i in 0..20 {
+            submit(&format!("e{i}"));
+        }
+        store.arriving.lock().unwrap().push(inv("f"));
+        journal.checkpoint().unwrap();
+        assert_eq!(journaled(&journal), ["f"]);
+        assert_eq!(
+            journal.output().len,
+            FIRST + records(1, &["f"]).len() as u64
+        );
+        submit("g");
+        assert_eq!(journaled(&journal), ["f", "g"]);
+        assert_eq!(
+            std::fs::metadata(&journal.path).unwrap().len(),
+            size,
+            "overwritten in place"
+        );
+        for id in ["a", "b", "c", "d", "e0", "e19", "f", "g"] {
             assert!(inner.get(id).unwrap().is_some(), "{id} is stored");
         }
-        // A crash now loses nothing: every record is in the store, made durable.
+        // A crash now: "f" and "g" are replayed; the rest is in the store, made durable.
         store.journal.lock().unwrap().take();
         drop((journal, store, inner));
-        let reopened = crate::store::SledStore::open(dir.path()).unwrap();
-        for id in ["a", "b", "c", "d"] {
+        let reopened = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        for id in ["a", "b", "c", "d", "e0", "e19"] {
             assert!(reopened.get(id).unwrap().is_some(), "{id} survived");
         }
+        let health = reopened.health();
+        let (_journal, recovered) = Journal::open(dir.path(), reopened, health, false).unwrap();
+        let recovered: Vec<_> = recovered.into_iter().map(|i| i.id).collect();
+        assert_eq!(recovered, ["f", "g"]);
     }
 }

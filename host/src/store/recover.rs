@@ -303,11 +303,10 @@ pub fn check(dir: &Path) -> anyhow::Result<CheckReport> {
             journal.skipped_bytes
         ));
     }
-    if journal.torn_bytes > 0 {
-        report.notes.push(format!(
-            "the submit journal ends with {} bytes that are not a whole record (a write cut short by a crash; never acknowledged)",
-            journal.torn_bytes
-        ));
+    if journal.earlier_format {
+        report.notes.push(
+            "the submit journal is in an earlier version's format (the next start replays it and rewrites it)".into(),
+        );
     }
     report.counts = vec![
         ("functions", functions.len()),

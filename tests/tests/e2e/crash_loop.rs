@@ -91,6 +91,58 @@ impl Burst {
     }
 }
 
+/// Waits until every id in `acked` has run (the recorder was called for it); returns how many
+/// times each id ran.
+fn all_run(recv: &Receiver, acked: &[String]) -> HashMap<String, usize> {
+    eventually(
+        "every acknowledged submit to run",
+        Duration::from_secs(180),
+        || {
+            let mut hits: HashMap<String, usize> = HashMap::new();
+            for r in recv.requests() {
+                if let Some(id) = r.path.strip_prefix("/hit/") {
+                    *hits.entry(id.to_string()).or_default() += 1;
+                }
+            }
+            acked.iter().all(|id| hits.contains_key(id)).then_some(hits)
+        },
+    )
+}
+
+/// A checkpoint copies the submits journaled while the store flushed into a new generation of
+/// the journal, and dies before writing that generation's marker: the next start finds the old
+/// generation whole (and a start that dies after it, the copies).
+#[test]
+fn a_crash_before_a_new_journal_generations_marker_loses_nothing_acknowledged() {
+    let recv = Receiver::start();
+    let mut ferry = Ferry::start();
+    ferry.deploy_recorder(&recv);
+    ferry.terminate(Duration::from_secs(30));
+    for point in ["checkpoint-before-marker", "checkpoint-before-copies"] {
+        crash_at(&mut ferry, point.to_string());
+        ferry.start_again();
+        // Submits go on arriving while the first checkpoint flushes the store.
+        let burst = Burst::start(&ferry.public, 4, 100_000);
+        assert!(!ferry.wait_for_exit(Duration::from_secs(60)).success());
+        let acked = burst.finish();
+        let journaled =
+            ferry_host::delivery::journal::inspect(&ferry.data_dir.join("submits.journal"))
+                .unwrap()
+                .records;
+        assert!(!acked.is_empty(), "{point}: some submits were acknowledged");
+        assert!(journaled > 0, "{point}: the journal holds them");
+        ferry.env.clear();
+        ferry.start_again();
+        all_run(&recv, &acked);
+        assert!(!ferry.log().contains("panicked"), "{}", ferry.log());
+        println!(
+            "{point}: {} acknowledged, {journaled} journaled, all run after the crash",
+            acked.len()
+        );
+        ferry.terminate(Duration::from_secs(30));
+    }
+}
+
 fn crash_at(ferry: &mut Ferry, point: String) {
     ferry.env = vec![("FERRY_CRASH_AT".into(), point)];
 }
@@ -158,8 +210,9 @@ fn crash_loop_loses_nothing_acknowledged() {
                 let point = [
                     "checkpoint-start",
                     "store-before-seal",
-                    "checkpoint-before-truncate",
-                ][rng.below(3) as usize];
+                    "checkpoint-before-copies",
+                    "checkpoint-before-marker",
+                ][rng.below(4) as usize];
                 ferry.kill();
                 crash_at(&mut ferry, point.to_string());
                 // The journal left by the last round is checkpointed right after the start, so
@@ -198,22 +251,7 @@ fn crash_loop_loses_nothing_acknowledged() {
         ferry.start_again();
         all_acked.extend(acked.iter().cloned());
         let started = Instant::now();
-        let hits = eventually(
-            "every acknowledged submit to run",
-            Duration::from_secs(180),
-            || {
-                let mut hits: HashMap<String, usize> = HashMap::new();
-                for r in recv.requests() {
-                    if let Some(id) = r.path.strip_prefix("/hit/") {
-                        *hits.entry(id.to_string()).or_default() += 1;
-                    }
-                }
-                all_acked
-                    .iter()
-                    .all(|id| hits.contains_key(id))
-                    .then_some(hits)
-            },
-        );
+        let hits = all_run(&recv, &all_acked);
         for name in &deployed {
             let (status, f) = ferry.admin_get(&format!("/v1/functions/{name}"));
             assert_eq!(

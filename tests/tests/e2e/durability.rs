@@ -15,10 +15,11 @@ fn deploy_hello(ferry: &Ferry) {
     assert!(status == 201 || status == 200, "{body}");
 }
 
-fn journal_len(ferry: &Ferry) -> u64 {
-    std::fs::metadata(ferry.data_dir.join("submits.journal"))
-        .map(|m| m.len())
-        .unwrap_or(0)
+/// The submits the journal holds (its current generation), and their bytes.
+fn journaled(ferry: &Ferry) -> (usize, usize) {
+    let info = ferry_host::delivery::journal::inspect(&ferry.data_dir.join("submits.journal"))
+        .expect("reading the journal");
+    (info.records, info.record_bytes)
 }
 
 /// Submits until the host stops answering (it aborted at a crash point); returns the ids that
@@ -73,8 +74,8 @@ fn a_crash_while_replaying_the_journal_loses_no_acknowledged_submit() {
     let acked = submit_until_down(&ferry, 100_000);
     assert!(!acked.is_empty(), "some submits were acknowledged");
     assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
-    let journaled = journal_len(&ferry);
-    assert!(journaled > 0, "the journal holds the acknowledged submits");
+    let before = journaled(&ferry);
+    assert!(before.0 > 0, "the journal holds the acknowledged submits");
 
     // 2. The next start dies while writing them back into the store: the journal must still
     //    hold them (it is emptied only once they are durable in the store).
@@ -89,9 +90,9 @@ fn a_crash_while_replaying_the_journal_loses_no_acknowledged_submit() {
         ferry.log()
     );
     assert_eq!(
-        journal_len(&ferry),
-        journaled,
-        "a crash during recovery left the journal as it was"
+        journaled(&ferry),
+        before,
+        "a crash during recovery left the journal's records as they were"
     );
 
     // 3. A clean start runs every acknowledged submit.
@@ -201,7 +202,7 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
         eventually(
             "a checkpoint to empty the journal",
             Duration::from_secs(30),
-            || (journal_len(&ferry) == 0).then_some(()),
+            || (journaled(&ferry).0 == 0).then_some(()),
         );
     }
     all_succeed(&ferry, &acked);
@@ -228,10 +229,11 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
     let in_store =
         |p: &str| Path::new(p).starts_with(&store) || Path::new(p).starts_with(&payloads);
 
-    // (a) Before every truncation of the journal, every store file written since its last
+    // (a) Before every new generation of the journal (its marker, written at offset 0, makes
+    //     the records before it no longer count), every store file written since its last
     //     fsync has been fsynced again.
     let mut dirty: HashSet<String> = HashSet::new();
-    let mut truncations = 0;
+    let mut generations = 0;
     // (b) Every 202 follows the fdatasync of the journal write that holds its id.
     let mut written_at: HashMap<String, usize> = HashMap::new(); // id -> journal write index
     let mut last_journal_sync = None;
@@ -240,6 +242,13 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
         match c.name.as_str() {
             "write" | "pwrite64" | "writev" if in_store(&c.path) && c.ok => {
                 dirty.insert(c.path.clone());
+            }
+            "pwrite64" if c.path == journal && c.ok && c.args.ends_with(", 16, 0") => {
+                assert!(
+                    dirty.is_empty(),
+                    "a new journal generation began (call {i}) while these store files held writes not yet fsynced: {dirty:?}"
+                );
+                generations += 1;
             }
             "write" | "pwrite64" if c.path == journal && c.ok => {
                 for id in acked.iter().filter(|id| c.args.contains(id.as_str())) {
@@ -252,20 +261,13 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
                     last_journal_sync = Some(i);
                 }
             }
-            "ftruncate" if c.path == journal && c.args.ends_with(", 0") => {
-                assert!(
-                    dirty.is_empty(),
-                    "the journal was emptied (call {i}) while these store files held writes not yet fsynced: {dirty:?}"
+            "ftruncate" | "rename" | "renameat" | "renameat2"
+                if c.ok && c.args.contains("/submits.journal") =>
+            {
+                panic!(
+                    "the journal is reused, never cut back or replaced (call {i}: {} {})",
+                    c.name, c.args
                 );
-                truncations += 1;
-            }
-            // A checkpoint that submits outlived replaces the journal by a file of theirs.
-            n if n.starts_with("rename") && c.ok && c.args.contains("/submits.journal\"") => {
-                assert!(
-                    dirty.is_empty(),
-                    "the journal was replaced (call {i}) while these store files held writes not yet fsynced: {dirty:?}"
-                );
-                truncations += 1;
             }
             "write" | "writev" if c.args.contains("HTTP/1.1 202 Accepted") => {
                 let id = acked
@@ -286,11 +288,11 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
     }
     assert_eq!(checked_202, acked.len(), "every 202 was found in the trace");
     assert!(
-        truncations >= 3,
-        "the journal was emptied after each burst ({truncations})"
+        generations >= 3,
+        "a new journal generation began after each burst ({generations})"
     );
     println!(
-        "strace: {} calls, {checked_202} 202s each after its journal fdatasync, {truncations} journal truncations each after the store's fsyncs",
+        "strace: {} calls, {checked_202} 202s each after its journal fdatasync, {generations} journal generations each begun after the store's fsyncs",
         calls.len()
     );
 }
@@ -373,11 +375,12 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
     });
 
     let filler = fs.fill();
-    // Submits: 507 with Retry-After and a message. A submit that still fits in a block the
-    // journal already has may be accepted: then it must not be lost either.
+    // Submits: 507 with Retry-After and a message, once the journal's file is full. Until
+    // then a submit is accepted (the journal overwrites blocks its file already has, so it is
+    // durable): then it must not be lost either.
     let mut pending = pending;
     let mut refused = 0;
-    for _ in 0..200 {
+    for _ in 0..50_000 {
         let resp = ferry.submit("/hello-http/full", &[], "x");
         let status = resp.status().as_u16();
         let retry = resp.headers().get("retry-after").is_some();
@@ -395,7 +398,10 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
             break;
         }
     }
-    assert_eq!(refused, 20, "a full disk refuses submits");
+    assert_eq!(
+        refused, 20,
+        "a full disk refuses submits once the journal is full"
+    );
     // Deploys: 507, and the function stays as it was.
     let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::MISBEHAVE));
     assert_eq!(status, 507, "{body}");
@@ -459,7 +465,8 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
         assert_eq!(ferry.finished(id)["status"], "succeeded", "{id}");
     }
     println!(
-        "full disk: {refused} submits and 1 deploy refused with 507; healed without a restart; the attempt across the fill ran {} time(s)",
+        "full disk: {} submits accepted into the journal's blocks, then {refused} submits and 1 deploy refused with 507; healed without a restart; the attempt across the fill ran {} time(s)",
+        pending.len() - 5,
         runs()
     );
     drop(ferry);
@@ -853,11 +860,11 @@ fn a_large_body_is_journaled_once_in_its_synced_file_and_survives_a_crash() {
     let acked = submit_until_down_to(&ferry, "/misbehave/status?code=500", &body, 10_000);
     assert!(!acked.is_empty(), "some submits were acknowledged");
     assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
-    let journaled = journal_len(&ferry);
-    assert!(journaled > 0, "the journal holds the acknowledged submits");
+    let (records, bytes) = journaled(&ferry);
+    assert!(records > 0, "the journal holds the acknowledged submits");
     assert!(
-        journaled < (acked.len() * body.len() / 10) as u64,
-        "{} bodies of {} bytes, {journaled} bytes of journal: it holds records, not bodies",
+        bytes < acked.len() * body.len() / 10,
+        "{} bodies of {} bytes, {bytes} bytes of journal records: it holds records, not bodies",
         acked.len(),
         body.len()
     );
@@ -879,7 +886,7 @@ fn a_large_body_is_journaled_once_in_its_synced_file_and_survives_a_crash() {
         );
     }
     println!(
-        "{} bodies of {} bytes acknowledged before the crash ({journaled} bytes of journal), each whole after it",
+        "{} bodies of {} bytes acknowledged before the crash ({bytes} bytes of journal records), each whole after it",
         acked.len(),
         body.len()
     );
