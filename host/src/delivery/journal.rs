@@ -62,6 +62,9 @@ const FIRST: u64 = HEADER as u64;
 /// The file grows in steps of at least this many zero bytes, written ahead of the records.
 const GROW_STEP: u64 = 1 << 20;
 
+/// ... and at most this many (a step is written under the lock every batch waits for).
+const MAX_GROW_STEP: u64 = 8 << 20;
+
 /// A file grown past this by a burst is cut back to it when a new generation begins.
 const KEEP_AT_MOST: u64 = 64 << 20;
 
@@ -190,35 +193,45 @@ struct Contents {
     skipped: usize,
     /// The current generation (0: none, the file holds nothing of this format).
     generation: u64,
+    /// Its marker is whole at offset 0.
+    marker_ok: bool,
     /// The newest generation of any record in the file.
     newest: u64,
     /// Written by an earlier version (no generations).
     earlier_format: bool,
 }
 
-/// Walks `bytes` from `at`: the records of `generation` (any, counted in `newest` only, when
-/// None) wherever they are, skipping other generations' records and corrupt bytes.
-fn walk(bytes: &[u8], mut at: usize, generation: Option<u64>) -> Contents {
+/// Walks `bytes` from `at`: the records of the generations `oldest..=current` (none when
+/// `current` is 0: then it only finds the newest generation) wherever they are, skipping other
+/// generations' records and corrupt bytes.
+fn walk(bytes: &[u8], mut at: usize, oldest: u64, current: u64) -> Contents {
     let mut c = Contents {
         records: Vec::new(),
         end: at,
         bytes: 0,
         skipped: 0,
-        generation: generation.unwrap_or(0),
-        newest: generation.unwrap_or(0),
+        generation: current,
+        marker_ok: false,
+        newest: current,
         earlier_format: false,
     };
+    let counts = |g: u64| current > 0 && (oldest..=current).contains(&g);
     let mut corrupt = 0;
     // Bytes right after another generation's record are most likely the rest of a record it
     // overwrote (a checkpoint's copies), not damage.
     let mut overwritten = false;
     while at + HEADER <= bytes.len() {
         match frame_at(&bytes[at..]) {
-            Some(f) if Some(f.generation) == generation && !f.payload.is_empty() => {
+            Some(f) if counts(f.generation) && !f.payload.is_empty() => {
                 match serde_json::from_slice(f.payload) {
                     Ok(inv) => {
+                        // Bytes before the first record are where a checkpoint's copies go: a
+                        // crash tears them, no damage. Between records they are damage.
+                        if !c.records.is_empty() {
+                            c.skipped += corrupt;
+                        }
+                        corrupt = 0;
                         c.records.push(inv);
-                        c.skipped += std::mem::take(&mut corrupt);
                         c.end = at + f.size;
                         c.bytes += f.size;
                     }
@@ -229,7 +242,7 @@ fn walk(bytes: &[u8], mut at: usize, generation: Option<u64>) -> Contents {
             }
             Some(f) => {
                 c.newest = c.newest.max(f.generation);
-                overwritten = f.generation != generation.unwrap_or(0);
+                overwritten = !counts(f.generation);
                 at += f.size;
             }
             None => {
@@ -260,14 +273,16 @@ fn read_contents(bytes: &[u8]) -> Contents {
         }
     }
     match frame_at(bytes) {
-        Some(m) if m.payload.is_empty() && m.generation > 0 => {
-            walk(bytes, HEADER, Some(m.generation))
-        }
-        // The marker is damaged: the newest generation in the file is the current one (a
-        // marker is written only after its generation's records are synced).
-        _ => match walk(bytes, 0, None).newest {
-            0 => walk(bytes, 0, Some(0)),
-            newest => walk(bytes, 0, Some(newest)),
+        Some(m) if m.payload.is_empty() && m.generation > 0 => Contents {
+            marker_ok: true,
+            ..walk(bytes, HEADER, m.generation, m.generation)
+        },
+        // The marker is damaged: the current generation is the newest in the file or the one
+        // before it (a checkpoint that failed after its copies leaves records of a generation
+        // that never began). Both are replayed: a record the store holds already is harmless.
+        _ => match walk(bytes, 0, 0, 0).newest {
+            0 => walk(bytes, 0, 0, 0),
+            newest => walk(bytes, 0, newest.saturating_sub(1).max(1), newest),
         },
     }
 }
@@ -291,6 +306,7 @@ fn read_earlier(bytes: &[u8]) -> Contents {
         bytes: 0,
         skipped: 0,
         generation: 0,
+        marker_ok: false,
         newest: 0,
         earlier_format: true,
     };
@@ -443,8 +459,8 @@ impl Journal {
             // What follows the last record is left-overs: earlier generations' records, the
             // zeros the file grew by, or a torn batch that was never acknowledged (never whole:
             // a whole record of this generation would be before `end`). New records overwrite
-            // it.
-            (file, contents.end as u64, contents.generation)
+            // it. A damaged marker is written again before the first batch.
+            (file, (contents.end as u64).max(FIRST), contents.generation)
         };
         let size = file.metadata().with_context(failed)?.len();
         crashpoint("journal-opened");
@@ -464,7 +480,9 @@ impl Journal {
                 generation,
                 next_generation: contents.newest.max(generation) + 1,
                 tail: None,
-                marker_written: true,
+                marker_written: contents.marker_ok
+                    || contents.earlier_format
+                    || contents.generation == 0,
                 restored_at: 0,
             }),
             wake: Notify::new(),
@@ -537,15 +555,23 @@ impl Journal {
     /// where later records go. A write that would pass the file's end also writes zeros ahead
     /// (half the file again, at least [`GROW_STEP`]), so the batches after it only overwrite.
     fn write(&self, out: &mut Output, buf: &[u8]) -> anyhow::Result<()> {
+        let failed = || format!("failed to write the submit journal {}", self.path.display());
+        // Nothing is written after the current generation's records before its marker is: the
+        // file may still name the generation before, whose records lie there.
+        if let Err(e) = self.write_marker(out) {
+            let result = Err(anyhow::Error::new(e).context(failed()));
+            self.health.record("journal", &result);
+            return result;
+        }
         let end = out.len + buf.len() as u64;
         let size = if end > out.size {
-            (end + (out.size / 2).max(GROW_STEP)).next_multiple_of(4096)
+            (end + (out.size / 2).clamp(GROW_STEP, MAX_GROW_STEP)).next_multiple_of(4096)
         } else {
             out.size
         };
-        let result = self
-            .write_marker(out)
-            .and_then(|()| out.file.write_all_at(buf, out.len))
+        let result = out
+            .file
+            .write_all_at(buf, out.len)
             .and_then(|()| {
                 let mut at = end.max(out.size);
                 while at < size {
@@ -556,7 +582,7 @@ impl Journal {
                 Ok(())
             })
             .and_then(|()| out.file.sync_data())
-            .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
+            .with_context(failed);
         match &result {
             Ok(()) => {
                 out.len = end;
@@ -565,13 +591,19 @@ impl Journal {
                     tail.extend_from_slice(buf);
                 }
             }
-            Err(_) => {
-                let _ = out.file.set_len(out.len);
-                out.size = out.len;
-            }
+            Err(_) => self.cut_back(out),
         }
         self.health.record("journal", &result);
         result
+    }
+
+    /// Cuts the file back to the current generation's last record (after a failed write, whose
+    /// records were refused and must never be read back), as durably as the disk allows.
+    fn cut_back(&self, out: &mut Output) {
+        if out.file.set_len(out.len).is_ok() {
+            let _ = out.file.sync_all();
+            out.size = out.len;
+        }
     }
 
     /// Writes and syncs the pending batch, and tells its submits how that went.
@@ -617,13 +649,17 @@ impl Journal {
             return;
         }
         let mut out = self.output();
-        let result = out
-            .file
-            .write_all_at(&ZEROS[..4096], out.len)
-            .and_then(|()| out.file.sync_data())
+        let result = self
+            .write_marker(&mut out)
+            .and_then(|()| {
+                let written = out
+                    .file
+                    .write_all_at(&ZEROS[..4096], out.len)
+                    .and_then(|()| out.file.sync_data());
+                self.cut_back(&mut out);
+                written
+            })
             .with_context(|| format!("failed to write the submit journal {}", self.path.display()));
-        let _ = out.file.set_len(out.len);
-        out.size = out.len;
         self.health.record("journal", &result);
     }
 
@@ -703,7 +739,13 @@ impl Journal {
         out.generation = generation;
         out.len = at + copies.len() as u64;
         out.marker_written = false;
-        self.write_marker(&mut out).map_err(fail)?;
+        let marked = self.write_marker(&mut out).map_err(fail);
+        if marked.is_err() {
+            // Told to the health check, so that the probe tries the marker again when no
+            // submit does.
+            self.health.record("journal", &marked);
+        }
+        marked?;
         if out.size > KEEP_AT_MOST && out.len <= KEEP_AT_MOST {
             // A burst grew the file: give the disk back what the records no longer need.
             if out.file.set_len(KEEP_AT_MOST).is_ok() {
@@ -909,10 +951,11 @@ mod tests {
         after[..HEADER].copy_from_slice(&marker(4));
         assert_eq!(ids(&after), ["c"]);
         assert_eq!(read_contents(&after).end, HEADER + copy.len());
-        // A damaged marker: the newest generation is the current one.
+        // A damaged marker: the newest generation and the one before it are replayed.
         let mut damaged = after.clone();
         damaged[2] ^= 0x40;
-        assert_eq!(ids(&damaged), ["c"]);
+        assert_eq!(ids(&damaged), ["c", "b", "c"]);
+        assert!(!read_contents(&damaged).marker_ok);
         // Copies that do not fit before their originals go after the last record.
         let mut appended = old.clone();
         appended.extend(records(4, &["c"]));
@@ -947,6 +990,48 @@ mod tests {
         assert!(!info.earlier_format, "rewritten in the current format");
         assert_eq!(info.records, 2);
         assert_eq!(journaled(&journal), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_failed_marker_write_cuts_nothing_and_no_batch_is_written_until_it_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let (journal, _) = Journal::open(dir.path(), store.clone(), store.health(), false).unwrap();
+        let submit = |id: &str| {
+            store.insert(&inv(id), false, None).unwrap();
+            let _ticket = journal.append(&inv(id)).unwrap();
+            journal.sync_now()
+        };
+        for id in ["a", "b", "c"] {
+            submit(id).unwrap();
+        }
+        let before = std::fs::read(&journal.path).unwrap();
+        {
+            // As a checkpoint leaves it when its marker write failed: the new generation
+            // adopted, nothing of it on disk, and a disk that refuses writes.
+            let mut out = journal.output();
+            out.generation = out.next_generation;
+            out.next_generation += 1;
+            out.len = FIRST;
+            out.marker_written = false;
+            out.file = File::open(&journal.path).unwrap();
+        }
+        assert!(submit("d").is_err(), "refused");
+        journal.probe();
+        assert_eq!(
+            std::fs::read(&journal.path).unwrap(),
+            before,
+            "nothing was cut or overwritten: the file still names the old generation"
+        );
+        assert_eq!(journaled(&journal), ["a", "b", "c"]);
+        // The disk takes writes again: the marker first, then the batch.
+        journal.output().file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&journal.path)
+            .unwrap();
+        submit("e").unwrap();
+        assert_eq!(journaled(&journal), ["e"]);
     }
 
     /// A store whose durable flush lets a submit be journaled while it runs, as one arriving

@@ -109,9 +109,10 @@ fn all_run(recv: &Receiver, acked: &[String]) -> HashMap<String, usize> {
     )
 }
 
-/// A checkpoint copies the submits journaled while the store flushed into a new generation of
-/// the journal, and dies before writing that generation's marker: the next start finds the old
-/// generation whole (and a start that dies after it, the copies).
+/// A host under a burst of submits dies inside its first checkpoint: after the store's flush and
+/// before the copies of the submits journaled meanwhile, or after the copies and before the new
+/// generation's marker. The next start must find the old generation whole. (Whether a checkpoint
+/// copies any submit depends on timing; the journal's unit tests place copies deterministically.)
 #[test]
 fn a_crash_before_a_new_journal_generations_marker_loses_nothing_acknowledged() {
     let recv = Receiver::start();

@@ -234,6 +234,9 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
     //     fsync has been fsynced again.
     let mut dirty: HashSet<String> = HashSet::new();
     let mut generations = 0;
+    // ... and every journal write before it (the copies of the submits journaled during the
+    //     flush) has been fdatasynced.
+    let mut journal_unsynced = false;
     // (b) Every 202 follows the fdatasync of the journal write that holds its id.
     let mut written_at: HashMap<String, usize> = HashMap::new(); // id -> journal write index
     let mut last_journal_sync = None;
@@ -248,9 +251,14 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
                     dirty.is_empty(),
                     "a new journal generation began (call {i}) while these store files held writes not yet fsynced: {dirty:?}"
                 );
+                assert!(
+                    !journal_unsynced,
+                    "a new journal generation began (call {i}) before the journal's last write was fdatasynced"
+                );
                 generations += 1;
             }
             "write" | "pwrite64" if c.path == journal && c.ok => {
+                journal_unsynced = true;
                 for id in acked.iter().filter(|id| c.args.contains(id.as_str())) {
                     written_at.entry(id.clone()).or_insert(i);
                 }
@@ -259,13 +267,14 @@ fn every_202_follows_its_journal_sync_and_the_journal_is_emptied_only_after_the_
                 dirty.remove(&c.path);
                 if c.path == journal {
                     last_journal_sync = Some(i);
+                    journal_unsynced = false;
                 }
             }
             "ftruncate" | "rename" | "renameat" | "renameat2"
                 if c.ok && c.args.contains("/submits.journal") =>
             {
                 panic!(
-                    "the journal is reused, never cut back or replaced (call {i}: {} {})",
+                    "the journal is reused, not cut back (but after a failed write or past 64 MiB, neither of which happens here) or replaced (call {i}: {} {})",
                     c.name, c.args
                 );
             }
