@@ -10,9 +10,16 @@
 //! | `l` | `a`/`c` + id | owner, NUL, until (8 bytes) | leased |
 //! | `k` | idempotency key | id | the key leads to the id |
 //! | `x` | id | — | a dead letter |
-//! | `e` | updated time (8 bytes) + id | — | finished, nothing pending: may expire |
+//! | `E` | generation (8 bytes) + flush number (8 bytes) | expiry log: per entry the updated time (8 bytes), the id's length (4 bytes) and the id | a durable flush wrote entries |
 //! | `o` | id | — | unfinished |
 //! | `v` | — | layout version | always (set when a store is opened) |
+//!
+//! An invocation that finishes with nothing pending (not a dead letter, no callback to send)
+//! may expire once its updated time is past the retention. Instead of a key per invocation,
+//! which sled would write once for every invocation, it gets an entry in the write-back layer's
+//! log, and each durable flush writes the entries it gathered as one `E` key. An entry may be
+//! stale by the time it is due (the invocation was removed, or changed and has a newer entry):
+//! expiry checks the record before it removes anything.
 
 use std::collections::BTreeSet;
 
@@ -25,8 +32,11 @@ use crate::delivery::store::{DeliveryStore, Lease, Queue};
 use crate::model::DeliveryMode;
 
 /// The layout this code writes; older stores are re-indexed when opened (layout 3 moved payloads
-/// out of the records).
-const LAYOUT: u8 = 3;
+/// out of the records; layout 4 replaced a key per expirable invocation with expiry logs).
+const LAYOUT: u8 = 4;
+
+/// How many entries an expiry log written by an upgrade holds.
+const UPGRADE_LOG_ENTRIES: usize = 4096;
 
 fn record_key(id: &str) -> Vec<u8> {
     [b"i".as_slice(), id.as_bytes()].concat()
@@ -74,15 +84,48 @@ fn dead_key(id: &str) -> Vec<u8> {
     [b"x".as_slice(), id.as_bytes()].concat()
 }
 
-fn expiry_key(updated_ms: u64, id: &str) -> Vec<u8> {
-    [b"e".as_slice(), &updated_ms.to_be_bytes(), id.as_bytes()].concat()
+/// The key of the expiry log written by the durable flush that makes `generation` durable;
+/// `n` numbers the flushes of this process that wrote one.
+pub(super) fn expiry_log_key(generation: u64, n: u64) -> Vec<u8> {
+    [b"E".as_slice(), &generation.to_be_bytes(), &n.to_be_bytes()].concat()
+}
+
+/// Whether the invocation expires once its updated time is past the retention: finished,
+/// nothing pending, and not a dead letter.
+fn expirable(inv: &Invocation) -> bool {
+    inv.status.is_final() && !inv.is_dead_letter() && !inv.callback_pending()
+}
+
+/// Appends an expiry log entry.
+fn push_expiry(log: &mut Vec<u8>, updated_ms: u64, id: &str) {
+    log.extend_from_slice(&updated_ms.to_be_bytes());
+    log.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    log.extend_from_slice(id.as_bytes());
+}
+
+/// The entries of an expiry log (a torn tail, which no writer leaves, ends it).
+fn expiry_entries(mut log: &[u8]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while let (Some(at), Some(len)) = (log.get(..8), log.get(8..12)) {
+        let mut at8 = [0u8; 8];
+        at8.copy_from_slice(at);
+        let mut len4 = [0u8; 4];
+        len4.copy_from_slice(len);
+        let (at, len) = (u64::from_be_bytes(at8), u32::from_be_bytes(len4) as usize);
+        let Some(id) = log.get(12..12 + len) else {
+            break;
+        };
+        out.push((at, String::from_utf8_lossy(id).into_owned()));
+        log = &log[12 + len..];
+    }
+    out
 }
 
 fn open_key(id: &str) -> Vec<u8> {
     [b"o".as_slice(), id.as_bytes()].concat()
 }
 
-/// The time and id of a `d`, `c` or `e` key.
+/// The time and id of a `d` or `c` key.
 fn timed(key: &[u8]) -> (u64, String) {
     let mut at = [0u8; 8];
     at.copy_from_slice(&key[1..9]);
@@ -111,12 +154,8 @@ fn index_keys(inv: &Invocation) -> BTreeSet<Vec<u8>> {
             keys.insert(due_key(Queue::Callbacks, cb.due_ms.unwrap_or(0), &inv.id));
         }
     }
-    let dead = inv.is_dead_letter();
-    if dead {
+    if inv.is_dead_letter() {
         keys.insert(dead_key(&inv.id));
-    }
-    if finished && !dead && !inv.callback_pending() {
-        keys.insert(expiry_key(inv.updated_ms, &inv.id));
     }
     keys
 }
@@ -147,6 +186,7 @@ fn read_record(v: &View<'_>, id: &str) -> anyhow::Result<Option<Invocation>> {
 }
 
 /// How [`write_record`] finds the invocation.
+#[derive(Clone, Copy)]
 enum Was<'a> {
     /// Stored in this state.
     Stored(&'a Invocation),
@@ -157,7 +197,7 @@ enum Was<'a> {
 }
 
 /// Writes `inv` (as [`SledStore::prepare`] made it) and its indexes, removing the indexes it
-/// had, and ends its leases.
+/// had, ends its leases, and logs it for expiry when it became expirable or changed its time.
 fn write_record(v: &mut View<'_>, was: Was<'_>, inv: &Invocation, prepared: Prepared) {
     let before = match was {
         Was::Stored(old) => index_keys(old),
@@ -187,6 +227,15 @@ fn write_record(v: &mut View<'_>, was: Was<'_>, inv: &Invocation, prepared: Prep
         put(v, payload_key(&inv.id), payload);
     }
     put(v, record_key(&inv.id), record);
+    let logged = match was {
+        Was::Stored(old) => expirable(old) && old.updated_ms == inv.updated_ms,
+        Was::New | Was::Missing => false,
+    };
+    if expirable(inv) && !logged {
+        let mut entry = Vec::with_capacity(12 + inv.id.len());
+        push_expiry(&mut entry, inv.updated_ms, &inv.id);
+        v.append_log(&entry);
+    }
 }
 
 /// The key just after every key that starts with the one-byte `prefix`.
@@ -310,11 +359,15 @@ impl SledStore {
             return Ok(0);
         }
         let mut n = 0;
+        let mut expiring = Vec::new();
         for kv in t.delivery.scan_prefix(b"i") {
             let (_, v) = kv?;
             let inv: Invocation = serde_json::from_slice(&v).context("corrupt invocation")?;
             for k in index_keys(&inv) {
                 t.delivery.insert(k, &[][..])?;
+            }
+            if expirable(&inv) {
+                expiring.push((inv.updated_ms, inv.id.clone()));
             }
             if inv.payload.is_some() {
                 // Written before payloads had keys of their own.
@@ -328,6 +381,24 @@ impl SledStore {
             }
             n += 1;
         }
+        // Expiry logs in place of the expiry keys of layout 3 (and of any earlier logs), oldest
+        // first, numbered below the logs of this generation's flush.
+        let mut batch = sled::Batch::default();
+        for prefix in [b"e", b"E"] {
+            for kv in t.delivery.scan_prefix(prefix) {
+                batch.remove(kv?.0);
+            }
+        }
+        expiring.sort_unstable();
+        let generation = self.generation()?;
+        for (i, chunk) in expiring.chunks(UPGRADE_LOG_ENTRIES).enumerate() {
+            let mut log = Vec::new();
+            for (at, id) in chunk {
+                push_expiry(&mut log, *at, id);
+            }
+            batch.insert(expiry_log_key(generation, i as u64), log);
+        }
+        t.delivery.apply_batch(batch)?;
         t.delivery.insert(b"v", &[LAYOUT][..])?;
         t.delivery.flush()?;
         if n > 0 {
@@ -389,6 +460,59 @@ impl SledStore {
                 Ok(true)
             })?;
         Ok(ids)
+    }
+
+    /// The first key from `from` up to `to` (excluded), and its value.
+    fn first_between(&self, from: &[u8], to: &[u8]) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let t = self.t()?;
+        let mut first = None;
+        self.changes
+            .view(&t.delivery)
+            .scan(from, Some(to), |k, v| {
+                first = Some((k.to_vec(), v.to_vec()));
+                Ok(false)
+            })?;
+        Ok(first)
+    }
+
+    /// Removes the invocation `id` (see [`DeliveryStore::remove`]) if it is stored and `remove`
+    /// says so, in one atomic step.
+    fn remove_if(
+        &self,
+        id: &str,
+        remove: impl FnOnce(&Invocation) -> bool,
+    ) -> anyhow::Result<bool> {
+        let removed = {
+            let t = self.t()?;
+            let mut v = self.changes.view(&t.delivery);
+            match read_record(&v, id)? {
+                Some(inv) if remove(&inv) => {
+                    for k in index_keys(&inv) {
+                        v.remove(k);
+                    }
+                    v.remove(lease_key(Queue::Attempts, id));
+                    v.remove(lease_key(Queue::Callbacks, id));
+                    if let Some(key) = &inv.idempotency_key {
+                        if v.get(&idem_key(key))?.as_deref() == Some(id.as_bytes()) {
+                            v.remove(idem_key(key));
+                        }
+                    }
+                    v.remove(record_key(id));
+                    v.remove(payload_key(id));
+                    true
+                }
+                _ => false,
+            }
+        };
+        if removed && self.payload_file_of(id).is_some() {
+            // Removed with the record's removal, once that is durable: until then a crash
+            // brings the record back, and it needs its payload.
+            self.doomed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_string());
+        }
+        Ok(removed)
     }
 
     /// The keys from `from` up to `to` (excluded), at most `limit`.
@@ -531,52 +655,44 @@ impl DeliveryStore for SledStore {
     }
 
     fn remove(&self, id: &str) -> anyhow::Result<bool> {
-        let removed = {
-            let t = self.t()?;
-            let mut v = self.changes.view(&t.delivery);
-            match read_record(&v, id)? {
-                None => false,
-                Some(inv) => {
-                    for k in index_keys(&inv) {
-                        v.remove(k);
-                    }
-                    v.remove(lease_key(Queue::Attempts, id));
-                    v.remove(lease_key(Queue::Callbacks, id));
-                    if let Some(key) = &inv.idempotency_key {
-                        if v.get(&idem_key(key))?.as_deref() == Some(id.as_bytes()) {
-                            v.remove(idem_key(key));
-                        }
-                    }
-                    v.remove(record_key(id));
-                    v.remove(payload_key(id));
-                    true
-                }
-            }
-        };
-        if removed && self.payload_file_of(id).is_some() {
-            // Removed with the record's removal, once that is durable: until then a crash
-            // brings the record back, and it needs its payload.
-            self.doomed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.to_string());
-        }
-        Ok(removed)
+        self.remove_if(id, |_| true)
     }
 
     fn expire(&self, before_ms: u64, limit: usize) -> anyhow::Result<usize> {
-        let start = expiry_key(0, "");
-        let end = expiry_key(before_ms, "");
-        let ids: Vec<String> = self
-            .keys_between(&start, &end, limit)?
-            .iter()
-            .map(|k| timed(k).1)
-            .collect();
+        let end = after_prefix(b"E");
+        let mut from = b"E".to_vec();
         let mut n = 0;
-        for id in ids {
-            if self.remove(&id)? {
-                n += 1;
+        while n < limit {
+            let Some((key, log)) = self.first_between(&from, &end)? else {
+                break;
+            };
+            let entries = expiry_entries(&log);
+            if entries.iter().all(|(at, _)| *at >= before_ms) {
+                // Logs follow each other in time, so the later ones are no older (an older
+                // entry in a later log, a restored invocation's, waits until this log's turn).
+                break;
             }
+            // An entry whose record is gone, or changed since (it has a newer entry, or will
+            // have one when it is expirable again), is dropped.
+            let mut kept = Vec::new();
+            for (at, id) in entries {
+                if at >= before_ms || n >= limit {
+                    push_expiry(&mut kept, at, &id);
+                } else if self.remove_if(&id, |inv| expirable(inv) && inv.updated_ms < before_ms)? {
+                    n += 1;
+                }
+            }
+            let t = self.t()?;
+            let mut v = self.changes.view(&t.delivery);
+            if v.get(&key)?.as_deref() == Some(log.as_slice()) {
+                if kept.is_empty() {
+                    v.remove(key.clone());
+                } else {
+                    v.insert(key.clone(), kept);
+                }
+            }
+            drop(v);
+            from = [key.as_slice(), &[0]].concat();
         }
         Ok(n)
     }
@@ -840,6 +956,7 @@ mod tests {
         a.updated_ms = 20;
         s.put(&a).unwrap();
         assert_eq!(ids(s.dead_letters().unwrap()), ["a"]);
+        crate::store::Store::flush(&s).unwrap();
         assert_eq!(s.expire(1_000, 10).unwrap(), 0);
         // A replay takes the key over; the old record is no dead letter and expires.
         s.insert(&inv("c", Some("k")), false, None).unwrap();
@@ -847,6 +964,10 @@ mod tests {
         a.idempotency_key = None;
         s.put(&a).unwrap();
         assert!(s.dead_letters().unwrap().is_empty());
+        // Logged for expiry: due at the flush after, once past its time.
+        assert_eq!(s.expire(21, 10).unwrap(), 0);
+        crate::store::Store::flush(&s).unwrap();
+        assert_eq!(s.expire(20, 10).unwrap(), 0);
         assert_eq!(s.expire(21, 10).unwrap(), 1);
         assert!(s.get("a").unwrap().is_none());
         // The key still leads to the replacement.
@@ -867,6 +988,86 @@ mod tests {
             .insert(&inv("e", Some("k")), true, None)
             .unwrap()
             .is_none());
+    }
+
+    fn finished(id: &str, updated_ms: u64) -> Invocation {
+        let mut i = inv(id, None);
+        i.status = Status::Succeeded;
+        i.due_ms = None;
+        i.updated_ms = updated_ms;
+        i
+    }
+
+    /// The `E` keys in sled, and how many entries each holds.
+    fn logs(s: &SledStore) -> Vec<usize> {
+        let t = s.t().unwrap();
+        t.delivery
+            .scan_prefix(b"E")
+            .map(|kv| expiry_entries(&kv.unwrap().1).len())
+            .collect()
+    }
+
+    #[test]
+    fn expiry_logs_one_key_per_flush_skip_stale_entries_and_keep_what_is_not_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for (id, at) in [("a", 10), ("b", 20), ("c", 30), ("gone", 10), ("moved", 10)] {
+            s.insert(&finished(id, at), false, None).unwrap();
+        }
+        crate::store::Store::flush(&s).unwrap();
+        assert_eq!(logs(&s), [5], "five entries, one key");
+        // Stale entries: one removed, one finished again later (a newer entry in a new log).
+        assert!(s.remove("gone").unwrap());
+        s.put(&finished("moved", 40)).unwrap();
+        // A state change that keeps the time logs nothing new.
+        let mut c = s.get("c").unwrap().unwrap();
+        c.attempts = 2;
+        s.put(&c).unwrap();
+        crate::store::Store::flush(&s).unwrap();
+        assert_eq!(logs(&s), [5, 1]);
+        // Before 25: "a" and "b" go, "gone" and "moved" are dropped as stale, "c" is kept.
+        assert_eq!(s.expire(25, 100).unwrap(), 2);
+        assert!(s.get("a").unwrap().is_none() && s.get("b").unwrap().is_none());
+        assert!(s.get("moved").unwrap().is_some());
+        crate::store::Store::flush(&s).unwrap();
+        assert_eq!(logs(&s), [1, 1]);
+        // A limit stops within a log and keeps the rest of it.
+        assert_eq!(s.expire(1_000, 1).unwrap(), 1);
+        assert_eq!(s.expire(1_000, 1).unwrap(), 1);
+        assert!(s.get("c").unwrap().is_none() && s.get("moved").unwrap().is_none());
+        assert_eq!(s.expire(1_000, 1).unwrap(), 0);
+        crate::store::Store::flush(&s).unwrap();
+        assert!(logs(&s).is_empty());
+    }
+
+    #[test]
+    fn a_layout_3_store_gets_expiry_logs_for_its_expiry_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let t = s.t().unwrap();
+        // As layout 3 wrote them: records, and a key per expirable one.
+        for (id, at) in [("old", 10), ("new", 50)] {
+            let (record, _) = s.prepare(&finished(id, at)).unwrap();
+            t.delivery.insert(record_key(id), record).unwrap();
+            t.delivery
+                .insert(
+                    [&b"e"[..], &at.to_be_bytes(), id.as_bytes()].concat(),
+                    &[][..],
+                )
+                .unwrap();
+        }
+        let (record, _) = s.prepare(&inv("open", None)).unwrap();
+        t.delivery.insert(record_key("open"), record).unwrap();
+        t.delivery.insert(b"v", &[3u8][..]).unwrap();
+        drop(t);
+        assert_eq!(s.upgrade_delivery().unwrap(), 3);
+        let t = s.t().unwrap();
+        assert_eq!(t.delivery.scan_prefix(b"e").count(), 0);
+        assert_eq!(logs(&s), [2]);
+        assert_eq!(s.expire(20, 10).unwrap(), 1);
+        assert!(s.get("old").unwrap().is_none());
+        assert_eq!(s.expire(60, 10).unwrap(), 1);
+        assert!(s.get("open").unwrap().is_some());
     }
 
     #[test]

@@ -482,7 +482,11 @@ impl SledStore {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         // Every removal whose file is doomed is among the changes applied now.
         let doomed = std::mem::take(&mut *self.doomed.lock().unwrap_or_else(|e| e.into_inner()));
-        let applied = match self.changes.apply(&t.delivery) {
+        // The generation this flush makes durable names its expiry log (unique across restarts:
+        // a log reaches sled only with the generation's own increment).
+        let next = self.generation().unwrap_or(0) + 1;
+        let log_key = |n| delivery::expiry_log_key(next, n);
+        let applied = match self.changes.apply(&t.delivery, log_key) {
             Ok(applied) => applied,
             Err(e) => {
                 self.keep_doomed(doomed);

@@ -13,6 +13,10 @@
 //! lease) holds it while it reads and writes, which makes it atomic against every other. While
 //! a flush applies a batch to sled, that batch stays readable here (`flushing`), so no reader
 //! sees sled from before it; a flush that fails gives its batch back, under any newer changes.
+//!
+//! Besides keyed changes the layer holds a log: entries appended one by one (an invocation that
+//! may now expire) that the next flush writes as the value of one new key, so that a thousand
+//! entries cost sled one key, not a thousand. The log is not readable before that flush.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -35,6 +39,10 @@ struct Layers {
     active: Changes,
     /// The batch a flush is applying to sled (empty between flushes).
     flushing: Arc<Changes>,
+    /// Log entries appended since the current flush took its batch.
+    log: Vec<u8>,
+    /// How many flushes have written a log (numbers each log's key within the process).
+    logs: u64,
 }
 
 /// The unflushed changes of one sled tree.
@@ -106,11 +114,29 @@ impl WriteBack {
     /// (readable, and given back under any newer changes) until [`Applied::settle`] says the
     /// flush made them durable, so a flush that fails after sled took them — sled is then
     /// reopened and loses them — loses nothing. One flush at a time.
-    pub(super) fn apply<'a>(&'a self, tree: &sled::Tree) -> sled::Result<Applied<'a>> {
+    ///
+    /// The log, when it has entries, becomes the value of the key `log_key(n)` in the batch,
+    /// where `n` counts the flushes of this process that wrote a log: the caller makes the key
+    /// one that no earlier flush used (a failed flush's log comes back as a keyed change).
+    pub(super) fn apply<'a>(
+        &'a self,
+        tree: &sled::Tree,
+        log_key: impl FnOnce(u64) -> Vec<u8>,
+    ) -> sled::Result<Applied<'a>> {
         let one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let changes = {
             let mut layers = self.lock();
-            let active = std::mem::take(&mut layers.active);
+            let mut active = std::mem::take(&mut layers.active);
+            let log = std::mem::take(&mut layers.log);
+            if !log.is_empty() {
+                layers.logs += 1;
+                let key = log_key(layers.logs);
+                let change = Change {
+                    value: Some(log),
+                    fresh: false,
+                };
+                active.insert(key, change);
+            }
             layers.flushing = Arc::new(active);
             layers.flushing.clone()
         };
@@ -128,7 +154,7 @@ impl WriteBack {
     /// Whether changes wait for the next flush.
     pub(super) fn is_empty(&self) -> bool {
         let layers = self.lock();
-        layers.active.is_empty() && layers.flushing.is_empty()
+        layers.active.is_empty() && layers.flushing.is_empty() && layers.log.is_empty()
     }
 
     /// How many changed keys wait for the next flush.
@@ -324,6 +350,11 @@ impl View<'_> {
         }
     }
 
+    /// Appends an entry to the log that the next flush writes as one key.
+    pub(super) fn append_log(&mut self, entry: &[u8]) {
+        self.layers.log.extend_from_slice(entry);
+    }
+
     /// Like [`WriteBack::scan`], with the lock held throughout (for a read-modify-write).
     pub(super) fn scan(
         &self,
@@ -384,7 +415,7 @@ mod tests {
         assert_eq!(keys(&w, &tree, b"b", Some(b"d")), ["bb=new", "c=new"]);
 
         // A flush that fails after sled took the batch keeps it, under newer changes.
-        let applied = w.apply(&tree).unwrap();
+        let applied = w.apply(&tree, |_| unreachable!("no log entries")).unwrap();
         w.view(&tree).insert(b"c".to_vec(), b"newer".to_vec());
         assert_eq!(w.get(&tree, b"c").unwrap().as_deref(), Some(&b"newer"[..]));
         applied.settle(false);
@@ -401,7 +432,9 @@ mod tests {
         w.view(&tree).insert(b"bb".to_vec(), b"new".to_vec());
 
         // A durable flush: nothing pending, and sled as the view was.
-        w.apply(&tree).unwrap().settle(true);
+        w.apply(&tree, |_| unreachable!("no log entries"))
+            .unwrap()
+            .settle(true);
         assert_eq!(w.pending(), 0);
         assert_eq!(tree.get("c").unwrap().as_deref(), Some(&b"newer"[..]));
         assert!(tree.get("b").unwrap().is_none());
@@ -418,5 +451,36 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, [b"a".to_vec(), b"bb".to_vec()]);
+    }
+
+    #[test]
+    fn log_entries_reach_sled_as_one_key_per_flush_and_a_failed_flush_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let w = WriteBack::default();
+        let key = |n: u64| format!("log{n}").into_bytes();
+        w.view(&tree).append_log(b"one,");
+        w.view(&tree).append_log(b"two,");
+        assert!(!w.is_empty(), "log entries wait for a flush");
+        assert!(w.get(&tree, b"log1").unwrap().is_none(), "not readable yet");
+        // A failed flush gives its log back as a keyed change; the next log gets a new key.
+        let applied = w.apply(&tree, key).unwrap();
+        assert_eq!(
+            w.get(&tree, b"log1").unwrap().as_deref(),
+            Some(&b"one,two,"[..])
+        );
+        w.view(&tree).append_log(b"three,");
+        applied.settle(false);
+        w.apply(&tree, key).unwrap().settle(true);
+        assert!(w.is_empty());
+        assert_eq!(tree.get("log1").unwrap().as_deref(), Some(&b"one,two,"[..]));
+        assert_eq!(tree.get("log2").unwrap().as_deref(), Some(&b"three,"[..]));
+        // A flush without entries writes no log key.
+        w.view(&tree).insert(b"k".to_vec(), b"v".to_vec());
+        w.apply(&tree, |_| unreachable!("no log entries"))
+            .unwrap()
+            .settle(true);
+        assert_eq!(tree.len(), 3);
     }
 }
