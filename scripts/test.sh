@@ -58,6 +58,9 @@ fi
 # release build, as scripts/run.sh makes it: both commands share one build of wasmtime, and after
 # scripts/run.sh this builds only the tests.
 cargo build --release --workspace --bins
+# The tests themselves build while cargo-component may still be installing (a test target that
+# does not build is reported with the results below).
+cargo test --release --workspace --no-run || true
 
 if [ -n "$component_pid" ] && ! wait "$component_pid"; then
     cat "$component_log" >&2

@@ -44,6 +44,25 @@ pub fn ferry_bin() -> PathBuf {
     bin
 }
 
+/// Makes `cmd` run cargo (or a tool that runs it) as a user would, in a project of their own:
+/// none of the outer build's settings leak in. Only cargo's intermediate build files go to one
+/// directory the tests share (`build.build-dir`, beside this test's target directory), so that
+/// `wit-bindgen` and its dependencies are compiled once per suite, not once per project; the
+/// built component still lands in the project's own `target/`, where the guides say it is.
+pub fn as_a_user(cmd: &mut Command) -> &mut Command {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>  ->  target/user-builds
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("test executable lives in target/<profile>/deps");
+    cmd.env("CARGO_BUILD_BUILD_DIR", target.join("user-builds"))
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+}
+
 /// A running `ferry serve`.
 pub struct Ferry {
     child: Option<Child>,

@@ -129,17 +129,14 @@ fn run_guide(file: &str, needs: &[(&str, u32, &str)]) {
     // Every block is bounded: one that never ends fails the test instead of hanging it.
     let shell = |script: &str| {
         let mut cmd = Command::new("timeout");
-        cmd.args(["--signal=KILL", "600", "bash", "-c"])
+        ferry_tests::as_a_user(&mut cmd)
+            .args(["--signal=KILL", "600", "bash", "-c"])
             .arg(script)
             .current_dir(tmp.path())
             .env("PATH", &path)
             .env("FERRY_ADMIN", &ferry.admin)
             .env("FERRY_DATA_DIR", &ferry.data_dir)
-            .env_remove("FERRY_TOKEN")
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS");
+            .env_remove("FERRY_TOKEN");
         cmd
     };
     let mut background: Option<Background> = None;

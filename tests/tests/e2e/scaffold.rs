@@ -8,13 +8,7 @@ use ferry_tests::Ferry;
 
 /// Runs cargo in `dir` as a user would: none of the outer build's settings leak in.
 fn cargo(dir: &Path, args: &[&str]) {
-    let out = Command::new("cargo")
-        .current_dir(dir)
-        .args(args)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
+    let out = ferry_tests::as_a_user(Command::new("cargo").current_dir(dir).args(args))
         .output()
         .expect("running cargo");
     assert!(
@@ -66,10 +60,7 @@ fn ferry_new_projects_test_build_deploy_and_answer_without_edits() {
     assert!(dir.join("wit/world.wit").exists());
     cargo(&dir, &["test", "--quiet"]);
     // `ferry build` runs cargo and says what it made.
-    let out = ferry
-        .cli_command(&["build", "--json"])
-        .current_dir(&dir)
-        .env_remove("CARGO_TARGET_DIR")
+    let out = ferry_tests::as_a_user(ferry.cli_command(&["build", "--json"]).current_dir(&dir))
         .output()
         .unwrap();
     assert!(
@@ -193,7 +184,7 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
     // The host at --admin is someone else's (this folder has no token for it): `ferry dev`
     // leaves it alone and starts its own (store in dev-fn/.ferry).
     let theirs = Ferry::start();
-    let mut dev = Command::new(ferry_tests::ferry_bin())
+    let mut dev = ferry_tests::as_a_user(&mut Command::new(ferry_tests::ferry_bin()))
         .current_dir(&dir)
         .args([
             "--admin",
@@ -204,7 +195,6 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
             "--debounce",
             "200ms",
         ])
-        .env_remove("CARGO_TARGET_DIR")
         .env_remove("FERRY_DATA_DIR")
         .env_remove("FERRY_TOKEN")
         .stdout(std::process::Stdio::piped())
