@@ -49,6 +49,8 @@ pub fn ferry_bin() -> PathBuf {
 /// directory the tests share (`build.build-dir`, beside this test's target directory), so that
 /// `wit-bindgen` and its dependencies are compiled once per suite, not once per project; the
 /// built component still lands in the project's own `target/`, where the guides say it is.
+/// The projects' crate names must differ from each other's (they do: greeter, tally, hello,
+/// hi-http, hi-event, dev-fn): cargo names a component's file in that directory without a hash.
 pub fn as_a_user(cmd: &mut Command) -> &mut Command {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>  ->  target/user-builds

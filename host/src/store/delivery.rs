@@ -10,16 +10,18 @@
 //! | `l` | `a`/`c` + id | owner, NUL, until (8 bytes) | leased |
 //! | `k` | idempotency key | id | the key leads to the id |
 //! | `x` | id | — | a dead letter |
-//! | `E` | generation (8 bytes) + flush number (8 bytes) | expiry log: per entry the updated time (8 bytes), the id's length (4 bytes) and the id | a durable flush wrote entries |
+//! | `E` | its earliest entry's time (8 bytes) + a number unique to the log (8 bytes) | expiry log: per entry the updated time (8 bytes), the id's length (4 bytes) and the id | a durable flush wrote entries |
 //! | `o` | id | — | unfinished |
 //! | `v` | — | layout version | always (set when a store is opened) |
 //!
 //! An invocation that finishes with nothing pending (not a dead letter, no callback to send)
 //! may expire once its updated time is past the retention. Instead of a key per invocation,
 //! which sled would write once for every invocation, it gets an entry in the write-back layer's
-//! log, and each durable flush writes the entries it gathered as one `E` key. An entry may be
-//! stale by the time it is due (the invocation was removed, or changed and has a newer entry):
-//! expiry checks the record before it removes anything.
+//! log, and each durable flush writes the entries it gathered as one `E` key per 64 KiB. The
+//! key starts with the log's earliest time, so expiry reads the logs in the order they come
+//! due and stops at the first that is not. An entry may be stale by the time it is due (the
+//! invocation was removed, or changed and has a newer entry): expiry checks the record before
+//! it removes anything.
 
 use std::collections::BTreeSet;
 
@@ -35,8 +37,9 @@ use crate::model::DeliveryMode;
 /// out of the records; layout 4 replaced a key per expirable invocation with expiry logs).
 const LAYOUT: u8 = 4;
 
-/// How many entries an expiry log written by an upgrade holds.
-const UPGRADE_LOG_ENTRIES: usize = 4096;
+/// How many entries an expiry log written by an upgrade holds (about as many as the 64 KiB of a
+/// log a flush writes).
+const UPGRADE_LOG_ENTRIES: usize = 1024;
 
 fn record_key(id: &str) -> Vec<u8> {
     [b"i".as_slice(), id.as_bytes()].concat()
@@ -84,16 +87,27 @@ fn dead_key(id: &str) -> Vec<u8> {
     [b"x".as_slice(), id.as_bytes()].concat()
 }
 
-/// The key of the expiry log written by the durable flush that makes `generation` durable;
-/// `n` numbers the flushes of this process that wrote one.
-pub(super) fn expiry_log_key(generation: u64, n: u64) -> Vec<u8> {
-    [b"E".as_slice(), &generation.to_be_bytes(), &n.to_be_bytes()].concat()
+/// The key of the expiry log `log`, whose number `n` no other log has.
+pub(super) fn expiry_log_key(log: &[u8], n: u64) -> Vec<u8> {
+    let earliest = expiry_entries(log)
+        .iter()
+        .map(|(at, _)| *at)
+        .min()
+        .unwrap_or(0);
+    [b"E".as_slice(), &earliest.to_be_bytes(), &n.to_be_bytes()].concat()
 }
 
 /// Whether the invocation expires once its updated time is past the retention: finished,
 /// nothing pending, and not a dead letter.
 fn expirable(inv: &Invocation) -> bool {
     inv.status.is_final() && !inv.is_dead_letter() && !inv.callback_pending()
+}
+
+/// The earliest time and the number of an expiry log's key.
+fn log_key_parts(key: &[u8]) -> Option<(u64, u64)> {
+    let at: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    let n: [u8; 8] = key.get(9..)?.try_into().ok()?;
+    Some((u64::from_be_bytes(at), u64::from_be_bytes(n)))
 }
 
 /// Appends an expiry log entry.
@@ -390,13 +404,14 @@ impl SledStore {
             }
         }
         expiring.sort_unstable();
-        let generation = self.generation()?;
+        // Numbered from 0 (the logs of flushes are numbered from the time, in nanoseconds).
         for (i, chunk) in expiring.chunks(UPGRADE_LOG_ENTRIES).enumerate() {
             let mut log = Vec::new();
             for (at, id) in chunk {
                 push_expiry(&mut log, *at, id);
             }
-            batch.insert(expiry_log_key(generation, i as u64), log);
+            let key = expiry_log_key(&log, i as u64);
+            batch.insert(key, log);
         }
         t.delivery.apply_batch(batch)?;
         t.delivery.insert(b"v", &[LAYOUT][..])?;
@@ -473,6 +488,25 @@ impl SledStore {
                 Ok(false)
             })?;
         Ok(first)
+    }
+
+    /// Replaces the expiry log `key`, if it still holds `was`, with what is left of it (under
+    /// the key its earliest entry gives it), or removes it.
+    fn replace_log(
+        &self,
+        key: &[u8],
+        was: &[u8],
+        rest: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
+        let t = self.t()?;
+        let mut v = self.changes.view(&t.delivery);
+        if v.get(key)?.as_deref() == Some(was) {
+            v.remove(key.to_vec());
+            if let Some((key, log)) = rest {
+                v.insert(key, log);
+            }
+        }
+        Ok(())
     }
 
     /// Removes the invocation `id` (see [`DeliveryStore::remove`]) if it is stored and `remove`
@@ -661,15 +695,21 @@ impl DeliveryStore for SledStore {
     fn expire(&self, before_ms: u64, limit: usize) -> anyhow::Result<usize> {
         let end = after_prefix(b"E");
         let mut from = b"E".to_vec();
-        let mut n = 0;
-        while n < limit {
+        // Removed, and entries looked at: stale ones cost a read each, so they count too.
+        let (mut n, mut seen) = (0, 0);
+        while n < limit && seen < 4 * limit {
             let Some((key, log)) = self.first_between(&from, &end)? else {
                 break;
             };
+            from = [key.as_slice(), &[0]].concat();
             let entries = expiry_entries(&log);
-            if entries.iter().all(|(at, _)| *at >= before_ms) {
-                // Logs follow each other in time, so the later ones are no older (an older
-                // entry in a later log, a restored invocation's, waits until this log's turn).
+            let Some((earliest, number)) = log_key_parts(&key) else {
+                // Not a key this code writes: dropped.
+                self.replace_log(&key, &log, None)?;
+                continue;
+            };
+            if earliest >= before_ms && !entries.is_empty() {
+                // Logs come in the order their earliest entries are due: none is due yet.
                 break;
             }
             // An entry whose record is gone, or changed since (it has a newer entry, or will
@@ -678,21 +718,15 @@ impl DeliveryStore for SledStore {
             for (at, id) in entries {
                 if at >= before_ms || n >= limit {
                     push_expiry(&mut kept, at, &id);
-                } else if self.remove_if(&id, |inv| expirable(inv) && inv.updated_ms < before_ms)? {
+                    continue;
+                }
+                seen += 1;
+                if self.remove_if(&id, |inv| expirable(inv) && inv.updated_ms < before_ms)? {
                     n += 1;
                 }
             }
-            let t = self.t()?;
-            let mut v = self.changes.view(&t.delivery);
-            if v.get(&key)?.as_deref() == Some(log.as_slice()) {
-                if kept.is_empty() {
-                    v.remove(key.clone());
-                } else {
-                    v.insert(key.clone(), kept);
-                }
-            }
-            drop(v);
-            from = [key.as_slice(), &[0]].concat();
+            let rest = (!kept.is_empty()).then(|| (expiry_log_key(&kept, number), kept));
+            self.replace_log(&key, &log, rest)?;
         }
         Ok(n)
     }
@@ -1036,6 +1070,27 @@ mod tests {
         assert_eq!(s.expire(1_000, 1).unwrap(), 1);
         assert!(s.get("c").unwrap().is_none() && s.get("moved").unwrap().is_none());
         assert_eq!(s.expire(1_000, 1).unwrap(), 0);
+        crate::store::Store::flush(&s).unwrap();
+        assert!(logs(&s).is_empty());
+    }
+
+    #[test]
+    fn a_log_written_later_with_an_earlier_entry_comes_due_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        // The clock stepped back between two flushes, or a restored invocation kept its time.
+        s.insert(&finished("late", 100), false, None).unwrap();
+        crate::store::Store::flush(&s).unwrap();
+        s.insert(&finished("early", 5), false, None).unwrap();
+        crate::store::Store::flush(&s).unwrap();
+        assert_eq!(s.expire(50, 10).unwrap(), 1);
+        assert!(s.get("early").unwrap().is_none());
+        assert!(s.get("late").unwrap().is_some());
+        // A log key this code does not write is dropped, and what follows it still expires.
+        let t = s.t().unwrap();
+        t.delivery.insert(b"E-damaged", &b"junk"[..]).unwrap();
+        assert_eq!(s.expire(200, 10).unwrap(), 1);
+        assert!(s.get("late").unwrap().is_none());
         crate::store::Store::flush(&s).unwrap();
         assert!(logs(&s).is_empty());
     }

@@ -292,7 +292,7 @@ impl SledStore {
             synced: Mutex::new(None),
             health: Arc::new(Health::default()),
             trees: RwLock::new(Some(Arc::new(Self::open_trees(dir)?))),
-            changes: overlay::WriteBack::default(),
+            changes: overlay::WriteBack::new(),
             doomed: Mutex::new(Vec::new()),
             reopens: std::sync::atomic::AtomicU64::new(0),
             broken: std::sync::atomic::AtomicBool::new(false),
@@ -482,11 +482,7 @@ impl SledStore {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         // Every removal whose file is doomed is among the changes applied now.
         let doomed = std::mem::take(&mut *self.doomed.lock().unwrap_or_else(|e| e.into_inner()));
-        // The generation this flush makes durable names its expiry log (unique across restarts:
-        // a log reaches sled only with the generation's own increment).
-        let next = self.generation().unwrap_or(0) + 1;
-        let log_key = |n| delivery::expiry_log_key(next, n);
-        let applied = match self.changes.apply(&t.delivery, log_key) {
+        let applied = match self.changes.apply(&t.delivery, delivery::expiry_log_key) {
             Ok(applied) => applied,
             Err(e) => {
                 self.keep_doomed(doomed);

@@ -15,8 +15,9 @@
 //! sees sled from before it; a flush that fails gives its batch back, under any newer changes.
 //!
 //! Besides keyed changes the layer holds a log: entries appended one by one (an invocation that
-//! may now expire) that the next flush writes as the value of one new key, so that a thousand
-//! entries cost sled one key, not a thousand. The log is not readable before that flush.
+//! may now expire) that the next flush writes as the values of new keys, one per 64 KiB, so that
+//! a thousand entries cost sled one key, not a thousand. The log is not readable before that
+//! flush.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -39,14 +40,19 @@ struct Layers {
     active: Changes,
     /// The batch a flush is applying to sled (empty between flushes).
     flushing: Arc<Changes>,
-    /// Log entries appended since the current flush took its batch.
-    log: Vec<u8>,
-    /// How many flushes have written a log (numbers each log's key within the process).
+    /// Log entries appended since the current flush took its batch, in segments of about
+    /// [`LOG_SEGMENT`] bytes.
+    log: Vec<Vec<u8>>,
+    /// The number of the last segment written: each gets the next. It starts at the time the
+    /// changes were created, in nanoseconds, so that numbers stay unique across restarts as well
+    /// (sled may write a batch in the background before the flush that applied it fails).
     logs: u64,
 }
 
+/// A log segment ends once it holds this many bytes.
+const LOG_SEGMENT: usize = 64 * 1024;
+
 /// The unflushed changes of one sled tree.
-#[derive(Default)]
 pub(super) struct WriteBack {
     layers: Mutex<Layers>,
     /// Held while the changes are written into sled.
@@ -61,6 +67,19 @@ pub(super) struct View<'a> {
 }
 
 impl WriteBack {
+    pub(super) fn new() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            layers: Mutex::new(Layers {
+                logs: now,
+                ..Layers::default()
+            }),
+            applying: Mutex::new(()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Layers> {
         // Nothing panics halfway through a change of the maps: they stay valid when poisoned.
         self.layers.lock().unwrap_or_else(|e| e.into_inner())
@@ -115,24 +134,24 @@ impl WriteBack {
     /// flush made them durable, so a flush that fails after sled took them — sled is then
     /// reopened and loses them — loses nothing. One flush at a time.
     ///
-    /// The log, when it has entries, becomes the value of the key `log_key(n)` in the batch,
-    /// where `n` counts the flushes of this process that wrote a log: the caller makes the key
-    /// one that no earlier flush used (a failed flush's log comes back as a keyed change).
+    /// Each segment of the log becomes the value of the key `log_key(segment, n)` in the batch,
+    /// where `n` is the segment's number (unique to these changes, across restarts too): the
+    /// key must be one that no other segment has (a failed flush's log comes back as keyed
+    /// changes).
     pub(super) fn apply<'a>(
         &'a self,
         tree: &sled::Tree,
-        log_key: impl FnOnce(u64) -> Vec<u8>,
+        mut log_key: impl FnMut(&[u8], u64) -> Vec<u8>,
     ) -> sled::Result<Applied<'a>> {
         let one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let changes = {
             let mut layers = self.lock();
             let mut active = std::mem::take(&mut layers.active);
-            let log = std::mem::take(&mut layers.log);
-            if !log.is_empty() {
+            for segment in std::mem::take(&mut layers.log) {
                 layers.logs += 1;
-                let key = log_key(layers.logs);
+                let key = log_key(&segment, layers.logs);
                 let change = Change {
-                    value: Some(log),
+                    value: Some(segment),
                     fresh: false,
                 };
                 active.insert(key, change);
@@ -350,9 +369,13 @@ impl View<'_> {
         }
     }
 
-    /// Appends an entry to the log that the next flush writes as one key.
+    /// Appends an entry to the log that the next flush writes.
     pub(super) fn append_log(&mut self, entry: &[u8]) {
-        self.layers.log.extend_from_slice(entry);
+        let log = &mut self.layers.log;
+        match log.last_mut() {
+            Some(segment) if segment.len() < LOG_SEGMENT => segment.extend_from_slice(entry),
+            _ => log.push(entry.to_vec()),
+        }
     }
 
     /// Like [`WriteBack::scan`], with the lock held throughout (for a read-modify-write).
@@ -399,7 +422,7 @@ mod tests {
         for k in ["a", "b", "c", "d"] {
             tree.insert(k, "sled").unwrap();
         }
-        let w = WriteBack::default();
+        let w = WriteBack::new();
         {
             let mut v = w.view(&tree);
             v.remove(b"b".to_vec());
@@ -415,7 +438,9 @@ mod tests {
         assert_eq!(keys(&w, &tree, b"b", Some(b"d")), ["bb=new", "c=new"]);
 
         // A flush that fails after sled took the batch keeps it, under newer changes.
-        let applied = w.apply(&tree, |_| unreachable!("no log entries")).unwrap();
+        let applied = w
+            .apply(&tree, |_, _| unreachable!("no log entries"))
+            .unwrap();
         w.view(&tree).insert(b"c".to_vec(), b"newer".to_vec());
         assert_eq!(w.get(&tree, b"c").unwrap().as_deref(), Some(&b"newer"[..]));
         applied.settle(false);
@@ -432,7 +457,7 @@ mod tests {
         w.view(&tree).insert(b"bb".to_vec(), b"new".to_vec());
 
         // A durable flush: nothing pending, and sled as the view was.
-        w.apply(&tree, |_| unreachable!("no log entries"))
+        w.apply(&tree, |_, _| unreachable!("no log entries"))
             .unwrap()
             .settle(true);
         assert_eq!(w.pending(), 0);
@@ -454,33 +479,60 @@ mod tests {
     }
 
     #[test]
-    fn log_entries_reach_sled_as_one_key_per_flush_and_a_failed_flush_keeps_them() {
+    fn log_entries_reach_sled_in_segments_with_new_numbers_and_a_failed_flush_keeps_them() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let w = WriteBack::default();
-        let key = |n: u64| format!("log{n}").into_bytes();
+        let w = WriteBack::new();
+        let numbers = Mutex::new(Vec::new());
+        // A key named by the segment's first entry (the number is checked apart).
+        let key = |segment: &[u8], n: u64| {
+            numbers.lock().unwrap().push(n);
+            [b"log-".as_slice(), &segment[..4]].concat()
+        };
         w.view(&tree).append_log(b"one,");
         w.view(&tree).append_log(b"two,");
         assert!(!w.is_empty(), "log entries wait for a flush");
-        assert!(w.get(&tree, b"log1").unwrap().is_none(), "not readable yet");
+        assert!(
+            w.get(&tree, b"log-one,").unwrap().is_none(),
+            "not readable yet"
+        );
         // A failed flush gives its log back as a keyed change; the next log gets a new key.
         let applied = w.apply(&tree, key).unwrap();
         assert_eq!(
-            w.get(&tree, b"log1").unwrap().as_deref(),
+            w.get(&tree, b"log-one,").unwrap().as_deref(),
             Some(&b"one,two,"[..])
         );
-        w.view(&tree).append_log(b"three,");
+        w.view(&tree).append_log(b"thr,");
         applied.settle(false);
         w.apply(&tree, key).unwrap().settle(true);
         assert!(w.is_empty());
-        assert_eq!(tree.get("log1").unwrap().as_deref(), Some(&b"one,two,"[..]));
-        assert_eq!(tree.get("log2").unwrap().as_deref(), Some(&b"three,"[..]));
+        assert_eq!(
+            tree.get("log-one,").unwrap().as_deref(),
+            Some(&b"one,two,"[..])
+        );
+        assert_eq!(tree.get("log-thr,").unwrap().as_deref(), Some(&b"thr,"[..]));
         // A flush without entries writes no log key.
         w.view(&tree).insert(b"k".to_vec(), b"v".to_vec());
-        w.apply(&tree, |_| unreachable!("no log entries"))
+        w.apply(&tree, |_, _| unreachable!("no log entries"))
             .unwrap()
             .settle(true);
         assert_eq!(tree.len(), 3);
+        // A long log is cut into segments of about 64 KiB, each with its own key.
+        let entry = [b'x'; 1000];
+        for i in 0..100u8 {
+            let mut e = entry;
+            e[..4].copy_from_slice(&[b'e', i / 10 + b'0', i % 10 + b'0', b',']);
+            w.view(&tree).append_log(&e);
+        }
+        w.apply(&tree, key).unwrap().settle(true);
+        assert_eq!(tree.len(), 5);
+        assert_eq!(tree.get("log-e00,").unwrap().unwrap().len(), 66_000);
+        assert_eq!(tree.get("log-e66,").unwrap().unwrap().len(), 34_000);
+        // Numbers follow each other, from the time the changes were made (unique across
+        // restarts).
+        let numbers = numbers.into_inner().unwrap();
+        assert!(numbers.windows(2).all(|n| n[1] == n[0] + 1), "{numbers:?}");
+        assert!(numbers[0] > 1_700_000_000_000_000_000, "{numbers:?}");
     }
 }
