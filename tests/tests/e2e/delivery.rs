@@ -560,6 +560,32 @@ fn finished_invocations_and_their_keys_expire_after_retention() {
     assert_eq!(ferry.invocation(&dead, 0)["status"], "dead_lettered");
 }
 
+/// What may expire is written at checkpoints (expiry logs), so it must outlive a crash: the
+/// retention is far longer than the time from the finish to the kill, so only the restarted
+/// host can remove it.
+#[test]
+fn an_invocation_finished_before_a_crash_still_expires_after_the_restart() {
+    let mut ferry = with_misbehave(&["--retention", "8s"], "");
+    let ids: Vec<String> = (0..3)
+        .map(|_| ferry.submit_ok("/misbehave/ok", &[]))
+        .collect();
+    for id in &ids {
+        assert_eq!(ferry.finished(id)["status"], "succeeded");
+    }
+    ferry.kill();
+    ferry.start_again();
+    for id in &ids {
+        eventually("the record to expire", Duration::from_secs(60), || {
+            let resp = ferry
+                .http
+                .get(ferry.url(&format!("/_ferry/invocations/{id}")))
+                .send()
+                .unwrap();
+            (resp.status().as_u16() == 404).then_some(())
+        });
+    }
+}
+
 #[test]
 fn event_function_failures_typed_errors_and_traps() {
     let ferry = Ferry::start();
