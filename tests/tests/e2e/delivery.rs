@@ -522,19 +522,28 @@ fn callback_addresses_in_private_ranges_are_refused() {
         .is_empty());
 }
 
+/// Waits until the invocation `id` is gone (its status reads 404).
+fn expires(ferry: &Ferry, id: &str) {
+    eventually(
+        &format!("invocation {id} to expire"),
+        Duration::from_secs(60),
+        || {
+            let resp = ferry
+                .http
+                .get(ferry.url(&format!("/_ferry/invocations/{id}")))
+                .send()
+                .unwrap();
+            (resp.status().as_u16() == 404).then_some(())
+        },
+    );
+}
+
 #[test]
 fn finished_invocations_and_their_keys_expire_after_retention() {
     let ferry = with_misbehave(&["--retention", "2s"], "");
     let id = ferry.submit_ok("/misbehave/ok", &[("idempotency-key", "k")]);
     assert_eq!(ferry.finished(&id)["status"], "succeeded");
-    eventually("the record to expire", Duration::from_secs(30), || {
-        let resp = ferry
-            .http
-            .get(ferry.url(&format!("/_ferry/invocations/{id}")))
-            .send()
-            .unwrap();
-        (resp.status().as_u16() == 404).then_some(())
-    });
+    expires(&ferry, &id);
     // The key expired with it: the same key is a new invocation now.
     let again = ferry.submit_ok("/misbehave/ok", &[("idempotency-key", "k")]);
     assert_ne!(again, id);
@@ -545,18 +554,7 @@ fn finished_invocations_and_their_keys_expire_after_retention() {
     // dead letter's age, and kept it.
     let later = ferry.submit_ok("/misbehave/ok", &[]);
     assert_eq!(ferry.finished(&later)["status"], "succeeded");
-    eventually(
-        "the later record to expire",
-        Duration::from_secs(30),
-        || {
-            let resp = ferry
-                .http
-                .get(ferry.url(&format!("/_ferry/invocations/{later}")))
-                .send()
-                .unwrap();
-            (resp.status().as_u16() == 404).then_some(())
-        },
-    );
+    expires(&ferry, &later);
     assert_eq!(ferry.invocation(&dead, 0)["status"], "dead_lettered");
 }
 
@@ -575,14 +573,7 @@ fn an_invocation_finished_before_a_crash_still_expires_after_the_restart() {
     ferry.kill();
     ferry.start_again();
     for id in &ids {
-        eventually("the record to expire", Duration::from_secs(60), || {
-            let resp = ferry
-                .http
-                .get(ferry.url(&format!("/_ferry/invocations/{id}")))
-                .send()
-                .unwrap();
-            (resp.status().as_u16() == 404).then_some(())
-        });
+        expires(&ferry, id);
     }
 }
 
