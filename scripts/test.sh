@@ -69,6 +69,11 @@ if [ -n "$component_pid" ] && ! wait "$component_pid"; then
 fi
 rm -f "$component_log"
 
+# The end-to-end tests mostly wait on the processes they start, so one more test at a time than
+# there are cores keeps the cores busy (on two cores: 3.4 min -> 2.4 min, every test passing).
+# A RUST_TEST_THREADS of the caller's wins.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-$(( $(nproc) + 1 ))}"
+
 # Run every test binary even when one fails, then name every failing test of every binary.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
