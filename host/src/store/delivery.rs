@@ -10,7 +10,7 @@
 //! | `l` | `a`/`c` + id | owner, NUL, until (8 bytes) | leased |
 //! | `k` | idempotency key | id | the key leads to the id |
 //! | `x` | id | — | a dead letter |
-//! | `E` | its earliest entry's time (8 bytes) + a number unique to the log (8 bytes) | expiry log: per entry the updated time (8 bytes), the id's length (4 bytes) and the id | a durable flush wrote entries |
+//! | `E` | its earliest entry's time (8 bytes) + a number unique to the log (8 bytes) | expiry log: per entry the updated time (8 bytes), the id's length (4 bytes) and the id | a durable flush (or an upgrade) wrote entries |
 //! | `o` | id | — | unfinished |
 //! | `v` | — | layout version | always (set when a store is opened) |
 //!
@@ -696,8 +696,8 @@ impl DeliveryStore for SledStore {
         let end = after_prefix(b"E");
         let mut from = b"E".to_vec();
         // Removed, and entries looked at: stale ones cost a read each, so they count too.
-        let (mut n, mut seen) = (0, 0);
-        while n < limit && seen < 4 * limit {
+        let (mut n, mut seen, budget) = (0, 0, 4 * limit);
+        while n < limit && seen < budget {
             let Some((key, log)) = self.first_between(&from, &end)? else {
                 break;
             };
@@ -716,7 +716,7 @@ impl DeliveryStore for SledStore {
             // have one when it is expirable again), is dropped.
             let mut kept = Vec::new();
             for (at, id) in entries {
-                if at >= before_ms || n >= limit {
+                if at >= before_ms || n >= limit || seen >= budget {
                     push_expiry(&mut kept, at, &id);
                     continue;
                 }

@@ -559,19 +559,40 @@ fn finished_invocations_and_their_keys_expire_after_retention() {
 }
 
 /// What may expire is written at checkpoints (expiry logs), so it must outlive a crash: the
-/// retention is far longer than the time from the finish to the kill, so only the restarted
-/// host can remove it.
+/// invocations finish, a checkpoint stores them, the host is killed, and the restarted host
+/// (which serves them as stored, not run again) removes them after the retention.
 #[test]
 fn an_invocation_finished_before_a_crash_still_expires_after_the_restart() {
-    let mut ferry = with_misbehave(&["--retention", "8s"], "");
+    let mut ferry = with_misbehave(&["--retention", "15s"], "");
     let ids: Vec<String> = (0..3)
         .map(|_| ferry.submit_ok("/misbehave/ok", &[]))
         .collect();
-    for id in &ids {
-        assert_eq!(ferry.finished(id)["status"], "succeeded");
+    let finished: Vec<Value> = ids.iter().map(|id| ferry.finished(id)).collect();
+    for v in &finished {
+        assert_eq!(v["status"], "succeeded", "{v}");
     }
+    // Checkpointed: checkpoints run every second while anything changed, so 2.5 s without one
+    // (the seal's generation unchanged) means the outcomes are in the store.
+    let seal = || std::fs::read(ferry.data_dir.join("store.seal")).unwrap_or_default();
+    let (mut last, mut since) = (seal(), Instant::now());
+    eventually(
+        "a store with nothing left to checkpoint",
+        Duration::from_secs(60),
+        || {
+            if seal() != last {
+                (last, since) = (seal(), Instant::now());
+            }
+            (since.elapsed() >= Duration::from_millis(2500)).then_some(())
+        },
+    );
     ferry.kill();
     ferry.start_again();
+    for (id, before) in ids.iter().zip(&finished) {
+        // As stored before the kill (a re-run from the journal would have a new time).
+        let after = ferry.invocation(id, 0);
+        assert_eq!(after["status"], "succeeded", "{after}");
+        assert_eq!(after["updated"], before["updated"], "{after} vs {before}");
+    }
     for id in &ids {
         expires(&ferry, id);
     }
