@@ -65,6 +65,25 @@ pub fn as_a_user(cmd: &mut Command) -> &mut Command {
         .env_remove("RUSTFLAGS")
 }
 
+/// Waits until the store in `data_dir` has nothing left to checkpoint: checkpoints run every
+/// second while anything changed, so 2.5 s without one (the seal's generation unchanged) means
+/// every change so far is in the store.
+pub fn wait_until_checkpointed(data_dir: &Path) {
+    let seal = || std::fs::read(data_dir.join("store.seal")).unwrap_or_default();
+    let (mut last, mut since) = (seal(), Instant::now());
+    eventually(
+        "a store with nothing left to checkpoint",
+        Duration::from_secs(120),
+        || {
+            let now = seal();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+            (since.elapsed() >= Duration::from_millis(2500)).then_some(())
+        },
+    );
+}
+
 /// A running `ferry serve`.
 pub struct Ferry {
     child: Option<Child>,

@@ -87,13 +87,9 @@ fn dead_key(id: &str) -> Vec<u8> {
     [b"x".as_slice(), id.as_bytes()].concat()
 }
 
-/// The key of the expiry log `log`, whose number `n` no other log has.
-pub(super) fn expiry_log_key(log: &[u8], n: u64) -> Vec<u8> {
-    let earliest = expiry_entries(log)
-        .iter()
-        .map(|(at, _)| *at)
-        .min()
-        .unwrap_or(0);
+/// The key of an expiry log whose earliest entry is at `earliest`, and whose number `n` no
+/// other log has.
+pub(super) fn expiry_log_key(earliest: u64, n: u64) -> Vec<u8> {
     [b"E".as_slice(), &earliest.to_be_bytes(), &n.to_be_bytes()].concat()
 }
 
@@ -120,12 +116,11 @@ fn push_expiry(log: &mut Vec<u8>, updated_ms: u64, id: &str) {
 /// The entries of an expiry log (a torn tail, which no writer leaves, ends it).
 fn expiry_entries(mut log: &[u8]) -> Vec<(u64, String)> {
     let mut out = Vec::new();
-    while let (Some(at), Some(len)) = (log.get(..8), log.get(8..12)) {
-        let mut at8 = [0u8; 8];
-        at8.copy_from_slice(at);
-        let mut len4 = [0u8; 4];
-        len4.copy_from_slice(len);
-        let (at, len) = (u64::from_be_bytes(at8), u32::from_be_bytes(len4) as usize);
+    while let (Some(at), Some(len)) = (
+        log.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+        log.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()),
+    ) {
+        let (at, len) = (u64::from_be_bytes(at), u32::from_be_bytes(len) as usize);
         let Some(id) = log.get(12..12 + len) else {
             break;
         };
@@ -248,7 +243,7 @@ fn write_record(v: &mut View<'_>, was: Was<'_>, inv: &Invocation, prepared: Prep
     if expirable(inv) && !logged {
         let mut entry = Vec::with_capacity(12 + inv.id.len());
         push_expiry(&mut entry, inv.updated_ms, &inv.id);
-        v.append_log(&entry);
+        v.append_log(&entry, inv.updated_ms);
     }
 }
 
@@ -410,7 +405,8 @@ impl SledStore {
             for (at, id) in chunk {
                 push_expiry(&mut log, *at, id);
             }
-            let key = expiry_log_key(&log, i as u64);
+            // Sorted: the first entry is the earliest.
+            let key = expiry_log_key(chunk[0].0, i as u64);
             batch.insert(key, log);
         }
         t.delivery.apply_batch(batch)?;
@@ -714,10 +710,11 @@ impl DeliveryStore for SledStore {
             }
             // An entry whose record is gone, or changed since (it has a newer entry, or will
             // have one when it is expirable again), is dropped.
-            let mut kept = Vec::new();
+            let (mut kept, mut kept_earliest) = (Vec::new(), u64::MAX);
             for (at, id) in entries {
                 if at >= before_ms || n >= limit || seen >= budget {
                     push_expiry(&mut kept, at, &id);
+                    kept_earliest = kept_earliest.min(at);
                     continue;
                 }
                 seen += 1;
@@ -725,7 +722,7 @@ impl DeliveryStore for SledStore {
                     n += 1;
                 }
             }
-            let rest = (!kept.is_empty()).then(|| (expiry_log_key(&kept, number), kept));
+            let rest = (!kept.is_empty()).then(|| (expiry_log_key(kept_earliest, number), kept));
             self.replace_log(&key, &log, rest)?;
         }
         Ok(n)

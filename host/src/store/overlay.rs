@@ -42,7 +42,7 @@ struct Layers {
     flushing: Arc<Changes>,
     /// Log entries appended since the current flush took its batch, in segments of about
     /// [`LOG_SEGMENT`] bytes.
-    log: Vec<Vec<u8>>,
+    log: Vec<Segment>,
     /// The number of the last segment written: each gets the next. It starts at the time the
     /// changes were created, in nanoseconds, so that numbers stay unique across restarts as well
     /// (sled may write a batch in the background before the flush that applied it fails).
@@ -51,6 +51,12 @@ struct Layers {
 
 /// A log segment ends once it holds this many bytes.
 const LOG_SEGMENT: usize = 64 * 1024;
+
+/// Log entries, and the smallest of the order values they were appended with.
+struct Segment {
+    entries: Vec<u8>,
+    earliest: u64,
+}
 
 /// The unflushed changes of one sled tree.
 pub(super) struct WriteBack {
@@ -134,14 +140,14 @@ impl WriteBack {
     /// flush made them durable, so a flush that fails after sled took them — sled is then
     /// reopened and loses them — loses nothing. One flush at a time.
     ///
-    /// Each segment of the log becomes the value of the key `log_key(segment, n)` in the batch,
-    /// where `n` is the segment's number (unique to these changes, across restarts too): the
-    /// key must be one that no other segment has (a failed flush's log comes back as keyed
-    /// changes).
+    /// Each segment of the log becomes the value of the key `log_key(earliest, n)` in the
+    /// batch, where `earliest` is the smallest order value of its entries and `n` the segment's
+    /// number (unique to these changes, across restarts too): the key must be one that no other
+    /// segment has (a failed flush's log comes back as keyed changes).
     pub(super) fn apply<'a>(
         &'a self,
         tree: &sled::Tree,
-        mut log_key: impl FnMut(&[u8], u64) -> Vec<u8>,
+        mut log_key: impl FnMut(u64, u64) -> Vec<u8>,
     ) -> sled::Result<Applied<'a>> {
         let one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let changes = {
@@ -149,9 +155,9 @@ impl WriteBack {
             let mut active = std::mem::take(&mut layers.active);
             for segment in std::mem::take(&mut layers.log) {
                 layers.logs += 1;
-                let key = log_key(&segment, layers.logs);
+                let key = log_key(segment.earliest, layers.logs);
                 let change = Change {
-                    value: Some(segment),
+                    value: Some(segment.entries),
                     fresh: false,
                 };
                 active.insert(key, change);
@@ -369,12 +375,19 @@ impl View<'_> {
         }
     }
 
-    /// Appends an entry to the log that the next flush writes.
-    pub(super) fn append_log(&mut self, entry: &[u8]) {
+    /// Appends an entry to the log that the next flush writes; `order` (a time) names the
+    /// segment it lands in when it is the segment's smallest.
+    pub(super) fn append_log(&mut self, entry: &[u8], order: u64) {
         let log = &mut self.layers.log;
         match log.last_mut() {
-            Some(segment) if segment.len() < LOG_SEGMENT => segment.extend_from_slice(entry),
-            _ => log.push(entry.to_vec()),
+            Some(segment) if segment.entries.len() < LOG_SEGMENT => {
+                segment.entries.extend_from_slice(entry);
+                segment.earliest = segment.earliest.min(order);
+            }
+            _ => log.push(Segment {
+                entries: entry.to_vec(),
+                earliest: order,
+            }),
         }
     }
 
@@ -485,33 +498,33 @@ mod tests {
         let tree = db.open_tree("t").unwrap();
         let w = WriteBack::new();
         let numbers = Mutex::new(Vec::new());
-        // A key named by the segment's first entry (the number is checked apart).
-        let key = |segment: &[u8], n: u64| {
+        // A key named by the segment's earliest order value (the number is checked apart).
+        let key = |earliest: u64, n: u64| {
             numbers.lock().unwrap().push(n);
-            [b"log-".as_slice(), &segment[..4]].concat()
+            format!("log-{earliest}").into_bytes()
         };
-        w.view(&tree).append_log(b"one,");
-        w.view(&tree).append_log(b"two,");
+        w.view(&tree).append_log(b"one,", 5);
+        w.view(&tree).append_log(b"two,", 3);
         assert!(!w.is_empty(), "log entries wait for a flush");
         assert!(
-            w.get(&tree, b"log-one,").unwrap().is_none(),
+            w.get(&tree, b"log-3").unwrap().is_none(),
             "not readable yet"
         );
         // A failed flush gives its log back as a keyed change; the next log gets a new key.
         let applied = w.apply(&tree, key).unwrap();
         assert_eq!(
-            w.get(&tree, b"log-one,").unwrap().as_deref(),
+            w.get(&tree, b"log-3").unwrap().as_deref(),
             Some(&b"one,two,"[..])
         );
-        w.view(&tree).append_log(b"thr,");
+        w.view(&tree).append_log(b"thr,", 9);
         applied.settle(false);
         w.apply(&tree, key).unwrap().settle(true);
         assert!(w.is_empty());
         assert_eq!(
-            tree.get("log-one,").unwrap().as_deref(),
+            tree.get("log-3").unwrap().as_deref(),
             Some(&b"one,two,"[..])
         );
-        assert_eq!(tree.get("log-thr,").unwrap().as_deref(), Some(&b"thr,"[..]));
+        assert_eq!(tree.get("log-9").unwrap().as_deref(), Some(&b"thr,"[..]));
         // A flush without entries writes no log key.
         w.view(&tree).insert(b"k".to_vec(), b"v".to_vec());
         w.apply(&tree, |_, _| unreachable!("no log entries"))
@@ -519,16 +532,13 @@ mod tests {
             .settle(true);
         assert_eq!(tree.len(), 3);
         // A long log is cut into segments of about 64 KiB, each with its own key.
-        let entry = [b'x'; 1000];
-        for i in 0..100u8 {
-            let mut e = entry;
-            e[..4].copy_from_slice(&[b'e', i / 10 + b'0', i % 10 + b'0', b',']);
-            w.view(&tree).append_log(&e);
+        for i in 0..100u64 {
+            w.view(&tree).append_log(&[b'x'; 1000], 100 + i);
         }
         w.apply(&tree, key).unwrap().settle(true);
         assert_eq!(tree.len(), 5);
-        assert_eq!(tree.get("log-e00,").unwrap().unwrap().len(), 66_000);
-        assert_eq!(tree.get("log-e66,").unwrap().unwrap().len(), 34_000);
+        assert_eq!(tree.get("log-100").unwrap().unwrap().len(), 66_000);
+        assert_eq!(tree.get("log-166").unwrap().unwrap().len(), 34_000);
         // Numbers follow each other, from the time the changes were made (unique across
         // restarts).
         let numbers = numbers.into_inner().unwrap();

@@ -571,20 +571,7 @@ fn an_invocation_finished_before_a_crash_still_expires_after_the_restart() {
     for v in &finished {
         assert_eq!(v["status"], "succeeded", "{v}");
     }
-    // Checkpointed: checkpoints run every second while anything changed, so 2.5 s without one
-    // (the seal's generation unchanged) means the outcomes are in the store.
-    let seal = || std::fs::read(ferry.data_dir.join("store.seal")).unwrap_or_default();
-    let (mut last, mut since) = (seal(), Instant::now());
-    eventually(
-        "a store with nothing left to checkpoint",
-        Duration::from_secs(60),
-        || {
-            if seal() != last {
-                (last, since) = (seal(), Instant::now());
-            }
-            (since.elapsed() >= Duration::from_millis(2500)).then_some(())
-        },
-    );
+    ferry_tests::wait_until_checkpointed(&ferry.data_dir);
     ferry.kill();
     ferry.start_again();
     for (id, before) in ids.iter().zip(&finished) {

@@ -124,23 +124,9 @@ fn one(size: usize, count: usize, clients: usize) -> anyhow::Result<Row> {
             status(id).is_ok_and(|v| v["status"] == "succeeded")
         })?;
     }
-    // Folded: no durable flush of the store (its seal's generation would move) for 2.5 s.
-    // Checkpoints run every second while anything changed, so the last outcome is in the
-    // store by then (the checkpoint after it may well have run while the statuses were read).
-    let seal = || -> u64 {
-        std::fs::read(dir.path().join("store.seal"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["generation"].as_u64())
-            .unwrap_or(0)
-    };
-    let (mut last, mut since) = (seal(), Instant::now());
-    while since.elapsed() < Duration::from_millis(2500) {
-        std::thread::sleep(Duration::from_millis(100));
-        if seal() != last {
-            (last, since) = (seal(), Instant::now());
-        }
-    }
+    // Folded: the journal's submits and every outcome are in the store (the checkpoint after
+    // the last outcome may well have run while the statuses were read).
+    ferry_tests::wait_until_checkpointed(dir.path());
     done.store(true, Ordering::SeqCst);
     sampler.join().unwrap();
     let payload = (size * count) as f64;
