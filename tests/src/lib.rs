@@ -65,6 +65,29 @@ pub fn as_a_user(cmd: &mut Command) -> &mut Command {
         .env_remove("RUSTFLAGS")
 }
 
+/// Waits for `scripts/test.sh`'s background install of cargo-component, if one is under way:
+/// the script runs the tests meanwhile and names, in `FERRY_TEST_CARGO_COMPONENT_STATUS`, a file
+/// that will hold the install's exit code (its log beside it, `log`). Without the variable,
+/// cargo-component is used as installed.
+pub fn wait_for_cargo_component() {
+    let Some(status) = std::env::var_os("FERRY_TEST_CARGO_COMPONENT_STATUS") else {
+        return;
+    };
+    let status = PathBuf::from(status);
+    let code = eventually(
+        "scripts/test.sh's install of cargo-component to end",
+        Duration::from_secs(30 * 60),
+        || std::fs::read_to_string(&status).ok(),
+    );
+    let log = status.with_file_name("log");
+    assert_eq!(
+        code.trim(),
+        "0",
+        "installing cargo-component failed:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 /// Waits until the store in `data_dir` has nothing left to checkpoint: checkpoints run every
 /// second while anything changed, so 2.5 s without one (the seal's generation unchanged) means
 /// every change so far is in the store.

@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use ferry_tests::{guests, Ferry};
+use ferry_tests::{guests, wait_for_cargo_component, Ferry};
 
 #[test]
 fn components_built_by_cargo_component_run() {
     let examples = PathBuf::from(guests::EXAMPLES_DIR);
     let target = examples.join("../target/guests-component");
+    wait_for_cargo_component();
     let out = Command::new("cargo")
         .current_dir(&examples)
         .args([

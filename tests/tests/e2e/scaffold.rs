@@ -97,6 +97,7 @@ fn ferry_new_projects_test_build_deploy_and_answer_without_edits() {
     assert_eq!(post("").status().as_u16(), 422, "no data: invalid-event");
 
     // `cargo component build` builds both projects too, with no edit.
+    ferry_tests::wait_for_cargo_component();
     for (name, lib) in [("hi-http", "hi_http"), ("hi-event", "hi_event")] {
         let dir = tmp.path().join(name);
         cargo(&dir, &["component", "build", "--release", "--quiet"]);
