@@ -32,7 +32,16 @@ pub(super) fn events_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow:
         Ok(())
     };
     deploy("name = \"flaky\"\n[[trigger.nats]]\nsubject = \"bench.core\"\n")?;
-    let core = rt.block_on(core_nats_rate(&nats.url(), args.duration))?;
+    // The client runs on one thread, as the HTTP load generator does: its tasks queue requests
+    // and its connection writes them together (on the suite's runtime each request was woken
+    // straight into its own write: a syscall per request in the client and in nats-server).
+    let one_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let core = one_thread.block_on(core_nats_rate(&nats.url(), args.duration, 64))?;
+    eprintln!("measuring core NATS, a burst ...");
+    let burst = one_thread.block_on(core_nats_rate(&nats.url(), args.duration, BURST))?;
+    drop(one_thread);
     eprintln!("measuring JetStream ...");
     let js_events = 20_000;
     let js = rt.block_on(jetstream_rate(&nats.url(), js_events, || {
@@ -41,7 +50,7 @@ pub(super) fn events_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow:
     drop(ferry);
 
     let mut s = String::from("### Event functions: instantiate+call, core NATS, JetStream\n\n");
-    s.push_str("The no-op `flaky` guest (returns no event). *Bare*: `invoke::event` in-process, one at a time: a fresh instance from the `InstancePre`, the call, the store dropped. *Core NATS*: request-reply through `ferry serve --nats`, 64 requests in flight. *JetStream*: a durable consumer draining a stream pre-filled with 20,000 events, each acked with server confirmation.\n\n");
+    s.push_str("The no-op `flaky` guest (returns no event). *Bare*: `invoke::event` in-process, one at a time: a fresh instance from the `InstancePre`, the call, the store dropped. *Core NATS*: request-reply through `ferry serve --nats` from one client thread, 64 requests in flight, then 1,024 (a burst: with more queued, every hop writes and reads more messages a syscall). *JetStream*: a durable consumer draining a stream pre-filled with 20,000 events, each acked with server confirmation.\n\n");
     s.push_str("| path | events/s | p50 | p99 | vs bare |\n| --- | ---: | ---: | ---: | ---: |\n");
     let bare_rate = 1.0 / bare.mean.as_secs_f64();
     s.push_str(&format!(
@@ -51,13 +60,19 @@ pub(super) fn events_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow:
         bare.p50.as_secs_f64() * 1e6,
         bare.p99.as_secs_f64() * 1e6
     ));
-    s.push_str(&format!(
-        "| core NATS, request-reply | {:.0} | {:.0} µs | {:.0} µs | {:.0}% |\n",
-        core.rps(),
-        core.p50.as_secs_f64() * 1e6,
-        core.p99.as_secs_f64() * 1e6,
-        100.0 * core.rps() / bare_rate
-    ));
+    for (m, flight) in [(&core, 64), (&burst, BURST)] {
+        s.push_str(&format!(
+            "| core NATS, request-reply, {flight} in flight{} | {:.0} | {:.0} µs | {:.0} µs | {:.0}% |\n",
+            match m.errors {
+                0 => String::new(),
+                n => format!(" ({n} requests failed)"),
+            },
+            m.rps(),
+            m.p50.as_secs_f64() * 1e6,
+            m.p99.as_secs_f64() * 1e6,
+            100.0 * m.rps() / bare_rate
+        ));
+    }
     s.push_str(&format!(
         "| JetStream, durable consumer | {:.0} | — | — | {:.0}% |\n",
         js,
@@ -217,8 +232,11 @@ fn bench_event(id: u64) -> async_nats::HeaderMap {
     h
 }
 
-/// Request-reply through the core NATS trigger with 64 requests in flight.
-async fn core_nats_rate(url: &str, duration: Duration) -> anyhow::Result<Measured> {
+/// Requests in flight for the burst row.
+const BURST: u64 = 1024;
+
+/// Request-reply through the core NATS trigger with `in_flight` requests in flight.
+async fn core_nats_rate(url: &str, duration: Duration, in_flight: u64) -> anyhow::Result<Measured> {
     let client = async_nats::connect(url).await?;
     // Wait until the trigger answers.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -236,10 +254,10 @@ async fn core_nats_rate(url: &str, duration: Duration) -> anyhow::Result<Measure
     let warm = start + Duration::from_secs(1);
     let end = warm + duration;
     let mut tasks = Vec::new();
-    for w in 0..64u64 {
+    for w in 0..in_flight {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
             let mut i = w << 32;
             while Instant::now() < end {
                 i += 1;
@@ -248,16 +266,21 @@ async fn core_nats_rate(url: &str, duration: Duration) -> anyhow::Result<Measure
                     .request_with_headers("bench.core".to_string(), bench_event(i), Bytes::new())
                     .await
                     .is_ok();
-                if ok && t0 >= warm && Instant::now() <= end {
-                    lat.push((Instant::now() - t0).as_nanos() as u64);
+                if t0 >= warm && Instant::now() <= end {
+                    match ok {
+                        true => lat.push((Instant::now() - t0).as_nanos() as u64),
+                        false => errors += 1,
+                    }
                 }
             }
-            lat
+            (lat, errors)
         }));
     }
-    let mut all = Vec::new();
+    let (mut all, mut errors) = (Vec::new(), 0);
     for t in tasks {
-        all.extend(t.await?);
+        let (lat, e) = t.await?;
+        all.extend(lat);
+        errors += e;
     }
     all.sort_unstable();
     let pct =
@@ -265,7 +288,7 @@ async fn core_nats_rate(url: &str, duration: Duration) -> anyhow::Result<Measure
     Ok(Measured {
         name: "core",
         requests: all.len() as u64,
-        errors: 0,
+        errors,
         elapsed: duration,
         p50: pct(0.5),
         p99: pct(0.99),
