@@ -267,9 +267,10 @@ async fn core_nats_rate(url: &str, duration: Duration, in_flight: u64) -> anyhow
                     .await
                     .is_ok();
                 if t0 >= warm && Instant::now() <= end {
-                    match ok {
-                        true => lat.push((Instant::now() - t0).as_nanos() as u64),
-                        false => errors += 1,
+                    if ok {
+                        lat.push((Instant::now() - t0).as_nanos() as u64);
+                    } else {
+                        errors += 1;
                     }
                 }
             }
