@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::{ComponentError, EngineOptions, Tier};
+use crate::engine::{CacheUse, ComponentError, EngineOptions, Tier};
 
 /// Bounds of one compilation (from `ferry serve` flags).
 #[derive(Debug, Clone)]
@@ -56,7 +56,8 @@ impl ChildCompiler {
         }
     }
 
-    /// Compiles `bytes` in a child process and returns the serialized artifact. Blocks: call it
+    /// Compiles `bytes` in a child process and returns the serialized artifact, and how the
+    /// compile used the compile cache if it had one. Blocks: call it
     /// off the async threads. A `background` compile (the optimised code of a function already
     /// served by baseline code) runs at a lower CPU priority and outside the `--compile-jobs`
     /// slots, so that it never holds up a deploy: its caller runs one at a time.
@@ -65,7 +66,7 @@ impl ChildCompiler {
         bytes: &[u8],
         tier: Tier,
         background: bool,
-    ) -> Result<Vec<u8>, ComponentError> {
+    ) -> Result<(Vec<u8>, Option<CacheUse>), ComponentError> {
         let _slot = (!background).then(|| self.slot());
         let mut command = Command::new(&self.limits.exe);
         command
@@ -74,6 +75,13 @@ impl ChildCompiler {
             .arg(tier.name());
         if background {
             command.arg("--background");
+        }
+        if let Some(cache) = &self.engine.compile_cache {
+            command
+                .arg("--compile-cache")
+                .arg(&cache.dir)
+                .arg("--compile-cache-size")
+                .arg(format!("{}B", cache.max_size));
         }
         let mut child = command
             .arg("--max-instances")
@@ -145,7 +153,7 @@ impl ChildCompiler {
             format!(": {}", message.trim())
         };
         match status.code() {
-            Some(0) => Ok(artifact),
+            Some(0) => Ok((artifact, cache_use(&message))),
             Some(EXIT_INVALID) => Err(ComponentError::Invalid(message.trim().to_string())),
             // Exited with an error of its own: not the upload's fault.
             Some(_) => Err(ComponentError::Compile(format!(
@@ -220,6 +228,22 @@ impl Drop for Slot<'_> {
         let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
         *running -= 1;
         self.0.freed.notify_one();
+    }
+}
+
+/// How the child says it used the compile cache: its last line on stderr.
+const CACHE_LINE: &str = "compile-cache:";
+
+/// The cache use a child reported (`compile-cache: HITS MISSES`), if it did.
+fn cache_use(stderr: &str) -> Option<CacheUse> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(CACHE_LINE))?;
+    let mut numbers = line.split_whitespace().map(str::parse::<u64>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(hits)), Some(Ok(misses))) => Some(CacheUse { hits, misses }),
+        _ => None,
     }
 }
 
@@ -298,7 +322,7 @@ pub fn run_child(
         eprintln!("reading the component: {e}");
         return 1;
     }
-    let artifact = match crate::engine::compile_artifact(engine, &bytes, tier) {
+    let (artifact, cache) = match crate::engine::compile_artifact(engine, &bytes, tier) {
         Ok(a) => a,
         Err(ComponentError::Invalid(m)) => {
             eprintln!("{m}");
@@ -312,6 +336,9 @@ pub fn run_child(
     if let Err(e) = std::io::stdout().lock().write_all(&artifact) {
         eprintln!("writing the artifact: {e}");
         return 1;
+    }
+    if let Some(c) = cache {
+        eprintln!("{CACHE_LINE} {} {}", c.hits, c.misses);
     }
     0
 }

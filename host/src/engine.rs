@@ -48,6 +48,9 @@ pub struct EngineOptions {
     /// Serve a new component first with code from wasmtime's baseline compiler, Winch, while
     /// Cranelift's optimised code is compiled behind it (`--baseline-compile`).
     pub baseline: bool,
+    /// Cranelift's per-function cache, used by the compiler processes (`--compile-cache-size`;
+    /// None: every function is compiled).
+    pub compile_cache: Option<crate::compile_cache::CacheSettings>,
 }
 
 impl Default for EngineOptions {
@@ -63,6 +66,7 @@ impl Default for EngineOptions {
             log_buffer: 1 << 20,
             log_outcomes: false,
             baseline: false,
+            compile_cache: None,
         }
     }
 }
@@ -208,20 +212,61 @@ fn check_header(bytes: &[u8]) -> Result<(), ComponentError> {
     }
 }
 
+/// How one compile used the compile cache: functions found, and functions compiled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUse {
+    /// Functions whose code came from the cache.
+    pub hits: u64,
+    /// Functions compiled (and stored in the cache).
+    pub misses: u64,
+}
+
 /// Compiles an upload into an artifact for an engine with these settings (in the compiler
-/// process).
+/// process). Optimised code looks each function up in the compile cache first, when the host
+/// has one; the cache is trimmed to its bound afterwards if this compile added to it.
 pub fn compile_artifact(
     opts: &EngineOptions,
     bytes: &[u8],
     tier: Tier,
-) -> Result<Vec<u8>, ComponentError> {
+) -> Result<(Vec<u8>, Option<CacheUse>), ComponentError> {
     check_header(bytes)?;
-    let config = match tier {
+    let mut config = match tier {
         Tier::Baseline => baseline_config(opts),
         Tier::Optimized => engine_config(opts, false),
     };
+    let cache = match (&opts.compile_cache, tier) {
+        (Some(settings), Tier::Optimized) => {
+            match crate::compile_cache::DiskCache::open(&settings.dir) {
+                Ok(cache) => Some((settings, Arc::new(cache))),
+                Err(e) => {
+                    // Slower, not wrong: compile everything.
+                    eprintln!(
+                        "warning: the compile cache {} cannot be used: {e}",
+                        settings.dir.display()
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some((_, cache)) = &cache {
+        config
+            .enable_incremental_compilation(cache.clone())
+            .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
+    }
     let engine = Engine::new(&config).map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
-    compile_with(&engine, bytes).map(|(_, artifact)| artifact)
+    let (_, artifact) = compile_with(&engine, bytes)?;
+    let used = cache.map(|(settings, cache)| {
+        if cache.written() > 0 {
+            crate::compile_cache::evict(&settings.dir, settings.max_size);
+        }
+        CacheUse {
+            hits: cache.hits(),
+            misses: cache.misses(),
+        }
+    });
+    Ok((artifact, used))
 }
 
 /// Compiles `bytes` with `engine`: the component and its serialized artifact.
@@ -397,7 +442,7 @@ impl Runtime {
         let started = Instant::now();
         let component = match &self.compiler {
             Some(child) => {
-                let artifact = child.compile(bytes, Tier::Baseline, false)?;
+                let (artifact, _) = child.compile(bytes, Tier::Baseline, false)?;
                 // SAFETY: as in `load_artifact`: the artifact was written just now by this
                 // program's compiler process for this engine's settings.
                 #[allow(unsafe_code)]
@@ -429,7 +474,15 @@ impl Runtime {
         check_header(bytes)?;
         let (component, artifact) = match &self.compiler {
             Some(child) => {
-                let artifact = child.compile(bytes, Tier::Optimized, background)?;
+                let (artifact, cache) = child.compile(bytes, Tier::Optimized, background)?;
+                if let Some(cache) = cache {
+                    self.metrics.compile_cache(cache.hits, cache.misses);
+                    tracing::debug!(
+                        hits = cache.hits,
+                        misses = cache.misses,
+                        "compile cache: functions found and compiled"
+                    );
+                }
                 let component = self
                     .load_artifact(&artifact)
                     .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;

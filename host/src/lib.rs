@@ -14,6 +14,7 @@ pub mod bindings;
 pub mod build_cli;
 pub mod call;
 pub mod client;
+pub mod compile_cache;
 pub mod compiler;
 pub mod crashpoint;
 pub mod delivery;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use ferry_host::auth;
 use ferry_host::client::AdminClient;
+use ferry_host::compile_cache::CacheSettings;
 use ferry_host::delivery::retry::RetryPolicy;
 use ferry_host::delivery::{DeliveryOptions, InvocationView};
 use ferry_host::engine::EngineOptions;
@@ -257,6 +258,12 @@ struct ServeArgs {
     /// wait for the optimised code.
     #[arg(long, env = "FERRY_BASELINE_COMPILE", default_value_t = true, action = clap::ArgAction::Set)]
     baseline_compile: bool,
+    /// The most disk Cranelift's per-function compile cache (`compile-cache/` in the data
+    /// directory) may use; the least recently used functions go past it. A component whose
+    /// functions were compiled before (the same language runtime, an edited function) compiles
+    /// in a fraction of the time. 0 turns the cache off.
+    #[arg(long, env = "FERRY_COMPILE_CACHE_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    compile_cache_size: u64,
     /// Uploads compiled at once; more wait their turn.
     #[arg(long, env = "FERRY_COMPILE_JOBS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     compile_jobs: u32,
@@ -391,6 +398,10 @@ struct InternalCompileArgs {
     max_compile_time: Duration,
     #[arg(long, value_parser = parse_size)]
     max_compile_memory: u64,
+    #[arg(long, requires = "compile_cache_size")]
+    compile_cache: Option<PathBuf>,
+    #[arg(long, value_parser = parse_size)]
+    compile_cache_size: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -494,6 +505,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_instances: a.max_instances,
                 max_memory: a.max_memory,
                 max_wasm_stack: a.max_wasm_stack,
+                compile_cache: a.compile_cache.map(|dir| CacheSettings {
+                    dir,
+                    max_size: a.compile_cache_size.unwrap_or(0),
+                }),
                 ..EngineOptions::default()
             };
             let tier = if a.tier == "baseline" {
@@ -839,6 +854,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
     if let Some(endpoint) = ferry_host::otel::init_from_env()? {
         tracing::info!(%endpoint, "exporting spans over OTLP");
     }
+    let compile_cache_dir = data_dir.join("compile-cache");
     let served = runtime.block_on(server::serve(ServeOptions {
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -854,6 +870,10 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             log_buffer: usize::try_from(args.log_buffer).unwrap_or(usize::MAX),
             log_outcomes: args.log_outcomes,
             baseline: args.baseline_compile,
+            compile_cache: (args.compile_cache_size > 0).then_some(CacheSettings {
+                dir: compile_cache_dir,
+                max_size: args.compile_cache_size,
+            }),
             outbound: OutboundOptions {
                 allow_private: args.allow_private_outbound,
                 connect_timeout: args.outbound_connect_timeout,

@@ -46,6 +46,13 @@ struct Compilation {
     outcome: &'static str,
 }
 
+/// A compile cache lookup's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLookup {
+    /// `hit` (the function's code came from the cache) or `miss` (it was compiled).
+    result: &'static str,
+}
+
 /// An async pool's label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Pool {
@@ -100,6 +107,7 @@ pub struct Metrics {
     callbacks: Family<CallbackOutcome, Counter>,
     compilations: Family<Compilation, Counter>,
     compile_seconds: Histogram,
+    compile_cache: Family<CacheLookup, Counter>,
     queued: Family<Pool, Gauge>,
     journal_batch: Histogram,
     journal_sync: Histogram,
@@ -178,6 +186,13 @@ impl Default for Metrics {
             "compile_seconds",
             "How long compiling a component took",
             compile_seconds.clone(),
+        );
+        let compile_cache = Family::<CacheLookup, Counter>::default();
+        registry.register(
+            "compile_cache_functions",
+            "Functions of optimised compiles whose code came from the compile cache (hit) or was \
+             compiled (miss)",
+            compile_cache.clone(),
         );
         let queued = Family::<Pool, Gauge>::default();
         registry.register(
@@ -263,6 +278,7 @@ impl Default for Metrics {
             callbacks,
             compilations,
             compile_seconds,
+            compile_cache,
             queued,
             journal_batch,
             journal_sync,
@@ -383,6 +399,15 @@ impl Metrics {
             .inc();
         if let Some(took) = took {
             self.compile_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Counts one optimised compile's compile cache lookups.
+    pub fn compile_cache(&self, hits: u64, misses: u64) {
+        for (result, n) in [("hit", hits), ("miss", misses)] {
+            self.compile_cache
+                .get_or_create(&CacheLookup { result })
+                .inc_by(n);
         }
     }
 

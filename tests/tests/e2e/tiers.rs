@@ -113,3 +113,98 @@ fn without_baseline_compile_a_deploy_answers_with_the_optimized_code() {
     let (_, health) = ferry.admin_get("/healthz");
     assert_eq!(health["compilations"], 1, "{health}");
 }
+
+/// Cranelift's per-function compile cache: a component whose functions were compiled before (here
+/// the same code under other bytes) takes them from the cache, also after a restart; a cache
+/// damaged on disk is checked, compiled again and rewritten, never trusted.
+#[test]
+fn functions_compiled_once_come_from_the_compile_cache_also_after_a_restart() {
+    const HIT: &str = "ferry_compile_cache_functions_total{result=\"hit\"}";
+    const MISS: &str = "ferry_compile_cache_functions_total{result=\"miss\"}";
+    let mut ferry = Ferry::start();
+    let wasm = guests::bytes(guests::HELLO_HTTP);
+    let (status, body) = ferry.deploy_raw("first", wasm.clone());
+    assert_eq!(status, 201, "{body}");
+    ferry.optimized("first");
+    let cold_misses = ferry.metric(MISS);
+    let functions = cold_misses + ferry.metric(HIT);
+    assert!(cold_misses > 10.0, "a cold cache compiles: {cold_misses}");
+    let cache = ferry.data_dir.join("compile-cache");
+    let files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().path())
+            .collect()
+    };
+    // A file per compiled function (two identical functions compiled at once share one).
+    let stored = files().len() as f64;
+    assert!(stored > 10.0 && stored <= cold_misses, "{stored} files");
+
+    ferry.restart();
+    let (status, body) = ferry.deploy_raw("second", ferry_tests::with_custom_section(&wasm, "2"));
+    assert_eq!(status, 201, "{body}");
+    ferry.optimized("second");
+    // Not every one: wasmtime gives a few functions (under a tenth) other compiler input each
+    // time it compiles the same component, so their keys are new.
+    let (hits, misses) = (ferry.metric(HIT), ferry.metric(MISS));
+    assert_eq!(hits + misses, functions, "the same functions");
+    assert!(
+        hits >= 0.8 * functions && misses * 3.0 < cold_misses,
+        "functions from the cache: {hits} of {functions}, {misses} compiled (cold: {cold_misses})"
+    );
+    assert_eq!(
+        ferry.get("/second/x"),
+        (200, "Hello from Ferry! path=/second/x\n".to_string())
+    );
+
+    // Every file damaged (one bit of its code flipped): each fails its check, is compiled
+    // again and rewritten; none is used.
+    let damaged: Vec<(std::path::PathBuf, Vec<u8>)> = files()
+        .into_iter()
+        .map(|path| {
+            let mut bytes = std::fs::read(&path).unwrap();
+            *bytes.last_mut().unwrap() ^= 1;
+            std::fs::write(&path, &bytes).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    let (status, body) = ferry.deploy_raw("third", ferry_tests::with_custom_section(&wasm, "3"));
+    assert_eq!(status, 201, "{body}");
+    ferry.optimized("third");
+    let damaged_misses = ferry.metric(MISS) - misses;
+    assert!(
+        damaged_misses > 0.8 * cold_misses,
+        "damaged files are compiled again: {damaged_misses} of {cold_misses}"
+    );
+    assert_eq!(ferry.metric(MISS) + ferry.metric(HIT), 2.0 * functions);
+    // Each damaged file this compile looked up is gone or rewritten (the few it did not look
+    // up, of functions with keys of their own, stay as they are until evicted).
+    let untouched = damaged
+        .iter()
+        .filter(|(path, bytes)| std::fs::read(path).ok().as_ref() == Some(bytes))
+        .count();
+    assert!(
+        untouched * 5 < damaged.len(),
+        "{untouched} of {} damaged files left as they were",
+        damaged.len()
+    );
+    assert_eq!(
+        ferry.get("/third/x"),
+        (200, "Hello from Ferry! path=/third/x\n".to_string())
+    );
+}
+
+#[test]
+fn a_compile_cache_size_of_zero_keeps_no_cache() {
+    let ferry = Ferry::start_with(&["--compile-cache-size", "0"]);
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    ferry.optimized("hello-http");
+    assert!(!ferry.data_dir.join("compile-cache").exists());
+    assert_eq!(
+        ferry.metric("ferry_compile_cache_functions_total{result=\"miss\"}"),
+        0.0
+    );
+    assert_eq!(ferry.get("/hello-http/x").0, 200);
+}

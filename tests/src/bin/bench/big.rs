@@ -99,6 +99,43 @@ fn cold(label: &'static str, extra: &[&str], components: &[Vec<u8>]) -> anyhow::
     })
 }
 
+/// The CPU time of a process's ended children (its compiler processes), in seconds.
+fn children_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Fields 16 and 17 (cutime, cstime); `rest` starts at field 3. Ticks of 1/100 s.
+    (fields.get(13).copied().unwrap_or(0) + fields.get(14).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+/// On a fresh host started with `extra`, deploys `first` and waits for its optimised code, then
+/// deploys `second` (another function in the same language): how long until the second one's
+/// optimised code serves, and the compilers' CPU time for it (both tiers).
+fn after_another(extra: &[&str], first: &[u8], second: &[u8]) -> anyhow::Result<(Duration, f64)> {
+    let server = Server::ferry_empty(extra)?;
+    deploy(&server, "pya", first.to_vec())
+        .join()
+        .map_err(|_| anyhow::anyhow!("deploy thread panicked"))??;
+    until("the first function on optimized code", || {
+        optimized(&server, "pya")
+    })?;
+    let cpu = children_cpu(server.child.id());
+    let started = Instant::now();
+    deploy(&server, "pyb", second.to_vec())
+        .join()
+        .map_err(|_| anyhow::anyhow!("deploy thread panicked"))??;
+    let done = until("the second function on optimized code", || {
+        optimized(&server, "pyb")
+    })?;
+    Ok((done - started, children_cpu(server.child.id()) - cpu))
+}
+
 pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Result<()> {
     let ferry = super::ferry_bin();
     if Command::new("componentize-py")
@@ -130,6 +167,19 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
             &wasm,
         )?,
     ];
+
+    eprintln!("measuring a second function with and without the compile cache ...");
+    let mut seconds = Vec::new();
+    for (label, extra) in [
+        ("compile cache on (default)", &[][..]),
+        (
+            "compile cache off (`--compile-cache-size 0`)",
+            &["--compile-cache-size", "0"][..],
+        ),
+    ] {
+        let (took, cpu) = after_another(extra, &wasm[0], &wasm[1])?;
+        seconds.push((label, took, cpu));
+    }
 
     // Requests/s on the optimised code: the component is deployed as hello-http, the path the
     // load generator asks for, and given to `wasmtime serve` as it is.
@@ -172,6 +222,13 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
             c.first_response.as_secs_f64(),
             c.optimized.as_secs_f64(),
             c.peak_rss as f64 / 1e6
+        ));
+    }
+    s.push_str("\nA second Python function (another project of the same template) deployed on a host that has compiled one: how long until its optimized code serves, and the compiler processes' CPU time for it (both tiers). Cranelift's per-function compile cache finds most of its functions (the same CPython):\n\n| host | optimized code serving | compiler CPU |\n| --- | ---: | ---: |\n");
+    for (label, took, cpu) in &seconds {
+        s.push_str(&format!(
+            "| {label} | {:.1} s | {cpu:.1} s |\n",
+            took.as_secs_f64()
         ));
     }
     s.push_str(&format!(

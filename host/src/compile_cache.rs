@@ -1,0 +1,265 @@
+//! Cranelift's incremental compilation cache, on disk in the data directory.
+//!
+//! Components made by one toolchain share most of their code: every componentize-py component
+//! carries the same CPython, every componentize-js one the same JavaScript engine, and an edited
+//! function differs from its last version in a few functions. Cranelift can look up each
+//! function's machine code by a SHA-256 of its compiler input and the compiler's settings, and
+//! compile only what it has not seen. The store for those lookups is this directory: one file per
+//! function, written by the compiler processes (several may run at once), bounded in size by
+//! removing the least recently used files.
+//!
+//! A file holds a magic tag, a SHA-256 of its contents and the contents: a file damaged on disk
+//! (or cut short by a crash mid-write) fails the check, is removed, and its function is compiled
+//! again. Nothing here is synced: losing the cache costs only time.
+
+use std::borrow::Cow;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use sha2::{Digest as _, Sha256};
+
+/// The first bytes of every cache file (the format's version is its last byte).
+const MAGIC: &[u8; 4] = b"FCC1";
+
+/// Where a host's cache lives and how big it may grow (`ferry serve --compile-cache-size`).
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// The directory (`compile-cache` in the data directory).
+    pub dir: PathBuf,
+    /// The most bytes its files may hold; past it, the least recently used go.
+    pub max_size: u64,
+}
+
+/// The cache as one compile uses it, counting what it found.
+#[derive(Debug)]
+pub struct DiskCache {
+    dir: PathBuf,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    written: AtomicU64,
+    next_temp: AtomicU64,
+}
+
+impl DiskCache {
+    /// The cache in `dir`, which is made if missing.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            next_temp: AtomicU64::new(0),
+        })
+    }
+
+    /// Functions found in the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Functions looked up and not found (compiled, then stored).
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to the cache so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// The file of `key`: 256 subdirectories, so that no directory holds every file.
+    fn path(&self, key: &[u8]) -> PathBuf {
+        let name = hex::encode(Sha256::digest(key));
+        self.dir.join(&name[..2]).join(&name[2..])
+    }
+
+    fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        let mut file = std::fs::File::open(path).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        let sound = bytes.len() >= MAGIC.len() + 32
+            && bytes.starts_with(MAGIC)
+            && Sha256::digest(&bytes[MAGIC.len() + 32..])[..] == bytes[MAGIC.len()..][..32];
+        if !sound {
+            // Damaged or cut short: compiled again and rewritten.
+            let _ = std::fs::remove_file(path);
+            return None;
+        }
+        // Recently used: eviction goes by modification time (access times are not kept on
+        // every file system).
+        let _ = file.set_modified(SystemTime::now());
+        bytes.drain(..MAGIC.len() + 32);
+        Some(bytes)
+    }
+}
+
+impl wasmtime::CacheStore for DiskCache {
+    fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
+        match self.read(&self.path(key)) {
+            Some(bytes) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(Cow::Owned(bytes))
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let path = self.path(key);
+        let Some(parent) = path.parent() else {
+            return false;
+        };
+        // Written whole under a name of this process's own, then renamed: a reader sees the old
+        // file, the new one, or none, and two compilers writing the same function both succeed.
+        let temp = parent.join(format!(
+            ".{}-{}",
+            std::process::id(),
+            self.next_temp.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(parent)?;
+            let mut file = std::fs::File::create(&temp)?;
+            file.write_all(MAGIC)?;
+            file.write_all(&Sha256::digest(&value))?;
+            file.write_all(&value)?;
+            drop(file);
+            std::fs::rename(&temp, &path)
+        };
+        match write() {
+            Ok(()) => {
+                self.written
+                    .fetch_add((MAGIC.len() + 32 + value.len()) as u64, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                tracing::debug!(error = %e, "could not store a function in the compile cache");
+                false
+            }
+        }
+    }
+}
+
+/// Removes the least recently used files of the cache in `dir` until it holds at most
+/// `max_size` bytes (down to nine tenths of it, so that the next compile does not have to evict
+/// again), and leftover temporary files of compilers that died mid-write. Returns the bytes the
+/// cache holds afterwards. Files that vanish meanwhile (another compiler evicting) are skipped.
+pub fn evict(dir: &Path, max_size: u64) -> u64 {
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let now = SystemTime::now();
+    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(meta) = entry.metadata() else { continue };
+            let modified = meta.modified().unwrap_or(now);
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                // A temporary file: a compiler's write in progress, or one that died. An hour
+                // is far past the longest compile.
+                if now.duration_since(modified).unwrap_or_default().as_secs() > 3600 {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            total += meta.len();
+            files.push((modified, meta.len(), entry.path()));
+        }
+    }
+    if total <= max_size {
+        return total;
+    }
+    let goal = max_size / 10 * 9;
+    files.sort_unstable_by_key(|(modified, _, _)| *modified);
+    for (_, len, path) in files {
+        if total <= goal {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::CacheStore as _;
+
+    #[test]
+    fn stored_values_come_back_and_unknown_keys_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path()).unwrap();
+        assert!(cache.get(b"k1").is_none());
+        assert!(cache.insert(b"k1", b"machine code".to_vec()));
+        assert_eq!(cache.get(b"k1").unwrap().as_ref(), b"machine code");
+        assert!(cache.get(b"k2").is_none());
+        assert_eq!((cache.hits(), cache.misses()), (1, 2));
+        // Another process (a later compile) sees what this one stored.
+        let again = DiskCache::open(dir.path()).unwrap();
+        assert_eq!(again.get(b"k1").unwrap().as_ref(), b"machine code");
+    }
+
+    #[test]
+    fn a_damaged_or_cut_file_is_a_miss_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path()).unwrap();
+        for (key, damage) in [(b"flip", 0usize), (b"trun", 1)] {
+            assert!(cache.insert(key, vec![7u8; 1000]));
+            let path = cache.path(key);
+            let mut bytes = std::fs::read(&path).unwrap();
+            if damage == 0 {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+            } else {
+                bytes.truncate(20);
+            }
+            std::fs::write(&path, bytes).unwrap();
+            assert!(cache.get(key).is_none(), "{key:?}");
+            assert!(!path.exists(), "{key:?}: the damaged file is removed");
+        }
+    }
+
+    #[test]
+    fn eviction_keeps_the_most_recently_used_files_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path()).unwrap();
+        let size = (MAGIC.len() + 32 + 1000) as u64;
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        for i in 0..10u8 {
+            assert!(cache.insert(&[i], vec![i; 1000]));
+            // Older keys were used longer ago.
+            let when = old + std::time::Duration::from_secs(u64::from(i));
+            std::fs::File::options()
+                .write(true)
+                .open(cache.path(&[i]))
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        // Reading key 0 makes it the most recently used.
+        assert!(cache.get(&[0]).is_some());
+        assert_eq!(
+            evict(dir.path(), 100 * size),
+            10 * size,
+            "within the bound: nothing goes"
+        );
+        let left = evict(dir.path(), 5 * size);
+        assert!(left <= 5 * size, "{left}");
+        let kept: Vec<u8> = (0..10u8).filter(|i| cache.path(&[*i]).exists()).collect();
+        assert!(kept.contains(&0), "the file read last stays: {kept:?}");
+        assert!(
+            kept.contains(&9) && !kept.contains(&1),
+            "oldest go first: {kept:?}"
+        );
+    }
+}
