@@ -12,8 +12,15 @@ rustup target add wasm32-wasip2 wasm32-wasip1
 # $component/status (FERRY_TEST_CARGO_COMPONENT_STATUS), its log in $component/log.
 component=$(mktemp -d)
 log=
-trap 'rm -rf "$component" $log' EXIT
 component_pid=
+downloads=
+# However the script ends (a failed build, Ctrl-C, a kill), the background work ends with it:
+# background jobs of a script ignore Ctrl-C, and killing a subshell leaves its children running.
+kill_tree() { local child; for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done; kill "$1" 2>/dev/null || true; }
+cleanup() { for pid in $component_pid $downloads; do kill_tree "$pid"; done; rm -rf "$component" $log; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if ! cargo component --version 2>/dev/null | grep -q '0\.21\.'; then
     echo "installing cargo-component 0.21.1 in the background (log: $component/log)" >&2
     (
@@ -75,6 +82,7 @@ cargo build --release --workspace --bins
 # does not build is reported with the results below).
 cargo test --release --workspace --no-run || true
 wait "$downloads" || true
+downloads=
 hash -r
 command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
 
@@ -89,6 +97,7 @@ status=0
 cargo test --release --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 if [ -n "$component_pid" ]; then
     wait "$component_pid" || true
+    component_pid=
     if [ "$(cat "$component/status" 2>/dev/null)" != 0 ]; then
         cat "$component/log" >&2
         echo "installing cargo-component failed (above)" >&2
