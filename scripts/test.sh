@@ -16,7 +16,9 @@ component_pid=
 downloads=
 # However the script ends (a failed build, Ctrl-C, a kill), the background work ends with it:
 # background jobs of a script ignore Ctrl-C, and killing a subshell leaves its children running.
-kill_tree() { local child; for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done; kill "$1" 2>/dev/null || true; }
+# Stops the whole tree first (so that no `||` fallback starts meanwhile), then kills it.
+tree() { local child; echo "$1"; for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$child"; done; }
+kill_tree() { local pids; pids=$(tree "$1"); kill -STOP $pids 2>/dev/null || true; kill -KILL $pids 2>/dev/null || true; }
 cleanup() { for pid in $component_pid $downloads; do kill_tree "$pid"; done; rm -rf "$component" $log; }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -81,10 +83,11 @@ cargo build --release --workspace --bins
 # The tests themselves build while cargo-component may still be installing (a test target that
 # does not build is reported with the results below).
 cargo test --release --workspace --no-run || true
-wait "$downloads" || true
+wait "$downloads" || echo "warning: a download above failed (the tests that need it say so)" >&2
 downloads=
 hash -r
 command -v nats-server >/dev/null || { echo "nats-server is not on PATH after installing it" >&2; exit 1; }
+command -v strace >/dev/null || { echo "strace is not on PATH after installing it (apt-get install strace)" >&2; exit 1; }
 
 # The end-to-end tests mostly wait on the processes they start, so one more test at a time than
 # there are cores keeps the cores busy (on two cores: 3.4 min -> 2.4 min, every test passing).

@@ -36,21 +36,34 @@ pub struct CacheSettings {
 #[derive(Debug)]
 pub struct DiskCache {
     dir: PathBuf,
+    /// What this compile may write: its bound, or nothing when the disk is short of space.
+    budget: u64,
     hits: AtomicU64,
     misses: AtomicU64,
     written: AtomicU64,
+    failed: AtomicU64,
     next_temp: AtomicU64,
 }
 
 impl DiskCache {
-    /// The cache in `dir`, which is made if missing.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+    /// The cache in `dir`, which is made if missing (private to the host's user, like the rest
+    /// of the data directory). A compile writes at most `max_size` bytes to it, and nothing
+    /// while the file system has less than twice `max_size` free: the cache never takes the
+    /// space the store and the journal need.
+    pub fn open(dir: &Path, max_size: u64) -> std::io::Result<Self> {
+        private_dir(dir)?;
+        let budget = if free_space(dir)? < max_size.saturating_mul(2) {
+            0
+        } else {
+            max_size
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
+            budget,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
         })
     }
@@ -68,6 +81,11 @@ impl DiskCache {
     /// Bytes written to the cache so far.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+
+    /// Functions that could not be written (an unwritable directory, a full disk).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// The file of `key`: 256 subdirectories, so that no directory holds every file.
@@ -111,20 +129,31 @@ impl wasmtime::CacheStore for DiskCache {
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let size = (MAGIC.len() + 32 + value.len()) as u64;
+        if self.written() + size > self.budget {
+            // Past this compile's share (or the disk is short of space): compiled, not kept.
+            return false;
+        }
         let path = self.path(key);
         let Some(parent) = path.parent() else {
             return false;
         };
-        // Written whole under a name of this process's own, then renamed: a reader sees the old
-        // file, the new one, or none, and two compilers writing the same function both succeed.
+        // Written whole under a new name of this process's own, then renamed: a reader sees the
+        // old file, the new one, or none, and two compilers writing the same function both
+        // succeed.
         let temp = parent.join(format!(
             ".{}-{}",
             std::process::id(),
             self.next_temp.fetch_add(1, Ordering::Relaxed)
         ));
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(parent)?;
-            let mut file = std::fs::File::create(&temp)?;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            private_dir(parent)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
             file.write_all(MAGIC)?;
             file.write_all(&Sha256::digest(&value))?;
             file.write_all(&value)?;
@@ -133,21 +162,49 @@ impl wasmtime::CacheStore for DiskCache {
         };
         match write() {
             Ok(()) => {
-                self.written
-                    .fetch_add((MAGIC.len() + 32 + value.len()) as u64, Ordering::Relaxed);
+                self.written.fetch_add(size, Ordering::Relaxed);
                 true
             }
-            Err(e) => {
+            Err(_) => {
                 let _ = std::fs::remove_file(&temp);
-                tracing::debug!(error = %e, "could not store a function in the compile cache");
+                self.failed.fetch_add(1, Ordering::Relaxed);
                 false
             }
         }
     }
 }
 
-/// Removes the least recently used files of the cache in `dir` until it holds at most
-/// `max_size` bytes (down to nine tenths of it, so that the next compile does not have to evict
+/// Makes `dir` (and its parents) if missing, readable by this user alone.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Bytes free to this user on the file system of `dir`.
+fn free_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `path` is a NUL-terminated string and `stat` a zeroed struct statvfs fills.
+    #[allow(unsafe_code)]
+    let stat = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut stat) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat
+    };
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Removes the least recently used files of the cache in `dir` until they take at most
+/// `max_size` bytes of disk (down to nine tenths of it, so that the next compile does not have to evict
 /// again), and leftover temporary files of compilers that died mid-write. Returns the bytes the
 /// cache holds afterwards. Files that vanish meanwhile (another compiler evicting) are skipped.
 pub fn evict(dir: &Path, max_size: u64) -> u64 {
@@ -170,8 +227,10 @@ pub fn evict(dir: &Path, max_size: u64) -> u64 {
                 }
                 continue;
             }
-            total += meta.len();
-            files.push((modified, meta.len(), entry.path()));
+            // The disk a file takes, not its length: most are a few KB, in whole blocks.
+            let used = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+            total += used;
+            files.push((modified, used, entry.path()));
         }
     }
     if total <= max_size {
@@ -190,6 +249,27 @@ pub fn evict(dir: &Path, max_size: u64) -> u64 {
     total
 }
 
+/// Trims the cache to its bound on a thread of its own, unless a trim is already running (one
+/// at a time: two would each remove the excess). The host calls it at start and after each
+/// compile that added to the cache.
+pub fn trim_in_background(settings: &CacheSettings) {
+    static TRIMMING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TRIMMING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let settings = settings.clone();
+    let spawned = std::thread::Builder::new()
+        .name("compile-cache-trim".into())
+        .spawn(move || {
+            let left = evict(&settings.dir, settings.max_size);
+            tracing::debug!(bytes = left, "compile cache trimmed");
+            TRIMMING.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        TRIMMING.store(false, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,21 +278,21 @@ mod tests {
     #[test]
     fn stored_values_come_back_and_unknown_keys_miss() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path()).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         assert!(cache.get(b"k1").is_none());
         assert!(cache.insert(b"k1", b"machine code".to_vec()));
         assert_eq!(cache.get(b"k1").unwrap().as_ref(), b"machine code");
         assert!(cache.get(b"k2").is_none());
         assert_eq!((cache.hits(), cache.misses()), (1, 2));
         // Another process (a later compile) sees what this one stored.
-        let again = DiskCache::open(dir.path()).unwrap();
+        let again = DiskCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(again.get(b"k1").unwrap().as_ref(), b"machine code");
     }
 
     #[test]
     fn a_damaged_or_cut_file_is_a_miss_and_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path()).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         for (key, damage) in [(b"flip", 0usize), (b"trun", 1)] {
             assert!(cache.insert(key, vec![7u8; 1000]));
             let path = cache.path(key);
@@ -232,8 +312,7 @@ mod tests {
     #[test]
     fn eviction_keeps_the_most_recently_used_files_within_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path()).unwrap();
-        let size = (MAGIC.len() + 32 + 1000) as u64;
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         let old = SystemTime::now() - std::time::Duration::from_secs(3600);
         for i in 0..10u8 {
             assert!(cache.insert(&[i], vec![i; 1000]));
@@ -246,20 +325,42 @@ mod tests {
                 .set_modified(when)
                 .unwrap();
         }
+        // What one file takes on this file system (whole blocks).
+        let used =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(cache.path(&[0])).unwrap())
+                * 512;
         // Reading key 0 makes it the most recently used.
         assert!(cache.get(&[0]).is_some());
         assert_eq!(
-            evict(dir.path(), 100 * size),
-            10 * size,
+            evict(dir.path(), 100 * used),
+            10 * used,
             "within the bound: nothing goes"
         );
-        let left = evict(dir.path(), 5 * size);
-        assert!(left <= 5 * size, "{left}");
+        let left = evict(dir.path(), 5 * used);
+        assert!(left <= 5 * used, "{left}");
         let kept: Vec<u8> = (0..10u8).filter(|i| cache.path(&[*i]).exists()).collect();
         assert!(kept.contains(&0), "the file read last stays: {kept:?}");
         assert!(
             kept.contains(&9) && !kept.contains(&1),
             "oldest go first: {kept:?}"
         );
+    }
+
+    #[test]
+    fn a_compile_writes_no_more_than_its_bound_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(&dir.path().join("cache"), 2500).unwrap();
+        assert!(cache.insert(b"a", vec![1; 1000]));
+        assert!(cache.insert(b"b", vec![2; 1000]));
+        assert!(
+            !cache.insert(b"c", vec![3; 1000]),
+            "past the bound: not kept"
+        );
+        assert!(cache.get(b"c").is_none() && cache.get(b"a").is_some());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("cache")), 0o700);
+        assert_eq!(mode(&cache.path(b"a")), 0o600);
+        assert_eq!(mode(cache.path(b"a").parent().unwrap()), 0o700);
     }
 }

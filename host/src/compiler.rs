@@ -153,7 +153,13 @@ impl ChildCompiler {
             format!(": {}", message.trim())
         };
         match status.code() {
-            Some(0) => Ok((artifact, cache_use(&message))),
+            Some(0) => {
+                // Anything else the compiler said (the compile cache it could not use).
+                for line in message.lines().filter(|l| !l.starts_with(CACHE_LINE)) {
+                    tracing::warn!("compiler: {line}");
+                }
+                Ok((artifact, cache_use(&message)))
+            }
             Some(EXIT_INVALID) => Err(ComponentError::Invalid(message.trim().to_string())),
             // Exited with an error of its own: not the upload's fault.
             Some(_) => Err(ComponentError::Compile(format!(
@@ -210,6 +216,11 @@ impl ChildCompiler {
         (verdict, peak)
     }
 
+    /// The compile cache the children use, if any.
+    pub(crate) fn cache_settings(&self) -> Option<&crate::compile_cache::CacheSettings> {
+        self.engine.compile_cache.as_ref()
+    }
+
     /// Waits for a free compilation slot; the slot is freed when the guard drops.
     fn slot(&self) -> impl Drop + '_ {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,15 +245,22 @@ impl Drop for Slot<'_> {
 /// How the child says it used the compile cache: its last line on stderr.
 const CACHE_LINE: &str = "compile-cache:";
 
-/// The cache use a child reported (`compile-cache: HITS MISSES`), if it did.
+/// The cache use a child reported on its last line (`compile-cache: HITS MISSES WRITTEN
+/// FAILED`), if it did.
 fn cache_use(stderr: &str) -> Option<CacheUse> {
-    let line = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(CACHE_LINE))?;
-    let mut numbers = line.split_whitespace().map(str::parse::<u64>);
-    match (numbers.next(), numbers.next()) {
-        (Some(Ok(hits)), Some(Ok(misses))) => Some(CacheUse { hits, misses }),
+    let line = stderr.lines().last()?.strip_prefix(CACHE_LINE)?;
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match numbers[..] {
+        [hits, misses, written, failed] => Some(CacheUse {
+            hits,
+            misses,
+            written,
+            failed,
+        }),
         _ => None,
     }
 }
@@ -338,7 +356,10 @@ pub fn run_child(
         return 1;
     }
     if let Some(c) = cache {
-        eprintln!("{CACHE_LINE} {} {}", c.hits, c.misses);
+        eprintln!(
+            "{CACHE_LINE} {} {} {} {}",
+            c.hits, c.misses, c.written, c.failed
+        );
     }
     0
 }

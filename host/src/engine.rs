@@ -212,18 +212,42 @@ fn check_header(bytes: &[u8]) -> Result<(), ComponentError> {
     }
 }
 
-/// How one compile used the compile cache: functions found, and functions compiled.
+/// How one compile used the compile cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheUse {
     /// Functions whose code came from the cache.
     pub hits: u64,
     /// Functions compiled (and stored in the cache).
     pub misses: u64,
+    /// Bytes this compile added to the cache.
+    pub written: u64,
+    /// Functions that could not be stored (an unwritable directory, a full disk).
+    pub failed: u64,
+}
+
+/// The compile cache an optimised compile uses, if the host has one that can be opened.
+fn open_cache(opts: &EngineOptions, tier: Tier) -> Option<Arc<crate::compile_cache::DiskCache>> {
+    let settings = opts
+        .compile_cache
+        .as_ref()
+        .filter(|_| tier == Tier::Optimized)?;
+    match crate::compile_cache::DiskCache::open(&settings.dir, settings.max_size) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(e) => {
+            // Slower, not wrong: every function is compiled. The host logs this line.
+            eprintln!(
+                "the compile cache {} cannot be used ({e}): check its owner and permissions, \
+                 or turn it off with --compile-cache-size 0",
+                settings.dir.display()
+            );
+            None
+        }
+    }
 }
 
 /// Compiles an upload into an artifact for an engine with these settings (in the compiler
 /// process). Optimised code looks each function up in the compile cache first, when the host
-/// has one; the cache is trimmed to its bound afterwards if this compile added to it.
+/// has one.
 pub fn compile_artifact(
     opts: &EngineOptions,
     bytes: &[u8],
@@ -234,37 +258,19 @@ pub fn compile_artifact(
         Tier::Baseline => baseline_config(opts),
         Tier::Optimized => engine_config(opts, false),
     };
-    let cache = match (&opts.compile_cache, tier) {
-        (Some(settings), Tier::Optimized) => {
-            match crate::compile_cache::DiskCache::open(&settings.dir) {
-                Ok(cache) => Some((settings, Arc::new(cache))),
-                Err(e) => {
-                    // Slower, not wrong: compile everything.
-                    eprintln!(
-                        "warning: the compile cache {} cannot be used: {e}",
-                        settings.dir.display()
-                    );
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
-    if let Some((_, cache)) = &cache {
+    let cache = open_cache(opts, tier);
+    if let Some(cache) = &cache {
         config
             .enable_incremental_compilation(cache.clone())
             .map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
     }
     let engine = Engine::new(&config).map_err(|e| ComponentError::Compile(format!("{e:#}")))?;
     let (_, artifact) = compile_with(&engine, bytes)?;
-    let used = cache.map(|(settings, cache)| {
-        if cache.written() > 0 {
-            crate::compile_cache::evict(&settings.dir, settings.max_size);
-        }
-        CacheUse {
-            hits: cache.hits(),
-            misses: cache.misses(),
-        }
+    let used = cache.map(|cache| CacheUse {
+        hits: cache.hits(),
+        misses: cache.misses(),
+        written: cache.written(),
+        failed: cache.failed(),
     });
     Ok((artifact, used))
 }
@@ -480,8 +486,22 @@ impl Runtime {
                     tracing::debug!(
                         hits = cache.hits,
                         misses = cache.misses,
+                        written = cache.written,
                         "compile cache: functions found and compiled"
                     );
+                    if cache.failed > 0 {
+                        tracing::warn!(
+                            functions = cache.failed,
+                            "the compile cache could not store some functions (a full disk or \
+                             an unwritable compile-cache/ in the data directory?): they will be \
+                             compiled again next time"
+                        );
+                    }
+                    if cache.written > 0 {
+                        if let Some(settings) = child.cache_settings() {
+                            crate::compile_cache::trim_in_background(settings);
+                        }
+                    }
                 }
                 let component = self
                     .load_artifact(&artifact)

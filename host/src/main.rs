@@ -258,8 +258,9 @@ struct ServeArgs {
     /// wait for the optimised code.
     #[arg(long, env = "FERRY_BASELINE_COMPILE", default_value_t = true, action = clap::ArgAction::Set)]
     baseline_compile: bool,
-    /// The most disk Cranelift's per-function compile cache (`compile-cache/` in the data
-    /// directory) may use; the least recently used functions go past it. A component whose
+    /// The disk Cranelift's per-function compile cache (`compile-cache/` in the data
+    /// directory) is trimmed to, least recently used first, at start and after each compile
+    /// that adds to it; it stops growing while less than twice this is free. A component whose
     /// functions were compiled before (the same language runtime, an edited function) compiles
     /// in a fraction of the time. 0 turns the cache off.
     #[arg(long, env = "FERRY_COMPILE_CACHE_SIZE", default_value = "1GiB", value_parser = parse_size)]
@@ -855,6 +856,17 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         tracing::info!(%endpoint, "exporting spans over OTLP");
     }
     let compile_cache_dir = data_dir.join("compile-cache");
+    // A cache turned off is removed; one kept is trimmed to its (maybe new) bound.
+    if args.compile_cache_size == 0 {
+        if compile_cache_dir.exists() {
+            let _ = std::fs::remove_dir_all(&compile_cache_dir);
+        }
+    } else {
+        ferry_host::compile_cache::trim_in_background(&CacheSettings {
+            dir: compile_cache_dir.clone(),
+            max_size: args.compile_cache_size,
+        });
+    }
     let served = runtime.block_on(server::serve(ServeOptions {
         listen: args.listen,
         admin_listen: args.admin_listen,
