@@ -73,6 +73,11 @@ impl DiskCache {
         self.hits.load(Ordering::Relaxed)
     }
 
+    /// The bytes this compile may add: 0 when the disk is short of space.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
     /// Functions looked up and not found (compiled, then stored).
     pub fn misses(&self) -> u64 {
         self.misses.load(Ordering::Relaxed)

@@ -232,7 +232,18 @@ fn open_cache(opts: &EngineOptions, tier: Tier) -> Option<Arc<crate::compile_cac
         .as_ref()
         .filter(|_| tier == Tier::Optimized)?;
     match crate::compile_cache::DiskCache::open(&settings.dir, settings.max_size) {
-        Ok(cache) => Some(Arc::new(cache)),
+        Ok(cache) => {
+            if cache.budget() == 0 {
+                // The host logs this line.
+                eprintln!(
+                    "the compile cache {} stores nothing while less than {} is free on its disk: \
+                     free some space or lower --compile-cache-size",
+                    settings.dir.display(),
+                    crate::model::size_text(settings.max_size.saturating_mul(2))
+                );
+            }
+            Some(Arc::new(cache))
+        }
         Err(e) => {
             // Slower, not wrong: every function is compiled. The host logs this line.
             eprintln!(

@@ -858,9 +858,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
     let compile_cache_dir = data_dir.join("compile-cache");
     // A cache turned off is removed; one kept is trimmed to its (maybe new) bound.
     if args.compile_cache_size == 0 {
-        if compile_cache_dir.exists() {
-            let _ = std::fs::remove_dir_all(&compile_cache_dir);
-        }
+        let _ = std::fs::remove_dir_all(&compile_cache_dir);
     } else {
         ferry_host::compile_cache::trim_in_background(&CacheSettings {
             dir: compile_cache_dir.clone(),
