@@ -928,12 +928,13 @@ fn components_of_old_and_removed_versions_are_collected() {
     ferry.optimized("f");
     ferry.optimized("g");
     ferry.terminate(Duration::from_secs(30));
-    // f keeps its last two versions (echo-event, misbehave); g shares hello-http's bytes. Only
-    // the versions serving got optimized code (f's earlier ones were replaced while baseline
-    // code served them: a rollback to one compiles it again).
+    // f keeps its last two versions (echo-event, misbehave); g shares hello-http's bytes. The
+    // versions serving have optimized code; misbehave has it too if its background compile
+    // ended before echo-event replaced it (with the compile cache it often does).
     let counts = store_counts(&ferry.data_dir);
     assert_eq!(counts["components"], 3, "{counts}");
-    assert_eq!(counts["compiled artifacts"], 2, "{counts}");
+    let artifacts = counts["compiled artifacts"].as_u64().unwrap();
+    assert!(artifacts == 2 || artifacts == 3, "{counts}");
 
     ferry.start_again();
     let resp = ferry
