@@ -960,7 +960,8 @@ mod tests {
     /// pages than wasmtime's reset asks the kernel for at once (32) must still find them
     /// resident in its next instance, not take a copy-on-write fault for each (the patch in
     /// vendor/wasmtime/FERRY-PATCH.md). Needs PAGEMAP_SCAN (Linux 6.7+); without it the reset
-    /// rewrites the first KEEP_RESIDENT bytes, which also keeps them.
+    /// rewrites the first KEEP_RESIDENT bytes, which also keeps them. Either way each instance
+    /// must find the memory as the module defines it, none of the last instance's writes.
     #[test]
     fn an_instance_dirtying_many_scattered_pages_keeps_them_resident() {
         let opts = EngineOptions {
@@ -969,33 +970,42 @@ mod tests {
         };
         let engine = Engine::new(&engine_config(&opts, true)).unwrap();
         // 1 MiB of memory whose image spans all of it (data at both ends), and a function
-        // writing one byte into every other 4 KiB page: 96 separate dirty pages.
+        // writing one byte into every other 4 KiB page (96 separate dirty pages) that returns
+        // the sum of the bytes it found there: 120, the data's "x" at 0, in a clean memory.
         const PAGES: u32 = 96;
         let wat = format!(
             r#"(module
                 (memory 16 16)
                 (data (i32.const 0) "x")
                 (data (i32.const 1048575) "x")
-                (func (export "touch") (local $i i32)
+                (func (export "touch") (result i32) (local $i i32) (local $sum i32)
                     (loop $next
+                        (local.set $sum (i32.add (local.get $sum)
+                            (i32.load8_u (i32.mul (local.get $i) (i32.const 8192)))))
                         (i32.store8 (i32.mul (local.get $i) (i32.const 8192)) (i32.const 7))
                         (local.set $i (i32.add (local.get $i) (i32.const 1)))
-                        (br_if $next (i32.lt_u (local.get $i) (i32.const {PAGES}))))))"#
+                        (br_if $next (i32.lt_u (local.get $i) (i32.const {PAGES}))))
+                    (local.get $sum)))"#
         );
         let module = Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
         let mut per_round = Vec::new();
+        let mut found = Vec::new();
         for _ in 0..4 {
             let before = faults();
             let mut store = Store::new(&engine, ());
             store.set_epoch_deadline(u64::MAX / 2);
             let instance = Instance::new(&mut store, &module, &[]).unwrap();
             let touch = instance
-                .get_typed_func::<(), ()>(&mut store, "touch")
+                .get_typed_func::<(), i32>(&mut store, "touch")
                 .unwrap();
-            touch.call(&mut store, ()).unwrap();
+            found.push(touch.call(&mut store, ()).unwrap());
             drop(store);
             per_round.push(faults() - before);
         }
+        assert_eq!(
+            found, [120; 4],
+            "every instance starts from the module's memory"
+        );
         assert!(
             per_round[0] >= PAGES as u64,
             "the first instance faults its pages in: {per_round:?}"
