@@ -14,12 +14,17 @@ component=$(mktemp -d)
 log=
 component_pid=
 downloads=
+step_pid=
 # However the script ends (a failed build, Ctrl-C, a kill), the background work ends with it:
 # background jobs of a script ignore Ctrl-C, and killing a subshell leaves its children running.
 # Stops the whole tree first (so that no `||` fallback starts meanwhile), then kills it.
 tree() { local child; echo "$1"; for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$child"; done; }
 kill_tree() { local pids; pids=$(tree "$1"); kill -STOP $pids 2>/dev/null || true; kill -KILL $pids 2>/dev/null || true; }
-cleanup() { for pid in $component_pid $downloads; do kill_tree "$pid"; done; rm -rf "$component" $log; }
+cleanup() { for pid in $step_pid $component_pid $downloads; do kill_tree "$pid"; done; rm -rf "$component" $log; }
+# Runs one step of the script and waits for it. bash runs a trap only once the foreground command
+# has ended, so a step runs in the background, where `wait` returns at once on a signal: Ctrl-C
+# or a kill ends the script, and the step with it, without waiting for a build to finish.
+step() { local code=0; "$@" & step_pid=$!; wait "$step_pid" || code=$?; step_pid=; return "$code"; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -79,10 +84,10 @@ downloads=$!
 # The end-to-end tests start the ferry binary, which `cargo test` alone does not build. The
 # release build, as scripts/run.sh makes it: both commands share one build of wasmtime, and after
 # scripts/run.sh this builds only the tests.
-cargo build --release --workspace --bins
+step cargo build --release --workspace --bins
 # The tests themselves build while cargo-component may still be installing (a test target that
 # does not build is reported with the results below).
-cargo test --release --workspace --no-run || true
+step cargo test --release --workspace --no-run || true
 wait "$downloads" || echo "warning: a download above failed (the tests that need it say so)" >&2
 downloads=
 hash -r
@@ -97,7 +102,8 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-$(( $(nproc) + 1 ))}"
 # Run every test binary even when one fails, then name every failing test of every binary.
 log=$(mktemp)
 status=0
-cargo test --release --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+run_tests() { cargo test --release --workspace --no-fail-fast "$@" 2>&1 | tee "$log"; }
+step run_tests "$@" || status=$?
 if [ -n "$component_pid" ]; then
     wait "$component_pid" || true
     component_pid=
