@@ -148,26 +148,35 @@ fn engine_config(opts: &EngineOptions, pooling: bool) -> Config {
         // The host's own frames (WASI calls) run on the same fiber stack, above the guest's.
         .async_stack_size(opts.max_wasm_stack as usize + (1 << 20));
     if pooling {
-        let mut pool = PoolingAllocationConfig::new();
-        let instances = opts.max_instances;
-        pool.total_component_instances(instances)
-            // A Rust component is a handful of core instances (the program and wit-component's
-            // shims); each may have a memory and a table.
-            .total_core_instances(instances * 4)
-            .total_memories(instances)
-            .total_tables(instances * 4)
-            .total_stacks(instances)
-            .max_memory_size(opts.max_memory as usize)
-            .max_memories_per_component(4)
-            // Reset a returned instance by rewriting only the pages it dirtied (PAGEMAP_SCAN,
-            // Linux 6.7+) instead of `madvise`: every madvise costs a TLB shootdown across all
-            // cores, which was a third of the CPU of a hello request.
-            .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
+            opts,
+            KEEP_RESIDENT,
+        )));
     }
     config
+}
+
+/// The pooling allocator's settings, keeping `keep_resident` bytes of each memory and table
+/// slot resident between instances.
+fn pool_config(opts: &EngineOptions, keep_resident: usize) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    let instances = opts.max_instances;
+    pool.total_component_instances(instances)
+        // A Rust component is a handful of core instances (the program and wit-component's
+        // shims); each may have a memory and a table.
+        .total_core_instances(instances * 4)
+        .total_memories(instances)
+        .total_tables(instances * 4)
+        .total_stacks(instances)
+        .max_memory_size(opts.max_memory as usize)
+        .max_memories_per_component(4)
+        // Reset a returned instance by rewriting only the pages it dirtied (PAGEMAP_SCAN,
+        // Linux 6.7+) instead of `madvise`: every madvise costs a TLB shootdown across all
+        // cores, which was a third of the CPU of a hello request.
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(keep_resident)
+        .table_keep_resident(keep_resident);
+    pool
 }
 
 /// Which compiler made a component's code.
@@ -956,23 +965,15 @@ mod tests {
         after_name.split(' ').nth(7).unwrap().parse().unwrap()
     }
 
-    /// An interpreter writes all over its heap: a guest that dirties more separate runs of
-    /// pages than wasmtime's reset asks the kernel for at once (32) must still find them
-    /// resident in its next instance, not take a copy-on-write fault for each (the patch in
-    /// vendor/wasmtime/FERRY-PATCH.md). Needs PAGEMAP_SCAN (Linux 6.7+); without it the reset
-    /// rewrites the first KEEP_RESIDENT bytes, which also keeps them. Either way each instance
-    /// must find the memory as the module defines it, none of the last instance's writes.
-    #[test]
-    fn an_instance_dirtying_many_scattered_pages_keeps_them_resident() {
-        let opts = EngineOptions {
-            max_instances: 4,
-            ..EngineOptions::default()
-        };
-        let engine = Engine::new(&engine_config(&opts, true)).unwrap();
-        // 1 MiB of memory whose image spans all of it (data at both ends), and a function
-        // writing one byte into every other 4 KiB page (96 separate dirty pages) that returns
-        // the sum of the bytes it found there: 120, the data's "x" at 0, in a clean memory.
-        const PAGES: u32 = 96;
+    /// Pages the scattered-writes module dirties: every other 4 KiB page of its memory.
+    const PAGES: u32 = 96;
+
+    /// Instantiates, four times one after another, a module with 1 MiB of memory whose image
+    /// spans all of it (data at both ends), and calls its function that writes one byte into
+    /// every other 4 KiB page (96 separate dirty pages) and returns the sum of the bytes it found
+    /// there: 120, the data's "x" at 0, in a clean memory. Returns each round's minor page faults
+    /// and sum.
+    fn scattered_writes(engine: &Engine) -> (Vec<u64>, Vec<i32>) {
         let wat = format!(
             r#"(module
                 (memory 16 16)
@@ -987,12 +988,12 @@ mod tests {
                         (br_if $next (i32.lt_u (local.get $i) (i32.const {PAGES}))))
                     (local.get $sum)))"#
         );
-        let module = Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
+        let module = Module::new(engine, wat::parse_str(&wat).unwrap()).unwrap();
         let mut per_round = Vec::new();
         let mut found = Vec::new();
         for _ in 0..4 {
             let before = faults();
-            let mut store = Store::new(&engine, ());
+            let mut store = Store::new(engine, ());
             store.set_epoch_deadline(u64::MAX / 2);
             let instance = Instance::new(&mut store, &module, &[]).unwrap();
             let touch = instance
@@ -1002,6 +1003,26 @@ mod tests {
             drop(store);
             per_round.push(faults() - before);
         }
+        (per_round, found)
+    }
+
+    fn small_opts() -> EngineOptions {
+        EngineOptions {
+            max_instances: 4,
+            ..EngineOptions::default()
+        }
+    }
+
+    /// An interpreter writes all over its heap: a guest that dirties more separate runs of
+    /// pages than wasmtime's reset asks the kernel for at once (32) must still find them
+    /// resident in its next instance, not take a copy-on-write fault for each (the patch in
+    /// vendor/wasmtime/FERRY-PATCH.md). Needs PAGEMAP_SCAN (Linux 6.7+); without it the reset
+    /// rewrites the first KEEP_RESIDENT bytes, which also keeps them. Either way each instance
+    /// must find the memory as the module defines it, none of the last instance's writes.
+    #[test]
+    fn an_instance_dirtying_many_scattered_pages_keeps_them_resident() {
+        let engine = Engine::new(&engine_config(&small_opts(), true)).unwrap();
+        let (per_round, found) = scattered_writes(&engine);
         assert_eq!(
             found, [120; 4],
             "every instance starts from the module's memory"
@@ -1013,6 +1034,29 @@ mod tests {
         assert!(
             per_round[2..].iter().all(|&f| f < PAGES as u64 / 2),
             "later instances find the pages resident: {per_round:?}"
+        );
+    }
+
+    /// With room to keep only 40 of the 96 dirty pages resident, the reset rewrites those and
+    /// decommits the rest, reached in a later scan than the first: each instance still starts
+    /// from the module's memory, and faults the decommitted pages in again.
+    #[test]
+    fn a_small_resident_budget_still_resets_every_page() {
+        let opts = small_opts();
+        let mut config = engine_config(&opts, false);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
+            &opts,
+            40 << 12,
+        )));
+        let engine = Engine::new(&config).unwrap();
+        let (per_round, found) = scattered_writes(&engine);
+        assert_eq!(
+            found, [120; 4],
+            "every instance starts from the module's memory"
+        );
+        assert!(
+            per_round[2..].iter().all(|&f| f >= (PAGES - 40) as u64),
+            "the pages past the budget are decommitted: {per_round:?}"
         );
     }
 }

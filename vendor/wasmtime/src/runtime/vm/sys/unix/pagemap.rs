@@ -170,9 +170,13 @@ impl PageMap {
 /// Putting this all together this helps explain the search criteria for
 /// `PAGEMAP_SCAN`, notably:
 ///
-/// * `Categories::PRESENT` - we're only interested in present pages, anything
-///   unmapped wasn't touched by the guest so no need for the host to touch it
-///   either.
+/// * `Categories::PRESENT` or `Categories::SWAPPED` - we're only interested
+///   in pages the guest touched, anything unmapped wasn't touched by the guest
+///   so no need for the host to touch it either. FERRY PATCH: a written page
+///   the kernel swapped out (or is migrating) is not present but is still the
+///   guest's data; upstream matched only present pages, so such a page was
+///   neither reset nor decommitted and the next instance could read it
+///   (open upstream pull request bytecodealliance/wasmtime#14357).
 ///
 /// * `Categories::WRITTEN` - if a page was only read by the guest no need to
 ///   take a look at it as the contents aren't changed from the initial image.
@@ -211,10 +215,10 @@ impl PageMap {
 ///   a region of memory to store a list of `page_region` structures. Below this
 ///   is always `MAX_REGIONS`. If there are more than this number of disjoint
 ///   regions of memory that need to be reported then the ioctl will also return
-///   early without reaching the end of memory. Note that this means that all
-///   further memory will be `decommit`'d with reported regions still going to
-///   `reset_manually`. This is arguably something we should detect and improve
-///   in Wasmtime, but for now `MAX_REGIONS` is hardcoded.
+///   early without reaching the end of memory. FERRY PATCH: the scan is then
+///   repeated from where it stopped (upstream decommitted all further memory
+///   instead, so a guest writing to many scattered pages lost them all on
+///   every reset).
 ///
 /// In the end this ends up being a "more clever" version of this function than
 /// the one in the `pagemap_disabled` module. By using `PAGEMAP_SCAN` we can
@@ -303,12 +307,9 @@ pub unsafe fn reset_with_pagemap(
                 // pages. Additionally search for the zero page/file page as those are
                 // inverted above meaning we're searching for pages that specifically
                 // don't have those flags.
-                .category_mask(
-                    Categories::WRITTEN
-                        | Categories::PRESENT
-                        | Categories::PFNZERO
-                        | Categories::FILE,
-                )
+                .category_mask(Categories::WRITTEN | Categories::PFNZERO | Categories::FILE)
+                // FERRY PATCH: present, or swapped out (see above).
+                .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
                 // Don't return any categories back. This helps group regions together
                 // since the reported set of categories is always empty and we otherwise
                 // aren't looking for anything in particular.
@@ -493,7 +494,6 @@ mod ioctl {
         ///
         /// For more detail see the `pagemap_scan_is_interesting_page` function
         /// in the Linux kernel source.
-        #[expect(dead_code, reason = "bindings for the future if we need them")]
         pub fn category_anyof_mask(&mut self, flags: Categories) -> &mut PageMapScanBuilder {
             self.pm_scan_arg.category_anyof_mask = flags;
             self
