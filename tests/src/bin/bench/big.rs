@@ -2,7 +2,8 @@
 //! python` makes it). How long from the start of its upload to its first response, with baseline
 //! code first (the default) and with the deploy waiting for optimised code; how long until the
 //! optimised code serves; three different ones deployed at once; the host's peak memory; and
-//! requests/s on the optimised code next to `wasmtime serve` on the same component.
+//! requests/s on the optimised code next to `wasmtime serve` on the same component, and the same
+//! for a JavaScript component (componentize-js, `--lang js`) when Node.js and npm are installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +13,8 @@ use anyhow::{bail, Context as _};
 
 use super::{measure, until, Args, Load, Measured, Server};
 
-/// A Python HTTP function built with `ferry new` and `ferry build`.
-fn python_component(ferry: &Path, dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+/// An HTTP function in `lang` (python or js) built with `ferry new` and `ferry build`.
+fn built_component(ferry: &Path, dir: &Path, name: &str, lang: &str) -> anyhow::Result<Vec<u8>> {
     let run = |args: &[&str], cwd: &Path| -> anyhow::Result<()> {
         let out = Command::new(ferry)
             .args(args)
@@ -29,7 +30,7 @@ fn python_component(ferry: &Path, dir: &Path, name: &str) -> anyhow::Result<Vec<
         }
         Ok(())
     };
-    run(&["new", "http", name, "--lang", "python"], dir)?;
+    run(&["new", "http", name, "--lang", lang], dir)?;
     let project = dir.join(name);
     run(&["build"], &project)?;
     Ok(std::fs::read(project.join(format!("{name}.wasm")))?)
@@ -149,7 +150,7 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let wasm: Vec<Vec<u8>> = ["pyone", "pytwo", "pythree"]
         .iter()
-        .map(|n| python_component(&ferry, dir.path(), n))
+        .map(|n| built_component(&ferry, dir.path(), n, "python"))
         .collect::<anyhow::Result<_>>()?;
     let size = wasm[0].len();
 
@@ -181,30 +182,16 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
         seconds.push((label, took, cpu));
     }
 
-    // Requests/s on the optimised code: the component is deployed as hello-http, the path the
-    // load generator asks for, and given to `wasmtime serve` as it is.
-    let mut rates: Vec<Measured> = Vec::new();
-    let server = Server::ferry_with(&[], "hello-http", wasm[0].clone())?;
-    until("hello-http on optimized code", || {
-        optimized(&server, "hello-http")
-    })?;
-    rates.push(rt.block_on(measure(
-        "Ferry (optimized code)",
-        server.addr,
-        Load::Get,
-        args,
-    ))?);
-    drop(server);
-    let file = dir.path().join("pyone").join("pyone.wasm");
-    if let Some(wasmtime) = std::env::var_os("WASMTIME_BIN") {
-        let server = Server::wasmtime_serving(PathBuf::from(wasmtime), &file)?;
-        rates.push(rt.block_on(measure(
-            "wasmtime serve -S cli (same component)",
-            server.addr,
-            Load::Get,
-            args,
-        ))?);
-    }
+    let python_rates = rates(rt, args, &dir.path().join("pyone").join("pyone.wasm"))?;
+    // The same for a JavaScript component, when this machine can build one.
+    let js = if Command::new("npm").arg("--version").output().is_ok() {
+        let wasm = built_component(&ferry, dir.path(), "jsone", "js")?;
+        let file = dir.path().join("jsone").join("jsone.wasm");
+        Some((wasm.len(), rates(rt, args, &file)?))
+    } else {
+        eprintln!("skipping the JavaScript rows: npm is not installed");
+        None
+    };
 
     let mut s = format!(
         "### Big components: an {:.1} MB Python component\n\n`ferry new http NAME --lang python` and `ferry build` (componentize-py); each row a fresh host with an empty compiled-code cache. First response: from the start of the upload to the first 200 from the function. Optimized: until `code.tier` is `optimized` for every function. Peak RSS: the host process (compiling runs in child processes).\n\n",
@@ -237,10 +224,51 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
         args.duration.as_secs(),
         args.warmup.as_secs()
     ));
+    rates_table(&mut s, &python_rates);
+    if let Some((size, rates)) = &js {
+        s.push_str(&format!(
+            "\nThe same for a {:.1} MB JavaScript component (`ferry new http NAME --lang js`, componentize-js):\n\n",
+            *size as f64 / 1e6
+        ));
+        rates_table(&mut s, rates);
+    }
+    println!("{s}");
+    super::write_section(&args.out, "big", &s)
+}
+
+/// Requests/s on `file` deployed to a fresh host (as hello-http, the path the load generator asks
+/// for, once its optimized code serves), then under `wasmtime serve` as it is (`WASMTIME_BIN`).
+fn rates(rt: &tokio::runtime::Runtime, args: &Args, file: &Path) -> anyhow::Result<Vec<Measured>> {
+    let mut rates = Vec::new();
+    let server = Server::ferry_with(&[], "hello-http", std::fs::read(file)?)?;
+    until("hello-http on optimized code", || {
+        optimized(&server, "hello-http")
+    })?;
+    rates.push(rt.block_on(measure(
+        "Ferry (optimized code)",
+        server.addr,
+        Load::Get,
+        args,
+    ))?);
+    drop(server);
+    if let Some(wasmtime) = std::env::var_os("WASMTIME_BIN") {
+        let server = Server::wasmtime_serving(PathBuf::from(wasmtime), file)?;
+        rates.push(rt.block_on(measure(
+            "wasmtime serve -S cli (same component)",
+            server.addr,
+            Load::Get,
+            args,
+        ))?);
+    }
+    Ok(rates)
+}
+
+/// A table of `rates`, each compared with the first (Ferry's).
+fn rates_table(s: &mut String, rates: &[Measured]) {
     s.push_str("| server | requests/s | p50 latency | p99 latency | errors | Ferry vs this |\n");
     s.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
     let ferry_rps = rates[0].rps();
-    for r in &rates {
+    for r in rates {
         s.push_str(&format!(
             "{} {} |\n",
             r.cells(),
@@ -251,6 +279,4 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
             }
         ));
     }
-    println!("{s}");
-    super::write_section(&args.out, "big", &s)
 }
