@@ -217,6 +217,37 @@ fn deploy_hostile(ferry: &Ferry, rest: &str) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// Each invocation's instance starts from the component's own memory: what a guest wrote (here
+/// a token on 128 separate pages, more than wasmtime resets in one scan of the dirty pages) is
+/// never there for the next invocation, one after another (the same memory slot, reset in place)
+/// or several at once.
+#[test]
+fn an_instance_never_finds_what_an_earlier_one_wrote() {
+    let ferry = Ferry::start();
+    deploy_hostile(&ferry, "");
+    for i in 0..40 {
+        assert_eq!(
+            ferry.get(&format!("/hostile/snoop?token=secret-{i}")),
+            (200, "dirty 0".to_string()),
+            "request {i}"
+        );
+    }
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let ferry = &ferry;
+            s.spawn(move || {
+                for i in 0..25 {
+                    assert_eq!(
+                        ferry.get(&format!("/hostile/snoop?token=thread-{t}-{i}")),
+                        (200, "dirty 0".to_string()),
+                        "thread {t}, request {i}"
+                    );
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn guest_outbound_http_reaches_only_allowed_public_hosts() {
     use ferry_tests::receiver::{Receiver, BODY};

@@ -21,6 +21,9 @@
 //! - `/env?name=NAME`    answers with the value of the environment variable NAME
 //! - `/header?name=NAME` answers with the value of the request header NAME (empty when absent)
 //!                       and prints `header NAME=VALUE` to standard output
+//! - `/snoop?token=T`    counts the non-zero bytes of a 1 MiB static buffer, then writes T at
+//!                       the start of every 8 KiB of it (128 separate pages), and answers
+//!                       `dirty N`: an instance that starts clean finds 0
 //! - anything else       answers `ok`
 
 use wasip2::exports::http::incoming_handler::Guest;
@@ -29,6 +32,10 @@ use wasip2::http::types::{
 };
 
 struct Hostile;
+
+/// What `/snoop` reads and scribbles on: zero in the module, so anything else an instance finds
+/// there was left by another.
+static SCRATCH: std::sync::Mutex<[u8; 1 << 20]> = std::sync::Mutex::new([0; 1 << 20]);
 
 fn query<'a>(path: &'a str, key: &str) -> Option<&'a str> {
     path.split_once('?')?
@@ -281,6 +288,16 @@ impl Guest for Hostile {
                     }
                 }
                 respond(out, 200, &format!("read {size} bytes"));
+            }
+            "snoop" => {
+                let token = query(&path, "token").unwrap_or("snoop").as_bytes();
+                let token = &token[..token.len().min(64)];
+                let mut scratch = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+                let dirty = scratch.iter().filter(|&&b| b != 0).count();
+                for page in scratch.chunks_mut(8192) {
+                    page[..token.len()].copy_from_slice(token);
+                }
+                respond(out, 200, &format!("dirty {dirty}"));
             }
             "env" => {
                 let name = query(&path, "name").unwrap_or_default();
