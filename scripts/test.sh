@@ -20,10 +20,12 @@ step_pid=
 # Stops the whole tree first (so that no `||` fallback starts meanwhile), then kills it.
 tree() { local child; echo "$1"; for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$child"; done; }
 kill_tree() { local pids; pids=$(tree "$1"); kill -STOP $pids 2>/dev/null || true; kill -KILL $pids 2>/dev/null || true; }
-cleanup() { for pid in $step_pid $component_pid $downloads; do kill_tree "$pid"; done; rm -rf "$component" $log; }
+cleanup() { for pid in $step_pid $component_pid $downloads $(jobs -p); do kill_tree "$pid"; done; rm -rf "$component" $log; }
 # Runs one step of the script and waits for it. bash runs a trap only once the foreground command
 # has ended, so a step runs in the background, where `wait` returns at once on a signal: Ctrl-C
-# or a kill ends the script, and the step with it, without waiting for a build to finish.
+# or a kill ends the script, and the step with it, without waiting for a build to finish. What a
+# step starts inherits a background job's lot: stdin is /dev/null and SIGINT is ignored (a test
+# that relies on SIGINT's default action must restore it; `ferry` and `timeout` do).
 step() { local code=0; "$@" & step_pid=$!; wait "$step_pid" || code=$?; step_pid=; return "$code"; }
 trap cleanup EXIT
 trap 'exit 130' INT

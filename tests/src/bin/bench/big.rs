@@ -184,10 +184,23 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
 
     let python_rates = rates(rt, args, &dir.path().join("pyone").join("pyone.wasm"))?;
     // The same for a JavaScript component, when this machine can build one.
-    let js = if Command::new("npm").arg("--version").output().is_ok() {
-        let wasm = built_component(&ferry, dir.path(), "jsone", "js")?;
+    // The same for a JavaScript component, when this machine can build one (a failure here
+    // skips the rows, not the Python tables above).
+    let npm = Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let js = if npm {
         let file = dir.path().join("jsone").join("jsone.wasm");
-        Some((wasm.len(), rates(rt, args, &file)?))
+        match built_component(&ferry, dir.path(), "jsone", "js")
+            .and_then(|wasm| Ok((wasm.len(), rates(rt, args, &file)?)))
+        {
+            Ok(js) => Some(js),
+            Err(e) => {
+                eprintln!("skipping the JavaScript rows: {e:#}");
+                None
+            }
+        }
     } else {
         eprintln!("skipping the JavaScript rows: npm is not installed");
         None
