@@ -8,11 +8,12 @@
 //! - `.../status?code=N`  answers with status N
 //! - `.../flaky?fail=N`   answers 503 while the `ferry-attempt` header is at most N, then 200
 //! - `.../fail-unless-fixed`  answers 500 unless the config value FIXED is set
+//! - `.../size`           reads the whole request body and answers its length and FNV-1a hash
 //! - `.../record`         sends `GET /hit/<ferry-invocation-id>` to the host:port in the config
-//!                        value RECORD_TO (needs it in `[outbound] allow`), then answers 200
+//!   value RECORD_TO (needs it in `[outbound] allow`), then answers 200
 //! - `.../hold`           sends `GET /hit/hold` to RECORD_TO like `.../record` and answers
-//!                        `<GREETING> from misbehave after hold` once that request is answered:
-//!                        a test holds the function mid-request for as long as it likes
+//!   `<GREETING> from misbehave after hold` once that request is answered:
+//!   a test holds the function mid-request for as long as it likes
 //! - anything else        answers `<GREETING> from misbehave` (GREETING from `[config]`)
 //!
 //! Build:  `cargo build --target wasm32-wasip2 --release`   (or `cargo component build --release`)
@@ -36,10 +37,28 @@ fn query_number(path: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The request body's length and 64-bit FNV-1a hash (of nothing, when it cannot be read).
+fn body_digest(request: IncomingRequest) -> (usize, u64) {
+    let (mut len, mut hash) = (0, 0xcbf2_9ce4_8422_2325u64);
+    let Ok(body) = request.consume() else {
+        return (len, hash);
+    };
+    let Ok(stream) = body.stream() else {
+        return (len, hash);
+    };
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        len += chunk.len();
+        for b in chunk {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    (len, hash)
+}
+
 fn header(request: &IncomingRequest, name: &str) -> Option<String> {
     request
         .headers()
-        .get(&name.to_string())
+        .get(name)
         .into_iter()
         .next()
         .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -132,6 +151,9 @@ impl Guest for Misbehave {
                 Ok(status) => respond_status(out, 502, format!("holder answered {status}\n")),
                 Err(e) => respond_status(out, 502, format!("holding failed: {e}\n")),
             }
+        } else if route.ends_with("/size") {
+            let (len, hash) = body_digest(request);
+            respond(out, format!("received {len} bytes, fnv1a {hash:016x}\n"));
         } else if route.ends_with("/record") {
             let to = std::env::var("RECORD_TO").unwrap_or_default();
             let id = header(&request, "ferry-invocation-id").unwrap_or_else(|| "none".into());

@@ -207,7 +207,15 @@ enum Was<'a> {
 
 /// Writes `inv` (as [`SledStore::prepare`] made it) and its indexes, removing the indexes it
 /// had, ends its leases, and logs it for expiry when it became expirable or changed its time.
-fn write_record(v: &mut View<'_>, was: Was<'_>, inv: &Invocation, prepared: Prepared) {
+/// An invocation that became expirable loses its payload: nothing reads it again (attempts are
+/// over, and only dead letters are shown with theirs or replayed). True when that payload is in
+/// a file, which goes once the removal is durable.
+fn write_record(
+    v: &mut View<'_>,
+    was: Was<'_>,
+    inv: &Invocation,
+    prepared: Prepared,
+) -> anyhow::Result<bool> {
     let before = match was {
         Was::Stored(old) => index_keys(old),
         Was::New | Was::Missing => BTreeSet::new(),
@@ -232,7 +240,17 @@ fn write_record(v: &mut View<'_>, was: Was<'_>, inv: &Invocation, prepared: Prep
         v.remove(lease_key(Queue::Callbacks, &inv.id));
     }
     let (record, payload) = prepared;
-    if let Some(payload) = payload {
+    let was_expirable = matches!(was, Was::Stored(old) if expirable(old));
+    let mut in_file = false;
+    if expirable(inv) {
+        if !was_expirable {
+            // Removed before the next flush, a new invocation's payload never reaches sled.
+            in_file = v
+                .get(&payload_key(&inv.id))?
+                .is_some_and(|p| p.first() == Some(&IN_FILE));
+            v.remove(payload_key(&inv.id));
+        }
+    } else if let Some(payload) = payload {
         put(v, payload_key(&inv.id), payload);
     }
     put(v, record_key(&inv.id), record);
@@ -245,6 +263,7 @@ fn write_record(v: &mut View<'_>, was: Was<'_>, inv: &Invocation, prepared: Prep
         push_expiry(&mut entry, inv.updated_ms, &inv.id);
         v.append_log(&entry, inv.updated_ms);
     }
+    Ok(in_file)
 }
 
 /// The key just after every key that starts with the one-byte `prefix`.
@@ -449,7 +468,9 @@ impl SledStore {
                 v.insert(idem_key(key), inv.id.as_bytes().to_vec());
             }
             let was = if fresh { Was::New } else { Was::Missing };
-            write_record(&mut v, was, inv, prepared);
+            if write_record(&mut v, was, inv, prepared)? {
+                self.doom_payload_file(&inv.id);
+            }
             if let Some(lease) = lease {
                 let (k, value) = (lease_key(Queue::Attempts, &inv.id), lease_value(lease));
                 if fresh {
@@ -537,12 +558,17 @@ impl SledStore {
         if removed && self.payload_file_of(id).is_some() {
             // Removed with the record's removal, once that is durable: until then a crash
             // brings the record back, and it needs its payload.
-            self.doomed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.to_string());
+            self.doom_payload_file(id);
         }
         Ok(removed)
+    }
+
+    /// Deletes the payload file of `id` after the next durable flush, which removes its key.
+    fn doom_payload_file(&self, id: &str) {
+        self.doomed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_string());
     }
 
     /// The keys from `from` up to `to` (excluded), at most `limit`.
@@ -581,7 +607,9 @@ impl DeliveryStore for SledStore {
             let mut v = self.changes.view(&t.delivery);
             // Removed meanwhile (purged, expired): a late outcome does not bring it back.
             if let Some(old) = read_record(&v, &inv.id)? {
-                write_record(&mut v, Was::Stored(&old), inv, prepared);
+                if write_record(&mut v, Was::Stored(&old), inv, prepared)? {
+                    self.doom_payload_file(&inv.id);
+                }
             }
             Ok(())
         })())
@@ -756,12 +784,16 @@ impl DeliveryStore for SledStore {
     }
 
     fn restore(&self, inv: &Invocation) -> anyhow::Result<bool> {
-        if self.get(&inv.id)?.is_none() {
+        let Some(stored) = self.get(&inv.id)? else {
             self.insert_with(inv, false, None, false)?;
             if inv.payload.is_none() {
                 self.adopt_payload_file(&inv.id)?;
             }
             return Ok(true);
+        };
+        if expirable(&stored) {
+            // It finished, and its payload went with its last attempt: it is not needed again.
+            return Ok(false);
         }
         let t = self.t()?;
         let intact = self
@@ -1145,10 +1177,10 @@ mod tests {
             .unwrap();
         assert!(raw.len() < 1000, "the record is small: {} bytes", raw.len());
         // A state change leaves the payload alone.
-        let mut done = stored.clone();
-        done.status = crate::delivery::record::Status::Succeeded;
-        done.due_ms = None;
-        s.put(&done).unwrap();
+        let mut retry = stored.clone();
+        retry.attempts = 1;
+        retry.due_ms = Some(99);
+        s.put(&retry).unwrap();
         match s.payload("a").unwrap() {
             Some(Payload::Http { body: b, .. }) => assert_eq!(b, body),
             other => panic!("{other:?}"),
@@ -1174,6 +1206,7 @@ mod tests {
         );
 
         // A record from before payloads had keys of their own is moved apart on open.
+        // (Its payload stays: it is pending.)
         let legacy = inv("b", None);
         let t = s.t().unwrap();
         t.delivery
@@ -1184,5 +1217,82 @@ mod tests {
         s.upgrade_delivery().unwrap();
         assert!(s.get("b").unwrap().unwrap().payload.is_none());
         assert_eq!(s.payload("b").unwrap(), legacy.payload);
+    }
+    /// An invocation that finished with nothing pending keeps its record and loses its payload
+    /// (its file too, once that is durable); a journal replay of its submit does not bring the
+    /// payload back. A dead letter and a pending callback keep theirs.
+    #[test]
+    fn a_finished_invocation_drops_its_payload_and_a_replay_leaves_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let big_body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let submits: Vec<Invocation> = ["small", "big", "dead"]
+            .into_iter()
+            .map(|id| {
+                let mut i = inv(id, None);
+                if id == "big" {
+                    if let Some(Payload::Http { body, .. }) = i.payload.as_mut() {
+                        *body = big_body.clone();
+                    }
+                }
+                i
+            })
+            .collect();
+        for i in &submits {
+            s.insert(i, false, None).unwrap();
+        }
+        crate::store::Store::flush(&s).unwrap();
+        assert!(s.payload_file_of("big").is_some());
+        let t = s.t().unwrap();
+        for i in &submits {
+            let mut done = s.get(&i.id).unwrap().unwrap();
+            done.status = if i.id == "dead" {
+                Status::DeadLettered
+            } else {
+                Status::Succeeded
+            };
+            done.due_ms = None;
+            done.updated_ms = 5;
+            s.put(&done).unwrap();
+        }
+        assert!(s.payload("small").unwrap().is_none());
+        assert!(s.payload("big").unwrap().is_none());
+        assert!(
+            s.payload("dead").unwrap().is_some(),
+            "a dead letter keeps it"
+        );
+        assert!(
+            s.payload_file_of("big").is_some(),
+            "the file stays until the removal is durable"
+        );
+        crate::store::Store::flush(&s).unwrap();
+        assert!(s.payload_file_of("big").is_none());
+        for id in ["small", "big"] {
+            assert!(t.delivery.get(payload_key(id)).unwrap().is_none());
+            assert_eq!(s.get(id).unwrap().unwrap().status, Status::Succeeded);
+        }
+        // A crash before the journal's next generation replays the submits.
+        for i in &submits {
+            let journaled = if i.id == "big" {
+                i.without_payload()
+            } else {
+                i.clone()
+            };
+            assert!(!s.restore(&journaled).unwrap(), "{}", i.id);
+        }
+        assert!(s.payload("small").unwrap().is_none());
+        assert!(s.payload("big").unwrap().is_none());
+        assert!(s.payload("dead").unwrap().is_some());
+
+        // A new invocation that finishes before the next flush: its payload never reaches sled.
+        let quick = inv("quick", None);
+        s.insert(&quick, false, None).unwrap();
+        let mut done = s.get("quick").unwrap().unwrap();
+        done.status = Status::Succeeded;
+        done.due_ms = None;
+        s.put(&done).unwrap();
+        crate::store::Store::flush(&s).unwrap();
+        assert!(t.delivery.get(payload_key("quick")).unwrap().is_none());
+        assert!(t.delivery.get(record_key("quick")).unwrap().is_some());
     }
 }

@@ -901,6 +901,69 @@ fn a_large_body_is_journaled_once_in_its_synced_file_and_survives_a_crash() {
     );
 }
 
+/// The length and FNV-1a hash misbehave's `/size` answers for `body`.
+fn size_answer(body: &[u8]) -> String {
+    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("received {} bytes, fnv1a {hash:016x}\n", body.len())
+}
+
+#[test]
+fn a_finished_invocation_gives_up_its_payload_but_not_before_that_is_durable() {
+    let mut ferry = with_misbehave_tried_once();
+    let body: String = "0123456789abcdef".repeat(1 << 14); // 256 KiB: a payload file
+    let payloads = ferry.data_dir.join("payloads");
+    let files = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+
+    // Run to success: the result stays, the payload (its file) goes with the next checkpoint.
+    let r = ferry.submit("/misbehave/size", &[], &body);
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = ferry.finished(&id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["body"], size_answer(body.as_bytes()));
+    eventually(
+        "the finished invocation's payload file to go",
+        Duration::from_secs(30),
+        || (files(&payloads) == 0).then_some(()),
+    );
+
+    // The host dies at its first checkpoint: the submits may have run, and their payloads been
+    // dropped in memory, but nothing of that was durable. After the restart each runs (again)
+    // with its whole body, and then its file goes.
+    ferry.terminate(Duration::from_secs(30));
+    ferry.env = vec![("FERRY_CRASH_AT".into(), "checkpoint-start".into())];
+    ferry.start_again();
+    let acked = submit_until_down_to(&ferry, "/misbehave/size", &body, 10_000);
+    assert!(!acked.is_empty(), "some submits were acknowledged");
+    assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
+    assert!(
+        files(&payloads) >= acked.len(),
+        "each acknowledged body is in its file"
+    );
+    ferry.env.clear();
+    ferry.start_again();
+    for id in acked.iter().chain([&id]) {
+        let done = ferry.finished(id);
+        assert_eq!(done["status"], "succeeded", "{id}: {done}");
+        assert_eq!(done["result"]["body"], size_answer(body.as_bytes()), "{id}");
+    }
+    eventually(
+        "the payload files to go once the invocations finished",
+        Duration::from_secs(30),
+        || (files(&payloads) == 0).then_some(()),
+    );
+    println!(
+        "{} submits of {} bytes acknowledged before the crash, each run with its whole body after it",
+        acked.len(),
+        body.len()
+    );
+}
+
 /// `ferry store check --json` counts on a stopped host's data directory.
 fn store_counts(data_dir: &Path) -> serde_json::Value {
     let out = Command::new(ferry_tests::ferry_bin())
