@@ -499,7 +499,10 @@ impl Journal {
         // record was stored, so the journal holds only the record: a large body is written to
         // disk once, not twice. (Nothing is awaited before the append: a duplicate submit's
         // barrier must cover this record.)
-        let apart = inv.payload.is_some() && self.store.payload_file_of(&inv.id).is_some();
+        let apart = inv
+            .payload
+            .as_ref()
+            .is_some_and(|p| self.store.keeps_apart(p));
         let without_payload;
         let inv = if apart {
             without_payload = inv.without_payload();

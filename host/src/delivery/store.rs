@@ -118,6 +118,12 @@ pub trait DeliveryStore: Send + Sync + 'static {
         None
     }
 
+    /// Whether [`DeliveryStore::insert`] keeps this payload in a file of its own (see
+    /// [`DeliveryStore::payload_file_of`]): decided from the payload, without asking the disk.
+    fn keeps_apart(&self, _payload: &Payload) -> bool {
+        false
+    }
+
     /// Whether changes wait in memory for [`DeliveryStore::flush_delivery`] (a backend that
     /// keeps them there until a durable flush): the journal then checkpoints even when it holds
     /// no submit, so that attempt outcomes are made durable as submits are.

@@ -71,6 +71,32 @@ fn payload_key(id: &str) -> Vec<u8> {
 /// Payloads this large are kept in a file of their own (`payloads/<id>`), written once, instead
 /// of in the database, whose pages would copy them again on every rewrite.
 const LARGE_PAYLOAD: usize = 64 * 1024;
+/// Whether a payload is [`LARGE_PAYLOAD`] or more as stored. A request whose body and headers
+/// are clearly smaller is answered without serialising its metadata.
+fn large(p: &Payload) -> bool {
+    if let Payload::Http {
+        method,
+        path,
+        headers,
+        body,
+    } = p
+    {
+        // The metadata's JSON is at most this long: a character escaped takes at most six
+        // bytes, a header value (base64) four for every three.
+        let meta_at_most = 128
+            + 6 * (method.len() + path.len())
+            + headers
+                .iter()
+                .map(|h| 16 + 6 * h.0.len() + 2 * h.1.len())
+                .sum::<usize>();
+        if 4 + meta_at_most + body.len() < LARGE_PAYLOAD {
+            return false;
+        }
+    }
+    let (meta, body) = p.stored_parts();
+    4 + meta.len() + body.len() >= LARGE_PAYLOAD
+}
+
 /// The first byte of a `p` value: the payload follows, or it is in its file.
 const INLINE: u8 = 0;
 const IN_FILE: u8 = 1;
@@ -820,6 +846,10 @@ impl DeliveryStore for SledStore {
         path.exists().then_some(path)
     }
 
+    fn keeps_apart(&self, payload: &Payload) -> bool {
+        large(payload)
+    }
+
     fn unflushed(&self) -> bool {
         !self.changes.is_empty()
     }
@@ -1218,6 +1248,28 @@ mod tests {
         assert!(s.get("b").unwrap().unwrap().payload.is_none());
         assert_eq!(s.payload("b").unwrap(), legacy.payload);
     }
+    #[test]
+    fn whether_a_payload_is_large_is_told_from_the_payload_as_the_store_decides() {
+        use crate::delivery::record::Header;
+        for headers in [0usize, 3, 40] {
+            for body in (LARGE_PAYLOAD - 3000..LARGE_PAYLOAD + 10).step_by(7) {
+                let p = Payload::Http {
+                    method: "POST".into(),
+                    path: "/f/\u{1}quoted\"path".into(),
+                    headers: (0..headers)
+                        .map(|i| Header(format!("x-h{i}"), vec![b'v'; i * 5]))
+                        .collect(),
+                    body: vec![7; body],
+                };
+                assert_eq!(
+                    large(&p),
+                    p.to_stored().len() >= LARGE_PAYLOAD,
+                    "{headers} headers, a body of {body} bytes"
+                );
+            }
+        }
+    }
+
     /// An invocation that finished with nothing pending keeps its record and loses its payload
     /// (its file too, once that is durable); a journal replay of its submit does not bring the
     /// payload back. A dead letter and a pending callback keep theirs.
