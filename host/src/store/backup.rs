@@ -77,24 +77,15 @@ impl SledStore {
             let tree = t.part(part);
             let mut n = 0;
             if part == 6 {
-                // Invocations as the store holds them, changes not yet flushed included; their
+                // Invocations as the store holds them, each record with its payload; their
                 // indexes are derived again on restore.
-                for prefix in [b'i', b'p'] {
-                    self.changes
-                        .scan(tree, &[prefix], Some(&[prefix + 1]), |k, v| {
-                            match prefix {
-                                b'p' => {
-                                    let id = String::from_utf8_lossy(&k[1..]);
-                                    frame(out, part, k, &self.inline_payload_value(&id, v)?)?
-                                }
-                                _ => frame(out, part, k, v)?,
-                            }
-                            frames += 1;
-                            n += 1;
-                            Ok(true)
-                        })
-                        .map_err(|e| self.as_damage(e))?;
-                }
+                self.each_invocation(|k, v| {
+                    frame(out, part, k, v)?;
+                    frames += 1;
+                    n += 1;
+                    Ok(())
+                })
+                .map_err(|e| self.as_damage(e))?;
                 counts.push((name, n));
                 continue;
             }

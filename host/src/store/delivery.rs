@@ -254,6 +254,11 @@ fn write_record(
             v.insert(k, value)
         }
     };
+    // Read before anything changes: a failed read leaves the view as it was.
+    let drops_payload = expirable(inv) && !matches!(was, Was::Stored(old) if expirable(old));
+    let in_file = drops_payload
+        && v.get(&payload_key(&inv.id))?
+            .is_some_and(|p| p.first() == Some(&IN_FILE));
     let after = index_keys(inv);
     for k in before.difference(&after) {
         v.remove(k.clone());
@@ -266,16 +271,11 @@ fn write_record(
         v.remove(lease_key(Queue::Callbacks, &inv.id));
     }
     let (record, payload) = prepared;
-    let was_expirable = matches!(was, Was::Stored(old) if expirable(old));
-    let mut in_file = false;
-    if expirable(inv) {
-        if !was_expirable {
-            // Removed before the next flush, a new invocation's payload never reaches sled.
-            in_file = v
-                .get(&payload_key(&inv.id))?
-                .is_some_and(|p| p.first() == Some(&IN_FILE));
-            v.remove(payload_key(&inv.id));
-        }
+    if drops_payload {
+        // Removed before the next flush, a new invocation's payload never reaches sled.
+        v.remove(payload_key(&inv.id));
+    } else if expirable(inv) {
+        // Dropped when it became expirable.
     } else if let Some(payload) = payload {
         put(v, payload_key(&inv.id), payload);
     }
@@ -374,6 +374,31 @@ impl SledStore {
         }
     }
 
+    /// Every invocation for a backup, changes not yet flushed included: `each(key, value)` gets
+    /// its record and, when it has one, its payload (inlined), both as one view saw them, so an
+    /// invocation that finishes meanwhile is saved finished, or pending with its payload.
+    pub(super) fn each_invocation(
+        &self,
+        mut each: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let _held = self.hold_payload_files();
+        let t = self.t()?;
+        self.changes.scan(&t.delivery, b"i", Some(b"j"), |k, _| {
+            let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            let (record, payload) = {
+                let v = self.changes.view(&t.delivery);
+                (v.get(k)?, v.get(&payload_key(&id))?)
+            };
+            if let Some(record) = record {
+                each(k, &record)?;
+                if let Some(p) = payload {
+                    each(&payload_key(&id), &self.inline_payload_value(&id, &p)?)?;
+                }
+            }
+            Ok(true)
+        })
+    }
+
     /// Points the invocation `id` at its payload file, when the file holds a readable payload
     /// (a submit journaled without its payload, whose record the store lost); true if it did.
     fn adopt_payload_file(&self, id: &str) -> anyhow::Result<bool> {
@@ -388,8 +413,9 @@ impl SledStore {
         Ok(readable)
     }
 
-    /// Payload files whose invocation is gone (a crash between writing the file and the record,
-    /// or between removing the record and the file); returns how many were removed.
+    /// Payload files no payload key names: their invocation is gone or finished (a crash
+    /// between writing the file and the record, or between the durable removal of the key and
+    /// the file's); returns how many were removed.
     pub(super) fn remove_orphan_payloads(&self) -> anyhow::Result<usize> {
         let dir = self.dir.join(super::durable::PAYLOAD_DIR);
         let t = self.t()?;
@@ -397,7 +423,7 @@ impl SledStore {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let id = entry.file_name().to_string_lossy().into_owned();
-            if self.changes.get(&t.delivery, &record_key(&id))?.is_none() {
+            if self.changes.get(&t.delivery, &payload_key(&id))?.is_none() {
                 let _ = std::fs::remove_file(entry.path());
                 n += 1;
             }
@@ -851,7 +877,13 @@ impl DeliveryStore for SledStore {
     }
 
     fn unflushed(&self) -> bool {
+        // Payload files kept past a flush (a backup read them) also wait for one.
         !self.changes.is_empty()
+            || !self
+                .doomed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
     }
 
     fn tidy(&self) -> anyhow::Result<usize> {
@@ -1249,6 +1281,48 @@ mod tests {
         assert_eq!(s.payload("b").unwrap(), legacy.payload);
     }
     #[test]
+    fn a_backup_reads_each_record_with_its_payload_and_payload_files_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for id in ["a", "b"] {
+            let mut i = inv(id, None);
+            if let Some(Payload::Http { body, .. }) = i.payload.as_mut() {
+                *body = vec![3; 100_000];
+            }
+            s.insert(&i, false, None).unwrap();
+        }
+        crate::store::Store::flush(&s).unwrap();
+        let held = s.hold_payload_files();
+        let mut done = s.get("a").unwrap().unwrap();
+        done.status = Status::Succeeded;
+        done.due_ms = None;
+        s.put(&done).unwrap();
+        crate::store::Store::flush(&s).unwrap();
+        assert!(s.payload("a").unwrap().is_none());
+        assert!(
+            s.payload_file_of("a").is_some(),
+            "kept while a reader holds the files"
+        );
+        let mut keys = Vec::new();
+        s.each_invocation(|k, v| {
+            keys.push((String::from_utf8_lossy(k).into_owned(), v.len()));
+            Ok(())
+        })
+        .unwrap();
+        let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ia", "ib", "pb"],
+            "a finished, b pending with its payload"
+        );
+        assert!(keys[2].1 > 100_000, "the payload inlined from its file");
+        drop(held);
+        crate::store::Store::flush(&s).unwrap();
+        assert!(s.payload_file_of("a").is_none(), "gone at the next flush");
+        assert!(s.payload_file_of("b").is_some());
+    }
+
+    #[test]
     fn whether_a_payload_is_large_is_told_from_the_payload_as_the_store_decides() {
         use crate::delivery::record::Header;
         for headers in [0usize, 3, 40] {
@@ -1346,5 +1420,18 @@ mod tests {
         crate::store::Store::flush(&s).unwrap();
         assert!(t.delivery.get(payload_key("quick")).unwrap().is_none());
         assert!(t.delivery.get(record_key("quick")).unwrap().is_some());
+
+        // A crash after the flush that removed a finished invocation's payload key, before its
+        // file went: the next start removes the file; a pending invocation's file stays.
+        let mut pending = inv("pending", None);
+        if let Some(Payload::Http { body, .. }) = pending.payload.as_mut() {
+            *body = big_body.clone();
+        }
+        s.insert(&pending, false, None).unwrap();
+        std::fs::write(s.payload_file("big"), b"left by a crash").unwrap();
+        assert_eq!(s.remove_orphan_payloads().unwrap(), 1);
+        assert!(s.payload_file_of("big").is_none());
+        assert!(s.payload_file_of("pending").is_some());
+        assert!(s.payload("pending").unwrap().is_some());
     }
 }

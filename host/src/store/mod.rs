@@ -153,6 +153,8 @@ pub struct SledStore {
     changes: overlay::WriteBack,
     /// Invocations removed since the last durable flush whose payload files go once it is done.
     doomed: Mutex<Vec<String>>,
+    /// While above zero (a backup reads payload files), doomed files wait for a later flush.
+    held: std::sync::atomic::AtomicUsize,
     /// How many times the database was reopened (the journal writes its records back after
     /// each reopen before it empties itself).
     reopens: std::sync::atomic::AtomicU64,
@@ -294,6 +296,7 @@ impl SledStore {
             trees: RwLock::new(Some(Arc::new(Self::open_trees(dir)?))),
             changes: overlay::WriteBack::new(),
             doomed: Mutex::new(Vec::new()),
+            held: std::sync::atomic::AtomicUsize::new(0),
             reopens: std::sync::atomic::AtomicU64::new(0),
             broken: std::sync::atomic::AtomicBool::new(false),
         })
@@ -525,6 +528,10 @@ impl SledStore {
         }
         *synced = Some(started);
         applied.settle(true);
+        if self.held.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.keep_doomed(doomed);
+            return Ok(());
+        }
         for id in doomed {
             match std::fs::remove_file(self.payload_file(&id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -536,12 +543,29 @@ impl SledStore {
         Ok(())
     }
 
+    /// Keeps every payload file until the guard is dropped (a reader of payload keys may then
+    /// read their files: a file is deleted only after its key's removal is durable, and a
+    /// flush that checked before the guard existed deleted files whose keys no later read sees).
+    fn hold_payload_files(&self) -> HeldPayloads<'_> {
+        self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HeldPayloads(&self.held)
+    }
+
     /// Payload files whose removal a failed flush did not make durable: for the next one.
     fn keep_doomed(&self, doomed: Vec<String>) {
         self.doomed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(doomed);
+    }
+}
+
+/// Payload files are kept while this lives (see [`SledStore::hold_payload_files`]).
+struct HeldPayloads<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for HeldPayloads<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
