@@ -219,7 +219,7 @@ impl Delivery {
             if orphans > 0 {
                 tracing::info!(
                     orphans,
-                    "removed payload files of invocations that are gone"
+                    "removed payload files of invocations that are gone or finished"
                 );
             }
             let task = tokio::spawn(journal.clone().run(closing));

@@ -381,18 +381,27 @@ impl SledStore {
         &self,
         mut each: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let _held = self.hold_payload_files();
         let t = self.t()?;
         self.changes.scan(&t.delivery, b"i", Some(b"j"), |k, _| {
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            // Payload files are held only while this record's are read, not while `each`
+            // writes them at a reader's pace.
             let (record, payload) = {
-                let v = self.changes.view(&t.delivery);
-                (v.get(k)?, v.get(&payload_key(&id))?)
+                let _held = self.hold_payload_files();
+                let (record, payload) = {
+                    let v = self.changes.view(&t.delivery);
+                    (v.get(k)?, v.get(&payload_key(&id))?)
+                };
+                let payload = match (&record, payload) {
+                    (Some(_), Some(p)) => Some(self.inline_payload_value(&id, &p)?),
+                    _ => None,
+                };
+                (record, payload)
             };
             if let Some(record) = record {
                 each(k, &record)?;
                 if let Some(p) = payload {
-                    each(&payload_key(&id), &self.inline_payload_value(&id, &p)?)?;
+                    each(&payload_key(&id), &p)?;
                 }
             }
             Ok(true)

@@ -241,8 +241,9 @@ impl SledStore {
         store
             .remove_orphan_artifacts()
             .context("cannot tidy the compiled artifacts")?;
-        // Payload files without a record are removed once the journal has been replayed
-        // (`DeliveryStore::tidy`): a journaled submit's payload file may be all there is of it.
+        // Payload files that no payload key names are removed once the journal has been
+        // replayed (`DeliveryStore::tidy`): a journaled submit's payload file may be all there
+        // is of it.
         Ok(store)
     }
 
