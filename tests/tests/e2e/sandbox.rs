@@ -215,6 +215,36 @@ fn each_attack_fails_alone_within_its_limit_while_a_healthy_function_answers() {
     );
 }
 
+/// A guest that fails after its response head: the caller sees a 200 whose body fails (never a
+/// short body that looks whole), and the host's log says so, once.
+#[test]
+fn a_guest_failing_after_its_response_head_fails_the_body_and_is_logged_once() {
+    let ferry = Ferry::start();
+    deploy(&ferry, "late", guests::HOSTILE, "");
+    for _ in 0..3 {
+        let resp = ferry.http.get(ferry.url("/late/half")).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(resp.bytes().is_err(), "the body must fail");
+    }
+    let logged = || {
+        ferry
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("function failed after sending its response head") && l.contains("late")
+            })
+            .count()
+    };
+    ferry_tests::eventually(
+        "the three late failures in the host's log",
+        Duration::from_secs(30),
+        || (logged() >= 3).then_some(()),
+    );
+    // Nothing runs any more: each failure was logged once.
+    assert_eq!(ferry.admin_get("/healthz").1["status"], "ok");
+    assert_eq!(logged(), 3, "{}", ferry.log());
+}
+
 #[test]
 fn busy_functions_answer_503_with_retry_after_within_a_bounded_wait() {
     let ferry = Ferry::start();

@@ -7,6 +7,7 @@
 //! - `/huge?mb=N`        answers with an N MiB body
 //! - `/endless`          answers 200 and then writes body chunks forever
 //! - `/panic`            panics
+//! - `/half`             answers 200, writes part of a body, then panics
 //! - `/sleep?ms=N`       sleeps N ms, then answers
 //! - `/fetch?url=URL`    sends `GET URL`, reads the body and answers `status S bytes N`, or
 //!                       502 `error <code>`
@@ -204,6 +205,12 @@ impl Guest for Hostile {
             }
             "endless" => stream(out, &[b'y'; 64 * 1024], None),
             "panic" => panic!("hostile was asked to panic"),
+            "half" => {
+                let body = start(out, 200);
+                let stream = body.write().expect("the body stream is taken once");
+                let _ = stream.blocking_write_and_flush(b"the first half");
+                panic!("hostile was asked to fail after its response head");
+            }
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_millis(number(&path, "ms")));
                 respond(out, 200, "slept");
