@@ -89,12 +89,17 @@ fn large(p: &Payload) -> bool {
                 .iter()
                 .map(|h| 16 + 6 * h.0.len() + 2 * h.1.len())
                 .sum::<usize>();
-        if 4 + meta_at_most + body.len() < LARGE_PAYLOAD {
+        if stored_len(meta_at_most, body.len()) < LARGE_PAYLOAD {
             return false;
         }
     }
     let (meta, body) = p.stored_parts();
-    4 + meta.len() + body.len() >= LARGE_PAYLOAD
+    stored_len(meta.len(), body.len()) >= LARGE_PAYLOAD
+}
+
+/// The length of a payload as stored ([`Payload::to_stored`]) from its parts' lengths.
+fn stored_len(meta: usize, body: usize) -> usize {
+    4 + meta + body
 }
 
 /// The first byte of a `p` value: the payload follows, or it is in its file.
@@ -271,13 +276,11 @@ fn write_record(
         v.remove(lease_key(Queue::Callbacks, &inv.id));
     }
     let (record, payload) = prepared;
-    if drops_payload {
+    match payload {
         // Removed before the next flush, a new invocation's payload never reaches sled.
-        v.remove(payload_key(&inv.id));
-    } else if expirable(inv) {
-        // Dropped when it became expirable.
-    } else if let Some(payload) = payload {
-        put(v, payload_key(&inv.id), payload);
+        _ if drops_payload => v.remove(payload_key(&inv.id)),
+        Some(payload) if !expirable(inv) => put(v, payload_key(&inv.id), payload),
+        _ => {}
     }
     put(v, record_key(&inv.id), record);
     let logged = match was {
@@ -322,7 +325,7 @@ impl SledStore {
         };
         let record = serde_json::to_vec(&inv.without_payload())?;
         let (meta, body) = p.stored_parts();
-        let len = 4 + meta.len() + body.len();
+        let len = stored_len(meta.len(), body.len());
         if len < LARGE_PAYLOAD {
             let mut v = Vec::with_capacity(1 + len);
             v.push(INLINE);
