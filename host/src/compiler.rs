@@ -60,13 +60,17 @@ impl ChildCompiler {
     /// compile used the compile cache if it had one. Blocks: call it
     /// off the async threads. A `background` compile (the optimised code of a function already
     /// served by baseline code) runs at a lower CPU priority and outside the `--compile-jobs`
-    /// slots, so that it never holds up a deploy: its caller runs one at a time.
+    /// slots, so that it never holds up a deploy: its caller runs one at a time. It is stopped
+    /// ([`ComponentError::Stopped`]) as soon as its `wanted` check says its code is no longer
+    /// wanted (a newer version replaced it), so that the next one starts at once.
     pub(crate) fn compile(
         &self,
         bytes: &[u8],
         tier: Tier,
-        background: bool,
+        background: Option<&dyn Fn() -> bool>,
     ) -> Result<(Vec<u8>, Option<CacheUse>), ComponentError> {
+        let wanted = background;
+        let background = wanted.is_some();
         let _slot = (!background).then(|| self.slot());
         let mut command = Command::new(&self.limits.exe);
         command
@@ -135,7 +139,7 @@ impl ChildCompiler {
                 let _ = stderr.take(64 << 10).read_to_string(&mut out);
                 out
             });
-            let (verdict, peak) = self.watch(&mut child, started);
+            let (verdict, peak) = self.watch(&mut child, started, wanted);
             let _ = feeder.join();
             let artifact = reader.join().unwrap_or_default();
             let message = errors.join().unwrap_or_default();
@@ -174,12 +178,14 @@ impl ChildCompiler {
         }
     }
 
-    /// Watches a running compiler until it ends, killing it past the CPU-time or memory bound.
-    /// Returns how it ended and its peak resident memory.
+    /// Watches a running compiler until it ends, killing it past the CPU-time or memory bound,
+    /// or once `wanted` says its code is no longer wanted. Returns how it ended and its peak
+    /// resident memory.
     fn watch(
         &self,
         child: &mut std::process::Child,
         started: Instant,
+        wanted: Option<&dyn Fn() -> bool>,
     ) -> (Result<std::process::ExitStatus, ComponentError>, u64) {
         let cpu_budget = self.limits.timeout.as_secs_f64() * cores() as f64;
         let mut peak = 0u64;
@@ -201,6 +207,11 @@ impl ChildCompiler {
                     "compiling it needed more than {} of memory (ferry serve --max-compile-memory)",
                     crate::model::size_text(self.limits.memory)
                 )));
+            }
+            if wanted.is_some_and(|wanted| !wanted()) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(ComponentError::Stopped);
             }
             if cpu_seconds(child.id()) > cpu_budget || started.elapsed() > self.limits.timeout * 10
             {

@@ -131,8 +131,9 @@ struct Optimizer {
 
 impl Optimizer {
     /// Compiles the optimised code of `job` (or loads it from the cache) and serves it in place
-    /// of the baseline code, unless the function has moved on meanwhile. A failure is kept on
-    /// the version (the API shows it) and the baseline code keeps serving.
+    /// of the baseline code, unless the function has moved on meanwhile: then the compile stops
+    /// where it is, so that the new version's turn comes at once. A failure is kept on the
+    /// version (the API shows it) and the baseline code keeps serving.
     fn run(&self, job: Optimize) {
         let current = || {
             self.registry
@@ -151,7 +152,8 @@ impl Optimizer {
                     let bytes = self.store.component(&job.digest)?.with_context(|| {
                         format!("component {} is missing from the store", job.digest)
                     })?;
-                    let (c, artifact) = self.runtime.compile_behind(&bytes)?;
+                    let wanted = || current().is_some();
+                    let (c, artifact) = self.runtime.compile_behind(&bytes, &wanted)?;
                     self.store.put_artifact(&key, &artifact)?;
                     self.store.flush()?;
                     drop(artifact);
@@ -161,6 +163,15 @@ impl Optimizer {
             };
             Ok(self.runtime.prepare(&component)?)
         })();
+        if let Err(DeployError::Component(ComponentError::Stopped)) = made {
+            tracing::info!(
+                function = %job.name,
+                version = job.version,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "stopped making the optimized code: this version no longer serves"
+            );
+            return;
+        }
         let _guard = self.lock.blocking_lock();
         let Some(now) = current() else {
             return;

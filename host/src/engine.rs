@@ -129,6 +129,9 @@ pub enum ComponentError {
     /// The compiler could not run (not the upload's fault).
     #[error("compiling failed: {0}")]
     Compile(String),
+    /// A background compile stopped because its code was no longer wanted.
+    #[error("the compile was stopped: its code is no longer wanted")]
+    Stopped,
 }
 
 /// The engine configuration of a host with these settings. The pooling allocator is left out
@@ -424,19 +427,25 @@ impl Runtime {
     /// CPU-heavy and blocking: call it off the async threads. With compile limits (`ferry
     /// serve`) the compiler runs in a child process bounded in time and memory.
     pub fn compile(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
-        self.compile_metered(bytes, false)
+        self.compile_metered(bytes, None)
     }
 
     /// [`Runtime::compile`] for a function already served by baseline code: at a lower CPU
-    /// priority, outside the `--compile-jobs` slots.
-    pub fn compile_behind(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>), ComponentError> {
-        self.compile_metered(bytes, true)
+    /// priority, outside the `--compile-jobs` slots. With a compiler process, it stops with
+    /// [`ComponentError::Stopped`] once `wanted` returns false (checked every few
+    /// milliseconds); compiling in this process, it runs to the end.
+    pub fn compile_behind(
+        &self,
+        bytes: &[u8],
+        wanted: &dyn Fn() -> bool,
+    ) -> Result<(Component, Vec<u8>), ComponentError> {
+        self.compile_metered(bytes, Some(wanted))
     }
 
     fn compile_metered(
         &self,
         bytes: &[u8],
-        background: bool,
+        background: Option<&dyn Fn() -> bool>,
     ) -> Result<(Component, Vec<u8>), ComponentError> {
         let started = Instant::now();
         let compiled = self.compile_unmetered(bytes, background);
@@ -445,6 +454,7 @@ impl Runtime {
                 .metrics
                 .compilation("compiled", Some(started.elapsed())),
             Err(ComponentError::TooCostly(_)) => self.metrics.compilation("refused", None),
+            Err(ComponentError::Stopped) => self.metrics.compilation("stopped", None),
             Err(_) => {}
         }
         compiled
@@ -468,7 +478,7 @@ impl Runtime {
         let started = Instant::now();
         let component = match &self.compiler {
             Some(child) => {
-                let (artifact, _) = child.compile(bytes, Tier::Baseline, false)?;
+                let (artifact, _) = child.compile(bytes, Tier::Baseline, None)?;
                 // SAFETY: as in `load_artifact`: the artifact was written just now by this
                 // program's compiler process for this engine's settings.
                 #[allow(unsafe_code)]
@@ -495,7 +505,7 @@ impl Runtime {
     fn compile_unmetered(
         &self,
         bytes: &[u8],
-        background: bool,
+        background: Option<&dyn Fn() -> bool>,
     ) -> Result<(Component, Vec<u8>), ComponentError> {
         check_header(bytes)?;
         let (component, artifact) = match &self.compiler {

@@ -41,8 +41,8 @@ struct CallbackOutcome {
 /// A compilation's label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Compilation {
-    /// `compiled` (optimised code), `baseline` (Winch code served until then), `cache_hit` or
-    /// `refused`.
+    /// `compiled` (optimised code), `baseline` (Winch code served until then), `cache_hit`,
+    /// `refused` or `stopped` (a background compile of a version replaced meanwhile).
     outcome: &'static str,
 }
 
@@ -178,7 +178,7 @@ impl Default for Metrics {
         let compilations = Family::<Compilation, Counter>::default();
         registry.register(
             "compilations",
-            "Components compiled, loaded from the compiled-code cache, or refused",
+            "Components compiled, loaded from the compiled-code cache, refused, or whose background compile stopped",
             compilations.clone(),
         );
         let compile_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));

@@ -549,6 +549,33 @@ pub fn with_custom_section(wasm: &[u8], payload: &str) -> Vec<u8> {
     out
 }
 
+/// A core module whose one function, `f`, keeps `n` values alive at once: Cranelift's register
+/// allocation takes time quadratic in them (about 2 s for 10,000 and 8 s for 20,000 on an idle
+/// core), Winch's single pass a fraction of a second.
+pub fn slow_core_module(n: usize) -> Vec<u8> {
+    let mut body = String::new();
+    for i in 0..n {
+        body.push_str(&format!("(i32.mul (local.get 0) (i32.const {})) ", i + 2));
+    }
+    for _ in 1..n {
+        body.push_str("i32.add ");
+    }
+    wat::parse_str(format!(
+        "(module (func (export \"f\") (param i32) (result i32) {body}))"
+    ))
+    .unwrap()
+}
+
+/// `component` with `module` defined in it, never instantiated: the component behaves as
+/// before, and compiling it compiles the module too.
+pub fn with_core_module(component: &[u8], module: &[u8]) -> Vec<u8> {
+    let mut out = component.to_vec();
+    out.push(1);
+    leb128(module.len() as u64, &mut out);
+    out.extend_from_slice(module);
+    out
+}
+
 fn leb128(mut v: u64, out: &mut Vec<u8>) {
     loop {
         let byte = (v & 0x7f) as u8;

@@ -468,17 +468,10 @@ impl std::io::Read for ChunkedReader {
 /// compile (register allocation), tiny to upload. Each value depends on the parameter, so the
 /// optimiser cannot fold them into a constant.
 fn slow_to_compile(n: usize) -> Vec<u8> {
-    let mut body = String::new();
-    for i in 0..n {
-        body.push_str(&format!("(i32.mul (local.get 0) (i32.const {})) ", i + 2));
-    }
-    for _ in 1..n {
-        body.push_str("i32.add ");
-    }
-    wat::parse_str(format!(
-        "(component (core module (func (export \"f\") (param i32) (result i32) {body})))"
-    ))
-    .unwrap()
+    ferry_tests::with_core_module(
+        &wat::parse_str("(component)").unwrap(),
+        &ferry_tests::slow_core_module(n),
+    )
 }
 
 #[test]

@@ -102,6 +102,73 @@ fn a_restart_before_the_optimized_code_is_made_serves_and_optimizes_again() {
     assert_eq!(resp.text().unwrap(), r#"{"n":1}"#);
 }
 
+/// Whether the host runs a background compile (the optimised code of a version served by
+/// baseline code) in a compiler process of its own.
+fn compiling_behind(ferry: &Ferry) -> bool {
+    let pid = ferry.pid();
+    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .collect::<String>();
+    children.split_whitespace().any(|child| {
+        std::fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|cmd| {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("internal-compile") && cmd.contains("--background")
+        })
+    })
+}
+
+/// A version replaced while its optimised code compiles stops that compile: nothing would serve
+/// that code, and the new version's optimised code is made next, without waiting for it.
+#[test]
+fn a_version_replaced_while_its_optimized_code_compiles_stops_that_compile() {
+    let ferry = Ferry::start();
+    // hello-http with a module Cranelift takes about 20 s for on an idle core (Winch well under
+    // one): its optimised code is still compiling when the next version comes.
+    let slow = ferry_tests::with_core_module(
+        &guests::bytes(guests::HELLO_HTTP),
+        &ferry_tests::slow_core_module(30_000),
+    );
+    let (status, body) = ferry.deploy_raw("hello-http", slow);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["code"]["tier"], "baseline", "{body}");
+    assert_eq!(ferry.get("/hello-http/v1").0, 200);
+    ferry_tests::eventually(
+        "the optimized code of version 1 to be compiling",
+        std::time::Duration::from_secs(60),
+        || compiling_behind(&ferry).then_some(()),
+    );
+
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2, "{body}");
+    let f = ferry.optimized("hello-http");
+    assert_eq!(f["version"], 2, "{f}");
+    let log = ferry.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("stopped making the optimized code") && l.contains("version=1")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("serving optimized code") && l.contains("version=1")),
+        "{log}"
+    );
+    assert_eq!(
+        ferry.metric(r#"ferry_compilations_total{outcome="stopped"}"#),
+        1.0
+    );
+    // Its compiler process is gone, and version 2 answers on its optimised code.
+    assert!(!compiling_behind(&ferry));
+    assert_eq!(
+        ferry.get("/hello-http/v2").1,
+        "Hello from Ferry! path=/hello-http/v2\n"
+    );
+}
+
 #[test]
 fn without_baseline_compile_a_deploy_answers_with_the_optimized_code() {
     let ferry = Ferry::start_with(&["--baseline-compile", "false"]);
