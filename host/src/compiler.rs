@@ -60,16 +60,15 @@ impl ChildCompiler {
     /// compile used the compile cache if it had one. Blocks: call it
     /// off the async threads. A `background` compile (the optimised code of a function already
     /// served by baseline code) runs at a lower CPU priority and outside the `--compile-jobs`
-    /// slots, so that it never holds up a deploy: its caller runs one at a time. It is stopped
-    /// ([`ComponentError::Stopped`]) as soon as its `wanted` check says its code is no longer
-    /// wanted (a newer version replaced it), so that the next one starts at once.
+    /// slots, so that it never holds up a deploy: its caller runs one at a time. It is given as
+    /// `Some(wanted)`, and stopped ([`ComponentError::Stopped`]) as soon as `wanted` says its
+    /// code is no longer wanted, so that the next one starts at once.
     pub(crate) fn compile(
         &self,
         bytes: &[u8],
         tier: Tier,
-        background: Option<&dyn Fn() -> bool>,
+        wanted: Option<&dyn Fn() -> bool>,
     ) -> Result<(Vec<u8>, Option<CacheUse>), ComponentError> {
-        let wanted = background;
         let background = wanted.is_some();
         let _slot = (!background).then(|| self.slot());
         let mut command = Command::new(&self.limits.exe);
@@ -201,22 +200,19 @@ impl ChildCompiler {
             }
             peak = peak.max(resident(child.id()));
             if peak > self.limits.memory {
-                let _ = child.kill();
-                let _ = child.wait();
+                end(child);
                 break Err(ComponentError::TooCostly(format!(
                     "compiling it needed more than {} of memory (ferry serve --max-compile-memory)",
                     crate::model::size_text(self.limits.memory)
                 )));
             }
             if wanted.is_some_and(|wanted| !wanted()) {
-                let _ = child.kill();
-                let _ = child.wait();
+                end(child);
                 break Err(ComponentError::Stopped);
             }
             if cpu_seconds(child.id()) > cpu_budget || started.elapsed() > self.limits.timeout * 10
             {
-                let _ = child.kill();
-                let _ = child.wait();
+                end(child);
                 break Err(ComponentError::TooCostly(format!(
                     "compiling it took longer than {} (ferry serve --max-compile-time)",
                     humantime::format_duration(self.limits.timeout)
@@ -251,6 +247,12 @@ impl Drop for Slot<'_> {
         *running -= 1;
         self.0.freed.notify_one();
     }
+}
+
+/// Kills a compiler and reaps it.
+fn end(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// How the child says it used the compile cache: its last line on stderr.

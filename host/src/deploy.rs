@@ -131,14 +131,18 @@ struct Optimizer {
 
 impl Optimizer {
     /// Compiles the optimised code of `job` (or loads it from the cache) and serves it in place
-    /// of the baseline code, unless the function has moved on meanwhile: then the compile stops
-    /// where it is, so that the new version's turn comes at once. A failure is kept on the
-    /// version (the API shows it) and the baseline code keeps serving.
+    /// of the baseline code, unless the function has moved on meanwhile. The code is stored by
+    /// component: it stays wanted while any function serves baseline code of the same component
+    /// (a redeploy of the same bytes, a rollback, another name); once none does, the compile
+    /// stops where it is, so that the next one starts at once. A failure is kept on the version
+    /// (the API shows it) and the baseline code keeps serving.
     fn run(&self, job: Optimize) {
         let current = || {
-            self.registry
-                .get(&job.name)
-                .filter(|d| d.record.version == job.version && d.tier == Tier::Baseline)
+            self.registry.get(&job.name).filter(|d| {
+                d.record.version == job.version
+                    && d.record.digest == job.digest
+                    && d.tier == Tier::Baseline
+            })
         };
         if current().is_none() {
             return;
@@ -152,7 +156,7 @@ impl Optimizer {
                     let bytes = self.store.component(&job.digest)?.with_context(|| {
                         format!("component {} is missing from the store", job.digest)
                     })?;
-                    let wanted = || current().is_some();
+                    let wanted = || self.registry.serves_baseline(&job.digest);
                     let (c, artifact) = self.runtime.compile_behind(&bytes, &wanted)?;
                     self.store.put_artifact(&key, &artifact)?;
                     self.store.flush()?;
@@ -168,7 +172,7 @@ impl Optimizer {
                 function = %job.name,
                 version = job.version,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "stopped making the optimized code: this version no longer serves"
+                "stopped making the optimized code: no function serves this component any more"
             );
             return;
         }

@@ -445,10 +445,10 @@ impl Runtime {
     fn compile_metered(
         &self,
         bytes: &[u8],
-        background: Option<&dyn Fn() -> bool>,
+        wanted: Option<&dyn Fn() -> bool>,
     ) -> Result<(Component, Vec<u8>), ComponentError> {
         let started = Instant::now();
-        let compiled = self.compile_unmetered(bytes, background);
+        let compiled = self.compile_unmetered(bytes, wanted);
         match &compiled {
             Ok(_) => self
                 .metrics
@@ -505,12 +505,22 @@ impl Runtime {
     fn compile_unmetered(
         &self,
         bytes: &[u8],
-        background: Option<&dyn Fn() -> bool>,
+        wanted: Option<&dyn Fn() -> bool>,
     ) -> Result<(Component, Vec<u8>), ComponentError> {
         check_header(bytes)?;
         let (component, artifact) = match &self.compiler {
             Some(child) => {
-                let (artifact, cache) = child.compile(bytes, Tier::Optimized, background)?;
+                let (artifact, cache) = match child.compile(bytes, Tier::Optimized, wanted) {
+                    Ok(made) => made,
+                    // A compiler killed midway wrote to the cache without saying how much.
+                    Err(e @ (ComponentError::Stopped | ComponentError::TooCostly(_))) => {
+                        if let Some(settings) = child.cache_settings() {
+                            crate::compile_cache::trim_in_background(settings);
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
                 if let Some(cache) = cache {
                     self.metrics.compile_cache(cache.hits, cache.misses);
                     tracing::debug!(

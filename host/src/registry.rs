@@ -177,6 +177,16 @@ impl Registry {
         self.current.load().functions.values().cloned().collect()
     }
 
+    /// Whether a live function is served by baseline code of the component `digest`: its
+    /// optimised code is still wanted.
+    pub fn serves_baseline(&self, digest: &str) -> bool {
+        self.current
+            .load()
+            .functions
+            .values()
+            .any(|d| d.tier == Tier::Baseline && d.record.digest == digest)
+    }
+
     /// How many functions are live.
     pub fn len(&self) -> usize {
         self.current.load().functions.len()
