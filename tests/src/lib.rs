@@ -188,6 +188,13 @@ impl Ferry {
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(self.bin.clone().unwrap_or_else(ferry_bin));
+        // A test host starts from Ferry's defaults, whatever the shell running the tests
+        // exports (`FERRY_LOG_FORMAT=json` would hide the log lines the tests look for).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("FERRY_") {
+                cmd.env_remove(key);
+            }
+        }
         cmd.args([
             "serve",
             "--listen",
@@ -202,10 +209,6 @@ impl Ferry {
         .args(["--allow-private-outbound", "127.0.0.1"])
         .args(&self.extra_args)
         .env("FERRY_LOG", "info,ferry_host=debug")
-        .env_remove("FERRY_TOKEN")
-        .env_remove("FERRY_TOKEN_FILE")
-        .env_remove("FERRY_INSECURE_NO_ADMIN_AUTH")
-        .env_remove("FERRY_CRASH_AT")
         .envs(self.env.iter().map(|(k, v)| (k, v)))
         .stderr(log);
         cmd
