@@ -42,7 +42,7 @@ struct CallbackOutcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Compilation {
     /// `compiled` (optimised code), `baseline` (Winch code served until then), `cache_hit`,
-    /// `refused` or `stopped` (a background compile of a version replaced meanwhile).
+    /// `refused` or `stopped` (a background compile whose component no function served any more).
     outcome: &'static str,
 }
 

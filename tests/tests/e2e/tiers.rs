@@ -111,7 +111,8 @@ fn compiling_behind(ferry: &Ferry) -> Option<(String, f64)> {
         .flatten()
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .collect::<String>();
+        .collect::<Vec<_>>()
+        .join(" ");
     children.split_whitespace().find_map(|child| {
         let cmd = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
