@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 # The same build as scripts/run.sh and scripts/test.sh (the feature adds no dependency features).
-cargo build --release --workspace --bins --features ferry-tests/host-bench
+cargo build --release --workspace --bins --features ferry-bench/host-bench
 # A build leaves up to gigabytes for the kernel to write back: written before the first suite,
 # so that its fsyncs do not wait behind them.
 sync

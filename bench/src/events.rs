@@ -162,7 +162,7 @@ fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
 
 #[cfg(not(feature = "host-bench"))]
 fn bare_invoke(_args: &Args) -> anyhow::Result<Bare> {
-    bail!("the events suite needs the runtime linked in: build with --features ferry-tests/host-bench (scripts/bench.sh does)")
+    bail!("the events suite needs the runtime linked in: build with --features ferry-bench/host-bench (scripts/bench.sh does)")
 }
 
 /// A nats-server for the benchmark on a free loopback port.
