@@ -39,3 +39,43 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod trace;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// A `[dependencies]`-like table of a manifest, by crate name.
+    fn table(manifest: &str, name: &str) -> toml::Table {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join(manifest)).unwrap();
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        parsed
+            .get(name)
+            .and_then(|t| t.as_table())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// These tests are built from this library's sources by another package, host-tests/, so
+    /// that they can be built unoptimised; its dependencies must stay those of host/.
+    #[test]
+    fn the_test_package_has_the_host_packages_dependencies() {
+        for name in ["dependencies", "dev-dependencies"] {
+            let host = table("host/Cargo.toml", name);
+            let tests = table("host-tests/Cargo.toml", name);
+            for (krate, spec) in &host {
+                assert_eq!(
+                    tests.get(krate),
+                    Some(spec),
+                    "host-tests/Cargo.toml's [{name}] must have {krate} as host/Cargo.toml has it"
+                );
+            }
+            for krate in tests.keys() {
+                assert!(
+                    host.contains_key(krate),
+                    "host-tests/Cargo.toml's [{name}] has {krate}, which host/Cargo.toml does not"
+                );
+            }
+        }
+    }
+}
