@@ -57,10 +57,16 @@ mod tests {
     }
 
     /// These tests are built from this library's sources by another package, host-tests/, so
-    /// that they can be built unoptimised; its dependencies must stay those of host/.
+    /// that they can be built unoptimised; what it compiles with must stay what host/ has.
     #[test]
     fn the_test_package_has_the_host_packages_dependencies() {
-        for name in ["dependencies", "dev-dependencies"] {
+        for name in [
+            "dependencies",
+            "dev-dependencies",
+            "build-dependencies",
+            "features",
+            "target",
+        ] {
             let host = table("host/Cargo.toml", name);
             let tests = table("host-tests/Cargo.toml", name);
             for (krate, spec) in &host {

@@ -915,7 +915,8 @@ fn a_finished_invocation_gives_up_its_payload_but_not_before_that_is_durable() {
     // The optimized code first: storing it is a durable flush of its own, which (made in the
     // background after a restart) would make some finished invocations' removal durable, and
     // delete their files, before the checkpoint the host dies at below. Stored, it is loaded
-    // at each restart and nothing else flushes before that checkpoint.
+    // at each restart, and nothing else flushes durably once finished invocations' files wait
+    // for deletion (the flushes at start come before any submit).
     ferry.optimized("misbehave");
     let body: String = "0123456789abcdef".repeat(1 << 14); // 256 KiB: a payload file
     let payloads = ferry.data_dir.join("payloads");
