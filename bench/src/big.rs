@@ -183,7 +183,6 @@ pub(crate) fn big_suite(rt: &tokio::runtime::Runtime, args: &Args) -> anyhow::Re
     }
 
     let python_rates = rates(rt, args, &dir.path().join("pyone").join("pyone.wasm"))?;
-    // The same for a JavaScript component, when this machine can build one.
     // The same for a JavaScript component, when this machine can build one (a failure here
     // skips the rows, not the Python tables above).
     let npm = Command::new("npm")

@@ -45,9 +45,6 @@ pub struct DiskCache {
     next_temp: AtomicU64,
     /// This process's id, for the names of its temporary files.
     pid: u32,
-    /// Which of the 256 subdirectories this compile has made or seen (a bit each), so that a
-    /// big component's thousands of new functions do not each ask the file system again.
-    made: [AtomicU64; 4],
 }
 
 impl DiskCache {
@@ -71,7 +68,6 @@ impl DiskCache {
             failed: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
             pid: std::process::id(),
-            made: Default::default(),
         })
     }
 
@@ -104,24 +100,6 @@ impl DiskCache {
     fn path(&self, key: &[u8]) -> PathBuf {
         let name = hex::encode(Sha256::digest(key));
         self.dir.join(&name[..2]).join(&name[2..])
-    }
-
-    /// Makes the subdirectory `parent` of a file if this compile has not yet made or seen it.
-    fn subdirectory(&self, parent: &Path) -> std::io::Result<()> {
-        let index = parent
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| u8::from_str_radix(n, 16).ok())
-            .map(usize::from);
-        let Some(index) = index else {
-            return private_dir(parent);
-        };
-        let (word, bit) = (&self.made[index / 64], 1u64 << (index % 64));
-        if word.load(Ordering::Relaxed) & bit == 0 {
-            private_dir(parent)?;
-            word.fetch_or(bit, Ordering::Relaxed);
-        }
-        Ok(())
     }
 
     fn read(&self, path: &Path) -> Option<Vec<u8>> {
@@ -178,22 +156,12 @@ impl wasmtime::CacheStore for DiskCache {
         ));
         let write = || -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt as _;
-            self.subdirectory(parent)?;
-            let create = || {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&temp)
-            };
-            let mut file = match create() {
-                // The subdirectory went since (the cache removed by hand): made again.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    private_dir(parent)?;
-                    create()?
-                }
-                other => other?,
-            };
+            private_dir(parent)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
             // One write: a big component stores thousands of small functions.
             let mut whole = Vec::with_capacity(size as usize);
             whole.extend_from_slice(MAGIC);
@@ -405,18 +373,5 @@ mod tests {
         assert_eq!(mode(&dir.path().join("cache")), 0o700);
         assert_eq!(mode(&cache.path(b"a")), 0o600);
         assert_eq!(mode(cache.path(b"a").parent().unwrap()), 0o700);
-    }
-
-    #[test]
-    fn a_subdirectory_removed_during_a_compile_is_made_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
-        assert!(cache.insert(b"k1", b"one".to_vec()));
-        // The whole cache removed by hand while the compile goes on: the compile remembers
-        // having made the subdirectory, finds it gone, and makes it again.
-        std::fs::remove_dir_all(dir.path()).unwrap();
-        assert!(cache.insert(b"k1", b"two".to_vec()));
-        assert_eq!(cache.get(b"k1").unwrap().as_ref(), b"two");
-        assert_eq!(cache.failed(), 0);
     }
 }
