@@ -1,14 +1,15 @@
-//! Finds the guests, compiles them once (plain `cargo build --target wasm32-wasip2 --release`, into
-//! their own target directory so this nested cargo never waits on the outer one) and writes
-//! `$OUT_DIR/guests.rs`: one `pub const <NAME>: &str` with the `.wasm` path per guest, `ALL` as
-//! `(package name, path)` pairs, and `EXAMPLES_DIR`. `src/lib.rs` includes it as `guests`.
+//! Finds the guests, compiles them once (plain `cargo build --target wasm32-wasip2 --release`, in
+//! each guest folder's own `target/`, so that this nested cargo never waits on the outer one) and
+//! writes `$OUT_DIR/guests.rs`: one `pub const <NAME>: &str` with the `.wasm` path per guest,
+//! `ALL` as `(package name, path)` pairs, and `EXAMPLES_DIR`. `src/lib.rs` includes it as
+//! `guests`.
 //!
 //! A guest is a directory of a guest folder whose `Cargo.toml` has a `[package]` with a
 //! `cdylib` library (a shared library crate there is built but is no guest). A guest folder is a
 //! cargo workspace of its own, built with one cargo invocation:
 //!
 //! - `guest-examples/`: the examples, which double as the fixtures.
-//! - `tests/guests/`: hostile or test-only guests, optional (absent today). It must have a
+//! - `tests/guests/`: hostile or test-only guests, optional. It must have a
 //!   `Cargo.toml` with `[workspace]` whose `members` list its guests, like `guest-examples/`
 //!   does; without one, cargo would take them for stray members of the root workspace. A guest
 //!   there is a cdylib crate like the examples, with `path: "../../../wit"` in its
@@ -45,10 +46,6 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
     let examples = root.join("guest-examples");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("guests");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
     // Constant name -> (package name, .wasm path), sorted so that the output is stable.
@@ -59,6 +56,10 @@ fn main() {
             assert!(!required, "{} is missing", folder.display());
             continue;
         }
+        // The folder's own target directory: for the examples, the one `scripts/run.sh` builds
+        // them in (and their ferry.toml files point into), so that after the run command the
+        // tests find them built.
+        let target = folder.join("target");
         for guest in discover(&folder) {
             let name = const_name(&guest.package);
             assert!(

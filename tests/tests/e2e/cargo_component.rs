@@ -9,7 +9,9 @@ use ferry_tests::{guests, wait_for_cargo_component, Ferry};
 #[test]
 fn components_built_by_cargo_component_run() {
     let examples = PathBuf::from(guests::EXAMPLES_DIR);
-    let target = examples.join("../target/guests-component");
+    // The examples' own target directory, where the tests' build script (and `scripts/run.sh`)
+    // built them for wasm32-wasip2: wit-bindgen's proc macro, built for the host, is reused.
+    let target = examples.join("target");
     wait_for_cargo_component();
     let out = Command::new("cargo")
         .current_dir(&examples)
