@@ -66,6 +66,7 @@ const RUST_HTTP: Template = template!("rust-http":
 const RUST_EVENT: Template = template!("rust-event":
     "Cargo.toml" <- "Cargo.toml",
     "src/lib.rs" <- "src/lib.rs",
+    "src/world.rs" <- "src/world.rs",
     "ferry.toml" <- "ferry.toml",
     "README.md" <- "README.md",
     ".gitignore" <- "gitignore",
@@ -305,6 +306,31 @@ mod tests {
         let mut embedded: Vec<String> = WIT.iter().map(|(p, _)| (*p).to_string()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded, "add new WIT files to scaffold::WIT");
+    }
+
+    /// The Rust event template's bindings (`src/world.rs`) name the hash of the WIT they were
+    /// generated from: world.wit, then deps/*.wit by name, as `scripts/rust-bindings.sh` hashes
+    /// them. A change to the WIT without running that script fails here.
+    #[test]
+    fn the_rust_event_bindings_are_generated_from_this_wit() {
+        use sha2::Digest as _;
+        let mut files: Vec<&(&str, &str)> = WIT.iter().collect();
+        files.sort_by_key(|(path, _)| (*path != "world.wit", *path));
+        let mut hash = sha2::Sha256::new();
+        for (_, text) in files {
+            hash.update(text.as_bytes());
+        }
+        let wanted = format!("sha256 {}", hex::encode(hash.finalize()));
+        let (_, bindings) = RUST_EVENT
+            .iter()
+            .find(|(path, _)| *path == "src/world.rs")
+            .unwrap();
+        let header: String = bindings.lines().take(5).collect();
+        assert!(
+            header.contains(&wanted),
+            "host/templates/rust-event/src/world.rs was not generated from this wit/ ({wanted}): \
+             run scripts/rust-bindings.sh"
+        );
     }
 
     #[test]

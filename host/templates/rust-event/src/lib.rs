@@ -2,16 +2,12 @@
 //! CloudEvent at a time and may answer with one; `wit/` holds Ferry's WIT (`ferry wit` writes it
 //! again).
 
-mod bindings {
-    wit_bindgen::generate!({
-        path: "wit",
-        world: "ferry:function/event-function",
-        generate_all,
-    });
-}
+/// The world's bindings, generated from `wit/` by wit-bindgen (what `wit_bindgen::generate!`
+/// would make at each build, written once, so that no proc macro has to be compiled).
+mod world;
 
-use bindings::exports::ferry::function::handler::Guest;
-use bindings::ferry::function::types::{Error, Event};
+use world::exports::ferry::function::handler::Guest;
+use world::ferry::function::types::{Error, Event};
 
 /// The answer to `event`: an event of type `<type>.handled` with the same data, or the typed
 /// error `invalid-event` for an event without data (such an event will never succeed, so
@@ -47,7 +43,7 @@ impl Guest for Function {
     }
 }
 
-bindings::export!(Function with_types_in bindings);
+world::export!(Function with_types_in world);
 
 #[cfg(test)]
 mod tests {
