@@ -44,8 +44,28 @@ pub fn ferry_bin() -> PathBuf {
     bin
 }
 
+/// Removes the `FERRY_*` settings the shell running the tests may export from `cmd`'s
+/// environment: a test starts from Ferry's defaults (with `FERRY_LISTEN` exported for
+/// `scripts/run.sh`, `--help` would show that value; `FERRY_LOG_FORMAT=json` would hide the log
+/// lines the tests look for). What a test sets after this call is kept.
+pub fn without_ferry_env(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FERRY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// The `ferry` binary as a command, without the caller's `FERRY_*` settings.
+pub fn ferry_command() -> Command {
+    let mut cmd = Command::new(ferry_bin());
+    without_ferry_env(&mut cmd);
+    cmd
+}
+
 /// Makes `cmd` run cargo (or a tool that runs it) as a user would, in a project of their own:
-/// none of the outer build's settings leak in. Only cargo's intermediate build files go to one
+/// none of the outer build's settings leak in, nor the caller's `FERRY_*` settings. Only cargo's intermediate build files go to one
 /// directory the tests share (`build.build-dir`, beside this test's target directory), so that
 /// `wit-bindgen` and its dependencies are compiled once per suite, not once per project; the
 /// built component still lands in the project's own `target/`, where the guides say it is.
@@ -58,7 +78,8 @@ pub fn as_a_user(cmd: &mut Command) -> &mut Command {
         .ancestors()
         .nth(3)
         .expect("test executable lives in target/<profile>/deps");
-    cmd.env("CARGO_BUILD_BUILD_DIR", target.join("user-builds"))
+    without_ferry_env(cmd)
+        .env("CARGO_BUILD_BUILD_DIR", target.join("user-builds"))
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -188,13 +209,7 @@ impl Ferry {
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(self.bin.clone().unwrap_or_else(ferry_bin));
-        // A test host starts from Ferry's defaults, whatever the shell running the tests
-        // exports (`FERRY_LOG_FORMAT=json` would hide the log lines the tests look for).
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("FERRY_") {
-                cmd.env_remove(key);
-            }
-        }
+        without_ferry_env(&mut cmd);
         cmd.args([
             "serve",
             "--listen",
@@ -496,7 +511,7 @@ impl Ferry {
 
     /// The CLI command against this host, to spawn (a command that keeps running, say).
     pub fn cli_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(ferry_bin());
+        let mut cmd = ferry_command();
         cmd.arg("--admin").arg(&self.admin).args(args);
         cmd.env_remove("FERRY_TOKEN")
             .env_remove("FERRY_TOKEN_FILE")

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ferry_tests::{ferry_bin, guests, Ferry};
+use ferry_tests::{ferry_command, guests, Ferry};
 
 fn ok(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -113,7 +113,7 @@ fn deploy_from_a_folder_with_ferry_toml() {
 
 #[test]
 fn errors_reaching_the_host_and_help() {
-    let out = std::process::Command::new(ferry_bin())
+    let out = ferry_command()
         .args(["--admin", "http://127.0.0.1:9", "list"])
         .output()
         .unwrap();
@@ -125,7 +125,7 @@ fn errors_reaching_the_host_and_help() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let out = std::process::Command::new(ferry_bin())
+    let out = ferry_command()
         .args([
             "--admin",
             &format!("http://{free}"),
@@ -140,24 +140,15 @@ fn errors_reaching_the_host_and_help() {
     assert!(err.lines().count() == 1, "one line, no error chain: {err}");
 
     // The program presents itself as `ferry`.
-    let version = ok(&std::process::Command::new(ferry_bin())
-        .arg("--version")
-        .output()
-        .unwrap());
+    let version = ok(&ferry_command().arg("--version").output().unwrap());
     assert!(version.starts_with("ferry 0."), "{version}");
-    let help = ok(&std::process::Command::new(ferry_bin())
-        .arg("--help")
-        .output()
-        .unwrap());
+    let help = ok(&ferry_command().arg("--help").output().unwrap());
     assert!(
         help.starts_with("Ferry runs WebAssembly components"),
         "{help}"
     );
 
-    let out = std::process::Command::new(ferry_bin())
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
+    let out = ferry_command().args(["serve", "--help"]).output().unwrap();
     let help = ok(&out);
     for want in [
         "[default: 127.0.0.1:8080]",
@@ -169,7 +160,7 @@ fn errors_reaching_the_host_and_help() {
     ] {
         assert!(help.contains(want), "--help should show {want}: {help}");
     }
-    let out = std::process::Command::new(ferry_bin())
+    let out = ferry_command()
         .args(["deploy", "/definitely/missing.wasm"])
         .output()
         .unwrap();
@@ -212,7 +203,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(status, 201);
     }
     // Like `ferry --json list | head -c 300`: the reader goes away after 300 bytes.
-    let mut child = std::process::Command::new(ferry_bin())
+    let mut child = ferry_command()
         .args(["--admin", &ferry.admin, "--json", "list"])
         .env("FERRY_DATA_DIR", &ferry.data_dir)
         .stdout(Stdio::piped())
@@ -232,7 +223,7 @@ fn serve_on_a_busy_port_fails_before_touching_the_data_directory() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = std::process::Command::new(ferry_bin())
+    let out = ferry_command()
         .args(["serve", "--listen", &busy.local_addr().unwrap().to_string()])
         .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)

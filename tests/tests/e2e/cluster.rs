@@ -445,7 +445,7 @@ fn the_local_cluster_script_starts_three_nats_nodes_and_three_hosts() {
         return;
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
-    let out = std::process::Command::new("timeout")
+    let out = ferry_tests::without_ferry_env(&mut std::process::Command::new("timeout"))
         .args(["--signal=KILL", "300", "bash"])
         .arg(&script)
         .arg("--check")

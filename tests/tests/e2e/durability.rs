@@ -598,7 +598,7 @@ fn a_damaged_store_is_refused_naming_the_file_and_can_be_checked_repaired_or_qua
         assert!(!log.contains("panicked"), "{what}: {log}");
 
         // `ferry store check` agrees.
-        let check = Command::new(ferry_tests::ferry_bin())
+        let check = ferry_tests::ferry_command()
             .args(["store", "check", "--data-dir"])
             .arg(&ferry.data_dir)
             .output()
@@ -622,7 +622,7 @@ fn a_damaged_store_is_refused_naming_the_file_and_can_be_checked_repaired_or_qua
             health["functions"]
         );
         ferry.terminate(Duration::from_secs(30));
-        let check = Command::new(ferry_tests::ferry_bin())
+        let check = ferry_tests::ferry_command()
             .args(["store", "check", "--data-dir"])
             .arg(&ferry.data_dir)
             .output()
@@ -729,7 +729,7 @@ fn a_backup_of_a_running_host_restores_into_a_new_store() {
     // Restore into a new data directory and start a host on it.
     let mut restored = Ferry::stopped(&[]);
     let restore = |data: &Path, from: &Path| {
-        Command::new(ferry_tests::ferry_bin())
+        ferry_tests::ferry_command()
             .arg("restore")
             .arg(from)
             .arg("--data-dir")
@@ -984,7 +984,7 @@ fn a_finished_invocation_gives_up_its_payload_but_not_before_that_is_durable() {
 
 /// `ferry store check --json` counts on a stopped host's data directory.
 fn store_counts(data_dir: &Path) -> serde_json::Value {
-    let out = Command::new(ferry_tests::ferry_bin())
+    let out = ferry_tests::ferry_command()
         .args(["--json", "store", "check", "--data-dir"])
         .arg(data_dir)
         .output()

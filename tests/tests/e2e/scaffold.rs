@@ -127,7 +127,7 @@ fn ferry_new_projects_test_build_deploy_and_answer_without_edits() {
 #[test]
 fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(ferry_tests::ferry_bin())
+    let out = ferry_tests::ferry_command()
         .current_dir(tmp.path())
         .args(["wit", "--out", "my-wit"])
         .output()
@@ -143,7 +143,7 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
     }
 
     // For a tool bound to WASI 0.2.10 (componentize-js): every package at that release.
-    let out = Command::new(ferry_tests::ferry_bin())
+    let out = ferry_tests::ferry_command()
         .current_dir(tmp.path())
         .args(["--json", "wit", "--out", "wit-10", "--wasi", "0.2.10"])
         .output()
@@ -158,7 +158,7 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
     assert!(!world.contains("0.2.12"));
 
     // A release Ferry cannot write is refused, saying which it can, and nothing is written.
-    let out = Command::new(ferry_tests::ferry_bin())
+    let out = ferry_tests::ferry_command()
         .current_dir(tmp.path())
         .args(["wit", "--out", "wit-bad", "--wasi", "0.3.0"])
         .output()
@@ -175,7 +175,7 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
     use std::time::{Duration, Instant};
 
     let tmp = tempfile::tempdir().unwrap();
-    let made = Command::new(ferry_tests::ferry_bin())
+    let made = ferry_tests::ferry_command()
         .current_dir(tmp.path())
         .args(["new", "http", "dev-fn"])
         .output()
@@ -185,7 +185,7 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
     // The host at --admin is someone else's (this folder has no token for it): `ferry dev`
     // leaves it alone and starts its own (store in dev-fn/.ferry).
     let theirs = Ferry::start();
-    let mut dev = ferry_tests::as_a_user(&mut Command::new(ferry_tests::ferry_bin()))
+    let mut dev = ferry_tests::as_a_user(&mut ferry_tests::ferry_command())
         .current_dir(&dir)
         .args([
             "--admin",
@@ -296,7 +296,7 @@ fn ferry_build_names_the_toolchain_to_install() {
         ("python", "py-fn", "pip install componentize-py"),
         ("js", "js-fn", "install Node.js 20"),
     ] {
-        let made = Command::new(ferry_tests::ferry_bin())
+        let made = ferry_tests::ferry_command()
             .current_dir(tmp.path())
             .args(["new", "http", name, "--lang", lang])
             .output()
@@ -304,7 +304,7 @@ fn ferry_build_names_the_toolchain_to_install() {
         assert!(made.status.success(), "{made:?}");
         let dir = tmp.path().join(name);
         assert!(dir.join("wit/world.wit").exists());
-        let out = Command::new(ferry_tests::ferry_bin())
+        let out = ferry_tests::ferry_command()
             .current_dir(&dir)
             .arg("build")
             .env("PATH", tmp.path().join("no-such-dir"))

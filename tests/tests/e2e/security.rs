@@ -2,10 +2,9 @@
 //! and the operator give, find and refuse tokens.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::Command;
 use std::time::Duration;
 
-use ferry_tests::{ferry_bin, guests, Ferry};
+use ferry_tests::{ferry_command, guests, Ferry};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
@@ -13,7 +12,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 /// The CLI run with nothing but the given environment about tokens and data directories.
 fn bare_cli(ferry: &Ferry, args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    Command::new(ferry_bin())
+    ferry_command()
         .arg("--admin")
         .arg(&ferry.admin)
         .args(args)
@@ -133,7 +132,7 @@ fn the_cli_finds_the_token_of_a_host_on_this_machine() {
         std::path::Path::new("/"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = Command::new(ferry_bin())
+    let out = ferry_command()
         .args(["--admin", &ferry.admin, "list"])
         .current_dir("/")
         .env("FERRY_TOKEN", ferry.token.as_ref().unwrap())
@@ -143,7 +142,7 @@ fn the_cli_finds_the_token_of_a_host_on_this_machine() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     // An empty FERRY_TOKEN is an error, not "no token".
-    let out = Command::new(ferry_bin())
+    let out = ferry_command()
         .args(["--admin", &ferry.admin, "list"])
         .current_dir(&deep)
         .env("FERRY_TOKEN", "")
