@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 # The same build scripts/test.sh makes (one build serves both commands).
 cargo build --release --workspace --bins
-# The examples' ferry.toml files point into guest-examples/target: build there.
-(cd guest-examples && cargo build --release --target wasm32-wasip2 --target-dir target)
+# The examples' ferry.toml files point into guest-examples/target: build there, with what
+# tests/build.rs builds them with (no flags meant for the host), so that the tests find them built.
+(cd guest-examples && env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+    -u CARGO_TARGET_DIR -u CARGO_BUILD_BUILD_DIR \
+    cargo build --release --target wasm32-wasip2 --target-dir target)
 
 export FERRY_LISTEN="${FERRY_LISTEN:-127.0.0.1:8080}"
 export FERRY_ADMIN_LISTEN="${FERRY_ADMIN_LISTEN:-127.0.0.1:8081}"

@@ -37,8 +37,10 @@ RUST
     cargo check --quiet --release --target wasm32-wasip2 --target-dir "$work/target")
 generated=$(find "$work/target" -path '*wit-bindgen-rust-macro-*/out/event-function0.rs' | head -1)
 [ -n "$generated" ] || { echo "wit-bindgen wrote no event-function0.rs under $work/target" >&2; exit 1; }
-# The hash the unit test compares: wit/world.wit, then wit/deps/*.wit by name.
-hash=$(cat wit/world.wit $(LC_ALL=C ls wit/deps/*.wit) | sha256sum | cut -d' ' -f1)
+# The hash the unit test compares: wit/world.wit, then every other .wit file in wit/ and
+# wit/deps/ by path.
+hash=$(cat wit/world.wit $(LC_ALL=C ls -d wit/*.wit wit/deps/*.wit | grep -vx wit/world.wit) |
+    sha256sum | cut -d' ' -f1)
 {
     echo "// The bindings of Ferry's WIT world \`ferry:function/event-function\` (world.wit and deps/ in"
     echo "// wit/, sha256 $hash), as"

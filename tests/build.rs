@@ -194,6 +194,7 @@ fn build(folder: &Path, target: &Path) {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_BUILD_DIR")
         .status()
         .unwrap_or_else(|e| panic!("failed to run cargo for {}: {e}", folder.display()));
     assert!(

@@ -267,8 +267,10 @@ pub fn new_project(kind: Kind, lang: Lang, name: &str, dir: &Path) -> anyhow::Re
         std::fs::write(&to, text).with_context(|| format!("cannot write {}", to.display()))?;
         written.push((*path).to_string());
     }
-    // Bindings are generated from Ferry's WIT at build time: always for Python and JavaScript,
-    // for Rust's event world (its HTTP world comes with the `wasip2` crate).
+    // The projects whose bindings come from Ferry's WIT get it in `wit/`: Python's and
+    // JavaScript's tools generate them at build time; Rust's event template ships them
+    // (src/world.rs, generated from this WIT) and cargo component reads `wit/` (Rust's HTTP world
+    // comes with the `wasip2` crate).
     let wit = match (lang, kind) {
         (Lang::Rust, Kind::Http) => None,
         (Lang::Rust | Lang::Python, _) => Some(None),
@@ -309,8 +311,9 @@ mod tests {
     }
 
     /// The Rust event template's bindings (`src/world.rs`) name the hash of the WIT they were
-    /// generated from: world.wit, then deps/*.wit by name, as `scripts/rust-bindings.sh` hashes
-    /// them. A change to the WIT without running that script fails here.
+    /// generated from: world.wit, then the other files by path, as `scripts/rust-bindings.sh`
+    /// hashes them. A change to the WIT without running that script fails here, and so does a
+    /// template that depends on another wit-bindgen release than the one that generated them.
     #[test]
     fn the_rust_event_bindings_are_generated_from_this_wit() {
         use sha2::Digest as _;
@@ -325,11 +328,28 @@ mod tests {
             .iter()
             .find(|(path, _)| *path == "src/world.rs")
             .unwrap();
-        let header: String = bindings.lines().take(5).collect();
+        let header: String = bindings.lines().take(5).collect::<Vec<_>>().join("\n");
         assert!(
             header.contains(&wanted),
             "host/templates/rust-event/src/world.rs was not generated from this wit/ ({wanted}): \
              run scripts/rust-bindings.sh"
+        );
+        // "wit-bindgen 0.62.0's" in the header; `version = "0.62"` in the template.
+        let generator = header
+            .split("wit-bindgen ")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap();
+        let minor: Vec<&str> = generator.split('.').take(2).collect();
+        let (_, manifest) = RUST_EVENT
+            .iter()
+            .find(|(path, _)| *path == "Cargo.toml")
+            .unwrap();
+        let dependency = format!("wit-bindgen = {{ version = \"{}\"", minor.join("."));
+        assert!(
+            manifest.contains(&dependency),
+            "the template's Cargo.toml must depend on the wit-bindgen that generated \
+             src/world.rs ({generator}): {dependency} ...}}"
         );
     }
 

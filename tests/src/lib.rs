@@ -47,14 +47,35 @@ pub fn ferry_bin() -> PathBuf {
 /// Removes the `FERRY_*` settings the shell running the tests may export from `cmd`'s
 /// environment: a test starts from Ferry's defaults (with `FERRY_LISTEN` exported for
 /// `scripts/run.sh`, `--help` would show that value; `FERRY_LOG_FORMAT=json` would hide the log
-/// lines the tests look for). What a test sets after this call is kept.
+/// lines the tests look for). What `cmd` sets already, and what a test sets after this call,
+/// is kept.
 pub fn without_ferry_env(cmd: &mut Command) -> &mut Command {
+    let set: Vec<std::ffi::OsString> = cmd.get_envs().map(|(k, _)| k.to_os_string()).collect();
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FERRY_") {
+        if key.to_string_lossy().starts_with("FERRY_") && !set.contains(&key) {
             cmd.env_remove(key);
         }
     }
     cmd
+}
+
+/// Checks, once, that every guest `tests/build.rs` built is still there: they live in their
+/// folders' own `target/` (guest-examples/target, where `scripts/run.sh` builds them too), which a
+/// `cargo clean` there removes without telling cargo that the build script must run again.
+pub fn guests_are_built() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        let missing: Vec<&str> = guests::ALL
+            .iter()
+            .filter(|(_, path)| !Path::new(path).is_file())
+            .map(|(_, path)| *path)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "guests built for these tests are gone: {missing:?}. Build them again with \
+             `touch tests/build.rs` and then `cargo test --release` (or scripts/test.sh)"
+        );
+    });
 }
 
 /// The `ferry` binary as a command, without the caller's `FERRY_*` settings.
@@ -65,10 +86,11 @@ pub fn ferry_command() -> Command {
 }
 
 /// Makes `cmd` run cargo (or a tool that runs it) as a user would, in a project of their own:
-/// none of the outer build's settings leak in, nor the caller's `FERRY_*` settings. Only cargo's intermediate build files go to one
-/// directory the tests share (`build.build-dir`, beside this test's target directory), so that
-/// `wit-bindgen` and its dependencies are compiled once per suite, not once per project; the
-/// built component still lands in the project's own `target/`, where the guides say it is.
+/// none of the outer build's settings leak in, nor the caller's `FERRY_*` settings. Only
+/// cargo's intermediate build files go to one directory the tests share (`build.build-dir`,
+/// beside this test's target directory), so that `wit-bindgen` and its dependencies are
+/// compiled once per suite, not once per project; the built component still lands in the
+/// project's own `target/`, where the guides say it is.
 /// The projects' crate names must differ from each other's (they do: greeter, tally, hello,
 /// hi-http, hi-event, dev-fn): cargo names a component's file in that directory without a hash.
 pub fn as_a_user(cmd: &mut Command) -> &mut Command {
@@ -168,6 +190,7 @@ impl Ferry {
     /// A host with a fresh data directory and these `ferry serve` arguments, not started yet:
     /// set its `data_dir` or `env`, then [`Ferry::start_again`] or [`Ferry::run_to_exit`].
     pub fn stopped(args: &[&str]) -> Ferry {
+        guests_are_built();
         let tmp = tempfile::tempdir().expect("temp dir");
         Ferry {
             child: None,
