@@ -119,6 +119,10 @@ enum Command {
         /// the release are left out; a host serves every 0.2 release.
         #[arg(long, value_name = "0.2.N")]
         wasi: Option<String>,
+        /// Also write the Rust bindings of the event-function world to this file (what
+        /// `ferry new event` puts in src/world.rs; for Ferry's own WASI release only).
+        #[arg(long, value_name = "FILE", conflicts_with = "wasi")]
+        rust: Option<PathBuf>,
     },
     /// The host (version, uptime, store, NATS) and every function: triggers and their state,
     /// invocations, failure rate and p50/p99 duration over the last 5 minutes, dead letters.
@@ -617,24 +621,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Wit { ref out, ref wasi } => {
+        Command::Wit {
+            ref out,
+            ref wasi,
+            ref rust,
+        } => {
             let patch = wasi
                 .as_deref()
                 .map(ferry_host::scaffold::parse_wasi)
                 .transpose()?;
             let files = ferry_host::scaffold::write_wit(out, patch)?;
+            if let Some(file) = rust {
+                ferry_host::scaffold::write_rust_bindings(file)?;
+            }
             let wasi = patch.map_or_else(
                 || ferry_host::scaffold::WASI.to_string(),
                 |p| format!("0.2.{p}"),
             );
             if cli.json {
-                say!("{}", serde_json::json!({ "files": files, "wasi": wasi }));
+                say!(
+                    "{}",
+                    serde_json::json!({ "files": files, "wasi": wasi, "rust": rust })
+                );
             } else {
                 say!(
                     "wrote Ferry's WIT ({} files, WASI {wasi}) to {}/: worlds ferry:function/http-function and ferry:function/event-function",
                     files.len(),
                     out.display()
                 );
+                if let Some(file) = rust {
+                    say!(
+                        "wrote the Rust bindings of ferry:function/event-function to {}",
+                        file.display()
+                    );
+                }
             }
             Ok(())
         }

@@ -233,6 +233,20 @@ pub fn write_wit(dir: &Path, patch: Option<u32>) -> anyhow::Result<Vec<PathBuf>>
     Ok(written)
 }
 
+/// Writes the Rust bindings of the `event-function` world (what `ferry new event` puts in
+/// `src/world.rs`) to `file`, creating its folder.
+pub fn write_rust_bindings(file: &Path) -> anyhow::Result<()> {
+    let (_, text) = RUST_EVENT
+        .iter()
+        .find(|(path, _)| *path == "src/world.rs")
+        .context("the Rust event template has no src/world.rs")?;
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(file, text).with_context(|| format!("cannot write {}", file.display()))
+}
+
 /// Makes a new function project `name` of `kind` in `lang` at `dir` (which must not exist, or be
 /// empty); returns the files written, relative to `dir`.
 pub fn new_project(kind: Kind, lang: Lang, name: &str, dir: &Path) -> anyhow::Result<Vec<String>> {

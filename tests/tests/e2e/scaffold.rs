@@ -157,6 +157,49 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
     assert!(world.contains("include wasi:http/proxy@0.2.10;"));
     assert!(!world.contains("0.2.12"));
 
+    // With the Rust bindings of the event world, as `ferry new event` ships them.
+    let out = ferry_tests::ferry_command()
+        .current_dir(tmp.path())
+        .args([
+            "--json",
+            "wit",
+            "--out",
+            "p/wit",
+            "--rust",
+            "p/src/world.rs",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["rust"], "p/src/world.rs", "{said}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("p/src/world.rs")).unwrap(),
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/templates/rust-event/src/world.rs")
+        )
+        .unwrap()
+    );
+    assert!(tmp.path().join("p/wit/world.wit").exists());
+    // They are made for Ferry's own WASI release: with another one, refused, nothing written.
+    let out = ferry_tests::ferry_command()
+        .current_dir(tmp.path())
+        .args([
+            "wit",
+            "--out",
+            "q/wit",
+            "--wasi",
+            "0.2.10",
+            "--rust",
+            "q/world.rs",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--wasi"), "{stderr}");
+    assert!(!tmp.path().join("q").exists());
+
     // A release Ferry cannot write is refused, saying which it can, and nothing is written.
     let out = ferry_tests::ferry_command()
         .current_dir(tmp.path())
