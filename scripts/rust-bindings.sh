@@ -45,8 +45,8 @@ hash=$(cat wit/world.wit $(LC_ALL=C ls -d wit/*.wit wit/deps/*.wit | grep -vx wi
     echo "// The bindings of Ferry's WIT world \`ferry:function/event-function\` (world.wit and deps/ in"
     echo "// wit/, sha256 $hash), as"
     echo "// wit-bindgen $version's \`generate!({ path: \"wit\", world: \"ferry:function/event-function\","
-    echo "// generate_all })\` makes them. Written by \`ferry new event\`, so that a build needs no"
-    echo "// proc macro: do not edit. (Ferry's scripts/rust-bindings.sh makes this file.)"
+    echo "// generate_all })\` makes them. Written by \`ferry new event\` (and \`ferry wit --rust\`), so"
+    echo "// that a build needs no proc macro: do not edit. (Ferry's scripts/rust-bindings.sh makes it.)"
     echo
     cat "$generated"
 } >"$out"

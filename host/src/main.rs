@@ -630,10 +630,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .map(ferry_host::scaffold::parse_wasi)
                 .transpose()?;
-            let files = ferry_host::scaffold::write_wit(out, patch)?;
+            // The bindings first: a --rust that names a folder is refused before anything is
+            // written.
             if let Some(file) = rust {
                 ferry_host::scaffold::write_rust_bindings(file)?;
             }
+            let files = ferry_host::scaffold::write_wit(out, patch)?;
             let wasi = patch.map_or_else(
                 || ferry_host::scaffold::WASI.to_string(),
                 |p| format!("0.2.{p}"),

@@ -233,13 +233,25 @@ pub fn write_wit(dir: &Path, patch: Option<u32>) -> anyhow::Result<Vec<PathBuf>>
     Ok(written)
 }
 
+/// The text of `path` in `template`.
+fn template_file(template: Template, path: &str) -> Option<&'static str> {
+    template
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, text)| *text)
+}
+
 /// Writes the Rust bindings of the `event-function` world (what `ferry new event` puts in
 /// `src/world.rs`) to `file`, creating its folder.
 pub fn write_rust_bindings(file: &Path) -> anyhow::Result<()> {
-    let (_, text) = RUST_EVENT
-        .iter()
-        .find(|(path, _)| *path == "src/world.rs")
+    let text = template_file(RUST_EVENT, "src/world.rs")
         .context("the Rust event template has no src/world.rs")?;
+    if file.is_dir() {
+        bail!(
+            "{} is a folder: --rust names the file to write, such as src/world.rs",
+            file.display()
+        );
+    }
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -338,10 +350,7 @@ mod tests {
             hash.update(text.as_bytes());
         }
         let wanted = format!("sha256 {}", hex::encode(hash.finalize()));
-        let (_, bindings) = RUST_EVENT
-            .iter()
-            .find(|(path, _)| *path == "src/world.rs")
-            .unwrap();
+        let bindings = template_file(RUST_EVENT, "src/world.rs").unwrap();
         let header: String = bindings.lines().take(5).collect::<Vec<_>>().join("\n");
         assert!(
             header.contains(&wanted),
@@ -355,10 +364,7 @@ mod tests {
             .and_then(|rest| rest.split('\'').next())
             .unwrap();
         let minor: Vec<&str> = generator.split('.').take(2).collect();
-        let (_, manifest) = RUST_EVENT
-            .iter()
-            .find(|(path, _)| *path == "Cargo.toml")
-            .unwrap();
+        let manifest = template_file(RUST_EVENT, "Cargo.toml").unwrap();
         let dependency = format!("wit-bindgen = {{ version = \"{}\"", minor.join("."));
         assert!(
             manifest.contains(&dependency),

@@ -200,6 +200,18 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
     assert!(stderr.contains("--wasi"), "{stderr}");
     assert!(!tmp.path().join("q").exists());
 
+    // --rust names a file: a folder is refused, and no WIT is written either.
+    std::fs::create_dir(tmp.path().join("src")).unwrap();
+    let out = ferry_tests::ferry_command()
+        .current_dir(tmp.path())
+        .args(["wit", "--out", "r/wit", "--rust", "src"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("src/world.rs"), "{stderr}");
+    assert!(!tmp.path().join("r").exists());
+
     // A release Ferry cannot write is refused, saying which it can, and nothing is written.
     let out = ferry_tests::ferry_command()
         .current_dir(tmp.path())

@@ -1,8 +1,8 @@
 // The bindings of Ferry's WIT world `ferry:function/event-function` (world.wit and deps/ in
 // wit/, sha256 176cf9f9ea7bed09b9f402b9af28b0f40a2a678d1da4dca66234cf4e0a6e18d3), as
 // wit-bindgen 0.62.0's `generate!({ path: "wit", world: "ferry:function/event-function",
-// generate_all })` makes them. Written by `ferry new event`, so that a build needs no
-// proc macro: do not edit. (Ferry's scripts/rust-bindings.sh makes this file.)
+// generate_all })` makes them. Written by `ferry new event` (and `ferry wit --rust`), so
+// that a build needs no proc macro: do not edit. (Ferry's scripts/rust-bindings.sh makes it.)
 
 #[allow(dead_code, clippy::all)]
 pub mod ferry {
