@@ -66,13 +66,15 @@ CONF
 done
 cluster=$(IFS=,; echo "${urls[*]}")
 
-# Three Ferry hosts on the cluster.
+# Three Ferry hosts on the cluster, sharing one compile cache (one machine: each function's
+# optimized code is compiled once, not three times).
 publics=() admins=()
 for i in 0 1 2; do
     publics+=("127.0.0.1:$(port $((8080 + 2 * i)))")
     admins+=("127.0.0.1:$(port $((8081 + 2 * i)))")
     "$FERRY_BIN" serve --cluster "$cluster" --listen "${publics[$i]}" \
-        --admin-listen "${admins[$i]}" --data-dir "$dir/host$i" > "$dir/host$i.log" 2>&1 &
+        --admin-listen "${admins[$i]}" --data-dir "$dir/host$i" \
+        --compile-cache-dir "$dir/compile-cache" > "$dir/host$i.log" 2>&1 &
     pids+=($!)
 done
 for i in 0 1 2; do

@@ -185,6 +185,25 @@ impl wasmtime::CacheStore for DiskCache {
     }
 }
 
+/// Makes a cache directory given by the operator ready: made if missing (readable by this user
+/// alone), and writable.
+pub fn prepare(dir: &Path) -> std::io::Result<()> {
+    private_dir(dir)?;
+    // Whether files can be made in it, as the compilers will (a name starting with a dot is a
+    // temporary file to the cache: one left by a crash goes with the next trim).
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+/// Whether `a` and `b` name one directory (a missing one is only the same by its path).
+pub fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Makes `dir` (and its parents) if missing, readable by this user alone.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;

@@ -269,6 +269,11 @@ struct ServeArgs {
     /// in a fraction of the time. 0 turns the cache off.
     #[arg(long, env = "FERRY_COMPILE_CACHE_SIZE", default_value = "1GiB", value_parser = parse_size)]
     compile_cache_size: u64,
+    /// Where the compile cache lives, instead of `compile-cache/` in the data directory. Hosts
+    /// of one user on one machine may share one: each compiles only the functions none of them
+    /// compiled before (the data directory's own `compile-cache/` is then removed).
+    #[arg(long, env = "FERRY_COMPILE_CACHE_DIR")]
+    compile_cache_dir: Option<PathBuf>,
     /// Uploads compiled at once; more wait their turn.
     #[arg(long, env = "FERRY_COMPILE_JOBS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     compile_jobs: u32,
@@ -877,11 +882,28 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
     if let Some(endpoint) = ferry_host::otel::init_from_env()? {
         tracing::info!(%endpoint, "exporting spans over OTLP");
     }
-    let compile_cache_dir = data_dir.join("compile-cache");
-    // A cache turned off is removed; one kept is trimmed to its (maybe new) bound.
-    if args.compile_cache_size == 0 {
-        let _ = std::fs::remove_dir_all(&compile_cache_dir);
-    } else {
+    let own_cache = data_dir.join("compile-cache");
+    let compile_cache_dir = match &args.compile_cache_dir {
+        Some(dir) if args.compile_cache_size > 0 => {
+            ferry_host::compile_cache::prepare(dir).with_context(|| {
+                format!(
+                    "cannot use {} as the compile cache (--compile-cache-dir); give a \
+                     directory this user may create and write",
+                    dir.display()
+                )
+            })?;
+            dir.clone()
+        }
+        _ => own_cache.clone(),
+    };
+    // A cache turned off, or kept elsewhere, is not kept in the data directory; one kept is
+    // trimmed to its (maybe new) bound. A cache given elsewhere is never removed.
+    if args.compile_cache_size == 0
+        || !ferry_host::compile_cache::same_dir(&compile_cache_dir, &own_cache)
+    {
+        let _ = std::fs::remove_dir_all(&own_cache);
+    }
+    if args.compile_cache_size > 0 {
         ferry_host::compile_cache::trim_in_background(&CacheSettings {
             dir: compile_cache_dir.clone(),
             max_size: args.compile_cache_size,

@@ -78,6 +78,25 @@ pub fn guests_are_built() {
     });
 }
 
+/// The compile cache the suite's hosts share (`--compile-cache-dir`), beside the test
+/// executable's target directory: each guest's functions go through Cranelift once per run of
+/// the suite, not once per host. Emptied when a run first uses it, so that what a run compiles
+/// does not depend on an earlier one.
+pub fn shared_compile_cache() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test>  ->  target/test-compile-cache
+        let dir = exe
+            .ancestors()
+            .nth(3)
+            .expect("test executable lives in target/<profile>/deps")
+            .join("test-compile-cache");
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    })
+}
+
 /// The `ferry` binary as a command, without the caller's `FERRY_*` settings.
 pub fn ferry_command() -> Command {
     let mut cmd = Command::new(ferry_bin());
@@ -164,6 +183,10 @@ pub struct Ferry {
     /// What runs `ferry serve` instead of the binary under test (a wrapper that runs it under
     /// strace, say).
     pub bin: Option<PathBuf>,
+    /// Whether the host uses the compile cache the suite's hosts share ([`shared_compile_cache`]),
+    /// as hosts of one machine may; false: its own, in its data directory (for tests of the
+    /// cache itself).
+    pub shared_compile_cache: bool,
     /// What the host printed on standard output up to its ready line.
     stdout: Vec<String>,
     /// Every line the host printed on standard output since it started, also after the ready
@@ -202,6 +225,7 @@ impl Ferry {
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             bin: None,
+            shared_compile_cache: true,
             stdout: Vec::new(),
             all_stdout: Default::default(),
             token: None,
@@ -246,9 +270,11 @@ impl Ferry {
         // when the operator allows it (the security tests use other names to see the refusal).
         .args(["--allow-private-outbound", "127.0.0.1"])
         .args(&self.extra_args)
-        .env("FERRY_LOG", "info,ferry_host=debug")
-        .envs(self.env.iter().map(|(k, v)| (k, v)))
-        .stderr(log);
+        .env("FERRY_LOG", "info,ferry_host=debug");
+        if self.shared_compile_cache {
+            cmd.env("FERRY_COMPILE_CACHE_DIR", shared_compile_cache());
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v))).stderr(log);
         cmd
     }
 

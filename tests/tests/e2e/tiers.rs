@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_tests::{guests, Ferry};
 
@@ -223,7 +224,9 @@ fn functions_compiled_once_come_from_the_compile_cache_also_after_a_restart() {
     const MISS: &str = "ferry_compile_cache_functions_total{result=\"miss\"}";
     // A bound that fits any test machine's temporary directory twice over (the cache stops
     // writing while less than twice its bound is free).
-    let mut ferry = Ferry::start_with(&["--compile-cache-size", "64MiB"]);
+    let mut ferry = Ferry::stopped(&["--compile-cache-size", "64MiB"]);
+    ferry.shared_compile_cache = false;
+    ferry.start_again();
     let wasm = guests::bytes(guests::HELLO_HTTP);
     let (status, body) = ferry.deploy_raw("first", wasm.clone());
     assert_eq!(status, 201, "{body}");
@@ -311,11 +314,82 @@ fn a_compile_cache_size_of_zero_keeps_no_cache() {
     assert_eq!(ferry.get("/hello-http/x").0, 200);
 }
 
+/// Hosts given one `--compile-cache-dir` share it: what one compiled, another finds; the data
+/// directories keep no cache of their own, and turning the cache off leaves a shared one alone.
+/// A directory that cannot be one is refused at start, naming the flag.
+#[test]
+fn hosts_sharing_a_compile_cache_directory_compile_a_function_once() {
+    const HIT: &str = "ferry_compile_cache_functions_total{result=\"hit\"}";
+    const MISS: &str = "ferry_compile_cache_functions_total{result=\"miss\"}";
+    let shared = tempfile::tempdir().unwrap();
+    let dir = shared.path().join("cache");
+    let host = |extra: &[&str]| {
+        let mut args = vec!["--compile-cache-dir", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut ferry = Ferry::stopped(&args);
+        ferry.shared_compile_cache = false;
+        std::fs::create_dir_all(ferry.data_dir.join("compile-cache")).unwrap();
+        ferry
+    };
+    let wasm = guests::bytes(guests::HELLO_HTTP);
+    let mut first = host(&[]);
+    first.start_again();
+    assert_eq!(first.deploy_raw("hello-http", wasm.clone()).0, 201);
+    first.optimized("hello-http");
+    let cold = first.metric(MISS);
+    let functions = cold + first.metric(HIT);
+    assert!(cold > 10.0, "a cold cache compiles: {cold}");
+    assert!(
+        !first.data_dir.join("compile-cache").exists(),
+        "the data directory's own cache is removed"
+    );
+    let files = || std::fs::read_dir(&dir).unwrap().count();
+    assert!(files() > 0, "the shared directory holds the cache");
+
+    let mut second = host(&[]);
+    second.start_again();
+    assert_eq!(second.deploy_raw("hello-http", wasm.clone()).0, 201);
+    second.optimized("hello-http");
+    let (hits, misses) = (second.metric(HIT), second.metric(MISS));
+    assert_eq!(hits + misses, functions, "the same functions");
+    assert!(
+        hits >= 0.8 * functions && misses * 3.0 < cold,
+        "the second host finds what the first compiled: {hits} of {functions}, {misses} \
+         compiled (cold: {cold})"
+    );
+    assert_eq!(second.get("/hello-http/x").0, 200);
+    second.terminate(Duration::from_secs(30));
+    let before = files();
+    second.start_again_with(&["--compile-cache-size", "0"]);
+    assert_eq!(files(), before, "a cache given elsewhere is never removed");
+    drop(second);
+
+    let taken = shared.path().join("a-file");
+    std::fs::write(&taken, "not a directory").unwrap();
+    let mut refused = Ferry::stopped(&["--compile-cache-dir", taken.to_str().unwrap()]);
+    refused.shared_compile_cache = false;
+    let status = refused.run_to_exit(&[], Duration::from_secs(60));
+    assert!(!status.success());
+    let log = refused.log();
+    assert!(
+        log.contains("--compile-cache-dir") && log.contains("a-file"),
+        "{log}"
+    );
+    let made: Vec<_> = std::fs::read_dir(&refused.data_dir)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        made.is_empty(),
+        "nothing is made in the data directory: {made:?}"
+    );
+}
+
 /// A compile cache that cannot be used (here its path is taken by a file) costs only time: the
 /// deploy and the optimized code proceed, and the host's log says what to do.
 #[test]
 fn an_unusable_compile_cache_fails_no_deploy_and_is_logged() {
     let mut ferry = Ferry::stopped(&[]);
+    ferry.shared_compile_cache = false;
     std::fs::create_dir_all(&ferry.data_dir).unwrap();
     std::fs::write(ferry.data_dir.join("compile-cache"), "not a directory").unwrap();
     ferry.start_again();
