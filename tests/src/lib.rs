@@ -1003,9 +1003,14 @@ impl Ferry {
     /// Deploys the `misbehave` guest as `misbehave`, recording every `/record` invocation at
     /// `receiver` (`GET /hit/<invocation id>`) and retrying failures quickly, many times.
     pub fn deploy_recorder(&self, receiver: &receiver::Receiver) {
+        self.deploy_recorder_with(receiver, "");
+    }
+
+    /// [`Ferry::deploy_recorder`] with more manifest sections (`[limits]`, say).
+    pub fn deploy_recorder_with(&self, receiver: &receiver::Receiver, extra: &str) {
         let manifest = format!(
             "name = \"misbehave\"\n[delivery]\nmax_attempts = 1000\nbackoff = {{ initial = \"20ms\", max = \"500ms\" }}\n\
-             [outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n",
+             [outbound]\nallow = [\"127.0.0.1\"]\n[config]\nRECORD_TO = \"{}\"\n{extra}",
             receiver.addr
         );
         let (status, body) =

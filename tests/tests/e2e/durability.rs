@@ -29,6 +29,29 @@ fn submit_until_down(ferry: &Ferry, max: usize) -> Vec<String> {
 }
 
 /// [`submit_until_down`] with this path and body.
+/// Starts the stopped host to die at its first checkpoint, runs `submit` until it is down and
+/// returns what was acknowledged. When the first checkpoint came between the first submit's
+/// sync and its 202 (nothing acknowledged), the host is started and stopped cleanly and it is
+/// tried again, up to five times.
+fn acked_before_the_first_checkpoint(
+    ferry: &mut Ferry,
+    submit: impl Fn(&Ferry) -> Vec<String>,
+) -> Vec<String> {
+    for _ in 0..5 {
+        ferry.env = vec![("FERRY_CRASH_AT".into(), "checkpoint-start".into())];
+        ferry.start_again();
+        let acked = submit(ferry);
+        assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
+        ferry.env.clear();
+        if !acked.is_empty() {
+            return acked;
+        }
+        ferry.start_again();
+        ferry.terminate(Duration::from_secs(30));
+    }
+    panic!("no submit was acknowledged before the crash, five times");
+}
+
 fn submit_until_down_to(ferry: &Ferry, path: &str, body: &str, max: usize) -> Vec<String> {
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -69,11 +92,7 @@ fn a_crash_while_replaying_the_journal_loses_no_acknowledged_submit() {
 
     // 1. The host dies at its first checkpoint, before the store is flushed: what it
     //    acknowledged is in the journal.
-    ferry.env = vec![("FERRY_CRASH_AT".into(), "checkpoint-start".into())];
-    ferry.start_again();
-    let acked = submit_until_down(&ferry, 100_000);
-    assert!(!acked.is_empty(), "some submits were acknowledged");
-    assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
+    let acked = acked_before_the_first_checkpoint(&mut ferry, |f| submit_until_down(f, 100_000));
     let before = journaled(&ferry);
     assert!(before.0 > 0, "the journal holds the acknowledged submits");
 
@@ -350,7 +369,9 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
     let fs = Tmpfs::mount("48m");
-    let mut ferry = Ferry::stopped(&[]);
+    // The attempt held across the fill must not time out however slow the machine is (a
+    // failed attempt is rightly retried): five minutes for it and its outbound request.
+    let mut ferry = Ferry::stopped(&["--outbound-timeout", "300s"]);
     ferry.data_dir = fs.0.join("data");
     ferry.start_again();
     deploy_hello(&ferry);
@@ -371,7 +392,7 @@ fn a_full_disk_refuses_with_507_changes_nothing_and_recovers_by_itself() {
         }
         (200, vec![])
     });
-    ferry.deploy_recorder(&recv);
+    ferry.deploy_recorder_with(&recv, "[limits]\ntimeout = \"300s\"\n");
     let runs = || {
         recv.requests()
             .iter()
@@ -863,12 +884,10 @@ fn a_large_body_is_journaled_once_in_its_synced_file_and_survives_a_crash() {
     ferry.terminate(Duration::from_secs(30));
     // The host dies at its first checkpoint, before the store is made durable: what it
     // acknowledged is in the journal, and the bodies are in their files.
-    ferry.env = vec![("FERRY_CRASH_AT".into(), "checkpoint-start".into())];
-    ferry.start_again();
     let body: String = "fedcba9876543210".repeat(1 << 14); // 256 KiB
-    let acked = submit_until_down_to(&ferry, "/misbehave/status?code=500", &body, 10_000);
-    assert!(!acked.is_empty(), "some submits were acknowledged");
-    assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
+    let acked = acked_before_the_first_checkpoint(&mut ferry, |f| {
+        submit_until_down_to(f, "/misbehave/status?code=500", &body, 10_000)
+    });
     let (records, bytes) = journaled(&ferry);
     assert!(records > 0, "the journal holds the acknowledged submits");
     assert!(
@@ -941,25 +960,10 @@ fn a_finished_invocation_gives_up_its_payload_but_not_before_that_is_durable() {
     // The host dies at its first checkpoint: the submits may have run, and their payloads been
     // dropped in memory, but nothing of that was durable. After the restart each runs (again)
     // with its whole body, and then its file goes.
-    let mut tries = 0;
-    let acked = loop {
-        ferry.terminate(Duration::from_secs(30));
-        ferry.env = vec![("FERRY_CRASH_AT".into(), "checkpoint-start".into())];
-        ferry.start_again();
-        let acked = submit_until_down_to(&ferry, "/misbehave/size", &body, 10_000);
-        assert!(!ferry.wait_for_exit(Duration::from_secs(30)).success());
-        ferry.env.clear();
-        if !acked.is_empty() {
-            break acked;
-        }
-        // The first checkpoint came between the first submit's sync and its 202: again.
-        tries += 1;
-        assert!(
-            tries < 5,
-            "no submit was acknowledged before the crash, {tries} times"
-        );
-        ferry.start_again();
-    };
+    ferry.terminate(Duration::from_secs(30));
+    let acked = acked_before_the_first_checkpoint(&mut ferry, |f| {
+        submit_until_down_to(f, "/misbehave/size", &body, 10_000)
+    });
     assert!(
         files(&payloads) >= acked.len(),
         "each acknowledged body is in its file"
