@@ -56,31 +56,34 @@ mod tests {
             .unwrap_or_default()
     }
 
-    /// These tests are built from this library's sources by another package, host-tests/, so
-    /// that they can be built unoptimised; what it compiles with must stay what host/ has.
+    /// The unit tests of host/ and triggers/ are built from their sources by other packages,
+    /// host-tests/ and triggers-tests/, so that they can be built unoptimised; what those
+    /// compile with must stay what the libraries have.
     #[test]
-    fn the_test_package_has_the_host_packages_dependencies() {
-        for name in [
-            "dependencies",
-            "dev-dependencies",
-            "build-dependencies",
-            "features",
-            "target",
-        ] {
-            let host = table("host/Cargo.toml", name);
-            let tests = table("host-tests/Cargo.toml", name);
-            for (krate, spec) in &host {
-                assert_eq!(
-                    tests.get(krate),
-                    Some(spec),
-                    "host-tests/Cargo.toml's [{name}] must have {krate} as host/Cargo.toml has it"
-                );
-            }
-            for krate in tests.keys() {
-                assert!(
-                    host.contains_key(krate),
-                    "host-tests/Cargo.toml's [{name}] has {krate}, which host/Cargo.toml does not"
-                );
+    fn the_test_packages_have_their_librarys_dependencies() {
+        for (lib, twin) in [("host", "host-tests"), ("triggers", "triggers-tests")] {
+            for name in [
+                "dependencies",
+                "dev-dependencies",
+                "build-dependencies",
+                "features",
+                "target",
+            ] {
+                let library = table(&format!("{lib}/Cargo.toml"), name);
+                let tests = table(&format!("{twin}/Cargo.toml"), name);
+                for (krate, spec) in &library {
+                    assert_eq!(
+                        tests.get(krate),
+                        Some(spec),
+                        "{twin}/Cargo.toml's [{name}] must have {krate} as {lib}/Cargo.toml has it"
+                    );
+                }
+                for krate in tests.keys() {
+                    assert!(
+                        library.contains_key(krate),
+                        "{twin}/Cargo.toml's [{name}] has {krate}, which {lib}/Cargo.toml does not"
+                    );
+                }
             }
         }
     }
