@@ -265,9 +265,10 @@ impl Deployer {
         ceilings: Ceilings,
         enabled: Vec<&'static str>,
         keep_versions: usize,
+        optimized_compile: bool,
     ) -> Self {
         let lock = Arc::new(tokio::sync::Mutex::new(()));
-        let optimize = runtime.has_baseline().then(|| {
+        let optimize = (runtime.has_baseline() && optimized_compile).then(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Optimize>();
             let optimizer = Optimizer {
                 runtime: runtime.clone(),
@@ -505,7 +506,7 @@ impl Deployer {
         artifact: Option<Vec<u8>>,
         stored: Option<FunctionRecord>,
     ) -> Result<Deployment, DeployError> {
-        let deployed = Arc::new(Deployed::new(record.clone(), prepared, tier));
+        let deployed = self.deployed(&record, prepared, tier);
         let snapshot = self
             .registry
             .with(deployed.clone())
@@ -723,7 +724,23 @@ impl Deployer {
             }
         };
         let prepared = self.runtime.prepare(&component)?;
-        Ok(Arc::new(Deployed::new(record.clone(), prepared, tier)))
+        Ok(self.deployed(record, prepared, tier))
+    }
+
+    /// `record` served by `prepared` (code made by `tier`); baseline code stays, saying so, on
+    /// a host that makes no optimised code.
+    fn deployed(
+        &self,
+        record: &FunctionRecord,
+        prepared: crate::engine::Prepared,
+        tier: Tier,
+    ) -> Arc<Deployed> {
+        let deployed = Deployed::new(record.clone(), prepared, tier);
+        Arc::new(if self.optimize.is_some() {
+            deployed
+        } else {
+            deployed.not_optimized()
+        })
     }
 }
 

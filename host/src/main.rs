@@ -262,6 +262,11 @@ struct ServeArgs {
     /// wait for the optimised code.
     #[arg(long, env = "FERRY_BASELINE_COMPILE", default_value_t = true, action = clap::ArgAction::Set)]
     baseline_compile: bool,
+    /// Make the optimised code (Cranelift) of what baseline code serves; false: baseline code
+    /// keeps serving, and no compile runs behind it (a development or CI host, a machine
+    /// whose CPU is worth more than the functions' speed).
+    #[arg(long, env = "FERRY_OPTIMIZED_COMPILE", default_value_t = true, action = clap::ArgAction::Set)]
+    optimized_compile: bool,
     /// The disk Cranelift's per-function compile cache (`compile-cache/` in the data
     /// directory) is trimmed to, least recently used first, at start and after each compile
     /// that adds to it; it stops growing while less than twice this is free. A component whose
@@ -852,6 +857,13 @@ fn print_cluster(cluster: &Value) {
 }
 
 fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyhow::Result<()> {
+    if !args.baseline_compile && !args.optimized_compile {
+        anyhow::bail!(
+            "--baseline-compile false and --optimized-compile false leave no compiler: turn one \
+             of them on (the baseline compiler serves a deploy within seconds, the optimized \
+             code runs faster)"
+        );
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let log = tracing_subscriber::fmt()
@@ -970,6 +982,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
                 replicas: args.cluster_replicas.map(usize::from),
             }),
         keep_versions: args.keep_versions as usize,
+        optimized_compile: args.optimized_compile,
         http: ferry_triggers::http::HttpOptions {
             header_read_timeout: args.header_read_timeout,
             body_read_timeout: args.body_read_timeout,
@@ -1257,6 +1270,10 @@ fn print_function(f: &Value, json: bool, verb: &str) {
     if code["tier"] == "baseline" {
         match code["error"].as_str() {
             Some(e) => say!("  served by baseline code: the optimized code could not be made: {e}"),
+            None if code["optimizing"] == false => say!(
+                "  served by baseline code (this host makes no optimized code: ferry serve \
+                 --optimized-compile false)"
+            ),
             None => say!(
                 "  served by baseline code (compiled in seconds); the optimized code is compiling \
                  in the background and takes over by itself"

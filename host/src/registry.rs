@@ -48,6 +48,9 @@ pub struct Deployed {
     pub tier: Tier,
     /// Why the optimised code of a baseline version could not be made, once that is known.
     pub optimize_error: std::sync::Mutex<Option<String>>,
+    /// Whether the optimised code of a baseline version is made (not with `ferry serve
+    /// --optimized-compile false`).
+    pub optimizes: bool,
 }
 
 impl Deployed {
@@ -64,6 +67,15 @@ impl Deployed {
             prepared,
             tier,
             optimize_error: std::sync::Mutex::new(None),
+            optimizes: true,
+        }
+    }
+
+    /// The same version, whose baseline code keeps serving: no optimised code is made of it.
+    pub fn not_optimized(self) -> Self {
+        Self {
+            optimizes: false,
+            ..self
         }
     }
 
@@ -82,6 +94,7 @@ impl Deployed {
             prepared,
             tier: Tier::Optimized,
             optimize_error: std::sync::Mutex::new(None),
+            optimizes: self.optimizes,
         }
     }
 
@@ -94,7 +107,7 @@ impl Deployed {
             .clone();
         Code {
             tier: self.tier,
-            optimizing: self.tier == Tier::Baseline && error.is_none(),
+            optimizing: self.tier == Tier::Baseline && self.optimizes && error.is_none(),
             error,
         }
     }

@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub http: HttpOptions,
     /// `--keep-versions`: how many versions of each function keep their component.
     pub keep_versions: usize,
+    /// `--optimized-compile`: make the optimised code of what baseline code serves.
+    pub optimized_compile: bool,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -447,6 +449,7 @@ fn restore(
         ceilings,
         enabled_triggers(opts),
         opts.keep_versions,
+        opts.optimized_compile,
     ));
     let restored = tokio::task::block_in_place(|| deployer.restore())?;
     tracing::info!(

@@ -118,7 +118,11 @@ fn run_guide(file: &str, needs: &[(&str, u32, &str)]) {
     let guide = std::fs::read_to_string(root.join(file)).unwrap();
     let blocks = sh_blocks(&guide);
     assert!(!blocks.is_empty(), "{file} has its commands in sh blocks");
-    let ferry = Ferry::start();
+    // The guide's commands and what they print are under test here, not which compiler made
+    // the code answering them (tiers.rs tests that): the host serves baseline code only. Each
+    // deploy of an 18 MB Python or 13 MB JavaScript component would otherwise compile its
+    // optimized code behind it, 5-10 s of CPU that nothing here waits for.
+    let ferry = Ferry::start_with(&["--optimized-compile", "false"]);
     let tmp = tempfile::tempdir().unwrap();
     let bin_dir = ferry_tests::ferry_bin().parent().unwrap().to_path_buf();
     let path = format!(

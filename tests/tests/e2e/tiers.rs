@@ -314,6 +314,52 @@ fn a_compile_cache_size_of_zero_keeps_no_cache() {
     assert_eq!(ferry.get("/hello-http/x").0, 200);
 }
 
+/// `--optimized-compile false`: baseline code serves and keeps serving, also after a restart,
+/// and nothing is compiled behind it. Both compilers off is refused at start.
+#[test]
+fn a_host_without_optimized_compile_serves_baseline_code_only() {
+    const COMPILED: &str = r#"ferry_compilations_total{outcome="compiled"}"#;
+    const BASELINE: &str = r#"ferry_compilations_total{outcome="baseline"}"#;
+    let mut ferry = Ferry::start_with(&["--optimized-compile", "false"]);
+    let (status, body) = ferry.deploy_raw("hello-http", guests::bytes(guests::HELLO_HTTP));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["code"]["tier"], "baseline", "{body}");
+    assert_eq!(body["code"]["optimizing"], false, "{body}");
+    let shown = ferry.cli(&["show", "hello-http"], None);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("--optimized-compile false"), "{shown}");
+    // Requests on it; a host that optimises would have swapped hello-http's optimized code in
+    // by now (its compile takes a tenth of a second).
+    for i in 0..50 {
+        assert_eq!(ferry.get(&format!("/hello-http/{i}")).0, 200);
+    }
+    let (_, f) = ferry.admin_get("/v1/functions/hello-http");
+    assert_eq!(f["code"]["tier"], "baseline", "{f}");
+    assert_eq!(ferry.metric(COMPILED), 0.0);
+    assert_eq!(ferry.metric(BASELINE), 1.0);
+    // A restart compiles the baseline code again (only optimized code is stored).
+    ferry.restart();
+    assert_eq!(ferry.get("/hello-http/again").0, 200);
+    let (_, f) = ferry.admin_get("/v1/functions/hello-http");
+    assert_eq!(f["code"]["tier"], "baseline", "{f}");
+    assert_eq!(f["code"]["optimizing"], false, "{f}");
+    assert_eq!(ferry.metric(BASELINE), 1.0);
+    assert_eq!(ferry.metric(COMPILED), 0.0);
+    drop(ferry);
+
+    let mut refused = Ferry::stopped(&[
+        "--baseline-compile",
+        "false",
+        "--optimized-compile",
+        "false",
+    ]);
+    let status = refused.run_to_exit(&[], Duration::from_secs(60));
+    assert!(!status.success());
+    let log = refused.log();
+    assert!(log.contains("leave no compiler"), "{log}");
+    assert!(!refused.data_dir.exists(), "nothing is made: {log}");
+}
+
 /// Hosts given one `--compile-cache-dir` share it: what one compiled, another finds; the data
 /// directories keep no cache of their own, and turning the cache off leaves a shared one alone.
 /// A directory that cannot be one is refused at start, naming the flag.
