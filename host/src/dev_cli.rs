@@ -97,6 +97,10 @@ fn start_host_on(
             "--admin-listen",
             admin_listen,
             "--log-outcomes",
+            // Baseline code only: every save deploys a new version, and an optimized compile
+            // behind each (14 s of CPU for a Python component) would mostly be thrown away.
+            "--optimized-compile",
+            "false",
         ])
         .arg("--data-dir")
         .arg(data_dir)

@@ -295,6 +295,9 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
     assert_eq!(host["started"], true, "{host}");
     assert_ne!(host["admin"], theirs.admin.as_str(), "{host}");
     let serving = event(until(r#""event":"serving""#, Duration::from_secs(300)));
+    // The host it started serves baseline code only (no optimized compile behind each save).
+    assert_eq!(serving["code"]["tier"], "baseline", "{serving}");
+    assert_eq!(serving["code"]["optimizing"], false, "{serving}");
     let url = serving["url"].as_str().unwrap().to_string();
     let http = reqwest::blocking::Client::new();
     let get = |path: &str| {
@@ -314,6 +317,10 @@ fn ferry_dev_serves_redeploys_on_change_survives_a_broken_edit_and_stops_its_hos
     std::fs::write(&lib, text.replace("Hello from", "Howdy from")).unwrap();
     let redeployed = event(until(r#""event":"redeployed""#, Duration::from_secs(300)));
     assert_eq!(redeployed["function"]["version"], 2, "{redeployed}");
+    assert_eq!(
+        redeployed["function"]["code"]["optimizing"], false,
+        "{redeployed}"
+    );
     assert_eq!(get("/y"), "Howdy from dev-fn! You asked for /dev-fn/y\n");
 
     // A broken edit is reported; the last good version keeps serving.
