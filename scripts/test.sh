@@ -101,7 +101,7 @@ command -v strace >/dev/null || { echo "strace is not on PATH after installing i
 # While cargo-component installs, the two tests that use it wait for it on a test thread each,
 # using no core: two more threads then. A RUST_TEST_THREADS of the caller's wins.
 threads=$(( $(nproc) + 1 ))
-[ -n "$component_pid" ] && threads=$(( threads + 2 ))
+[ -n "$component_pid" ] && [ ! -e "$component/status" ] && threads=$(( threads + 2 ))
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-$threads}"
 
 # Run every test binary even when one fails, then name every failing test of every binary.

@@ -186,9 +186,22 @@ impl wasmtime::CacheStore for DiskCache {
 }
 
 /// Makes a cache directory given by the operator ready: made if missing (readable by this user
-/// alone), and writable.
+/// alone), and writable. One that exists must be this user's and writable by no one else: the
+/// code in it is loaded as the host's own.
 pub fn prepare(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
     private_dir(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no arguments and cannot fail.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "it must be a directory of this user's that no one else may write to (not a \
+             symbolic link); `chmod go-w` it, or give another",
+        ));
+    }
     // Whether files can be made in it, as the compilers will (a name starting with a dot is a
     // temporary file to the cache: one left by a crash goes with the next trim).
     let probe = dir.join(format!(".probe-{}", std::process::id()));
@@ -241,15 +254,41 @@ pub fn evict(dir: &Path, max_size: u64) -> u64 {
     let mut files = Vec::new();
     let mut total = 0u64;
     let now = SystemTime::now();
+    // Only what the cache writes is counted and removed: a directory given by the operator
+    // (`--compile-cache-dir`) may hold other files by mistake.
+    let hex = |name: &str, len: usize| {
+        name.len() == len
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !hex(&sub.file_name().to_string_lossy(), 2) {
+            continue;
+        }
         for entry in std::fs::read_dir(sub.path())
             .into_iter()
             .flatten()
             .flatten()
         {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let temporary = name
+                .strip_prefix('.')
+                .and_then(|rest| rest.split_once('-'))
+                .is_some_and(|(pid, n)| {
+                    !pid.is_empty()
+                        && !n.is_empty()
+                        && pid.bytes().chain(n.bytes()).all(|b| b.is_ascii_digit())
+                });
+            if !temporary && !hex(&name, 62) {
+                continue;
+            }
             let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
             let modified = meta.modified().unwrap_or(now);
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            if temporary {
                 // A temporary file: a compiler's write in progress, or one that died. An hour
                 // is far past the longest compile.
                 if now.duration_since(modified).unwrap_or_default().as_secs() > 3600 {
@@ -304,6 +343,27 @@ pub fn trim_in_background(settings: &CacheSettings) {
 mod tests {
     use super::*;
     use wasmtime::CacheStore as _;
+
+    #[test]
+    fn a_given_directory_must_be_this_users_and_writable_by_no_one_else() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("a/b");
+        prepare(&made).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "made private");
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = prepare(&made).unwrap_err().to_string();
+        assert!(e.contains("no one else may write"), "{e}");
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare(&made).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        assert!(prepare(&link).is_err(), "a symbolic link is refused");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(prepare(&file).is_err());
+    }
 
     #[test]
     fn stored_values_come_back_and_unknown_keys_miss() {
@@ -373,6 +433,35 @@ mod tests {
         assert!(
             kept.contains(&9) && !kept.contains(&1),
             "oldest go first: {kept:?}"
+        );
+
+        // What the cache did not write stays, whatever its age (a directory given with
+        // --compile-cache-dir may hold other files by mistake); an old temporary file goes.
+        let foreign = [
+            dir.path().join("payloads/0123"),
+            dir.path().join("ab/notes.txt"),
+            dir.path().join("ab/.swp"),
+        ];
+        let temporary = dir.path().join("ab/.12-3");
+        let two_hours_ago = old - std::time::Duration::from_secs(3600);
+        for f in foreign.iter().chain([&temporary]) {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, vec![0u8; 10_000]).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        assert_eq!(evict(dir.path(), 0), 0, "foreign files are not counted");
+        for f in &foreign {
+            assert!(f.exists(), "{} is not the cache's: kept", f.display());
+        }
+        assert!(!temporary.exists(), "an hour-old temporary file goes");
+        assert!(
+            !cache.path(&[9]).exists(),
+            "every cache file goes at a bound of 0"
         );
     }
 

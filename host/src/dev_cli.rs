@@ -89,6 +89,9 @@ fn start_host_on(
         .open(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the ferry binary")?;
+    // Baseline code only (below), unless the caller turned the baseline compiler off: then the
+    // optimized code is all there is.
+    let baseline_off = std::env::var("FERRY_BASELINE_COMPILE").is_ok_and(|v| v == "false");
     let mut child = Command::new(exe)
         .args([
             "serve",
@@ -100,7 +103,7 @@ fn start_host_on(
             // Baseline code only: every save deploys a new version, and an optimized compile
             // behind each (14 s of CPU for a Python component) would mostly be thrown away.
             "--optimized-compile",
-            "false",
+            if baseline_off { "true" } else { "false" },
         ])
         .arg("--data-dir")
         .arg(data_dir)

@@ -533,7 +533,7 @@ impl Runtime {
                         tracing::warn!(
                             functions = cache.failed,
                             "the compile cache could not store some functions (a full disk or \
-                             an unwritable compile-cache/ in the data directory?): they will be \
+                             an unwritable compile cache directory?): they will be \
                              compiled again next time"
                         );
                     }

@@ -895,7 +895,27 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         tracing::info!(%endpoint, "exporting spans over OTLP");
     }
     let own_cache = data_dir.join("compile-cache");
-    let compile_cache_dir = match &args.compile_cache_dir {
+    let given = args.compile_cache_dir.as_ref();
+    if let Some(dir) = given {
+        // A directory of its own: trimming it removes what it holds, and the data directory's
+        // files must never be among that.
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let (cache, data) = (absolute(dir), absolute(&data_dir));
+        if cache != absolute(&own_cache) && (cache.starts_with(&data) || data.starts_with(&cache)) {
+            anyhow::bail!(
+                "cannot use {} as the compile cache (--compile-cache-dir): it {} the data \
+                 directory {}; give a directory of its own",
+                dir.display(),
+                if cache.starts_with(&data) {
+                    "is inside"
+                } else {
+                    "holds"
+                },
+                data_dir.display()
+            );
+        }
+    }
+    let compile_cache_dir = match given {
         Some(dir) if args.compile_cache_size > 0 => {
             ferry_host::compile_cache::prepare(dir).with_context(|| {
                 format!(
@@ -908,11 +928,12 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
         }
         _ => own_cache.clone(),
     };
-    // A cache turned off, or kept elsewhere, is not kept in the data directory; one kept is
-    // trimmed to its (maybe new) bound. A cache given elsewhere is never removed.
-    if args.compile_cache_size == 0
-        || !ferry_host::compile_cache::same_dir(&compile_cache_dir, &own_cache)
-    {
+    // The data directory keeps no cache of its own when the cache is off or kept elsewhere; a
+    // directory given with --compile-cache-dir is never removed. One kept is trimmed to its
+    // (maybe new) bound.
+    let own_is_given =
+        given.is_some_and(|dir| ferry_host::compile_cache::same_dir(dir, &own_cache));
+    if !own_is_given && (args.compile_cache_size == 0 || given.is_some()) {
         let _ = std::fs::remove_dir_all(&own_cache);
     }
     if args.compile_cache_size > 0 {

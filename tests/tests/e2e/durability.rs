@@ -28,7 +28,6 @@ fn submit_until_down(ferry: &Ferry, max: usize) -> Vec<String> {
     submit_until_down_to(ferry, "/hello-http/durable", "", max)
 }
 
-/// [`submit_until_down`] with this path and body.
 /// Starts the stopped host to die at its first checkpoint, runs `submit` until it is down and
 /// returns what was acknowledged. When the first checkpoint came between the first submit's
 /// sync and its 202 (nothing acknowledged), the host is started and stopped cleanly and it is
@@ -52,6 +51,7 @@ fn acked_before_the_first_checkpoint(
     panic!("no submit was acknowledged before the crash, five times");
 }
 
+/// [`submit_until_down`] with this path and body.
 fn submit_until_down_to(ferry: &Ferry, path: &str, body: &str, max: usize) -> Vec<String> {
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))

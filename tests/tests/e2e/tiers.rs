@@ -370,7 +370,14 @@ fn hosts_sharing_a_compile_cache_directory_compile_a_function_once() {
     let shared = tempfile::tempdir().unwrap();
     let dir = shared.path().join("cache");
     let host = |extra: &[&str]| {
-        let mut args = vec!["--compile-cache-dir", dir.to_str().unwrap()];
+        // A bound that fits any test machine's temporary directory twice over (the cache stops
+        // writing while less than twice its bound is free).
+        let mut args = vec![
+            "--compile-cache-dir",
+            dir.to_str().unwrap(),
+            "--compile-cache-size",
+            "64MiB",
+        ];
         args.extend_from_slice(extra);
         let mut ferry = Ferry::stopped(&args);
         ferry.shared_compile_cache = false;
@@ -389,7 +396,13 @@ fn hosts_sharing_a_compile_cache_directory_compile_a_function_once() {
         !first.data_dir.join("compile-cache").exists(),
         "the data directory's own cache is removed"
     );
-    let files = || std::fs::read_dir(&dir).unwrap().count();
+    // The cache's files, one level down (in their 256 subdirectories).
+    let files = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .count()
+    };
     assert!(files() > 0, "the shared directory holds the cache");
 
     let mut second = host(&[]);
@@ -409,6 +422,20 @@ fn hosts_sharing_a_compile_cache_directory_compile_a_function_once() {
     second.start_again_with(&["--compile-cache-size", "0"]);
     assert_eq!(files(), before, "a cache given elsewhere is never removed");
     drop(second);
+
+    // A directory of its own: not the data directory, nor inside it, nor holding it.
+    for inside in ["", "cache", ".."] {
+        let mut refused = Ferry::stopped(&[]);
+        refused.shared_compile_cache = false;
+        let path = refused.data_dir.join(inside);
+        let status = refused.run_to_exit(
+            &["--compile-cache-dir", path.to_str().unwrap()],
+            Duration::from_secs(60),
+        );
+        assert!(!status.success(), "{inside:?}");
+        let log = refused.log();
+        assert!(log.contains("give a directory of its own"), "{log}");
+    }
 
     let taken = shared.path().join("a-file");
     std::fs::write(&taken, "not a directory").unwrap();
