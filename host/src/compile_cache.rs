@@ -185,10 +185,66 @@ impl wasmtime::CacheStore for DiskCache {
     }
 }
 
+/// Settles where a host's cache is, from `ferry serve`'s `--compile-cache-dir` (`given`) and
+/// `--compile-cache-size` (`max_size`, 0: off), and starts trimming it; returns what compiles
+/// use (None: no cache). The data directory keeps no cache of its own when it is off or kept
+/// elsewhere. A given directory is never removed; it must be one of its own (not the data
+/// directory, inside it or holding it: trimming removes what it holds), and one that exists must
+/// be this user's, writable by no one else and not a symbolic link (the code in it is loaded as
+/// the host's own). Nothing is changed when a given directory is refused.
+pub fn settle(
+    data_dir: &Path,
+    given: Option<&Path>,
+    max_size: u64,
+) -> anyhow::Result<Option<CacheSettings>> {
+    use anyhow::Context as _;
+    let own = data_dir.join("compile-cache");
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let is_own = given.is_some_and(|dir| absolute(dir) == absolute(&own));
+    if let Some(dir) = given.filter(|_| !is_own) {
+        let (cache, data) = (absolute(dir), absolute(data_dir));
+        if cache.starts_with(&data) || data.starts_with(&cache) {
+            anyhow::bail!(
+                "cannot use {} as the compile cache (--compile-cache-dir): it {} the data \
+                 directory {}; give a directory of its own",
+                dir.display(),
+                if cache == data {
+                    "is"
+                } else if cache.starts_with(&data) {
+                    "is inside"
+                } else {
+                    "holds"
+                },
+                data_dir.display()
+            );
+        }
+        if max_size > 0 {
+            prepare(dir).with_context(|| {
+                format!(
+                    "cannot use {} as the compile cache (--compile-cache-dir); give a \
+                     directory this user may create and write",
+                    dir.display()
+                )
+            })?;
+        }
+    }
+    if !is_own && (max_size == 0 || given.is_some()) {
+        let _ = std::fs::remove_dir_all(&own);
+    }
+    if max_size == 0 {
+        return Ok(None);
+    }
+    let settings = CacheSettings {
+        dir: given.map_or(own, Path::to_path_buf),
+        max_size,
+    };
+    trim_in_background(&settings);
+    Ok(Some(settings))
+}
+
 /// Makes a cache directory given by the operator ready: made if missing (readable by this user
-/// alone), and writable. One that exists must be this user's and writable by no one else: the
-/// code in it is loaded as the host's own.
-pub fn prepare(dir: &Path) -> std::io::Result<()> {
+/// alone), and writable. One that exists must be this user's and writable by no one else.
+fn prepare(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     private_dir(dir)?;
     let meta = std::fs::symlink_metadata(dir)?;
@@ -202,19 +258,10 @@ pub fn prepare(dir: &Path) -> std::io::Result<()> {
              symbolic link); `chmod go-w` it, or give another",
         ));
     }
-    // Whether files can be made in it, as the compilers will (a name starting with a dot is a
-    // temporary file to the cache: one left by a crash goes with the next trim).
+    // Whether files can be made in it, as the compilers will.
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::File::create(&probe)?;
     std::fs::remove_file(&probe)
-}
-
-/// Whether `a` and `b` name one directory (a missing one is only the same by its path).
-pub fn same_dir(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
 }
 
 /// Makes `dir` (and its parents) if missing, readable by this user alone.

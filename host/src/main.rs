@@ -894,54 +894,11 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
     if let Some(endpoint) = ferry_host::otel::init_from_env()? {
         tracing::info!(%endpoint, "exporting spans over OTLP");
     }
-    let own_cache = data_dir.join("compile-cache");
-    let given = args.compile_cache_dir.as_ref();
-    if let Some(dir) = given {
-        // A directory of its own: trimming it removes what it holds, and the data directory's
-        // files must never be among that.
-        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        let (cache, data) = (absolute(dir), absolute(&data_dir));
-        if cache != absolute(&own_cache) && (cache.starts_with(&data) || data.starts_with(&cache)) {
-            anyhow::bail!(
-                "cannot use {} as the compile cache (--compile-cache-dir): it {} the data \
-                 directory {}; give a directory of its own",
-                dir.display(),
-                if cache.starts_with(&data) {
-                    "is inside"
-                } else {
-                    "holds"
-                },
-                data_dir.display()
-            );
-        }
-    }
-    let compile_cache_dir = match given {
-        Some(dir) if args.compile_cache_size > 0 => {
-            ferry_host::compile_cache::prepare(dir).with_context(|| {
-                format!(
-                    "cannot use {} as the compile cache (--compile-cache-dir); give a \
-                     directory this user may create and write",
-                    dir.display()
-                )
-            })?;
-            dir.clone()
-        }
-        _ => own_cache.clone(),
-    };
-    // The data directory keeps no cache of its own when the cache is off or kept elsewhere; a
-    // directory given with --compile-cache-dir is never removed. One kept is trimmed to its
-    // (maybe new) bound.
-    let own_is_given =
-        given.is_some_and(|dir| ferry_host::compile_cache::same_dir(dir, &own_cache));
-    if !own_is_given && (args.compile_cache_size == 0 || given.is_some()) {
-        let _ = std::fs::remove_dir_all(&own_cache);
-    }
-    if args.compile_cache_size > 0 {
-        ferry_host::compile_cache::trim_in_background(&CacheSettings {
-            dir: compile_cache_dir.clone(),
-            max_size: args.compile_cache_size,
-        });
-    }
+    let compile_cache = ferry_host::compile_cache::settle(
+        &data_dir,
+        args.compile_cache_dir.as_deref(),
+        args.compile_cache_size,
+    )?;
     let served = runtime.block_on(server::serve(ServeOptions {
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -957,10 +914,7 @@ fn serve(args: ServeArgs, token: Option<auth::Token>, data_dir: PathBuf) -> anyh
             log_buffer: usize::try_from(args.log_buffer).unwrap_or(usize::MAX),
             log_outcomes: args.log_outcomes,
             baseline: args.baseline_compile,
-            compile_cache: (args.compile_cache_size > 0).then_some(CacheSettings {
-                dir: compile_cache_dir,
-                max_size: args.compile_cache_size,
-            }),
+            compile_cache,
             outbound: OutboundOptions {
                 allow_private: args.allow_private_outbound,
                 connect_timeout: args.outbound_connect_timeout,

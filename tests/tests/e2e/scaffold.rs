@@ -181,10 +181,21 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
         .unwrap()
     );
     assert!(tmp.path().join("p/wit/world.wit").exists());
+    // `ferry wit` with these arguments fails, its error saying `says`, and makes no `folder`.
+    let refused = |args: &[&str], says: &str, folder: &str| {
+        let out = ferry_tests::ferry_command()
+            .current_dir(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!tmp.path().join(folder).exists(), "{args:?}");
+    };
     // They are made for Ferry's own WASI release: with another one, refused, nothing written.
-    let out = ferry_tests::ferry_command()
-        .current_dir(tmp.path())
-        .args([
+    refused(
+        &[
             "wit",
             "--out",
             "q/wit",
@@ -192,36 +203,23 @@ fn ferry_wit_writes_the_worlds_a_guest_binds_to() {
             "0.2.10",
             "--rust",
             "q/world.rs",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--wasi"), "{stderr}");
-    assert!(!tmp.path().join("q").exists());
-
+        ],
+        "--wasi",
+        "q",
+    );
     // --rust names a file: a folder is refused, and no WIT is written either.
     std::fs::create_dir(tmp.path().join("src")).unwrap();
-    let out = ferry_tests::ferry_command()
-        .current_dir(tmp.path())
-        .args(["wit", "--out", "r/wit", "--rust", "src"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("src/world.rs"), "{stderr}");
-    assert!(!tmp.path().join("r").exists());
-
+    refused(
+        &["wit", "--out", "r/wit", "--rust", "src"],
+        "src/world.rs",
+        "r",
+    );
     // A release Ferry cannot write is refused, saying which it can, and nothing is written.
-    let out = ferry_tests::ferry_command()
-        .current_dir(tmp.path())
-        .args(["wit", "--out", "wit-bad", "--wasi", "0.3.0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("0.2.0 to 0.2.12"), "{stderr}");
-    assert!(!tmp.path().join("wit-bad").exists());
+    refused(
+        &["wit", "--out", "wit-bad", "--wasi", "0.3.0"],
+        "0.2.0 to 0.2.12",
+        "wit-bad",
+    );
 }
 
 #[test]
